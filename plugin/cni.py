@@ -1,0 +1,147 @@
+"""The CNI protocol layer: environment, stdin, verbs, results and error JSON.
+
+Heavy modules (the pydantic model, the backends) are imported inside the verbs
+that need them, so VERSION and a plain DEL stay cheap.
+"""
+
+import json
+import os
+
+from plugin import SUPPORTED_VERSIONS
+from plugin.errors import (
+    CHECK_FAILED,
+    DECODE_FAILURE,
+    INCOMPATIBLE_VERSION,
+    INVALID_ENVIRONMENT,
+    NOT_AVAILABLE,
+    CniError,
+)
+from plugin.result import convert, find_bridge, require_prev_result, version_tuple
+
+LATEST = SUPPORTED_VERSIONS[-1]
+
+# Which CNI_* variables each verb needs (as libcni's skel requires them).
+REQUIRED_ENV = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
+    "GC": ("CNI_PATH",),
+    "STATUS": ("CNI_PATH",),
+    "VERSION": (),
+}
+MIN_VERSION = {"CHECK": (0, 4, 0), "GC": (1, 1, 0), "STATUS": (1, 1, 0)}
+
+
+class Invocation:
+    """One plugin run: the verb, its environment and its decoded configuration."""
+
+    def __init__(self, env: dict, stdin: bytes):
+        self.command = env.get("CNI_COMMAND", "")
+        self.env = env
+        self.stdin = stdin
+        self.cni_version = LATEST  # until the configuration tells otherwise
+        self.raw: dict = {}
+
+    def decode(self) -> None:
+        try:
+            raw = json.loads(self.stdin)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CniError(DECODE_FAILURE, f"cannot decode the network configuration: {exc}") from None
+        if not isinstance(raw, dict):
+            raise CniError(DECODE_FAILURE, "the network configuration must be a JSON object")
+        version = raw.get("cniVersion")
+        if version not in SUPPORTED_VERSIONS:
+            raise CniError(
+                INCOMPATIBLE_VERSION,
+                f"cniVersion {version!r} is not supported",
+                f"supported: {', '.join(SUPPORTED_VERSIONS)}",
+            )
+        self.cni_version = version
+        self.raw = raw
+
+    def check_env(self) -> None:
+        if self.command not in REQUIRED_ENV:
+            raise CniError(INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {self.command!r}")
+        missing = [k for k in REQUIRED_ENV[self.command] if not self.env.get(k)]
+        if missing:
+            raise CniError(INVALID_ENVIRONMENT, f"{self.command} needs {', '.join(missing)} in the environment")
+        needed = MIN_VERSION.get(self.command)
+        if needed and version_tuple(self.cni_version) < needed:
+            raise CniError(
+                INCOMPATIBLE_VERSION,
+                f"{self.command} is not defined for cniVersion {self.cni_version}",
+                f"needs cniVersion >= {'.'.join(map(str, needed))}",
+            )
+
+
+def run(env: dict, stdin: bytes) -> tuple[dict | None, int]:
+    """Execute one CNI invocation; returns (JSON to print or None, exit code)."""
+    inv = Invocation(env, stdin)
+    try:
+        if inv.command == "VERSION":
+            return {"cniVersion": LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)}, 0
+        if inv.command not in REQUIRED_ENV:
+            inv.check_env()
+        inv.decode()
+        inv.check_env()
+        return VERBS[inv.command](inv), 0
+    except CniError as err:
+        return err.as_dict(inv.cni_version), 1
+
+
+def _engine(inv: Invocation):
+    """The validated configuration, the usable backend and the intent for this attachment's bridge."""
+    from plugin import config
+    from plugin.backends import select
+    from plugin.policy import intent_for
+
+    conf = config.parse(inv.raw)
+    prev = require_prev_result(inv.raw)
+    bridge = find_bridge(prev)
+    return prev, select(conf.backend), intent_for(bridge, conf.ingressPolicy)
+
+
+def cmd_add(inv: Invocation) -> dict:
+    from plugin.hoststate import HostLock
+
+    prev, backend, intent = _engine(inv)
+    with HostLock():
+        backend.ensure(intent)
+    return convert(prev, inv.cni_version)
+
+
+def cmd_check(inv: Invocation) -> None:
+    _, backend, intent = _engine(inv)
+    found = backend.verify(intent)
+    if found:
+        raise CniError(CHECK_FAILED, f"isolation of bridge {intent.bridge} is not in place", "; ".join(found))
+    return None
+
+
+def cmd_del(inv: Invocation) -> None:
+    """Best effort by specification: never fails for missing prevResult or netns.
+
+    Rules are per bridge and shared by every attachment on it, so nothing is
+    removed here yet (teardown by reference count is a later feature).
+    """
+    return None
+
+
+def cmd_gc(inv: Invocation) -> None:
+    """No per-attachment state is kept yet, so there is nothing to collect."""
+    return None
+
+
+def cmd_status(inv: Invocation) -> None:
+    from plugin import config
+    from plugin.backends import select
+
+    conf = config.parse(inv.raw)
+    try:
+        select(conf.backend)
+    except CniError as err:
+        raise CniError(NOT_AVAILABLE, err.msg, err.details) from None
+    return None
+
+
+VERBS = {"ADD": cmd_add, "CHECK": cmd_check, "DEL": cmd_del, "GC": cmd_gc, "STATUS": cmd_status}

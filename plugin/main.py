@@ -1,0 +1,60 @@
+"""Entry point of the `isolation` binary: a CNI plugin when CNI_COMMAND is set, else a CLI."""
+
+import json
+import os
+import sys
+
+from plugin import SUPPORTED_VERSIONS, __version__
+
+
+def about() -> str:
+    return f"CNI isolation plugin v{__version__}\nCNI protocol versions supported: {', '.join(SUPPORTED_VERSIONS)}\n"
+
+
+def _exit(code: int) -> None:
+    """Flush and leave without the interpreter's slow teardown of a large import graph."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+def main() -> None:
+    code = 0
+    try:
+        if os.environ.get("CNI_COMMAND"):
+            from plugin import cni
+
+            out, code = _run_cni(cni)
+            if out is not None:
+                sys.stdout.write(json.dumps(out) + "\n")
+        elif len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help", "help"):
+            sys.stdout.write(about() + "\nRun by a container runtime with CNI_COMMAND set; see README.md.\n")
+        elif len(sys.argv) > 1 and sys.argv[1] in ("-v", "--version", "version"):
+            sys.stdout.write(about())
+        elif len(sys.argv) > 1:
+            sys.stderr.write(f"isolation: unknown command {sys.argv[1]!r} (try --help)\n")
+            code = 2
+        else:
+            sys.stdout.write(about())
+    except BaseException as exc:  # never a traceback on a runtime's stdout
+        code = 1
+        sys.stdout.write(json.dumps(_internal_error(exc)) + "\n")
+    _exit(code)
+
+
+def _run_cni(cni) -> tuple[dict | None, int]:
+    stdin = b"" if os.environ.get("CNI_COMMAND") == "VERSION" and sys.stdin.isatty() else sys.stdin.buffer.read()
+    return cni.run(dict(os.environ), stdin)
+
+
+def _internal_error(exc: BaseException) -> dict:
+    from plugin.errors import INTERNAL_ERROR
+
+    return {
+        "cniVersion": SUPPORTED_VERSIONS[-1],
+        "code": INTERNAL_ERROR,
+        "msg": "internal error in the isolation plugin",
+        "details": f"{type(exc).__name__}: {exc}",
+    }

@@ -1,0 +1,324 @@
+"""A disposable lab of network namespaces: one "host", containers, and an "outside" peer.
+
+Every plugin (real bridge/host-local/firewall/portmap and our frozen binary) runs
+inside the lab's host namespace, never in the root namespace. All names carry a
+per-lab random prefix so parallel runs cannot collide, and close() removes
+everything the lab made, also after a failure.
+"""
+
+import ctypes
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+CNI_DIR = "/usr/lib/cni"
+IP = shutil.which("ip") or "/usr/sbin/ip"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+TCP_PORT = 8080
+PROBE_TIMEOUT_S = 1.0
+
+
+def sh(*argv: str, check: bool = True, netns: str | None = None, **kw) -> subprocess.CompletedProcess:
+    if netns:
+        argv = (IP, "netns", "exec", netns, *argv)
+    return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
+
+
+def in_netns(netns: str, fn, *args):
+    """Run fn(*args) on a fresh thread that has entered `netns`; sockets made there stay there."""
+    box = {}
+
+    def target():
+        try:
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns failed")
+            finally:
+                os.close(fd)
+            box["value"] = fn(*args)
+        except BaseException as exc:  # handed back to the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@dataclass
+class Container:
+    name: str  # netns name
+    id: str
+    network: "Network"
+    ipv4: str = ""
+    ipv6: str = ""
+
+
+@dataclass
+class Network:
+    name: str
+    bridge: str
+    index: int
+    plugins: list[dict]
+    cni_version: str = "1.0.0"
+    containers: list[Container] = field(default_factory=list)
+
+    @property
+    def gateway4(self) -> str:
+        return f"10.77.{self.index}.1"
+
+    @property
+    def gateway6(self) -> str:
+        return f"fd77:{self.index}::1"
+
+
+def bridge_plugin(bridge: str, index: int, datadir: str) -> dict:
+    return {
+        "type": "bridge",
+        "bridge": bridge,
+        "isGateway": True,
+        "ipMasq": False,
+        "hairpinMode": True,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": datadir,
+            "ranges": [[{"subnet": f"10.77.{index}.0/24"}], [{"subnet": f"fd77:{index}::/64"}]],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+        },
+    }
+
+
+class Lab:
+    def __init__(self, isolation_bin: str, bridge_nf: int = 1):
+        self.prefix = "t" + secrets.token_hex(3)  # 7 chars: leaves room within IFNAMSIZ
+        self.isolation_bin = isolation_bin
+        self.tmp = tempfile.mkdtemp(prefix=f"isolation-{self.prefix}-")
+        self.namespaces: list[str] = []
+        self.networks: list[Network] = []
+        self.cache: dict[tuple[str, str], dict] = {}
+        self.listeners: list[socket.socket] = []
+        self.host = self._netns("h")
+        self.outside = self._netns("o")
+        try:
+            self._setup_host(bridge_nf)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- namespaces -------------------------------------------------------------------------
+    def _netns(self, suffix: str) -> str:
+        name = f"{self.prefix}{suffix}"
+        sh(IP, "netns", "add", name)
+        self.namespaces.append(name)
+        sh(IP, "link", "set", "lo", "up", netns=name)
+        return name
+
+    def _setup_host(self, bridge_nf: int) -> None:
+        h, o = self.host, self.outside
+        for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
+            sh("sysctl", "-qw", key, netns=h)
+        self.set_bridge_nf(bridge_nf)
+        up = f"{self.prefix}up"
+        sh(IP, "link", "add", up, "netns", h, "type", "veth", "peer", "name", "eth0", "netns", o)
+        for ns, v4, v6 in ((h, "10.99.0.1/24", "fd99::1/64"), (o, "10.99.0.2/24", "fd99::2/64")):
+            dev = up if ns == h else "eth0"
+            sh(IP, "addr", "add", v4, "dev", dev, netns=ns)
+            sh(IP, "-6", "addr", "add", v6, "dev", dev, "nodad", netns=ns)
+            sh(IP, "link", "set", dev, "up", netns=ns)
+        sh(IP, "route", "add", "10.77.0.0/16", "via", "10.99.0.1", netns=o)
+        sh(IP, "-6", "route", "add", "fd77::/16", "via", "fd99::1", netns=o)
+        self.listen(o)
+
+    def set_bridge_nf(self, value: int) -> None:
+        for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
+            sh("sysctl", "-qw", f"net.bridge.{key}={value}", netns=self.host)
+
+    def bridge_nf(self) -> str:
+        return sh("cat", "/proc/sys/net/bridge/bridge-nf-call-iptables", netns=self.host).stdout.strip()
+
+    def close(self) -> None:
+        for s in self.listeners:
+            s.close()
+        for ns in reversed(self.namespaces):
+            sh(IP, "netns", "del", ns, check=False)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- networks and the runtime -----------------------------------------------------------
+    def network(self, chain: list[str], isolation: dict | None = None, cni_version: str = "1.0.0") -> Network:
+        """A network whose conflist runs `chain` (e.g. ["bridge", "firewall", "isolation"])."""
+        index = len(self.networks) + 1
+        name, bridge = f"{self.prefix}-net{index}", f"{self.prefix}b{index}"
+        plugins = []
+        for kind in chain:
+            if kind == "bridge":
+                plugins.append(bridge_plugin(bridge, index, os.path.join(self.tmp, "ipam")))
+            elif kind == "isolation":
+                plugins.append({"type": "isolation", **(isolation or {})})
+            elif kind == "firewall":
+                plugins.append({"type": "firewall", "backend": "iptables"})
+            else:
+                plugins.append({"type": kind})
+        net = Network(name, bridge, index, plugins, cni_version)
+        self.networks.append(net)
+        return net
+
+    def plugin_path(self, kind: str) -> str:
+        return self.isolation_bin if kind == "isolation" else os.path.join(CNI_DIR, kind)
+
+    def exec_plugin(self, kind: str, command: str, conf: dict, env: dict) -> tuple[int, dict | None, str]:
+        """Run one plugin in the host namespace.
+
+        Upstream plugins get a PATH as libcni passes the runtime's environment; ours gets
+        nothing but the CNI variables, the harshest environment a runtime may give it.
+        """
+        full_env = {"CNI_COMMAND": command, "CNI_PATH": CNI_DIR, **env}
+        if kind != "isolation":
+            full_env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+        proc = subprocess.run(
+            [IP, "netns", "exec", self.host, self.plugin_path(kind)],
+            input=json.dumps(conf),
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=60,
+        )
+        out = json.loads(proc.stdout) if proc.stdout.strip() else None
+        return proc.returncode, out, proc.stderr
+
+    def _conf(self, net: Network, plugin: dict, prev: dict | None) -> dict:
+        conf = {"cniVersion": net.cni_version, "name": net.name, **plugin}
+        if prev is not None:
+            conf["prevResult"] = prev
+        return conf
+
+    def _env(self, c: Container, with_netns: bool = True) -> dict:
+        env = {"CNI_CONTAINERID": c.id, "CNI_IFNAME": "eth0", "CNI_ARGS": "IgnoreUnknown=1"}
+        if with_netns:
+            env["CNI_NETNS"] = f"/run/netns/{c.name}"
+        return env
+
+    def add(self, net: Network) -> Container:
+        """Start a container on `net` the way libcni does, and record its cached result."""
+        n = sum(len(x.containers) for x in self.networks) + 1
+        c = Container(self._netns(f"c{n}"), f"{self.prefix}-ctr{n}", net)
+        prev = None
+        for plugin in net.plugins:
+            rc, out, err = self.exec_plugin(plugin["type"], "ADD", self._conf(net, plugin, prev), self._env(c))
+            if rc != 0:
+                raise PluginError(plugin["type"], "ADD", rc, out, err)
+            prev = out
+        self.cache[(net.name, c.id)] = prev
+        for ip in prev["ips"]:
+            addr = ip["address"].split("/")[0]
+            if ":" in addr:
+                c.ipv6 = addr
+            else:
+                c.ipv4 = addr
+        net.containers.append(c)
+        self.listen(c.name)
+        return c
+
+    def check(self, c: Container) -> list[tuple[str, int, dict | None]]:
+        """CHECK each plugin with the cached result; returns (type, rc, output) per plugin."""
+        prev = self.cache[(c.network.name, c.id)]
+        return [
+            (p["type"], *self.exec_plugin(p["type"], "CHECK", self._conf(c.network, p, prev), self._env(c))[:2])
+            for p in c.network.plugins
+        ]
+
+    def delete(self, c: Container, with_prev: bool = True, with_netns: bool = True) -> list[tuple[str, int]]:
+        prev = self.cache.get((c.network.name, c.id)) if with_prev else None
+        results = []
+        for p in reversed(c.network.plugins):
+            rc, _, _ = self.exec_plugin(p["type"], "DEL", self._conf(c.network, p, prev), self._env(c, with_netns))
+            results.append((p["type"], rc))
+        return results
+
+    # --- traffic ----------------------------------------------------------------------------
+    def listen(self, netns: str) -> None:
+        """A dual-stack TCP listener on TCP_PORT inside `netns`, accepting in the background."""
+
+        def make():
+            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("::", TCP_PORT))
+            s.listen(128)
+            return s
+
+        s = in_netns(netns, make)
+        self.listeners.append(s)
+
+        def serve():
+            while True:
+                try:
+                    conn, _ = s.accept()
+                except OSError:
+                    return
+                conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def tcp(self, src_netns: str, addr: str, port: int = TCP_PORT) -> bool:
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+        def connect():
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.settimeout(PROBE_TIMEOUT_S)
+                try:
+                    s.connect((addr, port))
+                    return True
+                except OSError:
+                    return False
+
+        return in_netns(src_netns, connect)
+
+    def ping(self, src_netns: str, addr: str) -> bool:
+        flag = "-6" if ":" in addr else "-4"
+        proc = sh("ping", flag, "-n", "-q", "-c", "1", "-W", str(PROBE_TIMEOUT_S), addr, netns=src_netns, check=False)
+        return proc.returncode == 0
+
+    def reach(self, probes: list[tuple[str, str]]) -> dict[tuple[str, str, str], bool]:
+        """Probe every (source netns, address) by ICMP and TCP, concurrently."""
+        jobs = [(kind, src, addr) for src, addr in probes for kind in ("icmp", "tcp")]
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            results = pool.map(lambda j: (self.ping if j[0] == "icmp" else self.tcp)(j[1], j[2]), jobs)
+            return dict(zip(jobs, results))
+
+    # --- firewall state ---------------------------------------------------------------------
+    def save(self, family: str = "ipv4") -> str:
+        tool = "iptables-save" if family == "ipv4" else "ip6tables-save"
+        lines = sh(tool, netns=self.host).stdout.splitlines()
+        return "\n".join(line for line in lines if not line.startswith("#"))
+
+
+class PluginError(AssertionError):
+    def __init__(self, kind, command, rc, out, err):
+        super().__init__(f"{kind} {command} failed (rc={rc}): {out} {err}")
+        self.rc, self.out, self.err = rc, out, err
+
+
+def addresses(c: Container) -> list[str]:
+    return [a for a in (c.ipv4, c.ipv6) if a]
+
+
+def is_ipv6(addr: str) -> bool:
+    return ipaddress.ip_address(addr).version == 6
