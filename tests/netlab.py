@@ -24,7 +24,7 @@ IP = shutil.which("ip") or "/usr/sbin/ip"
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 TCP_PORT = 8080
-PROBE_TIMEOUT_S = 1.0
+PROBE_TIMEOUT_S = 2.0  # covers a lost first packet (neighbour discovery) and one SYN retry
 
 
 def sh(*argv: str, check: bool = True, netns: str | None = None, **kw) -> subprocess.CompletedProcess:
@@ -123,6 +123,8 @@ class Lab:
         sh(IP, "netns", "add", name)
         self.namespaces.append(name)
         sh(IP, "link", "set", "lo", "up", netns=name)
+        # Addresses must be usable at once: skip duplicate address detection (irrelevant here).
+        sh("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0", netns=name)
         return name
 
     def _setup_host(self, bridge_nf: int) -> None:
@@ -140,6 +142,7 @@ class Lab:
         sh(IP, "route", "add", "10.77.0.0/16", "via", "10.99.0.1", netns=o)
         sh(IP, "-6", "route", "add", "fd77::/16", "via", "fd99::1", netns=o)
         self.listen(o)
+        self.listen(h)  # the gateways and the uplink address live in the host namespace
 
     def set_bridge_nf(self, value: int) -> None:
         for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
@@ -162,13 +165,18 @@ class Lab:
         self.close()
 
     # --- networks and the runtime -----------------------------------------------------------
-    def network(self, chain: list[str], isolation: dict | None = None, cni_version: str = "1.0.0") -> Network:
-        """A network whose conflist runs `chain` (e.g. ["bridge", "firewall", "isolation"])."""
+    def network(self, chain: list, isolation: dict | None = None, cni_version: str = "1.0.0") -> Network:
+        """A network whose conflist runs `chain` (e.g. ["bridge", "firewall", "isolation"]).
+
+        An item may also be a full plugin dict, used as given.
+        """
         index = len(self.networks) + 1
         name, bridge = f"{self.prefix}-net{index}", f"{self.prefix}b{index}"
         plugins = []
         for kind in chain:
-            if kind == "bridge":
+            if isinstance(kind, dict):
+                plugins.append(kind)
+            elif kind == "bridge":
                 plugins.append(bridge_plugin(bridge, index, os.path.join(self.tmp, "ipam")))
             elif kind == "isolation":
                 plugins.append({"type": "isolation", **(isolation or {})})
@@ -293,7 +301,9 @@ class Lab:
 
     def ping(self, src_netns: str, addr: str) -> bool:
         flag = "-6" if ":" in addr else "-4"
-        proc = sh("ping", flag, "-n", "-q", "-c", "1", "-W", str(PROBE_TIMEOUT_S), addr, netns=src_netns, check=False)
+        # An echo every 0.2 s until one reply comes back or the deadline passes.
+        argv = ("ping", flag, "-n", "-q", "-c", "1", "-i", "0.2", "-w", str(int(PROBE_TIMEOUT_S)), addr)
+        proc = sh(*argv, netns=src_netns, check=False)
         return proc.returncode == 0
 
     def reach(self, probes: list[tuple[str, str]]) -> dict[tuple[str, str, str], bool]:

@@ -1,0 +1,302 @@
+"""The CNI protocol, driven through the frozen binary exactly as a runtime would.
+
+Every rejected input must give the exact CNI error code and leave the ruleset as
+it was. Expected results are written out by hand from the CNI specification.
+"""
+
+import copy
+import json
+import subprocess
+
+import pytest
+
+from netlab import IP, sh
+
+VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def bridged(lab):
+    """A lab with one bridge network and one container, wired by the real bridge plugin only."""
+    net = lab.network(["bridge"])
+    c = lab.add(net)
+    return lab, net, c, lab.cache[(net.name, c.id)]
+
+
+def ruleset(lab) -> str:
+    return lab.save("ipv4") + "\n" + lab.save("ipv6")
+
+
+def call(lab, command, conf, c=None, env=None, raw_stdin=None):
+    """Run our binary once; returns (rc, parsed stdout or None, raw stdout)."""
+    full = {"CNI_COMMAND": command, "CNI_PATH": "/usr/lib/cni"}
+    if c is not None:
+        full |= {"CNI_CONTAINERID": c.id, "CNI_NETNS": f"/run/netns/{c.name}", "CNI_IFNAME": "eth0"}
+    full |= env or {}
+    full = {k: v for k, v in full.items() if v is not None}
+    stdin = raw_stdin if raw_stdin is not None else json.dumps(conf)
+    proc = subprocess.run(
+        [IP, "netns", "exec", lab.host, lab.isolation_bin], input=stdin, capture_output=True, text=True, env=full
+    )
+    assert "Traceback" not in proc.stdout + proc.stderr
+    out = json.loads(proc.stdout) if proc.stdout.strip() else None
+    return proc.returncode, out, proc.stdout
+
+
+def conf(version="1.0.0", prev=None, **extra):
+    c = {"cniVersion": version, "name": "testnet", "type": "isolation", **extra}
+    if prev is not None:
+        c["prevResult"] = prev
+    return c
+
+
+def legacy_shape(prev: dict, version: str) -> dict:
+    """A 1.0.0 result rewritten by hand into the 0.3.x/0.4.0 shape (ips carry "version")."""
+    out = copy.deepcopy(prev)
+    out["cniVersion"] = version
+    for ip in out["ips"]:
+        ip["version"] = "6" if ":" in ip["address"] else "4"
+    return out
+
+
+def assert_error(rc, out, code, *words):
+    assert rc != 0
+    assert out is not None and set(out) == {"cniVersion", "code", "msg", "details"}, out
+    assert out["code"] == code, out
+    for w in words:
+        assert w in out["msg"] + out["details"], out
+
+
+def test_version_every_cni_version(lab):
+    for v in VERSIONS:
+        rc, out, _ = call(lab, "VERSION", conf(v))
+        assert rc == 0
+        assert out == {"cniVersion": "1.1.0", "supportedVersions": VERSIONS}
+
+
+def test_version_with_empty_stdin(lab):
+    rc, out, _ = call(lab, "VERSION", None, raw_stdin="")
+    assert rc == 0 and out["supportedVersions"] == VERSIONS
+
+
+def test_no_command_prints_about_line(isolation_bin):
+    proc = subprocess.run([isolation_bin], capture_output=True, text=True, env={})
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines()[0] == "CNI isolation plugin v0.1.0"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_add_passes_prev_result_through(bridged, version):
+    lab, net, c, prev = bridged
+    given = prev if version.startswith("1.") else legacy_shape(prev, version)
+    given = {**given, "cniVersion": version}
+    rc, out, _ = call(lab, "ADD", conf(version, given), c)
+    assert rc == 0, out
+    assert out == given
+
+
+def test_add_converts_result_to_conf_version(bridged):
+    lab, net, c, prev = bridged
+    rc, out, _ = call(lab, "ADD", conf("0.4.0", prev), c)
+    assert rc == 0
+    assert out["cniVersion"] == "0.4.0"
+    assert [ip["version"] for ip in out["ips"]] == ["4", "6"]  # 10.77.1.x then fd77:1::x
+    rc, out, _ = call(lab, "ADD", conf("1.0.0", legacy_shape(prev, "0.4.0")), c)
+    assert rc == 0 and all("version" not in ip for ip in out["ips"]) and out["cniVersion"] == "1.0.0"
+
+
+def test_check_needs_040(bridged):
+    lab, net, c, prev = bridged
+    assert call(lab, "ADD", conf("0.3.1", legacy_shape(prev, "0.3.1")), c)[0] == 0
+    rc, out, _ = call(lab, "CHECK", conf("0.3.1", legacy_shape(prev, "0.3.1")), c)
+    assert_error(rc, out, 1, "CHECK")
+
+
+def test_check_fails_when_rules_are_removed_by_hand(bridged):
+    lab, net, c, prev = bridged
+    assert call(lab, "ADD", conf(prev=prev), c)[0] == 0
+    assert call(lab, "CHECK", conf(prev=prev), c)[0] == 0
+    sh("iptables", "-F", "CNI-ISOLATION-STAGE-2", netns=lab.host)
+    rc, out, _ = call(lab, "CHECK", conf(prev=prev), c)
+    assert_error(rc, out, 102, "ipv4", f"-o {net.bridge} -j DROP")
+    assert call(lab, "ADD", conf(prev=prev), c)[0] == 0  # ADD repairs
+    assert call(lab, "CHECK", conf(prev=prev), c)[0] == 0
+    sh("ip6tables", "-D", "CNI-ISOLATION-STAGE-1", "-i", net.bridge, "!", "-o", net.bridge,
+       "-m", "comment", "--comment", "isolation-plugin", "-j", "CNI-ISOLATION-STAGE-2", netns=lab.host)
+    rc, out, _ = call(lab, "CHECK", conf(prev=prev), c)
+    assert_error(rc, out, 102, "ipv6")
+
+
+def test_check_fails_when_an_accept_jump_sits_above_ours(bridged):
+    lab, net, c, prev = bridged
+    assert call(lab, "ADD", conf(prev=prev), c)[0] == 0
+    sh("iptables", "-N", "SOMEONE-ELSE", netns=lab.host)
+    sh("iptables", "-I", "FORWARD", "1", "-j", "SOMEONE-ELSE", netns=lab.host)
+    rc, out, _ = call(lab, "CHECK", conf(prev=prev), c)
+    assert_error(rc, out, 102, "SOMEONE-ELSE")
+    assert call(lab, "ADD", conf(prev=prev), c)[0] == 0  # ADD moves our jump back on top
+    first = [r for r in lab.save().splitlines() if r.startswith("-A FORWARD")][0]
+    assert first == "-A FORWARD -m comment --comment isolation-plugin -j CNI-ISOLATION-STAGE-1"
+    assert call(lab, "CHECK", conf(prev=prev), c)[0] == 0
+
+
+def test_repeated_add_changes_nothing(bridged):
+    lab, net, c, prev = bridged
+    assert call(lab, "ADD", conf(prev=prev), c)[0] == 0
+    before = ruleset(lab)
+    assert call(lab, "ADD", conf(prev=prev), c)[0] == 0
+    assert ruleset(lab) == before
+
+
+def test_open_policy_adds_no_rules(bridged):
+    lab, net, c, prev = bridged
+    before = ruleset(lab)
+    assert call(lab, "ADD", conf(prev=prev, ingressPolicy="open"), c)[0] == 0
+    assert call(lab, "CHECK", conf(prev=prev, ingressPolicy="open"), c)[0] == 0
+    assert ruleset(lab) == before
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_del_is_best_effort(bridged, version):
+    lab, net, c, prev = bridged
+    for env in ({}, {"CNI_NETNS": None}, {"CNI_NETNS": None}):  # plain, no netns, and repeated
+        rc, out, raw = call(lab, "DEL", conf(version), c, env=env)  # no prevResult at all
+        assert rc == 0 and raw == ""
+
+
+@pytest.mark.parametrize(
+    "command,version,code",
+    [("GC", "1.1.0", 0), ("STATUS", "1.1.0", 0), ("GC", "1.0.0", 1), ("STATUS", "1.0.0", 1)],
+)
+def test_gc_and_status(lab, command, version, code):
+    rc, out, raw = call(lab, command, conf(version, **{"cni.dev/valid-attachments": []}))
+    if code == 0:
+        assert rc == 0 and raw == ""
+    else:
+        assert_error(rc, out, code, command)
+
+
+# --- rejected input: exact code, and nothing on the host changes ---------------------------
+def _bad_name_prev(prev, name):
+    bad = copy.deepcopy(prev)
+    bad["interfaces"][0]["name"] = name
+    return bad
+
+
+HOSTILE_NAMES = ["br0 -j ACCEPT", "-j", "br+", "a" * 16, "br\nx", 'br"x', "", "..", "br/0", "br!", 7, None]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=repr)
+def test_hostile_interface_names(bridged, name):
+    lab, net, c, prev = bridged
+    before = ruleset(lab)
+    rc, out, _ = call(lab, "ADD", conf(prev=_bad_name_prev(prev, name)), c)
+    assert_error(rc, out, 7, "prevResult.interfaces[0].name")
+    assert ruleset(lab) == before
+
+
+def test_real_bridge_with_a_wildcard_name_is_refused(bridged):
+    lab, net, c, prev = bridged
+    odd = f"{lab.prefix}+"
+    sh(IP, "link", "add", odd, "type", "bridge", netns=lab.host)
+    before = ruleset(lab)
+    rc, out, _ = call(lab, "ADD", conf(prev=_bad_name_prev(prev, odd)), c)
+    assert_error(rc, out, 7, odd)
+    assert ruleset(lab) == before
+
+
+@pytest.mark.parametrize(
+    "case,stdin,code,word",
+    [
+        ("malformed json", "{not json", 6, "decode"),
+        ("not an object", "[1, 2]", 6, "object"),
+        ("unsupported version", json.dumps({"cniVersion": "0.2.0", "type": "isolation"}), 1, "0.2.0"),
+        ("future version", json.dumps({"cniVersion": "2.0.0", "type": "isolation"}), 1, "2.0.0"),
+        ("no version", json.dumps({"type": "isolation"}), 1, "cniVersion"),
+    ],
+)
+def test_undecodable_input(bridged, case, stdin, code, word):
+    lab, net, c, prev = bridged
+    before = ruleset(lab)
+    for command in ("ADD", "CHECK", "DEL"):
+        rc, out, _ = call(lab, command, None, c, raw_stdin=stdin)
+        assert_error(rc, out, code, word)
+    assert ruleset(lab) == before
+
+
+@pytest.mark.parametrize(
+    "extra,field",
+    [
+        ({"ingressPolicy": "strict"}, "ingressPolicy"),
+        ({"ingressPolicy": 1}, "ingressPolicy"),
+        ({"ingressPolicy": None}, "ingressPolicy"),
+        ({"backend": "ebtables"}, "backend"),
+        ({"backend": "nftables"}, "backend"),
+        ({"type": 3}, "type"),
+    ],
+)
+def test_invalid_config(bridged, extra, field):
+    lab, net, c, prev = bridged
+    before = ruleset(lab)
+    for command in ("ADD", "CHECK"):
+        rc, out, _ = call(lab, command, conf(prev=prev, **extra), c)
+        assert_error(rc, out, 7, field)
+    assert ruleset(lab) == before
+
+
+def test_runtime_keys_are_accepted(bridged):
+    lab, net, c, prev = bridged
+    extra = {"runtimeConfig": {"portMappings": []}, "args": {"cni": {}}, "capabilities": {"portMappings": True}}
+    rc, out, _ = call(lab, "ADD", conf(prev=prev, **extra), c)
+    assert rc == 0 and out == prev
+
+
+def test_missing_prev_result(bridged):
+    lab, net, c, prev = bridged
+    before = ruleset(lab)
+    rc, out, _ = call(lab, "ADD", conf(), c)
+    assert_error(rc, out, 7, "prevResult")
+    assert ruleset(lab) == before
+
+
+@pytest.mark.parametrize("which", ["no host-side bridge", "absent interface"])
+def test_missing_bridge(bridged, which):
+    lab, net, c, prev = bridged
+    bad = copy.deepcopy(prev)
+    if which == "no host-side bridge":
+        bad["interfaces"] = bad["interfaces"][1:]  # host veth and eth0 only
+    else:
+        bad["interfaces"][0]["name"] = f"{lab.prefix}zz"
+    before = ruleset(lab)
+    rc, out, _ = call(lab, "ADD", conf(prev=bad), c)
+    assert_error(rc, out, 101, "bridge")
+    assert ruleset(lab) == before
+
+
+def test_bridge_found_wherever_it_is_listed(bridged):
+    lab, net, c, prev = bridged
+    moved = copy.deepcopy(prev)
+    moved["interfaces"] = [moved["interfaces"][2], moved["interfaces"][1], moved["interfaces"][0]]
+    for ip in moved["ips"]:
+        ip["interface"] = 0
+    rc, out, _ = call(lab, "ADD", conf(prev=moved), c)
+    assert rc == 0
+    assert f"-A CNI-ISOLATION-STAGE-2 -o {net.bridge} -m comment --comment isolation-plugin -j DROP" in lab.save()
+
+
+@pytest.mark.parametrize(
+    "env,word",
+    [
+        ({"CNI_CONTAINERID": None}, "CNI_CONTAINERID"),
+        ({"CNI_NETNS": None}, "CNI_NETNS"),
+        ({"CNI_IFNAME": None}, "CNI_IFNAME"),
+        ({"CNI_COMMAND": "FROB"}, "FROB"),
+    ],
+)
+def test_bad_environment(bridged, env, word):
+    lab, net, c, prev = bridged
+    before = ruleset(lab)
+    rc, out, _ = call(lab, "ADD", conf(prev=prev), c, env=env)
+    assert_error(rc, out, 4, word)
+    assert ruleset(lab) == before
