@@ -32,6 +32,9 @@ Why it is built this way:
   ADD for every container, then CHECK for every one, VERSION a few dozen times, then
   DEL for every one. The grid (bridge + host-local ADDs) is built before the ADD phase
   so that the measured ADDs follow each other without setup in between.
+* The grid is set up here rather than with tests/netlab.py's Lab, which also builds an
+  "outside" peer, a TCP listener thread per container and bridge-nf settings that a
+  latency run does not need, and which is the tests' helper to change as they need.
 * A few untimed VERSION calls per plugin come first: they read the plugin versions and
   put both binaries in the page cache, as on a host that has started containers before.
 * Every invocation's exit code is checked (and ADD/VERSION output must be JSON); the
@@ -74,10 +77,10 @@ STATE_ROOT = "/run/isolation"  # where our plugin keeps per-namespace state (plu
 TIMEOUT_S = 60
 WARMUP_RUNS = 3
 
-# The two contenders: key -> (label, plugin entry of the conflist, whether it gets PATH)
+# The two contenders: key -> (their entry in the conflist, whether they get PATH)
 CONTENDERS = {
-    "ours": ("ours", {"type": "isolation"}, False),
-    "go": ("go", {"type": "firewall", "backend": "iptables", "ingressPolicy": "same-bridge"}, True),
+    "ours": ({"type": "isolation"}, False),
+    "go": ({"type": "firewall", "backend": "iptables", "ingressPolicy": "same-bridge"}, True),
 }
 VERBS = ("VERSION", "ADD", "CHECK", "DEL")  # table order; measured as ADD, CHECK, VERSION, DEL
 
@@ -150,7 +153,7 @@ class Host:
 
     def __init__(self, key: str, netns: str, plugin_path: str, datadir: str):
         self.key = key
-        self.label, self.entry, self.with_path = CONTENDERS[key]
+        self.entry, self.with_path = CONTENDERS[key]
         self.netns = netns
         self.plugin_path = plugin_path
         self.datadir = datadir
@@ -189,7 +192,7 @@ class Host:
         """The (duration ns, stdout) of the last request; any failure raises with the plugin's output."""
         reply = self.conn.recv()
         if reply[0] == "error":
-            raise BenchError(f"[{self.label}] {what}: could not run: {reply[1]}")
+            raise BenchError(f"[{self.key}] {what}: could not run: {reply[1]}")
         _, ns, rc, out, err = reply
         if rc == 0 and want_json:
             try:
@@ -198,7 +201,7 @@ class Host:
                 rc = "0 but stdout is not JSON"
         if rc != 0:
             raise BenchError(
-                f"[{self.label}] {what} failed (exit {rc})\n"
+                f"[{self.key}] {what} failed (exit {rc})\n"
                 f"--- stdin ---\n{stdin.decode(errors='replace')}\n"
                 f"--- stdout ---\n{out.decode(errors='replace')}\n--- stderr ---\n{err.decode(errors='replace')}"
             )
@@ -297,7 +300,7 @@ class Host:
         return text.splitlines()[0] if text else "unknown"
 
     def rule_lines(self) -> dict[str, int]:
-        """Untimed: how many iptables-save lines each family's filter table has in this host."""
+        """Untimed: how many rules (-A lines of iptables-save) each family's filter table holds here."""
         counts = {}
         for tool in ("iptables-save", "ip6tables-save"):
             _, out = self.run(tool, [shutil.which(tool) or f"/usr/sbin/{tool}", "-t", "filter"], {"PATH": SYSTEM_PATH}, b"")
@@ -312,7 +315,7 @@ def sh(*argv: str, check: bool = True, stdin: str | None = None) -> subprocess.C
     return subprocess.run(argv, input=stdin, check=check, capture_output=True, text=True)
 
 
-def p95(samples: list[int]) -> float:
+def p95(samples: list[float]) -> float:
     ordered = sorted(samples)
     return ordered[math.ceil(0.95 * len(ordered)) - 1]
 
@@ -408,7 +411,7 @@ def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Hos
         "load": {"start": list(load_start), "end": list(load_end)},
         "measured_seconds": round(elapsed, 2),
         "cniVersion": CNI_VERSION,
-        "plugins": {key: {**versions[key], "conf": CONTENDERS[key][1]} for key in CONTENDERS},
+        "plugins": {key: {**versions[key], "conf": CONTENDERS[key][0]} for key in CONTENDERS},
         "filter_rules_after_add": rules,
         "verbs": verbs,
     }

@@ -95,7 +95,7 @@ def _engine(inv: Invocation):
     from plugin.backends import select
     from plugin.policy import intent_for
 
-    conf = config.parse(inv.raw)
+    conf = config.load(inv.raw)
     prev = require_prev_result(inv.raw)
     bridge = find_bridge(prev)
     return prev, select(conf.backend), intent_for(bridge, conf.ingressPolicy)
@@ -136,7 +136,7 @@ def cmd_status(inv: Invocation) -> None:
     from plugin import config
     from plugin.backends import select
 
-    conf = config.parse(inv.raw)
+    conf = config.load(inv.raw)
     try:
         select(conf.backend)
     except CniError as err:

@@ -19,6 +19,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from plugin.hoststate import STATE_ROOT, netns_key
+
 CNI_DIR = "/usr/lib/cni"
 IP = shutil.which("ip") or "/usr/sbin/ip"
 CLONE_NEWNET = 0x40000000
@@ -154,6 +156,8 @@ class Lab:
     def close(self) -> None:
         for s in self.listeners:
             s.close()
+        if self.host in self.namespaces:  # the plugin's state for this host namespace goes too
+            shutil.rmtree(os.path.join(STATE_ROOT, in_netns(self.host, netns_key)), ignore_errors=True)
         for ns in reversed(self.namespaces):
             sh(IP, "netns", "del", ns, check=False)
         shutil.rmtree(self.tmp, ignore_errors=True)

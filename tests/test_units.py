@@ -2,7 +2,7 @@
 
 import pytest
 
-from plugin.config import parse
+from plugin.model import parse
 from plugin.errors import CniError
 from plugin.links import valid_name
 from plugin.policy import intent_for

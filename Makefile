@@ -1,0 +1,57 @@
+# isolation: build, install, test, demo. See README.md.
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+PREFIX      ?= /usr/local
+LIBDIR      ?= $(PREFIX)/lib/isolation
+CNI_BIN_DIR ?= /opt/cni/bin
+DESTDIR     ?=
+BIN         := dist/isolation/isolation
+SOURCES     := $(shell find plugin -name '*.py') build.spec
+
+.PHONY: all deps build install uninstall test unit e2e demo bench clean
+
+all: build
+
+deps:
+	bash hack/install-deps.sh
+
+$(PY):
+	@echo "no $(VENV): run 'make deps' (as root) first" >&2; exit 1
+
+$(BIN): $(SOURCES) | $(PY)
+	$(VENV)/bin/pyinstaller --noconfirm --clean --log-level WARN build.spec
+
+build: $(BIN)
+
+# The onedir bundle goes to $(LIBDIR); $(CNI_BIN_DIR)/isolation is a relative symlink
+# to it, so the same tree works under any DESTDIR. The bundle is swapped in by rename
+# so a plugin run during an upgrade never sees a half-copied bundle.
+install: build
+	install -d $(DESTDIR)$(dir $(LIBDIR)) $(DESTDIR)$(CNI_BIN_DIR)
+	rm -rf $(DESTDIR)$(LIBDIR).new $(DESTDIR)$(LIBDIR).old
+	cp -a dist/isolation $(DESTDIR)$(LIBDIR).new
+	if [ -e $(DESTDIR)$(LIBDIR) ]; then mv $(DESTDIR)$(LIBDIR) $(DESTDIR)$(LIBDIR).old; fi
+	mv $(DESTDIR)$(LIBDIR).new $(DESTDIR)$(LIBDIR)
+	rm -rf $(DESTDIR)$(LIBDIR).old
+	ln -sfnr $(DESTDIR)$(LIBDIR)/isolation $(DESTDIR)$(CNI_BIN_DIR)/isolation
+
+uninstall:
+	rm -f $(DESTDIR)$(CNI_BIN_DIR)/isolation
+	rm -rf $(DESTDIR)$(LIBDIR)
+
+# The whole suite: unit tests and end-to-end tests against the frozen binary (root).
+test: build
+	$(PY) -m pytest
+
+unit: | $(PY)
+	$(PY) -m pytest -m "not e2e"
+
+demo: deps
+	$(MAKE) install
+	bash hack/demo.sh
+
+bench: build
+	$(PY) bench/cni_latency.py
+
+clean:
+	rm -rf build dist .pytest_cache

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything needed to build, test and demo the plugin on Debian 12:
+# system packages (firewall tools, iproute2, upstream CNI plugins) and a venv of
+# Debian's /usr/bin/python3 (not a pyenv shim: it starts faster and freezes smaller).
+# The venv sees system site-packages for python3-nftables, which must match libnftables.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: run as root (apt-get install)" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+  iptables nftables libnftables1 python3-nftables \
+  iproute2 iputils-ping procps kmod util-linux \
+  containernetworking-plugins \
+  python3 python3-venv python3-pip binutils make >/dev/null
+
+if [ ! -x "$VENV/bin/python" ]; then
+  /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check -r hack/requirements-dev.txt
+echo "install-deps: system packages and $VENV ready"

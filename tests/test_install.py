@@ -1,0 +1,63 @@
+"""`make install DESTDIR=D` gives a self-contained D/opt/cni/bin/isolation that runs
+from any directory, with an empty environment and with read-only /tmp and /var/tmp."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.e2e
+# Inside a private mount namespace: /tmp and /var/tmp become read-only, contents kept.
+READ_ONLY_TMP = " && ".join(
+    f"mount --bind {d} {d} && mount -o remount,bind,ro {d} && ! touch {d}/.w 2>/dev/null" for d in ("/tmp", "/var/tmp")
+)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory, isolation_bin):
+    dest = tmp_path_factory.mktemp("destdir")
+    proc = subprocess.run(["make", "-s", "install", f"DESTDIR={dest}"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return dest
+
+
+def test_layout_is_a_relative_symlink_into_the_bundle(installed):
+    link = installed / "opt/cni/bin/isolation"
+    target = os.readlink(link)
+    assert target == "../../../usr/local/lib/isolation/isolation"
+    assert (installed / "usr/local/lib/isolation/_internal").is_dir()
+    bundled = os.listdir(installed / "usr/local/lib/isolation/_internal")
+    assert any(name.startswith("libpython3") for name in bundled), "the interpreter must be in the bundle"
+
+
+def test_runs_anywhere_with_nothing(installed, can_netns):
+    """Empty environment, cwd /, read-only /tmp and /var/tmp (a private mount namespace)."""
+    binary = installed / "opt/cni/bin/isolation"
+    script = (
+        f"{READ_ONLY_TMP} && cd / && exec env -i CNI_COMMAND=VERSION {binary} </dev/null"
+    )
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["supportedVersions"] == ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+
+
+def test_add_with_read_only_tmp(installed, lab):
+    """A full ADD through the installed binary while /tmp and /var/tmp are read-only."""
+    net = lab.network(["bridge"])
+    c = lab.add(net)
+    conf = {"cniVersion": "1.0.0", "name": net.name, "type": "isolation", "prevResult": lab.cache[(net.name, c.id)]}
+    binary = installed / "opt/cni/bin/isolation"
+    env = (f"CNI_COMMAND=ADD CNI_CONTAINERID={c.id} CNI_NETNS=/run/netns/{c.name} "
+           "CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni")
+    script = (
+        f"{READ_ONLY_TMP} && cd / && exec ip netns exec {lab.host} env -i {env} {binary}"
+    )
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          input=json.dumps(conf), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout) == conf["prevResult"]
+    assert f"-o {net.bridge} -m comment --comment isolation-plugin -j DROP" in lab.save()
