@@ -55,13 +55,15 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from multiprocessing import Pipe
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from plugin.hoststate import STATE_ROOT, netns_key  # noqa: E402  (where the plugin keeps its state)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CNI_DIR = "/usr/lib/cni"
@@ -72,8 +74,6 @@ CNI_VERSION = "1.0.0"
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 IP = shutil.which("ip") or "/usr/sbin/ip"
 CLONE_NEWNET = 0x40000000
-SO_NETNS_COOKIE = 71
-STATE_ROOT = "/run/isolation"  # where our plugin keeps per-namespace state (plugin/hoststate.py)
 TIMEOUT_S = 60
 WARMUP_RUNS = 3
 
@@ -105,16 +105,6 @@ def enter_netns(name: str) -> None:
             raise OSError(err, f"setns({name}): {os.strerror(err)}")
     finally:
         os.close(fd)
-
-
-def netns_key() -> str:
-    """How our plugin names this namespace's state directory (see plugin/hoststate.py)."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            cookie = int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
-        return f"ns-{cookie}"
-    except OSError:
-        return f"ino-{os.stat('/proc/self/ns/net').st_ino}"
 
 
 def worker(netns: str, conn) -> None:

@@ -5,7 +5,7 @@ that need them, so VERSION and a plain DEL stay cheap.
 """
 
 import json
-import os
+import time
 
 from plugin import SUPPORTED_VERSIONS
 from plugin.errors import (
@@ -16,7 +16,7 @@ from plugin.errors import (
     NOT_AVAILABLE,
     CniError,
 )
-from plugin.result import convert, find_bridge, require_prev_result, version_tuple
+from plugin.result import convert, find_attachment, require_prev_result, version_tuple
 
 LATEST = SUPPORTED_VERSIONS[-1]
 
@@ -27,7 +27,6 @@ REQUIRED_ENV = {
     "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
     "GC": ("CNI_PATH",),
     "STATUS": ("CNI_PATH",),
-    "VERSION": (),
 }
 MIN_VERSION = {"CHECK": (0, 4, 0), "GC": (1, 1, 0), "STATUS": (1, 1, 0)}
 
@@ -41,6 +40,8 @@ class Invocation:
         self.stdin = stdin
         self.cni_version = LATEST  # until the configuration tells otherwise
         self.raw: dict = {}
+        self.log_file: str | None = None  # set once the configuration is validated
+        self.notes: dict = {}  # what the log line reports: bridge, backend, ...
 
     def decode(self) -> None:
         try:
@@ -60,8 +61,6 @@ class Invocation:
         self.raw = raw
 
     def check_env(self) -> None:
-        if self.command not in REQUIRED_ENV:
-            raise CniError(INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {self.command!r}")
         missing = [k for k in REQUIRED_ENV[self.command] if not self.env.get(k)]
         if missing:
             raise CniError(INVALID_ENVIRONMENT, f"{self.command} needs {', '.join(missing)} in the environment")
@@ -77,16 +76,24 @@ class Invocation:
 def run(env: dict, stdin: bytes) -> tuple[dict | None, int]:
     """Execute one CNI invocation; returns (JSON to print or None, exit code)."""
     inv = Invocation(env, stdin)
+    if inv.command == "VERSION":
+        return {"cniVersion": LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)}, 0
+    started = time.monotonic()
+    outcome = {"result": "ok"}
     try:
-        if inv.command == "VERSION":
-            return {"cniVersion": LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)}, 0
-        if inv.command not in REQUIRED_ENV:
-            inv.check_env()
+        if inv.command not in VERBS:
+            raise CniError(INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {inv.command!r}")
         inv.decode()
         inv.check_env()
         return VERBS[inv.command](inv), 0
     except CniError as err:
+        outcome = {"result": "error", "code": err.code, "msg": err.msg}
         return err.as_dict(inv.cni_version), 1
+    finally:
+        from plugin import log
+
+        fields = {"container": env.get("CNI_CONTAINERID"), "network": inv.raw.get("name"), **inv.notes, **outcome}
+        log.record(inv.log_file, inv.command, fields, started)
 
 
 def _engine(inv: Invocation):
@@ -96,9 +103,13 @@ def _engine(inv: Invocation):
     from plugin.policy import intent_for
 
     conf = config.load(inv.raw)
+    inv.log_file = conf.logFile
     prev = require_prev_result(inv.raw)
-    bridge = find_bridge(prev)
-    return prev, select(conf.backend), intent_for(bridge, conf.ingressPolicy)
+    bridge, port = find_attachment(prev)
+    inv.notes["bridge"] = bridge
+    backend = select(conf.backend)
+    inv.notes["backend"] = backend.name
+    return prev, backend, intent_for(bridge, conf.ingressPolicy, port)
 
 
 def cmd_add(inv: Invocation) -> dict:
@@ -111,8 +122,11 @@ def cmd_add(inv: Invocation) -> dict:
 
 
 def cmd_check(inv: Invocation) -> None:
+    from plugin.hoststate import HostLock
+
     _, backend, intent = _engine(inv)
-    found = backend.verify(intent)
+    with HostLock():  # never look at a half-finished ADD (one transaction per family on iptables)
+        found = backend.verify(intent)
     if found:
         raise CniError(CHECK_FAILED, f"isolation of bridge {intent.bridge} is not in place", "; ".join(found))
     return None
@@ -122,8 +136,15 @@ def cmd_del(inv: Invocation) -> None:
     """Best effort by specification: never fails for missing prevResult or netns.
 
     Rules are per bridge and shared by every attachment on it, so nothing is
-    removed here yet (teardown by reference count is a later feature).
+    removed here yet (teardown by reference count is a later feature). An invalid
+    configuration does not fail DEL: ADD rejected it, so nothing was applied.
     """
+    from plugin import config
+
+    try:
+        inv.log_file = config.load(inv.raw).logFile
+    except CniError:
+        pass
     return None
 
 
@@ -137,8 +158,9 @@ def cmd_status(inv: Invocation) -> None:
     from plugin.backends import select
 
     conf = config.load(inv.raw)
+    inv.log_file = conf.logFile
     try:
-        select(conf.backend)
+        inv.notes["backend"] = select(conf.backend).name
     except CniError as err:
         raise CniError(NOT_AVAILABLE, err.msg, err.details) from None
     return None

@@ -26,12 +26,13 @@ class NetConf(BaseModel):
     type: str
     ingressPolicy: IngressPolicy = "same-bridge"
     backend: Backend = "auto"
+    logFile: str | None = None
 
-    @field_validator("backend")
+    @field_validator("logFile")
     @classmethod
-    def _backend_available(cls, value: str) -> str:
-        if value == "nftables":
-            raise ValueError("the nftables backend is not available in this release; use 'auto' or 'iptables'")
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or "\0" in value):
+            raise ValueError("must be an absolute path")
         return value
 
 

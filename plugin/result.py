@@ -1,7 +1,7 @@
 """prevResult handling: finding the bridge in it, and re-emitting it in the conf's cniVersion."""
 
 from plugin.errors import INVALID_CONFIG, NO_BRIDGE, CniError
-from plugin.links import is_bridge, require_name
+from plugin.links import driver, is_bridge, require_name
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -17,8 +17,9 @@ def require_prev_result(raw: dict) -> dict:
     return prev
 
 
-def find_bridge(prev: dict) -> str:
-    """The host-side interface of prevResult that is a Linux bridge in this network namespace.
+def find_attachment(prev: dict) -> tuple[str, str | None]:
+    """(bridge, host port) from prevResult: the host-side interface that is a Linux bridge in
+    this network namespace, and the first other host-side interface that exists (the veth).
 
     Runtimes differ in what comes first (Podman passes bridge, host veth, eth0), so
     every host-side entry (one without `sandbox`) is checked, in order.
@@ -33,9 +34,10 @@ def find_bridge(prev: dict) -> str:
         if iface.get("sandbox"):
             continue
         host_side.append(require_name(iface.get("name"), f"prevResult.interfaces[{i}].name"))
-    for name in host_side:
-        if is_bridge(name):
-            return name
+    bridge = next((name for name in host_side if is_bridge(name)), None)
+    if bridge is not None:
+        port = next((name for name in host_side if name != bridge and driver(name) is not None), None)
+        return bridge, port
     raise CniError(
         NO_BRIDGE,
         "prevResult names no Linux bridge on the host side",

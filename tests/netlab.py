@@ -7,6 +7,7 @@ everything the lab made, also after a failure.
 """
 
 import ctypes
+import glob
 import ipaddress
 import json
 import os
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from plugin.hoststate import STATE_ROOT, netns_key
 
 CNI_DIR = "/usr/lib/cni"
+SYSTEM_LIBNFTABLES = sorted({os.path.realpath(p) for p in glob.glob("/usr/lib/*/libnftables.so.1*")})
 IP = shutil.which("ip") or "/usr/sbin/ip"
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -204,8 +206,11 @@ class Lab:
         full_env = {"CNI_COMMAND": command, "CNI_PATH": CNI_DIR, **env}
         if kind != "isolation":
             full_env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+        argv = [IP, "netns", "exec", self.host, self.plugin_path(kind)]
+        if kind == "isolation":
+            argv = self.without_system_libnftables(argv)
         proc = subprocess.run(
-            [IP, "netns", "exec", self.host, self.plugin_path(kind)],
+            argv,
             input=json.dumps(conf),
             capture_output=True,
             text=True,
@@ -214,6 +219,16 @@ class Lab:
         )
         out = json.loads(proc.stdout) if proc.stdout.strip() else None
         return proc.returncode, out, proc.stderr
+
+    def without_system_libnftables(self, argv: list[str]) -> list[str]:
+        """`argv` in a private mount namespace where the system's libnftables is an empty file.
+
+        Our frozen binary must bring its own copy; every end-to-end run proves it does.
+        """
+        empty = os.path.join(self.tmp, "empty")
+        open(empty, "w").close()
+        script = 'for lib in "$@"; do case "$lib" in --) shift; break;; esac; mount --bind "$0" "$lib"; shift; done; exec "$@"'
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, empty, *SYSTEM_LIBNFTABLES, "--", *argv]
 
     def _conf(self, net: Network, plugin: dict, prev: dict | None) -> dict:
         conf = {"cniVersion": net.cni_version, "name": net.name, **plugin}
@@ -318,6 +333,13 @@ class Lab:
             return dict(zip(jobs, results))
 
     # --- firewall state ---------------------------------------------------------------------
+    def ruleset(self) -> str:
+        """Everything the host namespace's firewall holds: both xtables families and nftables."""
+        return "\n".join([self.save("ipv4"), self.save("ipv6"), sh("nft", "list", "ruleset", netns=self.host).stdout])
+
+    def nft(self, *args: str) -> str:
+        return sh("nft", *args, netns=self.host).stdout
+
     def save(self, family: str = "ipv4") -> str:
         tool = "iptables-save" if family == "ipv4" else "ip6tables-save"
         lines = sh(tool, netns=self.host).stdout.splitlines()

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from netlab import IP
+from netlab import IP, sh
 
 pytestmark = pytest.mark.e2e
 FIREWALL_SAME_BRIDGE = {"type": "firewall", "backend": "iptables", "ingressPolicy": "same-bridge"}
@@ -24,8 +24,9 @@ def test_firewall_after_us_on_its_first_run_cannot_open_a_hole(lab):
     `firewall` ever runs on this host, so nothing of ours runs after it. Its
     `-s IP -j ACCEPT` must still not let that container into network 1.
     """
-    net1 = lab.network(["bridge", "isolation"])
-    net2 = lab.network(["bridge", "isolation", "firewall"])
+    ipt = {"backend": "iptables"}
+    net1 = lab.network(["bridge", "isolation"], isolation=ipt)
+    net2 = lab.network(["bridge", "isolation", "firewall"], isolation=ipt)
     c1, c2 = lab.add(net1), lab.add(net2)
     forward = [r for r in lab.save().splitlines() if r.startswith("-A FORWARD")]
     assert forward[0].endswith("-j CNI-FORWARD"), "precondition: firewall's jump is now above ours"
@@ -38,7 +39,7 @@ def test_sharing_chains_with_firewall_ingress_policy(lab, order):
     chain = ["bridge", FIREWALL_SAME_BRIDGE, "isolation"]
     if order == "isolation-first":
         chain = ["bridge", "isolation", FIREWALL_SAME_BRIDGE]
-    nets = [lab.network(chain) for _ in range(2)]
+    nets = [lab.network(chain, isolation={"backend": "iptables"}) for _ in range(2)]
     a, b = [lab.add(n) for n in nets]
     assert blocked_both_ways(lab, a, b) == []
     for fam in ("ipv4", "ipv6"):
@@ -52,26 +53,34 @@ def test_sharing_chains_with_firewall_ingress_policy(lab, order):
         assert all(rc == 0 for _, rc, _ in lab.check(c))
 
 
-def test_parallel_adds_leave_exactly_one_rule_each(lab):
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_parallel_adds_leave_exactly_one_rule_each(lab, backend):
     """16 ADDs at once over 4 bridges: every one succeeds, no rule is duplicated."""
     nets = [lab.network(["bridge"]) for _ in range(4)]
     containers = [lab.add(n) for n in nets for _ in range(4)]
 
     def add(c):
         prev = lab.cache[(c.network.name, c.id)]
-        conf = {"cniVersion": "1.0.0", "name": c.network.name, "type": "isolation", "prevResult": prev}
+        conf = {"cniVersion": "1.0.0", "name": c.network.name, "type": "isolation", "prevResult": prev,
+                "backend": backend}
         env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": c.id, "CNI_NETNS": f"/run/netns/{c.name}",
                "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
-        return subprocess.run([IP, "netns", "exec", lab.host, lab.isolation_bin], input=json.dumps(conf),
-                              capture_output=True, text=True, env=env)
+        argv = lab.without_system_libnftables([IP, "netns", "exec", lab.host, lab.isolation_bin])
+        return subprocess.run(argv, input=json.dumps(conf), capture_output=True, text=True, env=env)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         results = list(pool.map(add, containers))
     assert [r.returncode for r in results] == [0] * 16, [r.stdout for r in results if r.returncode]
-    for fam in ("ipv4", "ipv6"):
-        rules = [r for r in lab.save(fam).splitlines() if r.startswith("-A ")]
-        assert len(rules) == len(set(rules)), f"duplicate rules in {fam}"
-        for n in nets:
-            assert sum(f"-o {n.bridge} " in r and r.endswith("-j DROP") for r in rules) == 1
+    if backend == "iptables":
+        for fam in ("ipv4", "ipv6"):
+            rules = [r for r in lab.save(fam).splitlines() if r.startswith("-A ")]
+            assert len(rules) == len(set(rules)), f"duplicate rules in {fam}"
+            for n in nets:
+                assert sum(f"-o {n.bridge} " in r and r.endswith("-j DROP") for r in rules) == 1
+    else:
+        table = json.loads(sh("nft", "-j", "list", "table", "inet", "isolation", netns=lab.host).stdout)["nftables"]
+        assert sum("rule" in o for o in table) == 2, "the rule count must not depend on the number of bridges"
+        isolated = next(o["set"] for o in table if "set" in o and o["set"]["name"] == "isolated")
+        assert sorted(isolated["elem"]) == sorted(n.bridge for n in nets)
     a, b = containers[0], containers[-1]
     assert blocked_both_ways(lab, a, b) == []

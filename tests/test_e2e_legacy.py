@@ -45,7 +45,7 @@ def test_isolation_on_iptables_legacy(lab, legacy_alternatives):
     nets = [lab.network(["bridge"]) for _ in range(2)]
     a1, a2, b1 = lab.add(nets[0]), lab.add(nets[0]), lab.add(nets[1])
     for c in (a1, a2, b1):
-        conf = {"cniVersion": "1.0.0", "name": c.network.name, "type": "isolation",
+        conf = {"cniVersion": "1.0.0", "name": c.network.name, "type": "isolation", "backend": "iptables",
                 "prevResult": lab.cache[(c.network.name, c.id)]}
         for command in ("ADD", "CHECK"):
             proc = run_legacy(lab, legacy_alternatives, command, conf, c)

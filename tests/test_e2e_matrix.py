@@ -1,11 +1,12 @@
 """The isolation matrix with real packets: 3 bridges x 2 containers, IPv4 and IPv6,
-bridge-nf-call-iptables 0 and 1, three chain orders, three policies.
+bridge-nf-call-iptables 0 and 1, three chain orders, three policies, both backends.
 
 Expected verdicts come from the policy definitions, not from the plugin:
   open        everything reaches everything
   same-bridge same-bridge pairs reach; cross-bridge pairs are blocked both ways
   isolated    like same-bridge, and same-bridge pairs are blocked too
 and in every case a container reaches its own gateway and a host beyond the host.
+The expectations do not depend on the backend.
 """
 
 import pytest
@@ -27,12 +28,13 @@ def expected(policy: str, same_bridge: bool) -> bool:
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
 @pytest.mark.parametrize("policy", ["open", "same-bridge", "isolated"])
 @pytest.mark.parametrize("chain", list(CHAINS))
 @pytest.mark.parametrize("bridge_nf", [0, 1])
-def test_matrix(make_lab, policy, chain, bridge_nf):
+def test_matrix(make_lab, policy, chain, bridge_nf, backend):
     lab = make_lab(bridge_nf=bridge_nf)
-    nets = [lab.network(CHAINS[chain], isolation={"ingressPolicy": policy}) for _ in range(3)]
+    nets = [lab.network(CHAINS[chain], isolation={"ingressPolicy": policy, "backend": backend}) for _ in range(3)]
     containers = [lab.add(net) for net in nets for _ in range(2)]
 
     want = {}
@@ -56,7 +58,17 @@ def test_matrix(make_lab, policy, chain, bridge_nf):
     for c in containers:
         failed = [(kind, rc, out) for kind, rc, out in lab.check(c) if rc != 0]
         assert not failed, f"CHECK of {c.name}: {failed}"
-    if policy == "isolated":
-        assert lab.bridge_nf() == "1", "isolated must switch bridge-nf-call-iptables on"
+    if policy == "isolated" and backend == "iptables":
+        assert lab.bridge_nf() == "1", "isolated on iptables must switch bridge-nf-call-iptables on"
     else:
-        assert lab.bridge_nf() == str(bridge_nf), "only `isolated` may change bridge-nf-call-iptables"
+        assert lab.bridge_nf() == str(bridge_nf), "only `isolated` on iptables may change bridge-nf-call-iptables"
+    if policy != "open":
+        other = "nftables" if backend == "iptables" else "iptables"
+        assert not _has_rules(lab, other), f"{backend} was configured, yet {other} rules appeared"
+    assert _has_rules(lab, backend) == (policy != "open")
+
+
+def _has_rules(lab, backend: str) -> bool:
+    if backend == "iptables":
+        return "isolation-plugin" in lab.save("ipv4") + lab.save("ipv6")
+    return "table inet isolation" in lab.nft("list", "tables")

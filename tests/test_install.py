@@ -49,7 +49,8 @@ def test_add_with_read_only_tmp(installed, lab):
     """A full ADD through the installed binary while /tmp and /var/tmp are read-only."""
     net = lab.network(["bridge"])
     c = lab.add(net)
-    conf = {"cniVersion": "1.0.0", "name": net.name, "type": "isolation", "prevResult": lab.cache[(net.name, c.id)]}
+    conf = {"cniVersion": "1.0.0", "name": net.name, "type": "isolation", "prevResult": lab.cache[(net.name, c.id)],
+            "backend": "iptables"}
     binary = installed / "opt/cni/bin/isolation"
     env = (f"CNI_COMMAND=ADD CNI_CONTAINERID={c.id} CNI_NETNS=/run/netns/{c.name} "
            "CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni")
@@ -61,3 +62,14 @@ def test_add_with_read_only_tmp(installed, lab):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout) == conf["prevResult"]
     assert f"-o {net.bridge} -m comment --comment isolation-plugin -j DROP" in lab.save()
+
+
+def test_the_lab_really_hides_the_system_libnftables(lab):
+    """Every end-to-end run of our plugin happens with the system libnftables hidden;
+    here is proof that the hiding works, so those runs prove the bundle is enough."""
+    probe = "import nftables; nftables.Nftables(); print('loaded')"
+    for argv in (["/usr/bin/python3", "-c", probe], ["nft", "list", "tables"]):
+        proc = subprocess.run(lab.without_system_libnftables(argv), capture_output=True, text=True)
+        assert proc.returncode != 0 and "loaded" not in proc.stdout, (argv, proc.stdout, proc.stderr)
+    plain = subprocess.run(["/usr/bin/python3", "-c", probe], capture_output=True, text=True)
+    assert plain.stdout.strip() == "loaded", "without the wrapper the system library loads"

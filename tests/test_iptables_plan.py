@@ -50,7 +50,7 @@ def test_fully_enforced_table_has_no_problems():
 def test_displaced_jump_is_a_problem():
     table = FilterTable.parse(read("displaced.before"))
     assert problems(table, intent_for("br0", "same-bridge")) == [
-        f"FORWARD rule 1 (-j DOCKER-USER) comes before the jump to CNI-ISOLATION-STAGE-1"
+        "FORWARD rule 1 (-j DOCKER-USER) comes before the jump to CNI-ISOLATION-STAGE-1"
     ]
 
 

@@ -25,7 +25,7 @@ def bridged(lab):
 
 
 def ruleset(lab) -> str:
-    return lab.save("ipv4") + "\n" + lab.save("ipv6")
+    return lab.ruleset()
 
 
 def call(lab, command, conf, c=None, env=None, raw_stdin=None):
@@ -36,9 +36,8 @@ def call(lab, command, conf, c=None, env=None, raw_stdin=None):
     full |= env or {}
     full = {k: v for k, v in full.items() if v is not None}
     stdin = raw_stdin if raw_stdin is not None else json.dumps(conf)
-    proc = subprocess.run(
-        [IP, "netns", "exec", lab.host, lab.isolation_bin], input=stdin, capture_output=True, text=True, env=full
-    )
+    argv = lab.without_system_libnftables([IP, "netns", "exec", lab.host, lab.isolation_bin])
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=full)
     assert "Traceback" not in proc.stdout + proc.stderr
     out = json.loads(proc.stdout) if proc.stdout.strip() else None
     return proc.returncode, out, proc.stdout
@@ -113,48 +112,84 @@ def test_check_needs_040(bridged):
     assert_error(rc, out, 1, "CHECK")
 
 
-def test_check_fails_when_rules_are_removed_by_hand(bridged):
+def test_check_fails_when_iptables_rules_are_removed_by_hand(bridged):
     lab, net, c, prev = bridged
-    assert call(lab, "ADD", conf(prev=prev), c)[0] == 0
-    assert call(lab, "CHECK", conf(prev=prev), c)[0] == 0
+    ipt = {"backend": "iptables"}
+    assert call(lab, "ADD", conf(prev=prev, **ipt), c)[0] == 0
+    assert call(lab, "CHECK", conf(prev=prev, **ipt), c)[0] == 0
     sh("iptables", "-F", "CNI-ISOLATION-STAGE-2", netns=lab.host)
-    rc, out, _ = call(lab, "CHECK", conf(prev=prev), c)
+    rc, out, _ = call(lab, "CHECK", conf(prev=prev, **ipt), c)
     assert_error(rc, out, 102, "ipv4", f"-o {net.bridge} -j DROP")
-    assert call(lab, "ADD", conf(prev=prev), c)[0] == 0  # ADD repairs
-    assert call(lab, "CHECK", conf(prev=prev), c)[0] == 0
+    assert call(lab, "ADD", conf(prev=prev, **ipt), c)[0] == 0  # ADD repairs
+    assert call(lab, "CHECK", conf(prev=prev, **ipt), c)[0] == 0
     sh("ip6tables", "-D", "CNI-ISOLATION-STAGE-1", "-i", net.bridge, "!", "-o", net.bridge,
        "-m", "comment", "--comment", "isolation-plugin", "-j", "CNI-ISOLATION-STAGE-2", netns=lab.host)
-    rc, out, _ = call(lab, "CHECK", conf(prev=prev), c)
+    rc, out, _ = call(lab, "CHECK", conf(prev=prev, **ipt), c)
     assert_error(rc, out, 102, "ipv6")
+
+
+@pytest.mark.parametrize(
+    "damage,word",
+    [
+        (("flush", "chain", "inet", "isolation", "forward"), "altered"),
+        (("delete", "table", "inet", "isolation"), "missing"),
+        (("flush", "ruleset"), "missing"),
+        (("flush", "set", "inet", "isolation", "isolated"), "is not in set inet isolation isolated"),
+        (("insert", "rule", "inet", "isolation", "forward", "accept"), "altered"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else v,
+)
+def test_check_fails_when_nftables_table_is_damaged(bridged, damage, word):
+    lab, net, c, prev = bridged
+    nft = {"backend": "nftables"}
+    assert call(lab, "ADD", conf(prev=prev, **nft), c)[0] == 0
+    assert call(lab, "CHECK", conf(prev=prev, **nft), c)[0] == 0
+    before = lab.nft("list", "table", "inet", "isolation")
+    sh("nft", *damage, netns=lab.host)
+    rc, out, _ = call(lab, "CHECK", conf(prev=prev, **nft), c)
+    assert_error(rc, out, 102, "nftables", word)
+    assert call(lab, "ADD", conf(prev=prev, **nft), c)[0] == 0  # ADD repairs
+    assert call(lab, "CHECK", conf(prev=prev, **nft), c)[0] == 0
+    assert lab.nft("list", "table", "inet", "isolation").split() == before.split()
 
 
 def test_check_fails_when_an_accept_jump_sits_above_ours(bridged):
     lab, net, c, prev = bridged
-    assert call(lab, "ADD", conf(prev=prev), c)[0] == 0
+    ipt = {"backend": "iptables"}
+    assert call(lab, "ADD", conf(prev=prev, **ipt), c)[0] == 0
     sh("iptables", "-N", "SOMEONE-ELSE", netns=lab.host)
     sh("iptables", "-I", "FORWARD", "1", "-j", "SOMEONE-ELSE", netns=lab.host)
-    rc, out, _ = call(lab, "CHECK", conf(prev=prev), c)
+    rc, out, _ = call(lab, "CHECK", conf(prev=prev, **ipt), c)
     assert_error(rc, out, 102, "SOMEONE-ELSE")
-    assert call(lab, "ADD", conf(prev=prev), c)[0] == 0  # ADD moves our jump back on top
+    assert call(lab, "ADD", conf(prev=prev, **ipt), c)[0] == 0  # ADD moves our jump back on top
     first = [r for r in lab.save().splitlines() if r.startswith("-A FORWARD")][0]
     assert first == "-A FORWARD -m comment --comment isolation-plugin -j CNI-ISOLATION-STAGE-1"
-    assert call(lab, "CHECK", conf(prev=prev), c)[0] == 0
+    assert call(lab, "CHECK", conf(prev=prev, **ipt), c)[0] == 0
 
 
-def test_repeated_add_changes_nothing(bridged):
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_repeated_add_changes_nothing(bridged, backend):
     lab, net, c, prev = bridged
-    assert call(lab, "ADD", conf(prev=prev), c)[0] == 0
+    assert call(lab, "ADD", conf(prev=prev, backend=backend), c)[0] == 0
     before = ruleset(lab)
-    assert call(lab, "ADD", conf(prev=prev), c)[0] == 0
+    assert call(lab, "ADD", conf(prev=prev, backend=backend), c)[0] == 0
     assert ruleset(lab) == before
 
 
-def test_open_policy_adds_no_rules(bridged):
+@pytest.mark.parametrize("backend", ["auto", "iptables", "nftables"])
+def test_open_policy_adds_no_rules(bridged, backend):
     lab, net, c, prev = bridged
     before = ruleset(lab)
-    assert call(lab, "ADD", conf(prev=prev, ingressPolicy="open"), c)[0] == 0
-    assert call(lab, "CHECK", conf(prev=prev, ingressPolicy="open"), c)[0] == 0
+    assert call(lab, "ADD", conf(prev=prev, ingressPolicy="open", backend=backend), c)[0] == 0
+    assert call(lab, "CHECK", conf(prev=prev, ingressPolicy="open", backend=backend), c)[0] == 0
     assert ruleset(lab) == before
+
+
+def test_auto_means_nftables_where_it_works(bridged):
+    lab, net, c, prev = bridged
+    assert call(lab, "ADD", conf(prev=prev), c)[0] == 0
+    assert f'"{net.bridge}"' in lab.nft("list", "set", "inet", "isolation", "isolated")
+    assert "CNI-ISOLATION" not in lab.save("ipv4") + lab.save("ipv6")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -232,7 +267,7 @@ def test_undecodable_input(bridged, case, stdin, code, word):
         ({"ingressPolicy": 1}, "ingressPolicy"),
         ({"ingressPolicy": None}, "ingressPolicy"),
         ({"backend": "ebtables"}, "backend"),
-        ({"backend": "nftables"}, "backend"),
+        ({"backend": "NFTABLES"}, "backend"),
         ({"type": 3}, "type"),
     ],
 )
@@ -280,7 +315,7 @@ def test_bridge_found_wherever_it_is_listed(bridged):
     moved["interfaces"] = [moved["interfaces"][2], moved["interfaces"][1], moved["interfaces"][0]]
     for ip in moved["ips"]:
         ip["interface"] = 0
-    rc, out, _ = call(lab, "ADD", conf(prev=moved), c)
+    rc, out, _ = call(lab, "ADD", conf(prev=moved, backend="iptables"), c)
     assert rc == 0
     assert f"-A CNI-ISOLATION-STAGE-2 -o {net.bridge} -m comment --comment isolation-plugin -j DROP" in lab.save()
 
@@ -300,3 +335,31 @@ def test_bad_environment(bridged, env, word):
     rc, out, _ = call(lab, "ADD", conf(prev=prev), c, env=env)
     assert_error(rc, out, 4, word)
     assert ruleset(lab) == before
+
+
+def test_log_file_names_the_chosen_backend(bridged, tmp_path):
+    lab, net, c, prev = bridged
+    log = tmp_path / "isolation.log"
+    assert call(lab, "ADD", conf(prev=prev, logFile=str(log)), c)[0] == 0
+    assert call(lab, "CHECK", conf(prev=prev, logFile=str(log), backend="iptables"), c)[0] != 0  # nothing on iptables
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2
+    assert " ADD " in lines[0] and f"bridge={net.bridge}" in lines[0] and "backend=nftables" in lines[0]
+    assert f"container={c.id}" in lines[0] and "result=ok" in lines[0]
+    assert " CHECK " in lines[1] and "backend=iptables" in lines[1] and "result=error code=102" in lines[1]
+    assert oct(log.stat().st_mode & 0o777) == "0o600"
+
+
+def test_relative_log_file_is_rejected(bridged):
+    lab, net, c, prev = bridged
+    rc, out, _ = call(lab, "ADD", conf(prev=prev, logFile="isolation.log"), c)
+    assert_error(rc, out, 7, "logFile")
+
+
+def test_del_tolerates_a_config_that_add_would_reject(bridged, tmp_path):
+    lab, net, c, prev = bridged
+    rc, out, raw = call(lab, "DEL", conf(ingressPolicy="bogus"), c)
+    assert rc == 0 and raw == ""
+    log = tmp_path / "del.log"
+    assert call(lab, "DEL", conf(logFile=str(log)), c)[0] == 0
+    assert " DEL " in log.read_text() and "result=ok" in log.read_text()

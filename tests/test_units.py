@@ -18,7 +18,7 @@ def test_config_defaults():
     "raw,field",
     [
         ({"type": "isolation", "ingressPolicy": "Same-Bridge"}, "ingressPolicy"),
-        ({"type": "isolation", "backend": "nftables"}, "backend"),
+        ({"type": "isolation", "backend": "nft"}, "backend"),
         ({"ingressPolicy": "open"}, "type"),
     ],
 )
@@ -54,3 +54,35 @@ def test_convert_between_result_shapes():
     }
     assert convert(legacy, "1.1.0") == {**v1, "cniVersion": "1.1.0"}
     assert v1["cniVersion"] == "1.0.0"  # the input is not modified
+
+
+class _Fake:
+    def __init__(self, name, reason):
+        self.name, self._reason = name, reason
+
+    def unavailable_reason(self):
+        return self._reason
+
+
+@pytest.mark.parametrize(
+    "configured,nft_reason,ipt_reason,chosen,code",
+    [
+        ("auto", None, None, "nftables", None),
+        ("auto", "no libnftables", None, "iptables", None),
+        ("auto", "no libnftables", "no iptables-restore", None, 103),
+        ("nftables", "kernel refuses", None, None, 103),
+        ("iptables", None, None, "iptables", None),
+    ],
+)
+def test_backend_selection(monkeypatch, configured, nft_reason, ipt_reason, chosen, code):
+    import plugin.backends as backends
+
+    reasons = {"nftables": nft_reason, "iptables": ipt_reason}
+    monkeypatch.setattr(backends, "_make", lambda name: _Fake(name, reasons[name]))
+    if code is None:
+        assert backends.select(configured).name == chosen
+    else:
+        with pytest.raises(CniError) as err:
+            backends.select(configured)
+        assert err.value.code == code
+        assert all(r in err.value.details for r in (nft_reason, ipt_reason) if r and configured != "iptables")

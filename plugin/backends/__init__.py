@@ -1,7 +1,7 @@
 """Firewall backends: each renders BridgeIntents into its own rules and applies them atomically.
 
 Every backend offers the same small surface:
-  name                      shown to users ("iptables", later "nftables")
+  name                      shown to users ("iptables" or "nftables")
   unavailable_reason()      None when usable here, else why not
   ensure(intent)            make the host enforce `intent`; idempotent; raises CniError
   verify(intent)            what is missing for `intent` to be enforced (empty list: all good)
@@ -11,12 +11,26 @@ from plugin.errors import BACKEND_UNAVAILABLE, CniError
 
 
 def select(backend: str):
-    """The backend object for a configured `backend` value, checked to be usable here."""
-    # Until the nftables backend lands, `auto` means iptables.
+    """The backend for a configured `backend` value, checked to be usable here.
+
+    `auto` prefers nftables (its drops are final whatever other tables accept, and its
+    cost does not grow with the number of networks) and falls back to iptables.
+    """
+    reasons = []
+    for name in (("nftables", "iptables") if backend == "auto" else (backend,)):
+        chosen = _make(name)
+        reason = chosen.unavailable_reason()
+        if reason is None:
+            return chosen
+        reasons.append(f"{name}: {reason}")
+    raise CniError(BACKEND_UNAVAILABLE, f"backend {backend!r} is not usable here", "; ".join(reasons))
+
+
+def _make(name: str):
+    if name == "nftables":
+        from plugin.backends.nftables import NftablesBackend
+
+        return NftablesBackend()
     from plugin.backends.iptables import IptablesBackend
 
-    chosen = IptablesBackend()
-    reason = chosen.unavailable_reason()
-    if reason:
-        raise CniError(BACKEND_UNAVAILABLE, f"backend {chosen.name!r} is not usable: {reason}")
-    return chosen
+    return IptablesBackend()
