@@ -11,7 +11,9 @@ from plugin import SUPPORTED_VERSIONS
 from plugin.errors import (
     CHECK_FAILED,
     DECODE_FAILURE,
+    ENFORCEMENT_FAILED,
     INCOMPATIBLE_VERSION,
+    INVALID_CONFIG,
     INVALID_ENVIRONMENT,
     NOT_AVAILABLE,
     CniError,
@@ -60,6 +62,17 @@ class Invocation:
         self.cni_version = version
         self.raw = raw
 
+    @property
+    def network(self) -> str:
+        name = self.raw.get("name", "")
+        return name if isinstance(name, str) else ""
+
+    @property
+    def key(self) -> str:
+        from plugin.registry import attachment_key
+
+        return attachment_key(self.network, self.env.get("CNI_CONTAINERID", ""), self.env.get("CNI_IFNAME", ""))
+
     def check_env(self) -> None:
         missing = [k for k in REQUIRED_ENV[self.command] if not self.env.get(k)]
         if missing:
@@ -97,7 +110,7 @@ def run(env: dict, stdin: bytes) -> tuple[dict | None, int]:
 
 
 def _engine(inv: Invocation):
-    """The validated configuration, the usable backend and the intent for this attachment's bridge."""
+    """The validated configuration, the usable backend and the intent for this attachment."""
     from plugin import config
     from plugin.backends import select
     from plugin.policy import intent_for
@@ -109,47 +122,92 @@ def _engine(inv: Invocation):
     inv.notes["bridge"] = bridge
     backend = select(conf.backend)
     inv.notes["backend"] = backend.name
-    return prev, backend, intent_for(bridge, conf.ingressPolicy, port)
+    return prev, backend, intent_for(bridge, conf.ingressPolicy, port), conf
 
 
 def cmd_add(inv: Invocation) -> dict:
     from plugin.hoststate import HostLock
+    from plugin.lifecycle import attach
+    from plugin.registry import Attachment
 
-    prev, backend, intent = _engine(inv)
+    prev, backend, intent, conf = _engine(inv)
+    ips = prev.get("ips") if isinstance(prev.get("ips"), list) else []
+    addresses = tuple(str(ip.get("address")) for ip in ips if isinstance(ip, dict) and ip.get("address"))
+    attachment = Attachment(inv.network, inv.env["CNI_CONTAINERID"], inv.env["CNI_IFNAME"], intent.bridge,
+                            intent.port, conf.ingressPolicy, backend.name, addresses)
     with HostLock():
-        backend.ensure(intent)
+        attach(backend, intent, attachment)
     return convert(prev, inv.cni_version)
 
 
 def cmd_check(inv: Invocation) -> None:
-    from plugin.hoststate import HostLock
+    from plugin.hoststate import HostLock, state_dir
+    from plugin.registry import Registry
 
-    _, backend, intent = _engine(inv)
+    _, backend, intent, _ = _engine(inv)
     with HostLock():  # never look at a half-finished ADD (one transaction per family on iptables)
         found = backend.verify(intent)
+        if inv.key not in Registry.load(state_dir()).attachments:
+            found.append(f"attachment {inv.network}/{inv.env['CNI_CONTAINERID']}/{inv.env['CNI_IFNAME']} "
+                         "is not registered (no successful ADD)")
     if found:
         raise CniError(CHECK_FAILED, f"isolation of bridge {intent.bridge} is not in place", "; ".join(found))
     return None
 
 
 def cmd_del(inv: Invocation) -> None:
-    """Best effort by specification: never fails for missing prevResult or netns.
+    """Best effort by specification: needs neither prevResult nor netns, and may repeat.
 
-    Rules are per bridge and shared by every attachment on it, so nothing is
-    removed here yet (teardown by reference count is a later feature). An invalid
-    configuration does not fail DEL: ADD rejected it, so nothing was applied.
+    The registry says what this attachment was; its bridge's rules go with the last
+    attachment on it. An invalid configuration does not fail DEL (ADD rejected it, so
+    it applied nothing), and neither does a teardown failure: the attachment is
+    forgotten either way, and what could not be removed is logged.
     """
     from plugin import config
+    from plugin.hoststate import HostLock, state_dir
+    from plugin.lifecycle import detach
+    from plugin.registry import Registry
 
     try:
         inv.log_file = config.load(inv.raw).logFile
     except CniError:
         pass
+    with HostLock():
+        reg = Registry.load(state_dir())
+        att = reg.attachments.get(inv.key)
+        if att is not None:
+            inv.notes |= {"bridge": att.bridge, "backend": att.backend}
+            errors = detach(reg, [att])
+            if errors:
+                inv.notes["teardown"] = "; ".join(errors)
     return None
 
 
 def cmd_gc(inv: Invocation) -> None:
-    """No per-attachment state is kept yet, so there is nothing to collect."""
+    """Forget this network's attachments the runtime no longer lists, and every attachment
+    whose bridge is gone (a network removed behind our back), with their rules."""
+    from plugin.hoststate import HostLock, state_dir
+    from plugin.lifecycle import detach
+    from plugin.links import is_bridge
+    from plugin.registry import Registry
+
+    field = "cni.dev/valid-attachments"
+    valid = inv.raw.get(field, [])
+    if not isinstance(valid, list) or not all(
+        isinstance(v, dict) and isinstance(v.get("containerID"), str) and isinstance(v.get("ifname"), str)
+        for v in valid
+    ):
+        raise CniError(INVALID_CONFIG, f"{field}: must be a list of {{containerID, ifname}} objects")
+    keep = {(v["containerID"], v["ifname"]) for v in valid}
+    with HostLock():
+        reg = Registry.load(state_dir())
+        atts = list(reg.attachments.values())
+        stale = [a for a in atts if a.network == inv.network and (a.container, a.ifname) not in keep]
+        orphaned = [a for a in atts if a not in stale and not is_bridge(a.bridge)]
+        errors = detach(reg, stale + orphaned)
+    inv.notes["collected"] = len(stale) + len(orphaned)
+    if errors:
+        raise CniError(ENFORCEMENT_FAILED, "GC could not remove every stale attachment's rules", "; ".join(errors))
     return None
 
 

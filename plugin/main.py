@@ -29,15 +29,16 @@ def main() -> None:
             out, code = _run_cni(cni)
             if out is not None:
                 sys.stdout.write(json.dumps(out) + "\n")
-        elif len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help", "help"):
-            sys.stdout.write(about() + "\nRun by a container runtime with CNI_COMMAND set; see README.md.\n")
         elif len(sys.argv) > 1 and sys.argv[1] in ("-v", "--version", "version"):
             sys.stdout.write(about())
         elif len(sys.argv) > 1:
-            sys.stderr.write(f"isolation: unknown command {sys.argv[1]!r} (try --help)\n")
-            code = 2
+            from plugin import cli
+
+            code = cli.main(sys.argv[1:])
         else:
             sys.stdout.write(about())
+    except SystemExit as exc:  # argparse: --help, or a usage error it already explained
+        code = exc.code if isinstance(exc.code, int) else 2
     except BaseException as exc:  # never a traceback on a runtime's stdout
         code = 1
         sys.stdout.write(json.dumps(_internal_error(exc)) + "\n")

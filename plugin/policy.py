@@ -42,3 +42,35 @@ def intent_for(bridge: str, ingress_policy: str, port: str | None = None) -> Bri
         return BridgeIntent(bridge, isolate=True, drop_intra=True, port=port)
     raise ValueError(f"unknown ingressPolicy {ingress_policy!r}")
 
+
+@dataclass(frozen=True)
+class Release:
+    """What one departing attachment takes with it, on the backend that enforced it.
+
+    isolate / drop_intra: no remaining attachment of the bridge needs them any more.
+    port: this attachment's port leaves the per-port intra-bridge drop (nftables).
+    last_intra: no remaining attachment on the backend needs intra-bridge drops at all.
+    last: no remaining attachment on the backend enforces anything: every trace goes.
+    """
+
+    bridge: str
+    isolate: bool
+    drop_intra: bool
+    port: str | None
+    last_intra: bool
+    last: bool
+
+
+def release(departing, remaining: list) -> Release:
+    """The Release for `departing` (an Attachment) given the attachments still on its backend."""
+    gone = intent_for(departing.bridge, departing.policy, departing.port)
+    left = [intent_for(a.bridge, a.policy, a.port) for a in remaining]
+    same_bridge = [i for i in left if i.bridge == gone.bridge]
+    return Release(
+        bridge=gone.bridge,
+        isolate=gone.isolate and not any(i.isolate for i in same_bridge),
+        drop_intra=gone.drop_intra and not any(i.drop_intra for i in same_bridge),
+        port=gone.port if gone.drop_intra and gone.port not in {i.port for i in left if i.drop_intra} else None,
+        last_intra=not any(i.drop_intra for i in left),
+        last=not any(i.enforces_anything for i in left),
+    )

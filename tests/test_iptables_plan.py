@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from plugin.backends.iptables import FilterTable, plan, problems
-from plugin.policy import intent_for
+from plugin.backends.iptables import FilterTable, plan, problems, release_plan
+from plugin.policy import Release, intent_for
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "iptables")
 
@@ -76,3 +76,17 @@ def test_parse_keeps_quoted_comments_whole():
         "-o", "br0", "-m", "comment", "--comment", "CNI firewall plugin rules (ingressPolicy: same-bridge)", "-j", "DROP"
     ]
     assert "nat" not in str(table.chains)
+
+
+RELEASES = [
+    # (plan file, before file, Release(bridge, isolate, drop_intra, port, last_intra, last))
+    ("two-bridges-release-br1", "two-bridges", Release("br1", True, False, None, True, False)),
+    ("two-bridges-release-last", "two-bridges", Release("br1", True, False, None, True, True)),
+    ("firewall-guarded-release-last", "firewall-guarded", Release("br0", True, False, None, True, True)),
+]
+
+
+@pytest.mark.parametrize("plan_file,before,release", RELEASES, ids=[r[0] for r in RELEASES])
+def test_release_matches_golden(plan_file, before, release):
+    table = FilterTable.parse(read(before + ".before"))
+    assert release_plan(table, release) == read(plan_file + ".plan").splitlines()

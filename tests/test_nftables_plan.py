@@ -10,9 +10,9 @@ import os
 
 import pytest
 
-from plugin.backends.nftables import BRIDGE, INET, TableState, plan, problems
+from plugin.backends.nftables import BRIDGE, INET, TableState, plan, problems, release_plan
 from plugin.errors import CniError
-from plugin.policy import intent_for
+from plugin.policy import Release, intent_for
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "nftables")
 
@@ -88,3 +88,22 @@ def test_isolated_without_a_port_fails_closed():
     with pytest.raises(CniError) as err:
         plan({}, intent_for("br0", "isolated", None))
     assert err.value.code == 100
+
+
+BRIDGE_TABLE = TableState(True, True, {"ports": {"veth0", "veth1"}})
+RELEASES = {
+    "release-one-of-two": ({"inet": intact("br0", "br1")}, Release("br1", True, False, None, True, False)),
+    "release-last": ({"inet": intact("br1"), "bridge": BRIDGE_TABLE}, Release("br1", True, True, "veth1", True, True)),
+    "release-port-only": ({"inet": intact("br0"), "bridge": BRIDGE_TABLE}, Release("br0", False, False, "veth1", False, False)),
+}
+
+
+@pytest.mark.parametrize("name", list(RELEASES))
+def test_release_matches_golden(name):
+    states, release = RELEASES[name]
+    assert release_plan(states, release) == golden(name)
+
+
+def test_release_deletes_only_what_is_present():
+    """Deleting an absent element fails a whole transaction: absent ones are skipped."""
+    assert release_plan({"inet": intact("br0")}, Release("br9", True, True, "veth9", False, False)) == []

@@ -78,7 +78,7 @@ def test_backend_selection(monkeypatch, configured, nft_reason, ipt_reason, chos
     import plugin.backends as backends
 
     reasons = {"nftables": nft_reason, "iptables": ipt_reason}
-    monkeypatch.setattr(backends, "_make", lambda name: _Fake(name, reasons[name]))
+    monkeypatch.setattr(backends, "make", lambda name: _Fake(name, reasons[name]))
     if code is None:
         assert backends.select(configured).name == chosen
     else:
@@ -86,3 +86,46 @@ def test_backend_selection(monkeypatch, configured, nft_reason, ipt_reason, chos
             backends.select(configured)
         assert err.value.code == code
         assert all(r in err.value.details for r in (nft_reason, ipt_reason) if r and configured != "iptables")
+
+
+def _att(bridge, policy, port, container="c"):
+    from plugin.registry import Attachment
+
+    return Attachment("net", container, "eth0", bridge, port, policy, "nftables")
+
+
+def test_release_keeps_what_others_still_need():
+    from plugin.policy import Release, release
+
+    gone = _att("br0", "isolated", "veth0", "c0")
+    # another container stays on br0: only the departing port goes
+    assert release(gone, [_att("br0", "isolated", "veth1", "c1")]) == Release("br0", False, False, "veth0", False, False)
+    # br0 empties, br1 (same-bridge) stays: br0's rules and the intra-bridge table go, not everything
+    assert release(gone, [_att("br1", "same-bridge", "veth1", "c1")]) == Release("br0", True, True, "veth0", True, False)
+    # only an `open` attachment remains: nothing enforces anything any more
+    assert release(gone, [_att("br1", "open", "veth1", "c1")]) == Release("br0", True, True, "veth0", True, True)
+    assert release(_att("br0", "open", None), []).last
+
+
+def test_registry_round_trip_and_damage(tmp_path):
+    import json
+    import os
+
+    from plugin.registry import Registry
+
+    reg = Registry.load(str(tmp_path))
+    assert reg.attachments == {}
+    att = _att("br0", "isolated", "veth0")
+    reg.attachments[att.key] = att
+    reg.backends["iptables"] = {"created_filter": ["ipv4"]}
+    reg.save()
+    assert oct(os.stat(reg.path).st_mode & 0o777) == "0o600"
+    assert [f for f in os.listdir(tmp_path)] == ["registry.json"]  # no temporary file left behind
+    again = Registry.load(str(tmp_path))
+    assert again.attachments == {att.key: att} and again.backends == reg.backends
+    assert json.loads(open(reg.path).read())["format"] == 1
+
+    with open(reg.path, "w") as f:
+        f.write('{"format": 1, "attachments": [{"network": ')  # damage from outside
+    assert Registry.load(str(tmp_path)).attachments == {}
+    assert os.path.exists(reg.path + ".unreadable"), "the damaged file is kept for inspection"

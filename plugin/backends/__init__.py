@@ -3,7 +3,9 @@
 Every backend offers the same small surface:
   name                      shown to users ("iptables" or "nftables")
   unavailable_reason()      None when usable here, else why not
-  ensure(intent)            make the host enforce `intent`; idempotent; raises CniError
+  ensure(intent)            make the host enforce `intent`; idempotent; raises CniError;
+                            returns facts to keep in the registry for this backend
+  release(release, facts)   remove what a departing attachment frees (policy.Release)
   verify(intent)            what is missing for `intent` to be enforced (empty list: all good)
 """
 
@@ -18,7 +20,7 @@ def select(backend: str):
     """
     reasons = []
     for name in (("nftables", "iptables") if backend == "auto" else (backend,)):
-        chosen = _make(name)
+        chosen = make(name)
         reason = chosen.unavailable_reason()
         if reason is None:
             return chosen
@@ -26,7 +28,8 @@ def select(backend: str):
     raise CniError(BACKEND_UNAVAILABLE, f"backend {backend!r} is not usable here", "; ".join(reasons))
 
 
-def _make(name: str):
+def make(name: str):
+    """The backend called `name`, usable or not (teardown uses the one that applied the rules)."""
     if name == "nftables":
         from plugin.backends.nftables import NftablesBackend
 

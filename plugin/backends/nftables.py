@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from plugin.errors import ENFORCEMENT_FAILED, CniError
 from plugin.links import valid_name
-from plugin.policy import BridgeIntent
+from plugin.policy import BridgeIntent, Release
 
 TABLE = "isolation"
 LIBRARY = "libnftables.so.1"
@@ -171,6 +171,28 @@ def plan(states: dict[str, TableState], intent: BridgeIntent) -> list[dict]:
     return cmds
 
 
+def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
+    """The commands (one transaction) removing what `r` frees; only what is present, since
+    deleting an absent element fails the whole transaction."""
+    def delete(family: str, what: str, body: dict) -> dict:
+        return {"delete": {what: {"family": family, **body}}}
+
+    cmds = []
+    inet, bridge = states.get("inet", TableState()), states.get("bridge", TableState())
+    if inet.exists and r.last:
+        cmds.append(delete("inet", "table", {"name": TABLE}))
+    elif inet.exists and r.isolate:
+        for name, elem in (("isolated", r.bridge), ("self", (r.bridge, r.bridge))):
+            if elem in inet.elements.get(name, set()):
+                value = {"concat": list(elem)} if isinstance(elem, tuple) else elem
+                cmds.append(delete("inet", "element", {"table": TABLE, "name": name, "elem": [value]}))
+    if bridge.exists and (r.last or r.last_intra):
+        cmds.append(delete("bridge", "table", {"name": TABLE}))
+    elif bridge.exists and r.port and r.port in bridge.elements.get("ports", set()):
+        cmds.append(delete("bridge", "element", {"table": TABLE, "name": "ports", "elem": [r.port]}))
+    return cmds
+
+
 def problems(states: dict[str, TableState], intent: BridgeIntent) -> list[str]:
     """What the kernel lacks to enforce `intent`."""
     found = []
@@ -226,16 +248,73 @@ class NftablesBackend:
             states[family] = TableState.parse(out["nftables"] if out else None, SPECS[family])
         return states
 
-    def ensure(self, intent: BridgeIntent) -> None:
+    def ensure(self, intent: BridgeIntent) -> dict:
+        """Apply `intent`; nothing needs remembering (our tables are wholly ours)."""
         want = wanted(intent)
-        if not want:
-            return
-        cmds = plan(self.read(want), intent)
+        if want:
+            self._apply(plan(self.read(want), intent), f"could not apply isolation for {intent.bridge}")
+        return {}
+
+    def release(self, r: Release, facts: dict) -> None:
+        self._apply(release_plan(self.read(SPECS), r), f"could not remove the isolation of {r.bridge}")
+
+    def _apply(self, cmds: list[dict], failure: str) -> None:
         if cmds:
             rc, _, err = self._run(cmds)
             if rc != 0:
-                raise CniError(ENFORCEMENT_FAILED, f"nftables could not apply isolation for {intent.bridge}", err.strip())
+                raise CniError(ENFORCEMENT_FAILED, f"nftables {failure}", err.strip())
+
+    def enforced(self) -> dict[str, int | None]:
+        """Bridges in our `isolated` set -> None (drops are counted per table, see drops())."""
+        state = self.read(["inet"])["inet"]
+        return {b: None for b in state.elements.get("isolated", set())}
+
+    def drops(self) -> int:
+        """Packets the inet table's drop rule dropped, all bridges together."""
+        rc, out, _ = self._run([{"list": {"chain": {"family": "inet", "table": TABLE, "name": "forward"}}}])
+        if rc != 0:
+            return 0
+        return sum(x["counter"]["packets"] for o in out["nftables"] if "rule" in o
+                   for x in o["rule"]["expr"] if "counter" in x)
+
+    def cleanup_commands(self, bridge: str | None, ports: list[str]) -> list[list[str]]:
+        """nft commands removing our tables, or (bridge given) that bridge's elements and `ports`."""
+        states = self.read(SPECS)
+        if bridge is None:
+            return [["nft", "delete", "table", f, TABLE] for f in SPECS if states[f].exists]
+        cmds = []
+        for name, elem in (("isolated", f'"{bridge}"'), ("self", f'"{bridge}" . "{bridge}"')):
+            raw = bridge if name == "isolated" else (bridge, bridge)
+            if raw in states["inet"].elements.get(name, set()):
+                cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", elem, "}"])
+        for port in ports:
+            if port in states["bridge"].elements.get("ports", set()):
+                cmds.append(["nft", "delete", "element", "bridge", TABLE, "ports", "{", f'"{port}"', "}"])
+        return cmds
+
+    def run_command(self, argv: list[str]) -> str | None:
+        """Execute one `nft ...` command through libnftables (no nft binary needed)."""
+        rc, _, err = self.nft.cmd(" ".join(argv[1:]))
+        return None if rc == 0 else err.strip()
 
     def verify(self, intent: BridgeIntent) -> list[str]:
         want = wanted(intent)
         return [f"nftables: {p}" for p in problems(self.read(want), intent)] if want else []
+
+
+def table_exists(family: str, name: str) -> bool:
+    """True when the table exists, or when nftables cannot tell (then nothing is deleted later)."""
+    backend = NftablesBackend()
+    if backend.nft is None:
+        return True
+    rc, _, _ = backend._run([{"list": {"table": {"family": family, "name": name}}}])
+    return rc == 0
+
+
+def delete_tables(tables: list[tuple[str, str]]) -> None:
+    """Delete (family, name) tables in one transaction: used to remove the filter tables the
+    iptables backend created on iptables-nft once they are pristine again. Best effort."""
+    if tables:
+        backend = NftablesBackend()
+        if backend.nft is not None:
+            backend._run([{"delete": {"table": {"family": f, "name": n}}} for f, n in tables])

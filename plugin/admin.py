@@ -1,0 +1,131 @@
+"""What the admin CLI does: report the host's isolation, prune dead attachments, clean up.
+
+Everything works on the network namespace the command runs in, under the HostLock,
+from the registry and the kernel's actual rules.
+"""
+
+import os
+import shutil
+import subprocess
+
+from plugin import bridgenf
+from plugin.backends import make
+from plugin.hoststate import HostLock, state_dir
+from plugin.lifecycle import detach
+from plugin.links import is_bridge
+from plugin.policy import intent_for
+from plugin.registry import Registry
+from plugin.tools import find
+
+BACKENDS = ("nftables", "iptables")
+
+
+def status() -> dict:
+    """Backends, bridge-nf-call state, each registered bridge, and every inconsistency."""
+    with HostLock():
+        reg = Registry.load(state_dir())
+        report = {
+            "state": os.path.dirname(reg.path),
+            "backends": {},
+            "bridgeNfCall": {fam: bridgenf.read(fam) for fam in ("ipv4", "ipv6")},
+            "bridges": [],
+            "problems": [],
+        }
+        usable = {}
+        for name in BACKENDS:
+            backend = make(name)
+            reason = backend.unavailable_reason()
+            report["backends"][name] = {"usable": reason is None, "reason": reason}
+            if reason is None:
+                usable[name] = backend
+        groups: dict[tuple[str, str], list] = {}
+        for att in reg.attachments.values():
+            groups.setdefault((att.bridge, att.backend), []).append(att)
+        enforced = {name: b.enforced() for name, b in usable.items()}
+        for (bridge, backend_name), atts in sorted(groups.items()):
+            entry = {
+                "bridge": bridge,
+                "backend": backend_name,
+                "policies": sorted({a.policy for a in atts}),
+                "attachments": len(atts),
+                "exists": is_bridge(bridge),
+                "drops": enforced.get(backend_name, {}).get(bridge),
+                "problems": [],
+            }
+            if not entry["exists"]:
+                entry["problems"].append("the bridge no longer exists (`isolation prune` forgets it)")
+            backend = usable.get(backend_name)
+            if backend is None:
+                entry["problems"].append(f"backend {backend_name} is not usable here")
+            else:
+                for att in atts:
+                    entry["problems"] += backend.verify(intent_for(att.bridge, att.policy, att.port))
+            entry["problems"] = sorted(set(entry["problems"]))
+            report["bridges"].append(entry)
+            report["problems"] += [f"{bridge}: {p}" for p in entry["problems"]]
+        if "nftables" in usable:
+            report["backends"]["nftables"]["drops"] = usable["nftables"].drops()
+        in_use = sorted({n for (_, n) in groups})
+        if len(in_use) > 1:
+            report["problems"].append(
+                f"networks use different backends ({', '.join(in_use)}): each isolates only its own bridges, "
+                "so networks on different backends can reach each other; use one backend per host"
+            )
+        for name, bridges in enforced.items():
+            registered = {b for (b, n) in groups if n == name}
+            for orphan in sorted(set(bridges) - registered):
+                report["problems"].append(f"{orphan}: {name} rules with no registered attachment")
+        return report
+
+
+def prune() -> tuple[int, list[str]]:
+    """Forget attachments whose bridge is gone, with the rules only they needed."""
+    with HostLock():
+        reg = Registry.load(state_dir())
+        dead = [a for a in reg.attachments.values() if not is_bridge(a.bridge)]
+        return len(dead), detach(reg, dead)
+
+
+def cleanup_commands(bridge: str | None) -> list[list[str]]:
+    """The shell commands that remove what the plugin made: a bridge's rules and registry
+    entries, or (bridge None) everything, state directory included."""
+    reg = Registry.load(state_dir())
+    cmds = []
+    for name in BACKENDS:
+        backend = make(name)
+        if backend.unavailable_reason() is not None:
+            continue
+        if name == "iptables":
+            cmds += backend.cleanup_commands(bridge, reg.backends.get(name, {}))
+        else:
+            ports = [a.port for a in reg.attachments.values() if a.bridge == bridge and a.port]
+            cmds += backend.cleanup_commands(bridge, ports)
+    if bridge is None:
+        cmds.append(["rm", "-rf", "--", os.path.dirname(reg.path)])
+    return cmds
+
+
+def cleanup(bridge: str | None, dry_run: bool) -> tuple[list[list[str]], list[str]]:
+    """Plan, and unless `dry_run` execute, the cleanup; returns (commands, errors)."""
+    with HostLock():
+        cmds = cleanup_commands(bridge)
+        if dry_run:
+            return cmds, []
+        errors = [e for e in (_execute(c) for c in cmds) if e]
+        if bridge is not None:
+            reg = Registry.load(state_dir())
+            for att in [a for a in reg.attachments.values() if a.bridge == bridge]:
+                del reg.attachments[att.key]
+            reg.save()
+        return cmds, errors
+
+
+def _execute(argv: list[str]) -> str | None:
+    if argv[0] == "nft":  # through libnftables: the host may have no nft binary
+        return make("nftables").run_command(argv)
+    if argv[0] == "rm":
+        shutil.rmtree(argv[-1], ignore_errors=True)
+        return None
+    tool = find(argv[0])
+    proc = subprocess.run([tool or argv[0], *argv[1:]], capture_output=True, text=True)
+    return None if proc.returncode == 0 else f"{' '.join(argv)}: {proc.stderr.strip()}"

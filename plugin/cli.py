@@ -1,0 +1,92 @@
+"""The admin command line: `isolation status|cleanup|prune`, in the same binary as the plugin."""
+
+import argparse
+import json
+import shlex
+import sys
+
+EPILOG = {
+    "status": """examples:
+  isolation status                 what is isolated here, and anything inconsistent
+  isolation status --json          the same, for scripts
+  ip netns exec HOST isolation status   in another network namespace
+exit status: 0 when consistent, 1 when problems were found""",
+    "cleanup": """examples:
+  isolation cleanup --dry-run            print the commands that remove everything (paste into sh)
+  isolation cleanup                      remove every rule, chain, table and the registry
+  isolation cleanup --bridge cni-podman1 remove that bridge's rules and attachments only""",
+    "prune": """examples:
+  isolation prune     forget containers whose bridge was deleted, and their rules""",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="isolation",
+        description="Admin commands of the isolation CNI plugin (run by a runtime with CNI_COMMAND set, "
+        "it is the plugin itself). They act on the network namespace they run in.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="{status,cleanup,prune}")
+    fmt = argparse.RawDescriptionHelpFormatter
+    s = sub.add_parser("status", help="show backends, isolated bridges and inconsistencies",
+                       epilog=EPILOG["status"], formatter_class=fmt)
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    c = sub.add_parser("cleanup", help="remove everything the plugin created", epilog=EPILOG["cleanup"],
+                       formatter_class=fmt)
+    c.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+    c.add_argument("--bridge", metavar="BR", help="only this bridge's rules and attachments")
+    sub.add_parser("prune", help="forget attachments whose bridge no longer exists", epilog=EPILOG["prune"],
+                   formatter_class=fmt)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    from plugin import admin
+    from plugin.errors import CniError
+    from plugin.links import require_name
+
+    try:
+        if args.command == "status":
+            report = admin.status()
+            sys.stdout.write(json.dumps(report, indent=1) + "\n" if args.json else render(report))
+            return 1 if report["problems"] else 0
+        if args.command == "prune":
+            count, errors = admin.prune()
+            print(f"pruned {count} attachment(s) whose bridge is gone")
+            for e in errors:
+                print(f"error: {e}", file=sys.stderr)
+            return 1 if errors else 0
+        bridge = require_name(args.bridge, "--bridge") if args.bridge is not None else None
+        cmds, errors = admin.cleanup(bridge, args.dry_run)
+        if args.dry_run:
+            print("# commands that remove what the isolation plugin created here; review, then pipe into sh")
+        for cmd in cmds:
+            print(shlex.join(cmd) if args.dry_run else f"ran: {shlex.join(cmd)}")
+        for e in errors:
+            print(f"error: {e}", file=sys.stderr)
+        return 1 if errors else 0
+    except CniError as err:
+        print(f"isolation: {err.msg}" + (f" ({err.details})" if err.details else ""), file=sys.stderr)
+        return 1
+
+
+def render(report: dict) -> str:
+    lines = [f"state: {report['state']}"]
+    for name, b in report["backends"].items():
+        extra = f", {b['drops']} packets dropped" if "drops" in b else ""
+        lines.append(f"backend {name}: " + ("usable" if b["usable"] else f"not usable ({b['reason']})") + extra)
+    nf = report["bridgeNfCall"]
+    lines.append(f"net.bridge.bridge-nf-call-iptables={nf['ipv4']} bridge-nf-call-ip6tables={nf['ipv6']}")
+    lines.append("")
+    lines.append(f"{'BRIDGE':<16}{'BACKEND':<10}{'POLICY':<22}{'ATTACHED':>8}{'DROPS':>10}  STATE")
+    for b in report["bridges"]:
+        drops = "-" if b["drops"] is None else str(b["drops"])
+        state = "ok" if not b["problems"] else "; ".join(b["problems"])
+        lines.append(f"{b['bridge']:<16}{b['backend']:<10}{','.join(b['policies']):<22}{b['attachments']:>8}"
+                     f"{drops:>10}  {state}")
+    if not report["bridges"]:
+        lines.append("(no attachments registered)")
+    lines.append("")
+    lines += [f"problem: {p}" for p in report["problems"]] or ["no problems found"]
+    return "\n".join(lines) + "\n"
