@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from plugin.backends.iptables import FilterTable, plan, problems, release_plan
+from plugin.backends.iptables import FilterTable, plan, problems, release_plan, split_rule
 from plugin.policy import Release, intent_for
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "iptables")
@@ -90,3 +90,28 @@ RELEASES = [
 def test_release_matches_golden(plan_file, before, release):
     table = FilterTable.parse(read(before + ".before"))
     assert release_plan(table, release) == read(plan_file + ".plan").splitlines()
+
+
+@pytest.mark.parametrize(
+    "line,args",
+    [
+        # iptables-save prints interface names raw, quotes included: they are not quoting
+        ('-A X -i a"b ! -o a\'b -j DROP', ["-A", "X", "-i", 'a"b', "!", "-o", "a'b", "-j", "DROP"]),
+        ("-A X -i b\\x -o c\\ -j DROP", ["-A", "X", "-i", "b\\x", "-o", "c\\", "-j", "DROP"]),
+        # a comment is double-quoted with backslash escapes
+        ('-A X -m comment --comment "name: \\"net1\\" id: \\"c1\\"" -j ACCEPT',
+         ["-A", "X", "-m", "comment", "--comment", 'name: "net1" id: "c1"', "-j", "ACCEPT"]),
+        ("-A X -m comment --comment isolation-plugin -j RETURN",
+         ["-A", "X", "-m", "comment", "--comment", "isolation-plugin", "-j", "RETURN"]),
+    ],
+)
+def test_split_rule_reads_iptables_save_as_it_is_printed(line, args):
+    assert split_rule(line) == args
+
+
+def test_foreign_rules_with_hostile_names_do_not_break_planning():
+    text = read("two-bridges.before").replace(
+        "COMMIT", "-A FORWARD -i x'y -o a\"b -j ACCEPT\n-A FORWARD -i q\\ -j ACCEPT\nCOMMIT")
+    table = FilterTable.parse(text)
+    assert table.chains["FORWARD"][1:] == [["-i", "x'y", "-o", 'a"b', "-j", "ACCEPT"], ["-i", "q\\", "-j", "ACCEPT"]]
+    assert plan(table, intent_for("br2", "same-bridge")) == read("two-bridges-third.plan").splitlines()

@@ -17,7 +17,6 @@ table in between, the transaction fails as a whole and is recomputed.
 
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 
 from plugin import bridgenf
@@ -64,7 +63,7 @@ class FilterTable:
                 table.chains.setdefault(name, [])
                 table.policies[name] = policy
             elif line.startswith("-A "):
-                args = shlex.split(line)
+                args = split_rule(line)
                 table.chains.setdefault(args[1], []).append(args[2:])
         return table
 
@@ -74,6 +73,36 @@ class FilterTable:
         return sorted(self.chains) == sorted(BUILTIN) and not any(self.chains.values()) and all(
             self.policies.get(c) == "ACCEPT" for c in BUILTIN
         )
+
+
+# iptables-save double-quotes (backslash-escaping \\ " ') only the values of free-text
+# options; everything else, interface names included, is printed raw, quotes and all.
+QUOTED_OPTIONS = {"--comment", "--log-prefix", "--nflog-prefix"}
+
+
+def split_rule(line: str) -> list[str]:
+    """The arguments of one iptables-save rule line. Never fails: a name like a"b stays a"b."""
+    args: list[str] = []
+    i, n = 0, len(line)
+    while i < n:
+        if line[i] == " ":
+            i += 1
+            continue
+        if line[i] == '"' and args and args[-1] in QUOTED_OPTIONS:
+            value, i = [], i + 1
+            while i < n and line[i] != '"':
+                if line[i] == "\\" and i + 1 < n:
+                    i += 1
+                value.append(line[i])
+                i += 1
+            args.append("".join(value))
+            i += 1  # the closing quote
+        else:
+            end = line.find(" ", i)
+            end = n if end < 0 else end
+            args.append(line[i:end])
+            i = end
+    return args
 
 
 def strip_comment(args: list[str]) -> list[str]:
