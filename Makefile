@@ -8,7 +8,7 @@ DESTDIR     ?=
 BIN         := dist/isolation/isolation
 SOURCES     := $(shell find plugin -name '*.py') build.spec
 
-.PHONY: all deps build install uninstall test unit e2e demo bench clean
+.PHONY: all deps build install uninstall test unit e2e demo bench bench-scale clean
 
 all: build
 
@@ -52,6 +52,11 @@ demo: deps
 
 bench: build
 	$(PY) bench/cni_latency.py
+
+# Needs iperf3 (a benchmark tool only, so not in `make deps`).
+bench-scale: build
+	command -v iperf3 >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf build dist .pytest_cache

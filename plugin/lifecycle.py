@@ -17,8 +17,13 @@ from plugin.registry import Attachment, Registry
 
 
 def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None:
+    """Enforce `intent` and record `attachment`. Every registered attachment on the backend is
+    re-ensured too (at no extra read): after a firewall reload wiped the rules, the next
+    ADD on any network restores isolation for all of them."""
     reg = Registry.load(state_dir())
-    facts = backend.ensure(intent)
+    others = [policy.intent_for(a.bridge, a.policy, a.port) for a in reg.on_backend(backend.name)
+              if a.key != attachment.key]
+    facts = backend.ensure(intent, others)
     reg.attachments[attachment.key] = attachment
     if facts:
         known = reg.backends.setdefault(backend.name, {})

@@ -141,3 +141,24 @@ def test_check_fails_for_an_unregistered_attachment(lab, backend):
     assert results[c1.id][0] == 0
     rc, out = results[c2.id]
     assert rc != 0 and out["code"] == 102 and "not registered" in out["details"]
+
+
+RELOADS = {
+    "nftables": [("nft", "flush", "ruleset")],
+    "iptables": [(t, *a) for t in ("iptables", "ip6tables") for a in (("-F",), ("-X",))],
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_next_add_restores_every_registered_network_after_a_firewall_reload(lab, backend):
+    nets = [lab.network(["bridge", "isolation"], isolation={"backend": backend}) for _ in range(2)]
+    a, b = lab.add(nets[0]), lab.add(nets[1])
+    cross = [(a.name, b.ipv4), (b.name, a.ipv6)]
+    assert not any(lab.reach(cross).values())
+    for argv in RELOADS[backend]:  # what a firewall reload does to rules it does not know
+        sh(*argv, netns=lab.host)
+    assert all(lab.reach(cross).values()), "precondition: the reload removed isolation"
+    assert [rc for kind, rc, _ in lab.check(a) if kind == "isolation"] != [0]
+    lab.add(nets[1])  # any ADD, on any network, re-applies what the registry holds
+    assert not any(lab.reach(cross).values())
+    assert all(rc == 0 for _, rc, _ in lab.check(a))

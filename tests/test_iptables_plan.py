@@ -34,7 +34,7 @@ def read(name: str) -> str:
 @pytest.mark.parametrize("plan_file,before,bridge,policy", SCENARIOS, ids=[s[0] for s in SCENARIOS])
 def test_plan_matches_golden(plan_file, before, bridge, policy):
     table = FilterTable.parse(read(before + ".before"))
-    got = plan(table, intent_for(bridge, policy))
+    got = plan(table, [intent_for(bridge, policy)])
     assert got == read(plan_file + ".plan").splitlines()
 
 
@@ -67,7 +67,7 @@ def test_guarded_firewall_chain_may_come_first():
     table = FilterTable.parse(text)
     assert table.chains["FORWARD"][0][-1] == "CNI-FORWARD"
     assert problems(table, intent_for("br0", "same-bridge")) == []
-    assert plan(table, intent_for("br0", "same-bridge")) == []
+    assert plan(table, [intent_for("br0", "same-bridge")]) == []
 
 
 def test_parse_keeps_quoted_comments_whole():
@@ -114,4 +114,17 @@ def test_foreign_rules_with_hostile_names_do_not_break_planning():
         "COMMIT", "-A FORWARD -i x'y -o a\"b -j ACCEPT\n-A FORWARD -i q\\ -j ACCEPT\nCOMMIT")
     table = FilterTable.parse(text)
     assert table.chains["FORWARD"][1:] == [["-i", "x'y", "-o", 'a"b', "-j", "ACCEPT"], ["-i", "q\\", "-j", "ACCEPT"]]
-    assert plan(table, intent_for("br2", "same-bridge")) == read("two-bridges-third.plan").splitlines()
+    assert plan(table, [intent_for("br2", "same-bridge")]) == read("two-bridges-third.plan").splitlines()
+
+
+def test_registered_bridges_missing_from_the_table_are_restored():
+    table = FilterTable.parse(read("two-bridges.before"))
+    got = plan(table, [intent_for("br2", "same-bridge"), intent_for("br0", "same-bridge"),
+                       intent_for("br3", "isolated")])
+    assert got == [
+        "-I CNI-ISOLATION-STAGE-1 1 -i br2 ! -o br2 -m comment --comment isolation-plugin -j CNI-ISOLATION-STAGE-2",
+        "-I CNI-ISOLATION-STAGE-1 1 -i br3 ! -o br3 -m comment --comment isolation-plugin -j CNI-ISOLATION-STAGE-2",
+        "-I CNI-ISOLATION-STAGE-1 1 -i br3 -o br3 -m comment --comment isolation-plugin -j DROP",
+        "-I CNI-ISOLATION-STAGE-2 1 -o br2 -m comment --comment isolation-plugin -j DROP",
+        "-I CNI-ISOLATION-STAGE-2 1 -o br3 -m comment --comment isolation-plugin -j DROP",
+    ]

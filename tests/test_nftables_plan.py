@@ -42,7 +42,7 @@ def golden(name: str) -> list[dict]:
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_plan_matches_golden(name):
     states, intent = SCENARIOS[name]
-    assert plan(states, intent) == golden(name)
+    assert plan(states, [intent]) == golden(name)
 
 
 def test_listing_of_our_own_table_is_intact():
@@ -86,7 +86,7 @@ def test_problems_name_what_is_missing():
 
 def test_isolated_without_a_port_fails_closed():
     with pytest.raises(CniError) as err:
-        plan({}, intent_for("br0", "isolated", None))
+        plan({}, [intent_for("br0", "isolated", None)])
     assert err.value.code == 100
 
 
@@ -107,3 +107,15 @@ def test_release_matches_golden(name):
 def test_release_deletes_only_what_is_present():
     """Deleting an absent element fails a whole transaction: absent ones are skipped."""
     assert release_plan({"inet": intact("br0")}, Release("br9", True, True, "veth9", False, False)) == []
+
+
+def test_a_rebuilt_table_gets_every_registered_bridge_back():
+    """After `nft flush ruleset` the next ADD re-creates the table with all registered bridges."""
+    intents = [intent_for("br2", "same-bridge"), intent_for("br0", "same-bridge"), intent_for("br1", "open")]
+    cmds = plan({}, intents)
+    elements = [c["add"]["element"] for c in cmds if "element" in c["add"]]
+    assert elements == [
+        {"family": "inet", "table": "isolation", "name": "isolated", "elem": ["br0", "br2"]},
+        {"family": "inet", "table": "isolation", "name": "self", "elem": [{"concat": ["br0", "br0"]},
+                                                                          {"concat": ["br2", "br2"]}]},
+    ]

@@ -121,18 +121,22 @@ def is_ours(args: list[str]) -> bool:
     return "--comment" in args and args[args.index("--comment") + 1] == TAG
 
 
-def wanted(intent: BridgeIntent) -> dict[str, list[list[str]]]:
-    """The matches-and-targets each stage chain must hold for `intent` (comments left out)."""
-    br = intent.bridge
-    if not valid_name(br):  # defence in depth: the protocol layer validated it already
-        raise ValueError(f"refusing to render rules for interface name {br!r}")
-    stage1, stage2 = [], []
-    if intent.isolate:
-        stage1.append(["-i", br, "!", "-o", br, "-j", STAGE2])
-        stage2.append(["-o", br, "-j", "DROP"])
-    if intent.drop_intra:
-        stage1.append(["-i", br, "-o", br, "-j", "DROP"])
-    return {STAGE1: stage1, STAGE2: stage2}
+def wanted(intents) -> dict[str, list[list[str]]]:
+    """The matches-and-targets each stage chain must hold for `intents` (comments left out)."""
+    chains: dict[str, list[list[str]]] = {STAGE1: [], STAGE2: []}
+    for intent in intents:
+        br = intent.bridge
+        if not valid_name(br):  # defence in depth: the protocol layer validated it already
+            raise ValueError(f"refusing to render rules for interface name {br!r}")
+        specs = []
+        if intent.isolate:
+            specs += [(STAGE1, ["-i", br, "!", "-o", br, "-j", STAGE2]), (STAGE2, ["-o", br, "-j", "DROP"])]
+        if intent.drop_intra:
+            specs.append((STAGE1, ["-i", br, "-o", br, "-j", "DROP"]))
+        for chain, spec in specs:
+            if spec not in chains[chain]:
+                chains[chain].append(spec)
+    return chains
 
 
 def _tagged(spec: list[str]) -> list[str]:
@@ -175,25 +179,25 @@ def _move_to_top(table: FilterTable, chain: str, lines: list[str]) -> None:
     lines.append(f"-I {chain} 1 {jump}")
 
 
-def plan(table: FilterTable, intent: BridgeIntent) -> list[str]:
-    """The iptables-restore lines (between *filter and COMMIT) that make `table` enforce `intent`.
+def plan(table: FilterTable, intents) -> list[str]:
+    """The iptables-restore lines (between *filter and COMMIT) that make `table` enforce `intents`.
 
     Besides the FORWARD jump, a jump sits atop the firewall plugin's CNI-FORWARD
     (created if absent): when `firewall` runs after `isolation` it inserts its
     jump above ours, and its per-container ACCEPTs would otherwise win.
     """
-    if not intent.enforces_anything:
+    if not any(i.enforces_anything for i in intents):
         return []
-    chains = wanted(intent)
+    chains = wanted(intents)
     guard = guard_missing(table)
     needed = [*chains, FIREWALL_CHAIN] if guard else list(chains)
     lines = [f"-N {chain}" for chain in needed if chain not in table.chains]  # before any jump to them
     for chain, specs in chains.items():
-        have = [strip_comment(r) for r in table.chains.get(chain, [])]
+        have = {tuple(strip_comment(r)) for r in table.chains.get(chain, [])}
         for spec in specs:
-            if spec not in have:
+            if tuple(spec) not in have:
                 lines.append(f"-I {chain} 1 " + " ".join(_tagged(spec)))
-        if ["-j", "RETURN"] not in have:
+        if ("-j", "RETURN") not in have:
             lines.append(f"-A {chain} " + " ".join(_tagged(["-j", "RETURN"])))
     if guard:
         _move_to_top(table, FIREWALL_CHAIN, lines)
@@ -207,7 +211,7 @@ def problems(table: FilterTable, intent: BridgeIntent) -> list[str]:
     if not intent.enforces_anything:
         return []
     found = []
-    for chain, specs in wanted(intent).items():
+    for chain, specs in wanted([intent]).items():
         if chain not in table.chains:
             found.append(f"chain {chain} is missing")
             continue
@@ -291,8 +295,9 @@ class IptablesBackend:
             tables[fam] = FilterTable.parse(out)
         return tables
 
-    def ensure(self, intent: BridgeIntent) -> dict:
-        """Apply `intent`; returns facts for the registry (the filter tables this created)."""
+    def ensure(self, intent: BridgeIntent, others=()) -> dict:
+        """Apply `intent`, and re-apply `others` (the registered attachments) if anything of
+        theirs is missing; returns facts for the registry (the filter tables this created)."""
         if not intent.enforces_anything:
             return {}
         if intent.drop_intra:
@@ -302,7 +307,7 @@ class IptablesBackend:
         def note_created(tables: dict[str, FilterTable]) -> None:
             created.extend(fam for fam, t in tables.items() if t.nft_variant and t.pristine() and not _nft_table(fam))
 
-        failed = self._transact(lambda table: plan(table, intent), before=note_created)
+        failed = self._transact(lambda table: plan(table, [intent, *others]), before=note_created)
         if failed:
             fam, err = failed[0]
             code = TRY_AGAIN_LATER if "lock" in err else ENFORCEMENT_FAILED

@@ -126,22 +126,25 @@ def _normalise(expr: list[dict]) -> list[dict]:
     return [COUNTER if "counter" in x else x for x in expr]
 
 
-def wanted(intent: BridgeIntent) -> dict[str, dict[str, set]]:
-    """The set elements each table must hold for `intent`: family -> set -> elements."""
-    for name in (intent.bridge, intent.port):
-        if name is not None and not valid_name(name):  # defence in depth
-            raise ValueError(f"refusing to render an element for interface name {name!r}")
-    want = {}
-    if intent.isolate:
-        want["inet"] = {"isolated": {intent.bridge}, "self": {(intent.bridge, intent.bridge)}}
-    if intent.drop_intra:
-        if intent.port is None:
-            raise CniError(
-                ENFORCEMENT_FAILED,
-                f"ingressPolicy 'isolated' needs the host-side port of the attachment to {intent.bridge}, "
-                "and prevResult names none",
-            )
-        want["bridge"] = {"ports": {intent.port}}
+def wanted(intents) -> dict[str, dict[str, set]]:
+    """The set elements each table must hold for `intents`: family -> set -> elements."""
+    want: dict[str, dict[str, set]] = {}
+    for intent in intents:
+        for name in (intent.bridge, intent.port):
+            if name is not None and not valid_name(name):  # defence in depth
+                raise ValueError(f"refusing to render an element for interface name {name!r}")
+        if intent.isolate:
+            inet = want.setdefault("inet", {"isolated": set(), "self": set()})
+            inet["isolated"].add(intent.bridge)
+            inet["self"].add((intent.bridge, intent.bridge))
+        if intent.drop_intra:
+            if intent.port is None:
+                raise CniError(
+                    ENFORCEMENT_FAILED,
+                    f"ingressPolicy 'isolated' needs the host-side port of the attachment to {intent.bridge}, "
+                    "and prevResult names none",
+                )
+            want.setdefault("bridge", {"ports": set()})["ports"].add(intent.port)
     return want
 
 
@@ -154,10 +157,10 @@ def _add_elements(family: str, elements: dict[str, set]) -> list[dict]:
     return cmds
 
 
-def plan(states: dict[str, TableState], intent: BridgeIntent) -> list[dict]:
-    """The libnftables commands (one transaction) that make the kernel enforce `intent`."""
+def plan(states: dict[str, TableState], intents) -> list[dict]:
+    """The libnftables commands (one transaction) that make the kernel enforce `intents`."""
     cmds = []
-    for family, want in wanted(intent).items():
+    for family, want in wanted(intents).items():
         spec, state = SPECS[family], states.get(family, TableState())
         if state.exists and state.intact:
             missing = {n: want[n] - state.elements.get(n, set()) for n in want}
@@ -196,7 +199,7 @@ def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
 def problems(states: dict[str, TableState], intent: BridgeIntent) -> list[str]:
     """What the kernel lacks to enforce `intent`."""
     found = []
-    for family, want in wanted(intent).items():
+    for family, want in wanted([intent]).items():
         state = states.get(family, TableState())
         if not state.exists:
             found.append(f"table {family} {TABLE} is missing")
@@ -248,11 +251,13 @@ class NftablesBackend:
             states[family] = TableState.parse(out["nftables"] if out else None, SPECS[family])
         return states
 
-    def ensure(self, intent: BridgeIntent) -> dict:
-        """Apply `intent`; nothing needs remembering (our tables are wholly ours)."""
-        want = wanted(intent)
+    def ensure(self, intent: BridgeIntent, others=()) -> dict:
+        """Apply `intent`, and re-apply `others` (the registered attachments) where anything of
+        theirs is missing; nothing needs remembering (our tables are wholly ours)."""
+        intents = [intent, *others]
+        want = wanted(intents)
         if want:
-            self._apply(plan(self.read(want), intent), f"could not apply isolation for {intent.bridge}")
+            self._apply(plan(self.read(want), intents), f"could not apply isolation for {intent.bridge}")
         return {}
 
     def release(self, r: Release, facts: dict) -> None:
@@ -298,7 +303,7 @@ class NftablesBackend:
         return None if rc == 0 else err.strip()
 
     def verify(self, intent: BridgeIntent) -> list[str]:
-        want = wanted(intent)
+        want = wanted([intent])
         return [f"nftables: {p}" for p in problems(self.read(want), intent)] if want else []
 
 
