@@ -24,6 +24,8 @@ Why it is built this way:
   namespace once (setns in its main thread) and runs the plugin with subprocess.run
   between two perf_counter_ns readings. `ip netns exec` (fork, unshare, remount of
   /sys) is never on the clock, and the pipe to the coordinating process is not either.
+  The worker, namespaces, signal handling and cleanup are bench/harness.py's, shared
+  with bench/scale.py, so both benchmarks time a plugin in the same way.
   Our plugin gets only the CNI_* variables (the harshest environment a runtime may
   give); the Go plugin additionally gets PATH, since it needs to find iptables.
 * Interleaved, cell by cell, in one run: for each container ours and Go run back to
@@ -35,6 +37,8 @@ Why it is built this way:
 * The grid is set up here rather than with tests/netlab.py's Lab, which also builds an
   "outside" peer, a TCP listener thread per container and bridge-nf settings that a
   latency run does not need, and which is the tests' helper to change as they need.
+  Only its bridge_plugin() conf is reused (through bench/harness.py), so the bridge
+  plugin is fed exactly what the end-to-end tests feed it.
 * A few untimed VERSION calls per plugin come first: they read the plugin versions and
   put both binaries in the page cache, as on a host that has started containers before.
 * Every invocation's exit code is checked (and ADD/VERSION output must be JSON); the
@@ -46,34 +50,19 @@ smallest). The ratio is ours/Go on the medians: below 1 means ours is faster.
 """
 
 import argparse
-import ctypes
-import datetime
 import json
-import math
 import os
-import platform
 import secrets
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from multiprocessing import Pipe
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from plugin.hoststate import STATE_ROOT, netns_key  # noqa: E402  (where the plugin keeps its state)
+import harness
+from harness import CNI_DIR, CNI_VERSION, SYSTEM_PATH, BenchError, sh
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CNI_DIR = "/usr/lib/cni"
 GO_PLUGIN = os.path.join(CNI_DIR, "firewall")
-OUR_PLUGIN = os.path.join(REPO, "dist", "isolation", "isolation")
-BUILD_HINT = "cd /work/main && /opt/isolation-venv/bin/pyinstaller --noconfirm --log-level WARN build.spec"
-CNI_VERSION = "1.0.0"
-SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-IP = shutil.which("ip") or "/usr/sbin/ip"
-CLONE_NEWNET = 0x40000000
 TIMEOUT_S = 60
 WARMUP_RUNS = 3
 
@@ -84,140 +73,26 @@ CONTENDERS = {
 }
 VERBS = ("VERSION", "ADD", "CHECK", "DEL")  # table order; measured as ADD, CHECK, VERSION, DEL
 
-
-class BenchError(RuntimeError):
-    pass
+log = harness.logger("bench")
 
 
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM, turned into an exception so that `finally` cleans up."""
-
-
-# --- the per-host worker process ------------------------------------------------------------
-
-
-def enter_netns(name: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({name}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-def worker(netns: str, conn) -> None:
-    """Live in `netns` and run what the coordinator asks, timing each run.
-
-    Runs in a forked, single-threaded process: setns in its main thread moves the whole
-    process, and every child it starts is born in `netns`.
-    """
-    # Ctrl-C reaches the whole process group: the coordinator handles it and stops us.
-    # A no-op Python handler (not SIG_IGN) is reset by exec, so plugins still die on it.
-    signal.signal(signal.SIGINT, lambda *_: None)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # subprocess.run kills its child
-    try:
-        enter_netns(netns)
-        conn.send(("ready", netns_key()))
-    except Exception as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        return
-    while True:
-        req = conn.recv()
-        if req is None:
-            return
-        argv, env, stdin = req
-        try:
-            t0 = time.perf_counter_ns()
-            proc = subprocess.run(argv, input=stdin, capture_output=True, env=env, timeout=TIMEOUT_S)
-            t1 = time.perf_counter_ns()
-        except Exception as exc:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-            continue
-        conn.send(("done", t1 - t0, proc.returncode, proc.stdout, proc.stderr))
-
-
-class Host:
+class Host(harness.Worker):
     """One host namespace, its worker, and the grid of containers in it."""
 
     def __init__(self, key: str, netns: str, plugin_path: str, datadir: str):
-        self.key = key
+        super().__init__(key, netns, TIMEOUT_S)
         self.entry, self.with_path = CONTENDERS[key]
-        self.netns = netns
         self.plugin_path = plugin_path
         self.datadir = datadir
-        self.pid = None
-        self.conn = None
-        self.state_key = None
         self.cache: dict[str, dict] = {}  # container id -> bridge result (the prevResult)
-
-    def start(self) -> None:
-        """Fork the worker. The coordinator is single-threaded, so a plain fork is safe and cheap."""
-        self.conn, child = Pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                keep = child.fileno()  # nothing else of the coordinator's: no pipe ends of other workers
-                os.closerange(3, keep)
-                os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
-                worker(self.netns, child)
-                code = 0
-            finally:
-                os._exit(code)
-        self.pid = pid
-        child.close()
-        reply = self.conn.recv()
-        if reply[0] != "ready":
-            raise BenchError(f"worker for {self.netns}: {reply[1]}")
-        self.state_key = reply[1]
-
-    def send(self, argv: list[str], env: dict, stdin: bytes) -> None:
-        self.conn.send((argv, env, stdin))
 
     def receive(self, what: str, stdin: bytes, want_json: bool = False) -> tuple[int, bytes]:
         """The (duration ns, stdout) of the last request; any failure raises with the plugin's output."""
-        reply = self.conn.recv()
-        if reply[0] == "error":
-            raise BenchError(f"[{self.key}] {what}: could not run: {reply[1]}")
-        _, ns, rc, out, err = reply
-        if rc == 0 and want_json:
-            try:
-                json.loads(out)
-            except ValueError:
-                rc = "0 but stdout is not JSON"
-        if rc != 0:
-            raise BenchError(
-                f"[{self.key}] {what} failed (exit {rc})\n"
-                f"--- stdin ---\n{stdin.decode(errors='replace')}\n"
-                f"--- stdout ---\n{out.decode(errors='replace')}\n--- stderr ---\n{err.decode(errors='replace')}"
-            )
+        result = self.result()
+        if isinstance(result[1], str):  # the worker could not start it
+            raise BenchError(f"[{self.key}] {what}: {result[1]}")
+        ns, _, out, _ = harness.check(f"[{self.key}] {what}", stdin, result, want_json)
         return ns, out
-
-    def run(self, what: str, argv: list[str], env: dict, stdin: bytes, want_json: bool = False):
-        self.send(argv, env, stdin)
-        return self.receive(what, stdin, want_json)
-
-    def stop(self) -> None:
-        """Ask the worker to leave; if it does not, SIGTERM then SIGKILL it (our own child, by pid)."""
-        if self.pid is None:
-            return
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass
-        for sig, grace in ((None, 2.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
-            if sig is not None:
-                os.kill(self.pid, sig)
-            deadline = time.monotonic() + (grace or 3600)
-            while time.monotonic() < deadline:
-                if os.waitpid(self.pid, os.WNOHANG)[0]:
-                    self.pid = None
-                    return
-                time.sleep(0.01)
 
     # --- CNI plumbing -------------------------------------------------------------------------
     def env(self, command: str, container: dict | None, with_path: bool) -> dict:
@@ -243,23 +118,7 @@ class Host:
         self.cache[container["id"]] = json.loads(out)
 
     def _bridge_conf(self, c: dict) -> bytes:
-        n = c["bridge_index"]
-        conf = {
-            "cniVersion": CNI_VERSION,
-            "name": c["network"],
-            "type": "bridge",
-            "bridge": c["bridge"],
-            "isGateway": True,
-            "ipMasq": False,
-            "hairpinMode": True,
-            "ipam": {
-                "type": "host-local",
-                "dataDir": self.datadir,
-                "ranges": [[{"subnet": f"10.77.{n}.0/24"}], [{"subnet": f"fd77:{n}::/64"}]],
-                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
-            },
-        }
-        return json.dumps(conf).encode()
+        return json.dumps(harness.bridge_conf(c["network"], c["bridge"], c["bridge_index"], self.datadir)).encode()
 
     def plugin(self, command: str, container: dict | None) -> int:
         """One timed invocation of the measured plugin; returns nanoseconds."""
@@ -283,10 +142,10 @@ class Host:
         """The plugin's self-description (ours: --version; Go skel: no CNI_COMMAND, on stderr)."""
         argv = [self.plugin_path, "--version"] if self.key == "ours" else [self.plugin_path]
         self.send(argv, {"PATH": SYSTEM_PATH} if self.with_path else {}, b"")
-        reply = self.conn.recv()
-        if reply[0] != "done":
+        _, rc, out, err = self.result()
+        if isinstance(rc, str):  # could not run
             return "unknown"
-        text = (reply[3] or reply[4]).decode(errors="replace").strip()
+        text = (out or err).decode(errors="replace").strip()
         return text.splitlines()[0] if text else "unknown"
 
     def rule_lines(self) -> dict[str, int]:
@@ -299,15 +158,6 @@ class Host:
 
 
 # --- the run ------------------------------------------------------------------------------------
-
-
-def sh(*argv: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, input=stdin, check=check, capture_output=True, text=True)
-
-
-def p95(samples: list[float]) -> float:
-    ordered = sorted(samples)
-    return ordered[math.ceil(0.95 * len(ordered)) - 1]
 
 
 def package_version(path: str) -> str:
@@ -339,19 +189,15 @@ def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Hos
                 "netns": {key: f"{prefix}{key[0]}{k + 1}" for key in CONTENDERS},
             }
         )
-    batch = []
+    names = []
     for key in CONTENDERS:
         host_ns = f"{prefix}-{key}h"
-        made.append(host_ns)  # recorded before it exists: finally removes whatever got made
-        batch.append(f"netns add {host_ns}")
-        for c in containers:
-            made.append(c["netns"][key])
-            batch.append(f"netns add {c['netns'][key]}")
+        names += [host_ns, *(c["netns"][key] for c in containers)]
         hosts[key] = Host(key, host_ns, args.plugin if key == "ours" else GO_PLUGIN, os.path.join(tmp, f"ipam-{key}"))
-    log(f"creating {len(batch)} network namespaces with prefix {prefix}")
-    sh(IP, "-batch", "-", stdin="\n".join(batch) + "\n")
+    log(f"creating {len(names)} network namespaces with prefix {prefix}")
+    harness.add_namespaces(names, made)
     for key in CONTENDERS:
-        sh(IP, "-n", hosts[key].netns, "link", "set", "lo", "up")
+        harness.lo_up(hosts[key].netns)
         hosts[key].start()
 
     log(f"building the grid: {args.bridges} bridges x {args.containers} containers per host (bridge + host-local)")
@@ -390,13 +236,11 @@ def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Hos
     for verb in VERBS:
         row = {"n": len(samples[verb]["ours"])}
         for key in CONTENDERS:
-            ms = [ns / 1e6 for ns in samples[verb][key]]
-            row[key] = {"median_ms": statistics.median(ms), "p95_ms": p95(ms), "samples_ms": ms}
+            row[key] = harness.summary(samples[verb][key])
         row["ratio_median"] = row["ours"]["median_ms"] / row["go"]["median_ms"]
         verbs[verb] = row
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        **harness.stamp(),
         "grid": {"bridges": args.bridges, "containers_per_bridge": args.containers, "attachments": len(containers)},
         "load": {"start": list(load_start), "end": list(load_end)},
         "measured_seconds": round(elapsed, 2),
@@ -407,28 +251,11 @@ def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Hos
     }
 
 
-def cleanup(prefix: str, made: list[str], hosts: dict[str, Host], tmp: str) -> None:
-    for h in hosts.values():  # a worker inside a namespace would keep it alive after `netns del`
-        h.stop()
-    if made:
-        sh(IP, "-force", "-batch", "-", check=False, stdin="".join(f"netns del {ns}\n" for ns in reversed(made)))
-    ours = hosts.get("ours")
-    if ours is not None and ours.state_key:  # the state dir our plugin made for this (now gone) host
-        state = os.path.join(STATE_ROOT, ours.state_key)
-        if os.path.isdir(state):
-            shutil.rmtree(state, ignore_errors=True)
-            log(f"removed our plugin's state directory {state}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    left = [ns for ns in sh(IP, "netns", "list", check=False).stdout.split() if ns.startswith(prefix)]
-    if left:
-        log(f"WARNING: namespaces left behind: {' '.join(left)}")
-
-
 def render(r: dict) -> str:
-    load = lambda v: " ".join(f"{x:.2f}" for x in v)  # noqa: E731
+    load = harness.load
     g = r["grid"]
     lines = [
-        f"CNI per-invocation latency, {r['date']}, kernel {r['machine']['kernel']}, {r['machine']['cpus']} CPUs",
+        harness.headline("CNI per-invocation latency", r),
         f"grid: {g['bridges']} bridges x {g['containers_per_bridge']} containers = {g['attachments']} attachments "
         f"per plugin, cniVersion {r['cniVersion']}, interleaved, {r['measured_seconds']} s measured",
         f"load (1/5/15 min): start {load(r['load']['start'])}  end {load(r['load']['end'])}",
@@ -450,74 +277,34 @@ def render(r: dict) -> str:
             f"{v['go']['p95_ms']:.1f} ms",
             f"{v['ratio_median']:.2f}x",
         ])
-    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
-    fmt = lambda cells: " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    lines += [fmt(head), "-+-".join("-" * w for w in widths), *map(fmt, rows)]
+    lines += harness.table(head, rows)
     lines += ["", "p95: nearest rank; ratio: ours median / go median (below 1: ours is faster)"]
     return "\n".join(lines)
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bridges", type=int, default=5)
     ap.add_argument("--containers", type=int, default=10, help="containers per bridge")
-    ap.add_argument("--plugin", default=OUR_PLUGIN, help="our frozen binary (default: %(default)s)")
+    ap.add_argument("--plugin", default=harness.OUR_PLUGIN, help="our frozen binary (default: %(default)s)")
     ap.add_argument("--version-runs", type=int, default=40, help="interleaved VERSION cells (default: %(default)s)")
     ap.add_argument("--json", action="store_true", help="print the numbers (and raw samples) as JSON")
     args = ap.parse_args()
     if not 1 <= args.bridges <= 254 or args.containers < 1 or args.bridges * args.containers > 9999:
         ap.error("need 1..254 bridges and 1..9999 containers in all (addresses and names must fit)")
-    if os.geteuid() != 0:
-        ap.error("must run as root (it creates network namespaces)")
-    args.plugin = os.path.abspath(args.plugin)
-    if not os.access(args.plugin, os.X_OK):
-        ap.error(f"{args.plugin} is missing; build it with: {BUILD_HINT}")
-    for path in (GO_PLUGIN, os.path.join(CNI_DIR, "bridge"), os.path.join(CNI_DIR, "host-local")):
-        if not os.access(path, os.X_OK):
-            ap.error(f"{path} is missing (Debian package containernetworking-plugins)")
+    harness.preflight(ap, args, ("firewall", "bridge", "host-local"))
 
     prefix = "cb" + secrets.token_hex(2)  # 6 chars; longest name "<prefix>-oursh" is 12
     tmp = tempfile.mkdtemp(prefix=f"cni-bench-{prefix}-")
     made: list[str] = []
     hosts: dict[str, Host] = {}
-
-    signals: list[int] = []
-
-    def on_signal(signum, _frame):
-        """Ctrl-C or SIGTERM: unwind into `finally` once; later signals cannot cut the cleanup short."""
-        signals.append(signum)
-        if len(signals) == 1:
-            raise Interrupted()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    failure = None
-    try:
-        try:
-            result = benchmark(args, prefix, tmp, made, hosts)
-        except BenchError as exc:
-            failure = str(exc)
-        except subprocess.CalledProcessError as exc:
-            failure = f"{' '.join(exc.cmd)} failed (exit {exc.returncode}): {exc.stderr}"
-    except Interrupted:
-        pass
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        log("cleaning up")
-        cleanup(prefix, made, hosts, tmp)
-    if signals:  # a plugin hit by the same Ctrl-C may have "failed" first: that is no finding
-        print(f"interrupted by signal {signals[0]}", file=sys.stderr)
-        return 130
-    if failure:
-        print(f"benchmark aborted: {failure}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2) if args.json else render(result))
-    return 0
+    return harness.run(
+        lambda: benchmark(args, prefix, tmp, made, hosts),
+        lambda: harness.cleanup(prefix, made, list(hosts.values()), tmp, log),
+        render,
+        args.json,
+        log,
+    )
 
 
 if __name__ == "__main__":
