@@ -13,7 +13,7 @@ from plugin.backends import make
 from plugin.hoststate import HostLock, state_dir
 from plugin.lifecycle import detach
 from plugin.links import is_bridge
-from plugin.policy import intent_for
+from plugin.policy import intent_of
 from plugin.registry import Registry
 from plugin.tools import find
 
@@ -59,7 +59,7 @@ def status() -> dict:
                 entry["problems"].append(f"backend {backend_name} is not usable here")
             else:
                 for att in atts:
-                    entry["problems"] += backend.verify(intent_for(att.bridge, att.policy, att.port))
+                    entry["problems"] += backend.verify(intent_of(att))
             entry["problems"] = sorted(set(entry["problems"]))
             report["bridges"].append(entry)
             report["problems"] += [f"{bridge}: {p}" for p in entry["problems"]]

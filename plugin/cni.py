@@ -122,7 +122,7 @@ def _engine(inv: Invocation):
     inv.notes["bridge"] = bridge
     backend = select(conf.backend)
     inv.notes["backend"] = backend.name
-    return prev, backend, intent_for(bridge, conf.ingressPolicy, port), conf
+    return prev, backend, intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts), conf
 
 
 def cmd_add(inv: Invocation) -> dict:
@@ -134,7 +134,7 @@ def cmd_add(inv: Invocation) -> dict:
     ips = prev.get("ips") if isinstance(prev.get("ips"), list) else []
     addresses = tuple(str(ip.get("address")) for ip in ips if isinstance(ip, dict) and ip.get("address"))
     attachment = Attachment(inv.network, inv.env["CNI_CONTAINERID"], inv.env["CNI_IFNAME"], intent.bridge,
-                            intent.port, conf.ingressPolicy, backend.name, addresses)
+                            intent.port, conf.ingressPolicy, backend.name, addresses, conf.allowPublishedPorts)
     with HostLock():
         attach(backend, intent, attachment)
     return convert(prev, inv.cni_version)

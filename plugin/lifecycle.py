@@ -21,7 +21,7 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
     re-ensured too (at no extra read): after a firewall reload wiped the rules, the next
     ADD on any network restores isolation for all of them."""
     reg = Registry.load(state_dir())
-    others = [policy.intent_for(a.bridge, a.policy, a.port) for a in reg.on_backend(backend.name)
+    others = [policy.intent_of(a) for a in reg.on_backend(backend.name)
               if a.key != attachment.key]
     facts = backend.ensure(intent, others)
     reg.attachments[attachment.key] = attachment

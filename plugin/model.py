@@ -26,6 +26,7 @@ class NetConf(BaseModel):
     type: str
     ingressPolicy: IngressPolicy = "same-bridge"
     backend: Backend = "auto"
+    allowPublishedPorts: bool = True
     logFile: str | None = None
 
     @field_validator("logFile")

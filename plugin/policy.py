@@ -20,34 +20,42 @@ class BridgeIntent:
     port: the attachment's host-side port on the bridge (its veth), when prevResult names
              one; nftables drops intra-bridge traffic by port, as this kernel's bridge
              family may lack the bridge-name match.
+    published: traffic DNAT'd into this bridge from another one (a published port, e.g. by
+             portmap) passes the inter-bridge drop: another network reaches HOST_IP:PORT
+             while the containers' own addresses stay unreachable (allowPublishedPorts).
+             Within an `isolated` bridge nothing passes, published or not.
     """
 
     bridge: str
     isolate: bool
     drop_intra: bool
     port: str | None = None
+    published: bool = False
 
     @property
     def enforces_anything(self) -> bool:
         return self.isolate or self.drop_intra
 
 
-def intent_for(bridge: str, ingress_policy: str, port: str | None = None) -> BridgeIntent:
-    """Translate a network's ingressPolicy into the intent for one attachment to its bridge."""
-    if ingress_policy == "open":
-        return BridgeIntent(bridge, isolate=False, drop_intra=False, port=port)
-    if ingress_policy == "same-bridge":
-        return BridgeIntent(bridge, isolate=True, drop_intra=False, port=port)
-    if ingress_policy == "isolated":
-        return BridgeIntent(bridge, isolate=True, drop_intra=True, port=port)
-    raise ValueError(f"unknown ingressPolicy {ingress_policy!r}")
+def intent_for(bridge: str, ingress_policy: str, port: str | None = None, published: bool = True) -> BridgeIntent:
+    """Translate a network's ingressPolicy and allowPublishedPorts into the intent for one
+    attachment to its bridge."""
+    if ingress_policy not in ("open", "same-bridge", "isolated"):
+        raise ValueError(f"unknown ingressPolicy {ingress_policy!r}")
+    isolate = ingress_policy != "open"
+    return BridgeIntent(bridge, isolate, ingress_policy == "isolated", port, published and isolate)
+
+
+def intent_of(att) -> BridgeIntent:
+    """The intent a registered Attachment stands for."""
+    return intent_for(att.bridge, att.policy, att.port, att.published)
 
 
 @dataclass(frozen=True)
 class Release:
     """What one departing attachment takes with it, on the backend that enforced it.
 
-    isolate / drop_intra: no remaining attachment of the bridge needs them any more.
+    isolate / drop_intra / published: no remaining attachment of the bridge needs them.
     port: this attachment's port leaves the per-port intra-bridge drop (nftables).
     last_intra: no remaining attachment on the backend needs intra-bridge drops at all.
     last: no remaining attachment on the backend enforces anything: every trace goes.
@@ -59,12 +67,13 @@ class Release:
     port: str | None
     last_intra: bool
     last: bool
+    published: bool = False
 
 
 def release(departing, remaining: list) -> Release:
     """The Release for `departing` (an Attachment) given the attachments still on its backend."""
-    gone = intent_for(departing.bridge, departing.policy, departing.port)
-    left = [intent_for(a.bridge, a.policy, a.port) for a in remaining]
+    gone = intent_of(departing)
+    left = [intent_of(a) for a in remaining]
     same_bridge = [i for i in left if i.bridge == gone.bridge]
     return Release(
         bridge=gone.bridge,
@@ -73,4 +82,5 @@ def release(departing, remaining: list) -> Release:
         port=gone.port if gone.drop_intra and gone.port not in {i.port for i in left if i.drop_intra} else None,
         last_intra=not any(i.drop_intra for i in left),
         last=not any(i.enforces_anything for i in left),
+        published=gone.published and not any(i.published for i in same_bridge),
     )

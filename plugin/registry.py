@@ -28,6 +28,7 @@ class Attachment:
     policy: str
     backend: str
     addresses: tuple[str, ...] = ()
+    published: bool = True
 
     @property
     def key(self) -> str:

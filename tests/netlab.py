@@ -11,6 +11,7 @@ import glob
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -230,8 +231,10 @@ class Lab:
         script = 'for lib in "$@"; do case "$lib" in --) shift; break;; esac; mount --bind "$0" "$lib"; shift; done; exec "$@"'
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, empty, *SYSTEM_LIBNFTABLES, "--", *argv]
 
-    def _conf(self, net: Network, plugin: dict, prev: dict | None) -> dict:
+    def _conf(self, net: Network, plugin: dict, prev: dict | None, port_mappings: list | None = None) -> dict:
         conf = {"cniVersion": net.cni_version, "name": net.name, **plugin}
+        if port_mappings and plugin.get("capabilities", {}).get("portMappings"):
+            conf["runtimeConfig"] = {"portMappings": port_mappings}  # as libcni injects capabilities
         if prev is not None:
             conf["prevResult"] = prev
         return conf
@@ -242,13 +245,17 @@ class Lab:
             env["CNI_NETNS"] = f"/run/netns/{c.name}"
         return env
 
-    def add(self, net: Network) -> Container:
-        """Start a container on `net` the way libcni does, and record its cached result."""
+    def add(self, net: Network, port_mappings: list | None = None) -> Container:
+        """Start a container on `net` the way libcni does, and record its cached result.
+
+        `port_mappings` ({hostPort, containerPort, protocol}) go to plugins declaring the
+        portMappings capability (portmap), as `-p` does with a runtime."""
         n = sum(len(x.containers) for x in self.networks) + 1
         c = Container(self._netns(f"c{n}"), f"{self.prefix}-ctr{n}", net)
         prev = None
         for plugin in net.plugins:
-            rc, out, err = self.exec_plugin(plugin["type"], "ADD", self._conf(net, plugin, prev), self._env(c))
+            conf = self._conf(net, plugin, prev, port_mappings)
+            rc, out, err = self.exec_plugin(plugin["type"], "ADD", conf, self._env(c))
             if rc != 0:
                 raise PluginError(plugin["type"], "ADD", rc, out, err)
             prev = out
@@ -334,8 +341,12 @@ class Lab:
 
     # --- firewall state ---------------------------------------------------------------------
     def ruleset(self) -> str:
-        """Everything the host namespace's firewall holds: both xtables families and nftables."""
-        return "\n".join([self.save("ipv4"), self.save("ipv6"), sh("nft", "list", "ruleset", netns=self.host).stdout])
+        """Everything the host namespace's firewall holds (both xtables families and nftables),
+        packet counters zeroed: br_netfilter passes the containers' own neighbour discovery
+        through FORWARD, so counters move by themselves; rules, chains and tables must not."""
+        text = "\n".join([self.save("ipv4"), self.save("ipv6"), sh("nft", "list", "ruleset", netns=self.host).stdout])
+        text = re.sub(r"^(:\S+ \S+) \[\d+:\d+\]$", r"\1 [0:0]", text, flags=re.M)
+        return re.sub(r"counter packets \d+ bytes \d+", "counter packets 0 bytes 0", text)
 
     def nft(self, *args: str) -> str:
         return sh("nft", *args, netns=self.host).stdout

@@ -23,6 +23,7 @@ SCENARIOS = [
     ("two-bridges-existing", "two-bridges", "br1", "same-bridge"),
     ("firewall-same-bridge-br0", "firewall-same-bridge", "br0", "same-bridge"),
     ("displaced-br0", "displaced", "br0", "same-bridge"),
+    ("first-layout-br0", "first-layout", "br0", "same-bridge"),
 ]
 
 
@@ -43,8 +44,18 @@ def test_fully_enforced_table_has_no_problems():
     assert problems(table, intent_for("br0", "same-bridge")) == []
     assert problems(table, intent_for("br2", "same-bridge")) == [
         "CNI-ISOLATION-STAGE-1 lacks '-i br2 ! -o br2 -j CNI-ISOLATION-STAGE-2'",
-        "CNI-ISOLATION-STAGE-2 lacks '-o br2 -j DROP'",
+        "CNI-ISOLATION-STAGE-2 lacks '-o br2 -m conntrack --ctstate DNAT -j RETURN', '-o br2 -j DROP'",
     ]
+
+
+def test_a_published_port_exception_below_its_drop_is_a_problem():
+    text = read("two-bridges.before")
+    dnat = "-A CNI-ISOLATION-STAGE-2 -o br0 -m conntrack --ctstate DNAT -m comment --comment isolation-plugin -j RETURN\n"
+    swapped = FilterTable.parse(text.replace(dnat, "").replace("-A CNI-ISOLATION-STAGE-2 -m comment", dnat + "-A CNI-ISOLATION-STAGE-2 -m comment"))
+    assert problems(swapped, intent_for("br0", "same-bridge")) == [
+        "CNI-ISOLATION-STAGE-2 holds '-o br0 -m conntrack --ctstate DNAT -j RETURN', '-o br0 -j DROP' out of order"
+    ]
+    assert problems(swapped, intent_for("br0", "same-bridge", published=False)) == []
 
 
 def test_displaced_jump_is_a_problem():
@@ -66,8 +77,9 @@ def test_guarded_firewall_chain_may_come_first():
     )
     table = FilterTable.parse(text)
     assert table.chains["FORWARD"][0][-1] == "CNI-FORWARD"
-    assert problems(table, intent_for("br0", "same-bridge")) == []
-    assert plan(table, [intent_for("br0", "same-bridge")]) == []
+    unpublished = intent_for("br0", "same-bridge", published=False)  # the firewall's rules suffice then
+    assert problems(table, unpublished) == []
+    assert plan(table, [unpublished]) == []
 
 
 def test_parse_keeps_quoted_comments_whole():
@@ -121,10 +133,13 @@ def test_registered_bridges_missing_from_the_table_are_restored():
     table = FilterTable.parse(read("two-bridges.before"))
     got = plan(table, [intent_for("br2", "same-bridge"), intent_for("br0", "same-bridge"),
                        intent_for("br3", "isolated")])
+    c = "-m comment --comment isolation-plugin"
     assert got == [
-        "-I CNI-ISOLATION-STAGE-1 1 -i br2 ! -o br2 -m comment --comment isolation-plugin -j CNI-ISOLATION-STAGE-2",
-        "-I CNI-ISOLATION-STAGE-1 1 -i br3 ! -o br3 -m comment --comment isolation-plugin -j CNI-ISOLATION-STAGE-2",
-        "-I CNI-ISOLATION-STAGE-1 1 -i br3 -o br3 -m comment --comment isolation-plugin -j DROP",
-        "-I CNI-ISOLATION-STAGE-2 1 -o br2 -m comment --comment isolation-plugin -j DROP",
-        "-I CNI-ISOLATION-STAGE-2 1 -o br3 -m comment --comment isolation-plugin -j DROP",
+        f"-I CNI-ISOLATION-STAGE-1 1 -i br2 ! -o br2 {c} -j CNI-ISOLATION-STAGE-2",
+        f"-I CNI-ISOLATION-STAGE-1 1 -i br3 ! -o br3 {c} -j CNI-ISOLATION-STAGE-2",
+        f"-I CNI-ISOLATION-STAGE-1 1 -i br3 -o br3 {c} -j DROP",
+        f"-I CNI-ISOLATION-STAGE-2 1 -o br2 {c} -j DROP",
+        f"-I CNI-ISOLATION-STAGE-2 1 -o br2 -m conntrack --ctstate DNAT {c} -j RETURN",
+        f"-I CNI-ISOLATION-STAGE-2 1 -o br3 {c} -j DROP",
+        f"-I CNI-ISOLATION-STAGE-2 1 -o br3 -m conntrack --ctstate DNAT {c} -j RETURN",
     ]

@@ -18,7 +18,9 @@ GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "nftables")
 
 
 def intact(*bridges: str) -> TableState:
-    return TableState(True, True, {"isolated": set(bridges), "self": {(b, b) for b in bridges}})
+    """An intact table holding same-bridge, published-ports bridges (the defaults)."""
+    elements = {"isolated": set(bridges), "self": {(b, b) for b in bridges}, "published": set(bridges), "intra": set()}
+    return TableState(True, True, elements)
 
 
 SCENARIOS = {
@@ -45,30 +47,34 @@ def test_plan_matches_golden(name):
     assert plan(states, [intent]) == golden(name)
 
 
+# `nft -j list table inet isolation` as the kernel printed it for brA (isolated) and brB
+# (same-bridge, allowPublishedPorts false); its text form matched the module docstring.
+LISTING = json.loads(r"""[
+ {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+ {"table": {"family": "inet", "name": "isolation", "handle": 2}},
+ {"set": {"family": "inet", "name": "isolated", "table": "isolation", "type": "ifname", "handle": 1, "elem": ["brA", "brB"]}},
+ {"set": {"family": "inet", "name": "self", "table": "isolation", "type": ["ifname", "ifname"], "handle": 2,
+          "elem": [{"concat": ["brA", "brA"]}, {"concat": ["brB", "brB"]}]}},
+ {"set": {"family": "inet", "name": "published", "table": "isolation", "type": "ifname", "handle": 3, "elem": ["brA"]}},
+ {"set": {"family": "inet", "name": "intra", "table": "isolation", "type": "ifname", "handle": 4, "elem": ["brA"]}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "forward", "handle": 5, "type": "filter", "hook": "forward",
+            "prio": -5, "policy": "accept"}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 6, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@intra"}}, {"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 7, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@published"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 8, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 9, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@isolated"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@isolated"}}, {"counter": {"packets": 12, "bytes": 1008}}, {"drop": null}]}}
+]""")
+
+
 def test_listing_of_our_own_table_is_intact():
-    """Parse what `nft -j list table inet isolation` printed for the documented ruleset."""
-    listing = [
-        {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
-        {"table": {"family": "inet", "name": "isolation", "handle": 1}},
-        {"set": {"family": "inet", "name": "isolated", "table": "isolation", "type": "ifname", "handle": 2,
-                 "elem": ["brA", "brB"]}},
-        {"set": {"family": "inet", "name": "self", "table": "isolation", "type": ["ifname", "ifname"], "handle": 3,
-                 "elem": [{"concat": ["brA", "brA"]}, {"concat": ["brB", "brB"]}]}},
-        {"chain": {"family": "inet", "table": "isolation", "name": "forward", "handle": 1, "type": "filter",
-                   "hook": "forward", "prio": -5, "policy": "accept"}},
-        {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 4, "expr": [
-            {"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]},
-                       "right": "@self"}}, {"return": None}]}},
-        {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 5, "expr": [
-            {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@isolated"}},
-            {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@isolated"}},
-            {"counter": {"packets": 12, "bytes": 1008}}, {"drop": None}]}},
-    ]
-    state = TableState.parse(listing, INET)
+    state = TableState.parse(LISTING, INET)
     assert state.exists and state.intact
-    assert state.elements == {"isolated": {"brA", "brB"}, "self": {("brA", "brA"), ("brB", "brB")}}
-    tampered = listing[:-1] + [{"rule": {**listing[-1]["rule"], "expr": [{"accept": None}]}}]
+    assert state.elements == {"isolated": {"brA", "brB"}, "self": {("brA", "brA"), ("brB", "brB")},
+                              "published": {"brA"}, "intra": {"brA"}}
+    tampered = LISTING[:-1] + [{"rule": {**LISTING[-1]["rule"], "expr": [{"accept": None}]}}]
     assert not TableState.parse(tampered, INET).intact
+    first_layout = [o for o in LISTING if not ("set" in o and o["set"]["name"] in ("published", "intra"))]
+    assert not TableState.parse(first_layout, INET).intact, "a table of the first layout is rebuilt"
     assert TableState.parse(None, BRIDGE) == TableState()
 
 
@@ -76,6 +82,7 @@ def test_problems_name_what_is_missing():
     assert problems({"inet": intact("br0")}, intent_for("br0", "same-bridge")) == []
     assert problems({"inet": intact("br0")}, intent_for("br1", "same-bridge")) == [
         "br1 is not in set inet isolation isolated",
+        "br1 is not in set inet isolation published",
         "br1 . br1 is not in set inet isolation self",
     ]
     assert problems({}, intent_for("br0", "isolated", "veth0")) == [
@@ -116,6 +123,7 @@ def test_a_rebuilt_table_gets_every_registered_bridge_back():
     elements = [c["add"]["element"] for c in cmds if "element" in c["add"]]
     assert elements == [
         {"family": "inet", "table": "isolation", "name": "isolated", "elem": ["br0", "br2"]},
+        {"family": "inet", "table": "isolation", "name": "published", "elem": ["br0", "br2"]},
         {"family": "inet", "table": "isolation", "name": "self", "elem": [{"concat": ["br0", "br0"]},
                                                                           {"concat": ["br2", "br2"]}]},
     ]

@@ -100,10 +100,13 @@ def test_release_keeps_what_others_still_need():
     gone = _att("br0", "isolated", "veth0", "c0")
     # another container stays on br0: only the departing port goes
     assert release(gone, [_att("br0", "isolated", "veth1", "c1")]) == Release("br0", False, False, "veth0", False, False)
-    # br0 empties, br1 (same-bridge) stays: br0's rules and the intra-bridge table go, not everything
-    assert release(gone, [_att("br1", "same-bridge", "veth1", "c1")]) == Release("br0", True, True, "veth0", True, False)
+    # br0 empties, br1 (same-bridge) stays: br0's rules, its published-port exception and the
+    # intra-bridge table go, not everything
+    assert release(gone, [_att("br1", "same-bridge", "veth1", "c1")]) == Release(
+        "br0", True, True, "veth0", True, False, published=True)
     # only an `open` attachment remains: nothing enforces anything any more
-    assert release(gone, [_att("br1", "open", "veth1", "c1")]) == Release("br0", True, True, "veth0", True, True)
+    assert release(gone, [_att("br1", "open", "veth1", "c1")]) == Release(
+        "br0", True, True, "veth0", True, True, published=True)
     assert release(_att("br0", "open", None), []).last
 
 

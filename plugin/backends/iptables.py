@@ -1,11 +1,15 @@
 """The iptables backend: the upstream CNI-ISOLATION-STAGE-1/2 layout in the filter table.
 
     FORWARD:                -j CNI-ISOLATION-STAGE-1            (always first)
-    CNI-ISOLATION-STAGE-1:  -i BR ! -o BR -j CNI-ISOLATION-STAGE-2   (isolate)
-                            -i BR -o BR -j DROP                      (drop_intra)
+    CNI-ISOLATION-STAGE-1:  -i BR -o BR -j DROP                      (drop_intra)
+                            -i BR ! -o BR -j CNI-ISOLATION-STAGE-2   (isolate)
                             -j RETURN
-    CNI-ISOLATION-STAGE-2:  -o BR -j DROP                            (isolate)
+    CNI-ISOLATION-STAGE-2:  -o BR -m conntrack --ctstate DNAT -j RETURN        (published)
+                            -o BR -j DROP                            (isolate)
                             -j RETURN
+
+A bridge's rules in one chain form an ordered group (a published-port RETURN above
+its DROP); a group that is incomplete or out of order is re-inserted whole.
 
 The chains are shared with the firewall plugin's `ingressPolicy`: a rule that
 matches the same packets already (whatever its comment) is not added twice, and
@@ -121,22 +125,45 @@ def is_ours(args: list[str]) -> bool:
     return "--comment" in args and args[args.index("--comment") + 1] == TAG
 
 
-def wanted(intents) -> dict[str, list[list[str]]]:
-    """The matches-and-targets each stage chain must hold for `intents` (comments left out)."""
-    chains: dict[str, list[list[str]]] = {STAGE1: [], STAGE2: []}
+DNAT = ["-m", "conntrack", "--ctstate", "DNAT"]
+
+
+def bridge_rules(intent: BridgeIntent) -> dict[str, list[list[str]]]:
+    """Per stage chain, the matches-and-targets `intent` needs, top to bottom (comments left out)."""
+    br = intent.bridge
+    if not valid_name(br):  # defence in depth: the protocol layer validated it already
+        raise ValueError(f"refusing to render rules for interface name {br!r}")
+    stage1, stage2 = [], []
+    if intent.drop_intra:  # published or not: within an `isolated` bridge nothing passes
+        stage1.append(["-i", br, "-o", br, "-j", "DROP"])
+    if intent.isolate:
+        stage1.append(["-i", br, "!", "-o", br, "-j", STAGE2])
+        if intent.published:
+            stage2.append(["-o", br, *DNAT, "-j", "RETURN"])
+        stage2.append(["-o", br, "-j", "DROP"])
+    return {STAGE1: stage1, STAGE2: stage2}
+
+
+def wanted(intents) -> dict[str, list[list[list[str]]]]:
+    """Per stage chain, the ordered groups of rules `intents` need: one group per bridge."""
+    chains: dict[str, list[list[list[str]]]] = {STAGE1: [], STAGE2: []}
     for intent in intents:
-        br = intent.bridge
-        if not valid_name(br):  # defence in depth: the protocol layer validated it already
-            raise ValueError(f"refusing to render rules for interface name {br!r}")
-        specs = []
-        if intent.isolate:
-            specs += [(STAGE1, ["-i", br, "!", "-o", br, "-j", STAGE2]), (STAGE2, ["-o", br, "-j", "DROP"])]
-        if intent.drop_intra:
-            specs.append((STAGE1, ["-i", br, "-o", br, "-j", "DROP"]))
-        for chain, spec in specs:
-            if spec not in chains[chain]:
-                chains[chain].append(spec)
+        for chain, group in bridge_rules(intent).items():
+            if group and group not in chains[chain]:
+                chains[chain].append(group)
     return chains
+
+
+def group_problem(rules: list[list[str]], group: list[list[str]]) -> str | None:
+    """Why `rules` (a chain) does not hold `group` in order, or None."""
+    have = [strip_comment(r) for r in rules]
+    places = [have.index(spec) if spec in have else -1 for spec in group]
+    missing = [spec for spec, at in zip(group, places) if at < 0]
+    if missing:
+        return "lacks " + ", ".join(f"'{' '.join(s)}'" for s in missing)
+    if places != sorted(places):
+        return "holds " + ", ".join(f"'{' '.join(s)}'" for s in group) + " out of order"
+    return None
 
 
 def _tagged(spec: list[str]) -> list[str]:
@@ -192,12 +219,20 @@ def plan(table: FilterTable, intents) -> list[str]:
     guard = guard_missing(table)
     needed = [*chains, FIREWALL_CHAIN] if guard else list(chains)
     lines = [f"-N {chain}" for chain in needed if chain not in table.chains]  # before any jump to them
-    for chain, specs in chains.items():
-        have = {tuple(strip_comment(r)) for r in table.chains.get(chain, [])}
-        for spec in specs:
-            if tuple(spec) not in have:
-                lines.append(f"-I {chain} 1 " + " ".join(_tagged(spec)))
-        if ("-j", "RETURN") not in have:
+    for chain, groups in chains.items():
+        rules = table.chains.get(chain, [])
+        theirs = {tuple(strip_comment(r)) for r in rules if not is_ours(r)}
+        ours = {tuple(strip_comment(r)) for r in rules if is_ours(r)}
+        for group in groups:
+            if group_problem(rules, group) is None:
+                continue
+            for spec in group:  # re-insert the group whole: ours out, then all in order on top
+                if tuple(spec) in ours:
+                    lines.append(f"-D {chain} " + " ".join(_tagged(spec)))
+            for spec in reversed(group):
+                if tuple(spec) not in theirs:
+                    lines.append(f"-I {chain} 1 " + " ".join(_tagged(spec)))
+        if ("-j", "RETURN") not in theirs | ours:
             lines.append(f"-A {chain} " + " ".join(_tagged(["-j", "RETURN"])))
     if guard:
         _move_to_top(table, FIREWALL_CHAIN, lines)
@@ -211,12 +246,11 @@ def problems(table: FilterTable, intent: BridgeIntent) -> list[str]:
     if not intent.enforces_anything:
         return []
     found = []
-    for chain, specs in wanted([intent]).items():
+    for chain, groups in wanted([intent]).items():
         if chain not in table.chains:
             found.append(f"chain {chain} is missing")
             continue
-        have = [strip_comment(r) for r in table.chains[chain]]
-        found += [f"{chain} lacks '{' '.join(s)}'" for s in specs if s not in have]
+        found += [f"{chain} {p}" for p in (group_problem(table.chains[chain], g) for g in groups) if p]
     reason = forward_problem(table)
     if reason:
         found.append(reason)
@@ -245,6 +279,8 @@ def release_plan(table: FilterTable, r: Release) -> list[str]:
             specs += [(STAGE1, ["-i", br, "!", "-o", br, "-j", STAGE2]), (STAGE2, ["-o", br, "-j", "DROP"])]
         if r.drop_intra:
             specs.append((STAGE1, ["-i", br, "-o", br, "-j", "DROP"]))
+        if r.published or r.isolate:
+            specs.append((STAGE2, ["-o", br, *DNAT, "-j", "RETURN"]))
         remove = [(c, rule) for c, spec in specs for rule in table.chains.get(c, [])
                   if is_ours(rule) and strip_comment(rule) == spec]
     lines = [f"-D {chain} " + " ".join(rule) for chain, rule in remove if all(_SAFE.fullmatch(a) for a in rule)]

@@ -1,10 +1,15 @@
 """The nftables backend: tables of our own, driven in-process through libnftables' JSON API.
 
     table inet isolation                       (IPv4 and IPv6 in one rule set)
-      set isolated { type ifname }             bridges that are isolated
-      set self     { type ifname . ifname }    (BR . BR) for each isolated bridge
+      set isolated  { type ifname }            bridges that are isolated
+      set self      { type ifname . ifname }   (BR . BR) for each isolated bridge
+      set published { type ifname }            isolated bridges whose published ports stay reachable
+      set intra     { type ifname }            `isolated` bridges (no traffic between their ports)
       chain forward  hook forward, priority -5, policy accept
-        iifname . oifname @self return         traffic within one bridge: not ours to judge here
+        iifname @intra iifname . oifname @self counter drop   within an `isolated` bridge (hairpin
+                                                          through the host, or bridged via br_netfilter)
+        ct status dnat oifname @published return          a published port: isolation does not apply
+        iifname . oifname @self return                    within one bridge: nothing else applies
         iifname @isolated oifname @isolated counter drop
 
     table bridge isolation                     (only once a network is `isolated`)
@@ -68,12 +73,16 @@ class TableSpec:
         return cmds
 
 
+SAME_BRIDGE = _in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "self")
 INET = TableSpec(
     "inet",
     -5,
-    {"isolated": "ifname", "self": ["ifname", "ifname"]},
+    {"isolated": "ifname", "self": ["ifname", "ifname"], "published": "ifname", "intra": "ifname"},
     [
-        [_in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "self"), {"return": None}],
+        [_in_set(_meta("iifname"), "intra"), SAME_BRIDGE, COUNTER, {"drop": None}],
+        [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+         _in_set(_meta("oifname"), "published"), {"return": None}],
+        [SAME_BRIDGE, {"return": None}],
         [_in_set(_meta("iifname"), "isolated"), _in_set(_meta("oifname"), "isolated"), COUNTER, {"drop": None}],
     ],
 )
@@ -134,9 +143,13 @@ def wanted(intents) -> dict[str, dict[str, set]]:
             if name is not None and not valid_name(name):  # defence in depth
                 raise ValueError(f"refusing to render an element for interface name {name!r}")
         if intent.isolate:
-            inet = want.setdefault("inet", {"isolated": set(), "self": set()})
+            inet = want.setdefault("inet", {"isolated": set(), "self": set(), "published": set(), "intra": set()})
             inet["isolated"].add(intent.bridge)
             inet["self"].add((intent.bridge, intent.bridge))
+            if intent.published:
+                inet["published"].add(intent.bridge)
+            if intent.drop_intra:
+                inet["intra"].add(intent.bridge)
         if intent.drop_intra:
             if intent.port is None:
                 raise CniError(
@@ -184,8 +197,11 @@ def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
     inet, bridge = states.get("inet", TableState()), states.get("bridge", TableState())
     if inet.exists and r.last:
         cmds.append(delete("inet", "table", {"name": TABLE}))
-    elif inet.exists and r.isolate:
-        for name, elem in (("isolated", r.bridge), ("self", (r.bridge, r.bridge))):
+    elif inet.exists:
+        gone = [("isolated", r.bridge), ("self", (r.bridge, r.bridge))] if r.isolate else []
+        gone += [("published", r.bridge)] if r.published or r.isolate else []
+        gone += [("intra", r.bridge)] if r.drop_intra or r.isolate else []
+        for name, elem in gone:
             if elem in inet.elements.get(name, set()):
                 value = {"concat": list(elem)} if isinstance(elem, tuple) else elem
                 cmds.append(delete("inet", "element", {"table": TABLE, "name": name, "elem": [value]}))
