@@ -122,7 +122,8 @@ def _engine(inv: Invocation):
     inv.notes["bridge"] = bridge
     backend = select(conf.backend)
     inv.notes["backend"] = backend.name
-    return prev, backend, intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts), conf
+    intent = intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts, conf.isolationGroup)
+    return prev, backend, intent, conf
 
 
 def cmd_add(inv: Invocation) -> dict:
@@ -134,7 +135,8 @@ def cmd_add(inv: Invocation) -> dict:
     ips = prev.get("ips") if isinstance(prev.get("ips"), list) else []
     addresses = tuple(str(ip.get("address")) for ip in ips if isinstance(ip, dict) and ip.get("address"))
     attachment = Attachment(inv.network, inv.env["CNI_CONTAINERID"], inv.env["CNI_IFNAME"], intent.bridge,
-                            intent.port, conf.ingressPolicy, backend.name, addresses, conf.allowPublishedPorts)
+                            intent.port, conf.ingressPolicy, backend.name, addresses, conf.allowPublishedPorts,
+                            conf.isolationGroup)
     with HostLock():
         attach(backend, intent, attachment)
     return convert(prev, inv.cni_version)

@@ -8,14 +8,15 @@ Only the keys this plugin owns are modelled; everything runtimes add (`name`,
 here. `prevResult` is the protocol layer's business.
 """
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator
 
 from plugin.errors import INVALID_CONFIG, CniError
 
 IngressPolicy = Literal["same-bridge", "isolated", "open"]
 Backend = Literal["auto", "iptables", "nftables"]
+GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
 class NetConf(BaseModel):
@@ -27,6 +28,7 @@ class NetConf(BaseModel):
     ingressPolicy: IngressPolicy = "same-bridge"
     backend: Backend = "auto"
     allowPublishedPorts: bool = True
+    isolationGroup: GroupName | None = None
     logFile: str | None = None
 
     @field_validator("logFile")

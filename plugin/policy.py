@@ -31,24 +31,41 @@ class BridgeIntent:
     drop_intra: bool
     port: str | None = None
     published: bool = False
+    group: str | None = None  # isolationGroup: isolated bridges of one group reach each other
 
     @property
     def enforces_anything(self) -> bool:
         return self.isolate or self.drop_intra
 
 
-def intent_for(bridge: str, ingress_policy: str, port: str | None = None, published: bool = True) -> BridgeIntent:
-    """Translate a network's ingressPolicy and allowPublishedPorts into the intent for one
-    attachment to its bridge."""
+def intent_for(bridge: str, ingress_policy: str, port: str | None = None, published: bool = True,
+               group: str | None = None) -> BridgeIntent:
+    """Translate a network's ingressPolicy, allowPublishedPorts and isolationGroup into the
+    intent for one attachment to its bridge."""
     if ingress_policy not in ("open", "same-bridge", "isolated"):
         raise ValueError(f"unknown ingressPolicy {ingress_policy!r}")
     isolate = ingress_policy != "open"
-    return BridgeIntent(bridge, isolate, ingress_policy == "isolated", port, published and isolate)
+    return BridgeIntent(bridge, isolate, ingress_policy == "isolated", port, published and isolate,
+                        group if isolate else None)
 
 
 def intent_of(att) -> BridgeIntent:
     """The intent a registered Attachment stands for."""
-    return intent_for(att.bridge, att.policy, att.port, att.published)
+    return intent_for(att.bridge, att.policy, att.port, att.published, att.group)
+
+
+def peers(intents) -> dict[str, set[str]]:
+    """For each isolating bridge, the other bridges of its isolationGroup (it may reach them)."""
+    members: dict[str, set[str]] = {}
+    for i in intents:
+        if i.isolate and i.group:
+            members.setdefault(i.group, set()).add(i.bridge)
+    found: dict[str, set[str]] = {}
+    for bridges in members.values():
+        for b in bridges:
+            if len(bridges) > 1:
+                found.setdefault(b, set()).update(bridges - {b})
+    return found
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ class Attachment:
     backend: str
     addresses: tuple[str, ...] = ()
     published: bool = True
+    group: str | None = None
 
     @property
     def key(self) -> str:

@@ -143,3 +143,27 @@ def test_registered_bridges_missing_from_the_table_are_restored():
         f"-I CNI-ISOLATION-STAGE-2 1 -o br3 {c} -j DROP",
         f"-I CNI-ISOLATION-STAGE-2 1 -o br3 -m conntrack --ctstate DNAT {c} -j RETURN",
     ]
+
+
+def test_group_peers_return_above_the_drop_and_leave_with_their_bridge():
+    c = "-m comment --comment isolation-plugin"
+    table = FilterTable.parse(read("two-bridges.before"))
+    got = plan(table, [intent_for("br0", "same-bridge", group="a"), intent_for("br1", "same-bridge", group="a")])
+    # each bridge's STAGE-2 group gains a RETURN for its peer: re-inserted whole, in order
+    assert got == [
+        f"-D CNI-ISOLATION-STAGE-2 -o br0 -m conntrack --ctstate DNAT {c} -j RETURN",
+        f"-D CNI-ISOLATION-STAGE-2 -o br0 {c} -j DROP",
+        f"-I CNI-ISOLATION-STAGE-2 1 -o br0 {c} -j DROP",
+        f"-I CNI-ISOLATION-STAGE-2 1 -i br1 -o br0 {c} -j RETURN",
+        f"-I CNI-ISOLATION-STAGE-2 1 -o br0 -m conntrack --ctstate DNAT {c} -j RETURN",
+        f"-D CNI-ISOLATION-STAGE-2 -o br1 -m conntrack --ctstate DNAT {c} -j RETURN",
+        f"-D CNI-ISOLATION-STAGE-2 -o br1 {c} -j DROP",
+        f"-I CNI-ISOLATION-STAGE-2 1 -o br1 {c} -j DROP",
+        f"-I CNI-ISOLATION-STAGE-2 1 -i br0 -o br1 {c} -j RETURN",
+        f"-I CNI-ISOLATION-STAGE-2 1 -o br1 -m conntrack --ctstate DNAT {c} -j RETURN",
+    ]
+    grouped = FilterTable.parse(read("two-bridges.before").replace(
+        f"-A CNI-ISOLATION-STAGE-2 -o br1 {c} -j DROP", f"-A CNI-ISOLATION-STAGE-2 -i br0 -o br1 {c} -j RETURN\n"
+        f"-A CNI-ISOLATION-STAGE-2 -o br1 {c} -j DROP"))
+    assert f"-D CNI-ISOLATION-STAGE-2 -i br0 -o br1 {c} -j RETURN" in release_plan(
+        grouped, Release("br0", True, False, None, True, False))

@@ -19,7 +19,8 @@ GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "nftables")
 
 def intact(*bridges: str) -> TableState:
     """An intact table holding same-bridge, published-ports bridges (the defaults)."""
-    elements = {"isolated": set(bridges), "self": {(b, b) for b in bridges}, "published": set(bridges), "intra": set()}
+    elements = {"isolated": set(bridges), "self": {(b, b) for b in bridges}, "published": set(bridges), "intra": set(),
+                "peers": set()}
     return TableState(True, True, elements)
 
 
@@ -48,21 +49,21 @@ def test_plan_matches_golden(name):
 
 
 # `nft -j list table inet isolation` as the kernel printed it for brA (isolated) and brB
-# (same-bridge, allowPublishedPorts false); its text form matched the module docstring.
+# (same-bridge, allowPublishedPorts false), both in isolationGroup "g"; its text form
+# matched the module docstring.
 LISTING = json.loads(r"""[
- {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
- {"table": {"family": "inet", "name": "isolation", "handle": 2}},
+ {"table": {"family": "inet", "name": "isolation", "handle": 1}},
  {"set": {"family": "inet", "name": "isolated", "table": "isolation", "type": "ifname", "handle": 1, "elem": ["brA", "brB"]}},
- {"set": {"family": "inet", "name": "self", "table": "isolation", "type": ["ifname", "ifname"], "handle": 2,
-          "elem": [{"concat": ["brA", "brA"]}, {"concat": ["brB", "brB"]}]}},
+ {"set": {"family": "inet", "name": "self", "table": "isolation", "type": ["ifname", "ifname"], "handle": 2, "elem": [{"concat": ["brA", "brA"]}, {"concat": ["brB", "brB"]}]}},
  {"set": {"family": "inet", "name": "published", "table": "isolation", "type": "ifname", "handle": 3, "elem": ["brA"]}},
  {"set": {"family": "inet", "name": "intra", "table": "isolation", "type": "ifname", "handle": 4, "elem": ["brA"]}},
- {"chain": {"family": "inet", "table": "isolation", "name": "forward", "handle": 5, "type": "filter", "hook": "forward",
-            "prio": -5, "policy": "accept"}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 6, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@intra"}}, {"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 7, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@published"}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 8, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 9, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@isolated"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@isolated"}}, {"counter": {"packets": 12, "bytes": 1008}}, {"drop": null}]}}
+ {"set": {"family": "inet", "name": "peers", "table": "isolation", "type": ["ifname", "ifname"], "handle": 5, "elem": [{"concat": ["brB", "brA"]}, {"concat": ["brA", "brB"]}]}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "forward", "handle": 6, "type": "filter", "hook": "forward", "prio": -5, "policy": "accept"}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 7, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@intra"}}, {"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 8, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@published"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 9, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 10, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@peers"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 11, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@isolated"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@isolated"}}, {"counter": {"packets": 12, "bytes": 1008}}, {"drop": null}]}}
 ]""")
 
 
@@ -70,10 +71,10 @@ def test_listing_of_our_own_table_is_intact():
     state = TableState.parse(LISTING, INET)
     assert state.exists and state.intact
     assert state.elements == {"isolated": {"brA", "brB"}, "self": {("brA", "brA"), ("brB", "brB")},
-                              "published": {"brA"}, "intra": {"brA"}}
+                              "published": {"brA"}, "intra": {"brA"}, "peers": {("brA", "brB"), ("brB", "brA")}}
     tampered = LISTING[:-1] + [{"rule": {**LISTING[-1]["rule"], "expr": [{"accept": None}]}}]
     assert not TableState.parse(tampered, INET).intact
-    first_layout = [o for o in LISTING if not ("set" in o and o["set"]["name"] in ("published", "intra"))]
+    first_layout = [o for o in LISTING if not ("set" in o and o["set"]["name"] in ("published", "intra", "peers"))]
     assert not TableState.parse(first_layout, INET).intact, "a table of the first layout is rebuilt"
     assert TableState.parse(None, BRIDGE) == TableState()
 
@@ -127,3 +128,16 @@ def test_a_rebuilt_table_gets_every_registered_bridge_back():
         {"family": "inet", "table": "isolation", "name": "self", "elem": [{"concat": ["br0", "br0"]},
                                                                           {"concat": ["br2", "br2"]}]},
     ]
+
+
+def test_groups_become_peer_pairs_and_leave_with_their_bridge():
+    intents = [intent_for("br0", "same-bridge", group="a"), intent_for("br1", "isolated", "veth1", group="a"),
+               intent_for("br2", "same-bridge", group="b"), intent_for("br3", "same-bridge")]
+    peer_cmds = [c for c in plan({}, intents) if "element" in c["add"] and c["add"]["element"]["name"] == "peers"]
+    assert peer_cmds == [{"add": {"element": {"family": "inet", "table": "isolation", "name": "peers",
+                                              "elem": [{"concat": ["br0", "br1"]}, {"concat": ["br1", "br0"]}]}}}]
+    state = intact("br0", "br1")
+    state.elements["peers"] = {("br0", "br1"), ("br1", "br0")}
+    gone = [c["delete"]["element"] for c in release_plan({"inet": state}, Release("br1", True, False, None, True, False))]
+    assert {"name": "peers", "elem": [{"concat": ["br0", "br1"]}]} in [{k: g[k] for k in ("name", "elem")} for g in gone]
+    assert {"name": "peers", "elem": [{"concat": ["br1", "br0"]}]} in [{k: g[k] for k in ("name", "elem")} for g in gone]

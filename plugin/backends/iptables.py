@@ -5,6 +5,7 @@
                             -i BR ! -o BR -j CNI-ISOLATION-STAGE-2   (isolate)
                             -j RETURN
     CNI-ISOLATION-STAGE-2:  -o BR -m conntrack --ctstate DNAT -j RETURN        (published)
+                            -i PEER -o BR -j RETURN                  (each bridge of its isolationGroup)
                             -o BR -j DROP                            (isolate)
                             -j RETURN
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from plugin import bridgenf
 from plugin.errors import ENFORCEMENT_FAILED, TRY_AGAIN_LATER, CniError
 from plugin.links import valid_name
-from plugin.policy import BridgeIntent, Release
+from plugin.policy import BridgeIntent, Release, peers
 from plugin.tools import find, run_all
 
 STAGE1 = "CNI-ISOLATION-STAGE-1"
@@ -128,8 +129,9 @@ def is_ours(args: list[str]) -> bool:
 DNAT = ["-m", "conntrack", "--ctstate", "DNAT"]
 
 
-def bridge_rules(intent: BridgeIntent) -> dict[str, list[list[str]]]:
-    """Per stage chain, the matches-and-targets `intent` needs, top to bottom (comments left out)."""
+def bridge_rules(intent: BridgeIntent, group_peers=()) -> dict[str, list[list[str]]]:
+    """Per stage chain, the matches-and-targets `intent` needs, top to bottom (comments left
+    out); `group_peers` are the bridges of its isolationGroup, which may reach it."""
     br = intent.bridge
     if not valid_name(br):  # defence in depth: the protocol layer validated it already
         raise ValueError(f"refusing to render rules for interface name {br!r}")
@@ -140,6 +142,7 @@ def bridge_rules(intent: BridgeIntent) -> dict[str, list[list[str]]]:
         stage1.append(["-i", br, "!", "-o", br, "-j", STAGE2])
         if intent.published:
             stage2.append(["-o", br, *DNAT, "-j", "RETURN"])
+        stage2 += [["-i", peer, "-o", br, "-j", "RETURN"] for peer in sorted(group_peers)]
         stage2.append(["-o", br, "-j", "DROP"])
     return {STAGE1: stage1, STAGE2: stage2}
 
@@ -147,8 +150,10 @@ def bridge_rules(intent: BridgeIntent) -> dict[str, list[list[str]]]:
 def wanted(intents) -> dict[str, list[list[list[str]]]]:
     """Per stage chain, the ordered groups of rules `intents` need: one group per bridge."""
     chains: dict[str, list[list[list[str]]]] = {STAGE1: [], STAGE2: []}
+    intents = list(intents)
+    group_peers = peers(intents)
     for intent in intents:
-        for chain, group in bridge_rules(intent).items():
+        for chain, group in bridge_rules(intent, group_peers.get(intent.bridge, ())).items():
             if group and group not in chains[chain]:
                 chains[chain].append(group)
     return chains
@@ -283,10 +288,17 @@ def release_plan(table: FilterTable, r: Release) -> list[str]:
             specs.append((STAGE2, ["-o", br, *DNAT, "-j", "RETURN"]))
         remove = [(c, rule) for c, spec in specs for rule in table.chains.get(c, [])
                   if is_ours(rule) and strip_comment(rule) == spec]
+        if r.isolate:  # isolationGroup exceptions to or from the bridge
+            remove += [(STAGE2, rule) for rule in table.chains.get(STAGE2, []) if is_ours(rule)
+                       and _is_peer_return(strip_comment(rule)) and br in (rule[1], rule[3])]
     lines = [f"-D {chain} " + " ".join(rule) for chain, rule in remove if all(_SAFE.fullmatch(a) for a in rule)]
     if r.last:
         lines += [f"-X {chain}" for chain in without_ours(table)[1]]
     return lines
+
+
+def _is_peer_return(spec: list[str]) -> bool:
+    return len(spec) == 6 and spec[0] == "-i" and spec[2] == "-o" and spec[4:] == ["-j", "RETURN"]
 
 
 def without_ours(table: FilterTable) -> tuple[FilterTable, list[str]]:

@@ -5,11 +5,13 @@
       set self      { type ifname . ifname }   (BR . BR) for each isolated bridge
       set published { type ifname }            isolated bridges whose published ports stay reachable
       set intra     { type ifname }            `isolated` bridges (no traffic between their ports)
+      set peers     { type ifname . ifname }   (A . B) for bridges A != B of one isolationGroup
       chain forward  hook forward, priority -5, policy accept
         iifname @intra iifname . oifname @self counter drop   within an `isolated` bridge (hairpin
                                                           through the host, or bridged via br_netfilter)
         ct status dnat oifname @published return          a published port: isolation does not apply
         iifname . oifname @self return                    within one bridge: nothing else applies
+        iifname . oifname @peers return                   the same isolationGroup
         iifname @isolated oifname @isolated counter drop
 
     table bridge isolation                     (only once a network is `isolated`)
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 
 from plugin.errors import ENFORCEMENT_FAILED, CniError
 from plugin.links import valid_name
-from plugin.policy import BridgeIntent, Release
+from plugin.policy import BridgeIntent, Release, peers
 
 TABLE = "isolation"
 LIBRARY = "libnftables.so.1"
@@ -77,12 +79,14 @@ SAME_BRIDGE = _in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "self")
 INET = TableSpec(
     "inet",
     -5,
-    {"isolated": "ifname", "self": ["ifname", "ifname"], "published": "ifname", "intra": "ifname"},
+    {"isolated": "ifname", "self": ["ifname", "ifname"], "published": "ifname", "intra": "ifname",
+     "peers": ["ifname", "ifname"]},
     [
         [_in_set(_meta("iifname"), "intra"), SAME_BRIDGE, COUNTER, {"drop": None}],
         [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
          _in_set(_meta("oifname"), "published"), {"return": None}],
         [SAME_BRIDGE, {"return": None}],
+        [_in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "peers"), {"return": None}],
         [_in_set(_meta("iifname"), "isolated"), _in_set(_meta("oifname"), "isolated"), COUNTER, {"drop": None}],
     ],
 )
@@ -138,14 +142,17 @@ def _normalise(expr: list[dict]) -> list[dict]:
 def wanted(intents) -> dict[str, dict[str, set]]:
     """The set elements each table must hold for `intents`: family -> set -> elements."""
     want: dict[str, dict[str, set]] = {}
+    intents = list(intents)
+    group_peers = peers(intents)
     for intent in intents:
         for name in (intent.bridge, intent.port):
             if name is not None and not valid_name(name):  # defence in depth
                 raise ValueError(f"refusing to render an element for interface name {name!r}")
         if intent.isolate:
-            inet = want.setdefault("inet", {"isolated": set(), "self": set(), "published": set(), "intra": set()})
+            inet = want.setdefault("inet", {name: set() for name in INET.sets})
             inet["isolated"].add(intent.bridge)
             inet["self"].add((intent.bridge, intent.bridge))
+            inet["peers"].update((intent.bridge, p) for p in group_peers.get(intent.bridge, ()))
             if intent.published:
                 inet["published"].add(intent.bridge)
             if intent.drop_intra:
@@ -201,6 +208,7 @@ def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
         gone = [("isolated", r.bridge), ("self", (r.bridge, r.bridge))] if r.isolate else []
         gone += [("published", r.bridge)] if r.published or r.isolate else []
         gone += [("intra", r.bridge)] if r.drop_intra or r.isolate else []
+        gone += [("peers", pair) for pair in sorted(inet.elements.get("peers", set())) if r.isolate and r.bridge in pair]
         for name, elem in gone:
             if elem in inet.elements.get(name, set()):
                 value = {"concat": list(elem)} if isinstance(elem, tuple) else elem
