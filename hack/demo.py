@@ -10,7 +10,8 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path[:0] = [os.path.join(REPO, "tests"), REPO]  # the test lab, and the plugin package it names state with
 from netlab import Lab  # noqa: E402
 
 BIN = os.environ.get("ISOLATION_BIN", "/opt/cni/bin/isolation")
@@ -43,11 +44,18 @@ def main() -> int:
             print(f"{names[src.name]:<6}" + " ".join(f"{cell(src, v4, v6):>7}" for _, v4, v6 in targets))
         print("\nexpected: reach within net1 and within net2, BLOCK across networks and inside")
         print("net3 (isolated), reach to the outside host everywhere.\n")
-        print(f"net.bridge.bridge-nf-call-iptables in the demo host: {lab.bridge_nf()} (was 0; `isolated` needs 1)\n")
-        print("rules installed in the demo host namespace (iptables-save, filter table):")
-        for line in lab.save().splitlines():
-            if line.startswith("-A") and "isolation-plugin" in line:
-                print("  " + line)
+        print(f"net.bridge.bridge-nf-call-iptables in the demo host: {lab.bridge_nf()} (set to 0 for the demo:"
+              " nftables isolates without br_netfilter)\n")
+        tables = [t for t in lab.nft("list", "tables").splitlines() if t.endswith(" isolation")]
+        if tables:  # the default backend: nftables
+            print("nftables tables installed in the demo host namespace (`auto` chose nftables):")
+            for table in tables:
+                print("  " + lab.nft("list", *table.split()).replace("\n", "\n  ").rstrip())
+        else:
+            print("rules installed in the demo host namespace (iptables-save, filter table):")
+            for line in lab.save().splitlines():
+                if line.startswith("-A") and "isolation-plugin" in line:
+                    print("  " + line)
     print("\nall demo namespaces removed")
     return 0
 
