@@ -363,6 +363,21 @@ class PluginError(AssertionError):
         self.rc, self.out, self.err = rc, out, err
 
 
+FIREWALL_SAME_BRIDGE = {"type": "firewall", "backend": "iptables", "ingressPolicy": "same-bridge"}
+
+
+def firewall_shared_networks(lab: Lab, order: str) -> tuple[Container, Container]:
+    """Two networks chaining the firewall plugin's `ingressPolicy: same-bridge` with ours
+    (iptables backend, sharing its chains), firewall first or isolation first; a container each.
+    allowPublishedPorts is off: that plugin's own DROP blocks published ports whatever we do."""
+    chain = ["bridge", FIREWALL_SAME_BRIDGE, "isolation"]
+    if order == "isolation-first":
+        chain = ["bridge", "isolation", FIREWALL_SAME_BRIDGE]
+    ours = {"backend": "iptables", "allowPublishedPorts": False}
+    a, b = (lab.add(lab.network(chain, isolation=ours)) for _ in range(2))
+    return a, b
+
+
 def addresses(c: Container) -> list[str]:
     return [a for a in (c.ipv4, c.ipv6) if a]
 

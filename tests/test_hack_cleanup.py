@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from netlab import IP, sh
+from netlab import IP, firewall_shared_networks, sh
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +19,6 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
                       "show-commands-to-delete-isolation-rules.sh")
 STAGE1, STAGE2 = "CNI-ISOLATION-STAGE-1", "CNI-ISOLATION-STAGE-2"
 OLD_COMMENT = "CNI isolation plugin rules"  # AkihiroSuda/cni-isolation's comment
-FIREWALL_SAME_BRIDGE = {"type": "firewall", "backend": "iptables", "ingressPolicy": "same-bridge"}
 TOOLS = ("iptables", "ip6tables")
 ENV = {**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
@@ -139,11 +138,7 @@ def test_output_run_with_sh_restores_the_baseline(lab):
 
 @pytest.mark.parametrize("order", ["firewall-first", "isolation-first"])
 def test_firewall_ingress_policy_rules_are_left_alone(lab, order):
-    chain = ["bridge", FIREWALL_SAME_BRIDGE, "isolation"]
-    if order == "isolation-first":
-        chain = ["bridge", "isolation", FIREWALL_SAME_BRIDGE]
-    nets = [lab.network(chain, isolation={"backend": "iptables"}) for _ in range(2)]
-    a, b = [lab.add(n) for n in nets]
+    a, b = firewall_shared_networks(lab, order)
 
     def ours(line: str) -> bool:
         return line.startswith("-A ") and " --comment isolation-plugin " in line
