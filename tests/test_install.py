@@ -1,6 +1,7 @@
 """`make install DESTDIR=D` gives a self-contained D/opt/cni/bin/isolation that runs
 from any directory, with an empty environment and with read-only /tmp and /var/tmp."""
 
+import glob
 import json
 import os
 import subprocess
@@ -73,3 +74,25 @@ def test_the_lab_really_hides_the_system_libnftables(lab):
         assert proc.returncode != 0 and "loaded" not in proc.stdout, (argv, proc.stdout, proc.stderr)
     plain = subprocess.run(["/usr/bin/python3", "-c", probe], capture_output=True, text=True)
     assert plain.stdout.strip() == "loaded", "without the wrapper the system library loads"
+
+
+def test_needs_no_python_on_the_host(installed, lab):
+    """Every Python the host has is hidden (its libraries and binaries), then a full ADD runs."""
+    net = lab.network(["bridge"])
+    c = lab.add(net)
+    conf = {"cniVersion": "1.0.0", "name": net.name, "type": "isolation", "prevResult": lab.cache[(net.name, c.id)]}
+    empty_dir, empty_file = os.path.join(lab.tmp, "nopy"), os.path.join(lab.tmp, "nopy-file")
+    os.mkdir(empty_dir)
+    open(empty_file, "w").close()
+    hide = [f"mount --bind {empty_dir} {d}" for d in sorted(glob.glob("/usr/lib/python3*") + glob.glob("/usr/local/lib/python3*"))]
+    hide += [f"mount --bind {empty_file} {f}" for f in sorted(set(map(os.path.realpath, glob.glob("/usr/bin/python3*"))))]
+    binary = installed / "opt/cni/bin/isolation"
+    env = (f"CNI_COMMAND=ADD CNI_CONTAINERID={c.id} CNI_NETNS=/run/netns/{c.name} "
+           "CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni")
+    script = " && ".join(hide + ["! /usr/bin/python3 -c pass 2>/dev/null",
+                                 f"exec ip netns exec {lab.host} env -i {env} {binary}"])
+    argv = lab.without_system_libnftables(["unshare", "--mount", "--propagation", "private", "sh", "-c", script])
+    proc = subprocess.run(argv, input=json.dumps(conf), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout) == conf["prevResult"]
+    assert f'"{net.bridge}"' in lab.nft("list", "set", "inet", "isolation", "isolated")
