@@ -6,8 +6,6 @@ so every decision can be unit-tested and pinned in golden files.
 
 from dataclasses import dataclass
 
-FAMILIES = ("ipv4", "ipv6")
-
 
 @dataclass(frozen=True)
 class BridgeIntent:
