@@ -9,6 +9,7 @@ Kernels without the cookie fall back to the namespace inode.
 
 import errno
 import fcntl
+import functools
 import os
 import socket
 import time
@@ -30,6 +31,7 @@ def netns_key() -> str:
         return f"ino-{os.stat('/proc/self/ns/net').st_ino}"
 
 
+@functools.cache  # one run never changes namespace: ask the kernel and mkdir once, not per use
 def state_dir() -> str:
     """The private (0700) state directory of this network namespace, created on demand."""
     path = os.path.join(STATE_ROOT, netns_key())
