@@ -207,9 +207,7 @@ class Lab:
         full_env = {"CNI_COMMAND": command, "CNI_PATH": CNI_DIR, **env}
         if kind != "isolation":
             full_env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
-        argv = [IP, "netns", "exec", self.host, self.plugin_path(kind)]
-        if kind == "isolation":
-            argv = self.without_system_libnftables(argv)
+        argv = self.isolation_argv() if kind == "isolation" else [IP, "netns", "exec", self.host, self.plugin_path(kind)]
         proc = subprocess.run(
             argv,
             input=json.dumps(conf),
@@ -220,6 +218,11 @@ class Lab:
         )
         out = json.loads(proc.stdout) if proc.stdout.strip() else None
         return proc.returncode, out, proc.stderr
+
+    def isolation_argv(self, *args: str) -> list[str]:
+        """Our binary (with `args`) as every test runs it: in the host namespace, the system
+        libnftables hidden."""
+        return self.without_system_libnftables([IP, "netns", "exec", self.host, self.isolation_bin, *args])
 
     def without_system_libnftables(self, argv: list[str]) -> list[str]:
         """`argv` in a private mount namespace where the system's libnftables is an empty file.

@@ -13,8 +13,7 @@ BACKENDS = ["iptables", "nftables"]
 
 
 def cli(lab, *args):
-    argv = [IP, "netns", "exec", lab.host, lab.isolation_bin, *args]
-    proc = subprocess.run(lab.without_system_libnftables(argv), capture_output=True, text=True)
+    proc = subprocess.run(lab.isolation_argv(*args), capture_output=True, text=True)
     assert "Traceback" not in proc.stdout + proc.stderr
     return proc
 

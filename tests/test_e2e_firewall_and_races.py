@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from netlab import IP, firewall_shared_networks, sh
+from netlab import firewall_shared_networks, sh
 
 pytestmark = pytest.mark.e2e
 
@@ -60,8 +60,7 @@ def test_parallel_adds_leave_exactly_one_rule_each(lab, backend):
                 "backend": backend}
         env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": c.id, "CNI_NETNS": f"/run/netns/{c.name}",
                "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
-        argv = lab.without_system_libnftables([IP, "netns", "exec", lab.host, lab.isolation_bin])
-        return subprocess.run(argv, input=json.dumps(conf), capture_output=True, text=True, env=env)
+        return subprocess.run(lab.isolation_argv(), input=json.dumps(conf), capture_output=True, text=True, env=env)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         results = list(pool.map(add, containers))

@@ -36,8 +36,7 @@ def call(lab, command, conf, c=None, env=None, raw_stdin=None):
     full |= env or {}
     full = {k: v for k, v in full.items() if v is not None}
     stdin = raw_stdin if raw_stdin is not None else json.dumps(conf)
-    argv = lab.without_system_libnftables([IP, "netns", "exec", lab.host, lab.isolation_bin])
-    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=full)
+    proc = subprocess.run(lab.isolation_argv(), input=stdin, capture_output=True, text=True, env=full)
     assert "Traceback" not in proc.stdout + proc.stderr
     out = json.loads(proc.stdout) if proc.stdout.strip() else None
     return proc.returncode, out, proc.stdout
