@@ -6,17 +6,110 @@ plugin.config meets a configuration it has not validated before.
 Only the keys this plugin owns are modelled; everything runtimes add (`name`,
 `runtimeConfig`, `args`, `capabilities`, `prevResult`, ...) is accepted and ignored
 here. `prevResult` is the protocol layer's business.
+
+Addresses and ports are canonicalised here, once, so every backend renders the same
+values: `10.1.2.3/8` becomes `10.0.0.0/8`, overlapping deny ranges are merged, port
+lists are sorted and merged into ranges (`"8000-8100"`).
 """
 
+import ipaddress
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator, model_validator
 
 from plugin.errors import INVALID_CONFIG, CniError
 
 IngressPolicy = Literal["same-bridge", "isolated", "open"]
 Backend = Literal["auto", "iptables", "nftables"]
 GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+_RANGE = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
+
+
+def _cidr(text: str) -> str:
+    """A network in canonical form; host bits are cleared (`10.1.2.3/8` -> `10.0.0.0/8`)."""
+    if ":" in text and "." in text:  # ::ffff:10.0.0.0/104 would never match an IPv4 packet
+        raise ValueError("write IPv4 ranges as IPv4 (a.b.c.d/n), not inside an IPv6 address")
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"not a CIDR: {exc}") from None
+    return str(net)
+
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
+
+
+def _port_range(value: int | str) -> tuple[int, int]:
+    if isinstance(value, int):
+        lo = hi = value
+    else:
+        m = _RANGE.fullmatch(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a port or a range like '8000-8100'")
+        lo, hi = int(m[1]), int(m[2] or m[1])
+    if not (1 <= lo <= hi <= 65535):
+        raise ValueError(f"{value!r} is outside 1-65535 (or the range is reversed)")
+    return lo, hi
+
+
+def _merge_ports(values: list[int | str]) -> list[str]:
+    """Sorted, overlapping and adjacent ranges merged: one canonical list of "N" and "N-M"."""
+    merged: list[list[int]] = []
+    for lo, hi in sorted(_port_range(v) for v in values):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in merged]
+
+
+def _valid_port(value: int | str) -> int | str:
+    _port_range(value)
+    return value
+
+
+Port = Annotated[int | str, AfterValidator(_valid_port)]
+
+
+class EgressException(BaseModel):
+    """One `allowEgress` entry: a hole punched into `denyEgress`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    cidr: Cidr
+    protocol: Literal["tcp", "udp", "icmp", "any"] = "any"
+    ports: list[Port] = []
+
+    @model_validator(mode="after")
+    def _ports(self):
+        if self.ports and self.protocol not in ("tcp", "udp"):
+            raise ValueError(f"ports need protocol 'tcp' or 'udp', not {self.protocol!r}")
+        object.__setattr__(self, "ports", _merge_ports(self.ports))
+        return self
+
+
+class HostPort(BaseModel):
+    """One `allowHostPorts` entry: a host service containers may use despite `hostAccess: deny`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    protocol: Literal["tcp", "udp", "icmp"]
+    port: Port | None = None
+
+    @model_validator(mode="after")
+    def _port(self):
+        if self.protocol == "icmp":
+            if self.port is not None:
+                raise ValueError("icmp has no port")
+        elif self.port is None:
+            raise ValueError(f"{self.protocol} needs a port")
+        else:
+            object.__setattr__(self, "port", _merge_ports([self.port])[0])
+        return self
+
+
+DEFAULT_HOST_PORTS = (HostPort(protocol="tcp", port=53), HostPort(protocol="udp", port=53))
 
 
 class NetConf(BaseModel):
@@ -29,6 +122,10 @@ class NetConf(BaseModel):
     backend: Backend = "auto"
     allowPublishedPorts: bool = True
     isolationGroup: GroupName | None = None
+    denyEgress: list[Cidr] = []
+    allowEgress: list[EgressException] = []
+    hostAccess: Literal["allow", "deny"] = "allow"
+    allowHostPorts: list[HostPort] | None = None
     logFile: str | None = None
 
     @field_validator("logFile")
@@ -38,14 +135,38 @@ class NetConf(BaseModel):
             raise ValueError("must be an absolute path")
         return value
 
+    @field_validator("denyEgress")
+    @classmethod
+    def _collapse(cls, value: list[str]) -> list[str]:
+        """Overlapping ranges merged (nftables interval sets refuse overlaps), IPv4 first."""
+        nets = [ipaddress.ip_network(v) for v in value]
+        out = []
+        for version in (4, 6):
+            out += [str(n) for n in ipaddress.collapse_addresses(n for n in nets if n.version == version)]
+        return out
+
+    @model_validator(mode="after")
+    def _host_ports_default(self):
+        if self.allowHostPorts is None:
+            object.__setattr__(self, "allowHostPorts", list(DEFAULT_HOST_PORTS))
+        return self
+
+
+UNION_TAGS = ("int", "str")
+
 
 def parse(raw: dict) -> NetConf:
     """Validate a decoded configuration, or raise error 7 naming the offending field."""
     try:
         return NetConf.model_validate(raw)
     except ValidationError as exc:
-        problems = []
+        problems: dict[str, str] = {}
         for err in exc.errors(include_url=False):
-            field = ".".join(str(p) for p in err["loc"]) or "(root)"
-            problems.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
+            loc = list(err["loc"])
+            if loc and loc[-1] in UNION_TAGS:  # one message for `int | str`, not one per member
+                loc.pop()
+                err = {**err, "msg": "Input should be an integer or a string like '8000-8100'"}
+            field = ".".join(str(p) for p in loc) or "(root)"
+            problems.setdefault(field, f"{field}: {err['msg']} (got {err.get('input')!r})")
+        problems = list(problems.values())
         raise CniError(INVALID_CONFIG, "invalid configuration: " + "; ".join(problems)) from None
