@@ -58,8 +58,8 @@ def status() -> dict:
             if backend is None:
                 entry["problems"].append(f"backend {backend_name} is not usable here")
             else:
-                for att in atts:
-                    entry["problems"] += backend.verify(intent_of(att))
+                intents = [intent_of(a) for a in atts]  # one check covers the bridge's attachments
+                entry["problems"] += backend.verify(intents[0], intents[1:])
             entry["problems"] = sorted(set(entry["problems"]))
             report["bridges"].append(entry)
             report["problems"] += [f"{bridge}: {p}" for p in entry["problems"]]

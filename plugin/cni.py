@@ -113,7 +113,7 @@ def _engine(inv: Invocation):
     """The validated configuration, the usable backend and the intent for this attachment."""
     from plugin import config
     from plugin.backends import select
-    from plugin.policy import intent_for
+    from plugin.policy import guard_for, intent_for
 
     conf = config.load(inv.raw)
     inv.log_file = conf.logFile
@@ -122,7 +122,8 @@ def _engine(inv: Invocation):
     inv.notes["bridge"] = bridge
     backend = select(conf.backend)
     inv.notes["backend"] = backend.name
-    intent = intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts, conf.isolationGroup)
+    intent = intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts, conf.isolationGroup,
+                        guard_for(conf))
     return prev, backend, intent, conf
 
 
@@ -136,7 +137,7 @@ def cmd_add(inv: Invocation) -> dict:
     addresses = tuple(str(ip.get("address")) for ip in ips if isinstance(ip, dict) and ip.get("address"))
     attachment = Attachment(inv.network, inv.env["CNI_CONTAINERID"], inv.env["CNI_IFNAME"], intent.bridge,
                             intent.port, conf.ingressPolicy, backend.name, addresses, conf.allowPublishedPorts,
-                            conf.isolationGroup)
+                            conf.isolationGroup, intent.guard.to_json())
     with HostLock():
         attach(backend, intent, attachment)
     return convert(prev, inv.cni_version)
@@ -146,10 +147,14 @@ def cmd_check(inv: Invocation) -> None:
     from plugin.hoststate import HostLock, state_dir
     from plugin.registry import Registry
 
+    from plugin.policy import intent_of
+
     _, backend, intent, _ = _engine(inv)
     with HostLock():  # never look at a half-finished ADD (one transaction per family on iptables)
-        found = backend.verify(intent)
-        if inv.key not in Registry.load(state_dir()).attachments:
+        reg = Registry.load(state_dir())
+        neighbours = [intent_of(a) for a in reg.on_bridge(intent.bridge, backend.name) if a.key != inv.key]
+        found = backend.verify(intent, neighbours)
+        if inv.key not in reg.attachments:
             found.append(f"attachment {inv.network}/{inv.env['CNI_CONTAINERID']}/{inv.env['CNI_IFNAME']} "
                          "is not registered (no successful ADD)")
     if found:

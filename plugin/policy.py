@@ -4,7 +4,111 @@ A backend renders a BridgeIntent into its own rules; nothing here touches the ho
 so every decision can be unit-tested and pinned in golden files.
 """
 
+import ipaddress
 from dataclasses import dataclass
+
+ND_TYPES = (133, 134, 135, 136, 137)  # IPv6 router/neighbour solicitation and advertisement, redirect
+
+
+@dataclass(frozen=True)
+class Hole:
+    """A destination containers may open connections to despite a deny: an `allowEgress`
+    entry (cidr set) or an `allowHostPorts` entry (cidr empty: any host address).
+    protocol: tcp, udp, icmp or any; ports: canonical "N" / "N-M" strings (tcp and udp)."""
+
+    protocol: str
+    ports: tuple[str, ...] = ()
+    cidr: str = ""
+
+    @property
+    def family(self) -> int | None:
+        return ipaddress.ip_network(self.cidr).version if self.cidr else None
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Where containers of one bridge may open connections, besides other bridges.
+
+    deny: canonical CIDRs (IPv4 first) they cannot reach, forwarded or on the host itself,
+          matched against the destination they addressed (before any DNAT);
+    allow: exceptions to `deny` (Holes with a cidr);
+    host_deny: the host's own addresses are closed to them (`hostAccess: deny`) except
+          host_ports (Holes without cidr), IPv6 neighbour discovery and replies.
+    Replies (conntrack established/related) always pass; traffic within the bridge is
+    never a Guard's business.
+    """
+
+    deny: tuple[str, ...] = ()
+    allow: tuple[Hole, ...] = ()
+    host_deny: bool = False
+    host_ports: tuple[Hole, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.deny) or self.host_deny
+
+    def deny_in(self, family: int) -> tuple[str, ...]:
+        return tuple(c for c in self.deny if ipaddress.ip_network(c).version == family)
+
+    def allow_in(self, family: int) -> tuple[Hole, ...]:
+        return tuple(h for h in self.allow if h.family == family)
+
+    def to_json(self) -> dict | None:
+        if not self.active:
+            return None
+        return {"deny": list(self.deny), "allow": [[h.cidr, h.protocol, list(h.ports)] for h in self.allow],
+                "hostDeny": self.host_deny, "hostPorts": [[h.protocol, list(h.ports)] for h in self.host_ports]}
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> "Guard":
+        if not data:
+            return NO_GUARD
+        return cls(tuple(data["deny"]), tuple(Hole(p, tuple(ports), c) for c, p, ports in data["allow"]),
+                   bool(data["hostDeny"]), tuple(Hole(p, tuple(ports)) for p, ports in data["hostPorts"]))
+
+
+NO_GUARD = Guard()
+
+
+def guard_for(conf) -> Guard:
+    """The Guard a validated configuration (plugin.model.NetConf, dumped) asks for."""
+    host_deny = conf.hostAccess == "deny"
+    return Guard(
+        deny=tuple(conf.denyEgress),
+        allow=tuple(Hole(e["protocol"], tuple(e["ports"]), e["cidr"]) for e in conf.allowEgress) if conf.denyEgress else (),
+        host_deny=host_deny,
+        host_ports=tuple(Hole(h["protocol"], (h["port"],) if h["port"] else ()) for h in conf.allowHostPorts)
+        if host_deny else (),
+    )
+
+
+def merge(guards) -> Guard:
+    """The one Guard for a bridge whose attachments asked for `guards` (normally all equal).
+
+    When they differ (a conflist edited while its containers run, or two conflists naming
+    one bridge) the strictest combination holds until the older attachments are gone:
+    every deny range, only the exceptions all denying configurations share, and the host
+    closed if any closes it, with only the ports all closing configurations open.
+    """
+    distinct = list(dict.fromkeys(g for g in guards if g.active))
+    if len(distinct) <= 1:
+        return distinct[0] if distinct else NO_GUARD
+    nets = [ipaddress.ip_network(c) for g in distinct for c in g.deny]
+    deny = tuple(str(n) for v in (4, 6) for n in ipaddress.collapse_addresses(x for x in nets if x.version == v))
+    deniers = [g for g in distinct if g.deny]
+    allow = tuple(h for h in deniers[0].allow if all(h in g.allow for g in deniers)) if deniers else ()
+    closers = [g for g in distinct if g.host_deny]
+    ports = tuple(h for h in closers[0].host_ports if all(h in g.host_ports for g in closers)) if closers else ()
+    return Guard(deny, allow, bool(closers), ports)
+
+
+def guards(intents) -> dict[str, Guard]:
+    """Each bridge's merged Guard, for the bridges that have an active one."""
+    by_bridge: dict[str, list[Guard]] = {}
+    for i in intents:
+        by_bridge.setdefault(i.bridge, []).append(i.guard)
+    merged = {b: merge(gs) for b, gs in by_bridge.items()}
+    return {b: g for b, g in merged.items() if g.active}
 
 
 @dataclass(frozen=True)
@@ -30,26 +134,27 @@ class BridgeIntent:
     port: str | None = None
     published: bool = False
     group: str | None = None  # isolationGroup: isolated bridges of one group reach each other
+    guard: Guard = NO_GUARD  # denyEgress, allowEgress, hostAccess, allowHostPorts
 
     @property
     def enforces_anything(self) -> bool:
-        return self.isolate or self.drop_intra
+        return self.isolate or self.drop_intra or self.guard.active
 
 
 def intent_for(bridge: str, ingress_policy: str, port: str | None = None, published: bool = True,
-               group: str | None = None) -> BridgeIntent:
-    """Translate a network's ingressPolicy, allowPublishedPorts and isolationGroup into the
-    intent for one attachment to its bridge."""
+               group: str | None = None, guard: Guard = NO_GUARD) -> BridgeIntent:
+    """Translate a network's ingressPolicy, allowPublishedPorts, isolationGroup and Guard into
+    the intent for one attachment to its bridge."""
     if ingress_policy not in ("open", "same-bridge", "isolated"):
         raise ValueError(f"unknown ingressPolicy {ingress_policy!r}")
     isolate = ingress_policy != "open"
     return BridgeIntent(bridge, isolate, ingress_policy == "isolated", port, published and isolate,
-                        group if isolate else None)
+                        group if isolate else None, guard)
 
 
 def intent_of(att) -> BridgeIntent:
     """The intent a registered Attachment stands for."""
-    return intent_for(att.bridge, att.policy, att.port, att.published, att.group)
+    return intent_for(att.bridge, att.policy, att.port, att.published, att.group, Guard.from_json(att.guard))
 
 
 def peers(intents) -> dict[str, set[str]]:
@@ -74,6 +179,9 @@ class Release:
     port: this attachment's port leaves the per-port intra-bridge drop (nftables).
     last_intra: no remaining attachment on the backend needs intra-bridge drops at all.
     last: no remaining attachment on the backend enforces anything: every trace goes.
+    guard: the bridge's Guard as its remaining attachments need it (NO_GUARD: none).
+    last_guard: no remaining attachment on the backend has an active Guard.
+    bridge_done: no remaining attachment of the bridge enforces anything.
     """
 
     bridge: str
@@ -83,6 +191,9 @@ class Release:
     last_intra: bool
     last: bool
     published: bool = False
+    guard: Guard = NO_GUARD
+    last_guard: bool = False
+    bridge_done: bool = False
 
 
 def release(departing, remaining: list) -> Release:
@@ -98,4 +209,7 @@ def release(departing, remaining: list) -> Release:
         last_intra=not any(i.drop_intra for i in left),
         last=not any(i.enforces_anything for i in left),
         published=gone.published and not any(i.published for i in same_bridge),
+        guard=merge(i.guard for i in same_bridge),
+        last_guard=not any(i.guard.active for i in left),
+        bridge_done=not any(i.enforces_anything for i in same_bridge),
     )

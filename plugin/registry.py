@@ -30,6 +30,7 @@ class Attachment:
     addresses: tuple[str, ...] = ()
     published: bool = True
     group: str | None = None
+    guard: dict | None = field(default=None, hash=False)  # policy.Guard.to_json()
 
     @property
     def key(self) -> str:

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from plugin.backends.iptables import FilterTable, plan, problems, release_plan, split_rule
-from plugin.policy import Release, intent_for
+from plugin.policy import Guard, Hole, Release, intent_for
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "iptables")
 
@@ -41,8 +41,8 @@ def test_plan_matches_golden(plan_file, before, bridge, policy):
 
 def test_fully_enforced_table_has_no_problems():
     table = FilterTable.parse(read("two-bridges.before"))
-    assert problems(table, intent_for("br0", "same-bridge")) == []
-    assert problems(table, intent_for("br2", "same-bridge")) == [
+    assert problems(table, [intent_for("br0", "same-bridge")]) == []
+    assert problems(table, [intent_for("br2", "same-bridge")]) == [
         "CNI-ISOLATION-STAGE-1 lacks '-i br2 ! -o br2 -j CNI-ISOLATION-STAGE-2'",
         "CNI-ISOLATION-STAGE-2 lacks '-o br2 -m conntrack --ctstate DNAT -j RETURN', '-o br2 -j DROP'",
     ]
@@ -52,15 +52,15 @@ def test_a_published_port_exception_below_its_drop_is_a_problem():
     text = read("two-bridges.before")
     dnat = "-A CNI-ISOLATION-STAGE-2 -o br0 -m conntrack --ctstate DNAT -m comment --comment isolation-plugin -j RETURN\n"
     swapped = FilterTable.parse(text.replace(dnat, "").replace("-A CNI-ISOLATION-STAGE-2 -m comment", dnat + "-A CNI-ISOLATION-STAGE-2 -m comment"))
-    assert problems(swapped, intent_for("br0", "same-bridge")) == [
+    assert problems(swapped, [intent_for("br0", "same-bridge")]) == [
         "CNI-ISOLATION-STAGE-2 holds '-o br0 -m conntrack --ctstate DNAT -j RETURN', '-o br0 -j DROP' out of order"
     ]
-    assert problems(swapped, intent_for("br0", "same-bridge", published=False)) == []
+    assert problems(swapped, [intent_for("br0", "same-bridge", published=False)]) == []
 
 
 def test_displaced_jump_is_a_problem():
     table = FilterTable.parse(read("displaced.before"))
-    assert problems(table, intent_for("br0", "same-bridge")) == [
+    assert problems(table, [intent_for("br0", "same-bridge")]) == [
         "FORWARD rule 1 (-j DOCKER-USER) comes before the jump to CNI-ISOLATION-STAGE-1"
     ]
 
@@ -78,8 +78,58 @@ def test_guarded_firewall_chain_may_come_first():
     table = FilterTable.parse(text)
     assert table.chains["FORWARD"][0][-1] == "CNI-FORWARD"
     unpublished = intent_for("br0", "same-bridge", published=False)  # the firewall's rules suffice then
-    assert problems(table, unpublished) == []
+    assert problems(table, [unpublished]) == []
     assert plan(table, [unpublished]) == []
+
+
+# denyEgress 10.98.0.0/16 and fd98::/32 with TCP 53 and 8000-8100 to 10.98.0.3 allowed, and
+# hostAccess deny with the default allowHostPorts (TCP and UDP 53).
+GUARD = Guard(("10.98.0.0/16", "fd98::/32"), (Hole("tcp", ("53", "8000-8100"), "10.98.0.3/32"),), True,
+              (Hole("tcp", ("53",)), Hole("udp", ("53",))))
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_guarded_plan_matches_golden(family):
+    """Each family gets its own deny ranges and exceptions; IPv6 also neighbour discovery."""
+    table = FilterTable.parse(read("empty.before"))
+    got = plan(table, [intent_for("br0", "same-bridge", guard=GUARD)], family)
+    assert got == read(f"empty-guarded-{family}.plan").splitlines()
+
+
+def test_guarded_table_read_back_has_no_problems_and_needs_nothing():
+    """The .before files are iptables-save after applying GUARD to br0 next to a plain br1."""
+    intents = [intent_for("br0", "same-bridge", guard=GUARD), intent_for("br1", "same-bridge")]
+    for family in ("ipv4", "ipv6"):
+        table = FilterTable.parse(read(f"guarded-{family}.before"))
+        assert problems(table, intents[:1], family) == [] and plan(table, intents, family) == []
+        opened = FilterTable.parse(read(f"guarded-{family}.before").replace("-A INPUT -m comment", "-A INPUT -j ACCEPT\n-A INPUT -m comment"))
+        assert problems(opened, intents[:1], family) == ["INPUT does not start with the jump to CNI-ISOLATION-HOST"]
+
+
+GUARD_RELEASES = [
+    # br0's last attachment goes; br1 (no guard) stays: every guard rule, chain and the INPUT jump go
+    ("guarded-release-br0-ipv4", Release("br0", True, False, None, True, False, published=True, last_guard=True,
+                                         bridge_done=True)),
+    # br0 stays with a remaining attachment that only denies 10.98.0.0/16: the rest goes
+    ("guarded-relax-br0-ipv4", Release("br0", False, False, None, True, False, guard=Guard(("10.98.0.0/16",)))),
+]
+
+
+@pytest.mark.parametrize("plan_file,release", GUARD_RELEASES, ids=[r[0] for r in GUARD_RELEASES])
+def test_guard_release_matches_golden(plan_file, release):
+    table = FilterTable.parse(read("guarded-ipv4.before"))
+    assert release_plan(table, release, "ipv4") == read(plan_file + ".plan").splitlines()
+
+
+def test_stale_guard_rules_go_on_the_next_add():
+    """A rule of ours in a guard chain that no registered bridge needs (a configuration that
+    changed) is removed by the next ADD, which knows every attachment."""
+    table = FilterTable.parse(read("guarded-ipv4.before"))
+    lines = plan(table, [intent_for("br0", "same-bridge", guard=Guard(("10.98.0.0/16",), (), True, ()))], "ipv4")
+    c = "-m comment --comment isolation-plugin"
+    assert f"-D CNI-ISOLATION-EGRESS -i br0 -p tcp -m conntrack --ctorigdst 10.98.0.3 -m tcp --dport 53 {c} -j RETURN" in lines
+    assert f"-D CNI-ISOLATION-HOST -i br0 -p udp -m udp --dport 53 {c} -j RETURN" in lines
+    assert not any(line.startswith("-I CNI-ISOLATION-HOST") for line in lines), "the group itself is in order"
 
 
 def test_parse_keeps_quoted_comments_whole():

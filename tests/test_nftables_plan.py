@@ -12,7 +12,7 @@ import pytest
 
 from plugin.backends.nftables import BRIDGE, INET, TableState, plan, problems, release_plan
 from plugin.errors import CniError
-from plugin.policy import Release, intent_for
+from plugin.policy import Guard, Hole, Release, intent_for
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "nftables")
 
@@ -48,9 +48,11 @@ def test_plan_matches_golden(name):
     assert plan(states, [intent]) == golden(name)
 
 
-# `nft -j list table inet isolation` as the kernel printed it for brA (isolated) and brB
-# (same-bridge, allowPublishedPorts false), both in isolationGroup "g"; its text form
-# matched the module docstring.
+# `nft -j list table inet isolation` as the kernel printed it for brA (isolated, with
+# denyEgress 10.98.0.0/16 but UDP 53 to 10.98.0.53, and hostAccess deny) and brB (same-bridge,
+# allowPublishedPorts false), both in isolationGroup "g"; its text form matched the module
+# docstring. One drop counter has moved, as it does on a live host.
+GUARD = Guard(("10.98.0.0/16",), (Hole("udp", ("53",), "10.98.0.53/32"),), True, (Hole("tcp", ("53",)), Hole("udp", ("53",))))
 LISTING = json.loads(r"""[
  {"table": {"family": "inet", "name": "isolation", "handle": 1}},
  {"set": {"family": "inet", "name": "isolated", "table": "isolation", "type": "ifname", "handle": 1, "elem": ["brA", "brB"]}},
@@ -58,35 +60,75 @@ LISTING = json.loads(r"""[
  {"set": {"family": "inet", "name": "published", "table": "isolation", "type": "ifname", "handle": 3, "elem": ["brA"]}},
  {"set": {"family": "inet", "name": "intra", "table": "isolation", "type": "ifname", "handle": 4, "elem": ["brA"]}},
  {"set": {"family": "inet", "name": "peers", "table": "isolation", "type": ["ifname", "ifname"], "handle": 5, "elem": [{"concat": ["brB", "brA"]}, {"concat": ["brA", "brB"]}]}},
- {"chain": {"family": "inet", "table": "isolation", "name": "forward", "handle": 6, "type": "filter", "hook": "forward", "prio": -5, "policy": "accept"}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 7, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@intra"}}, {"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 8, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@published"}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 9, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 10, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@peers"}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 11, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@isolated"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@isolated"}}, {"counter": {"packets": 12, "bytes": 1008}}, {"drop": null}]}}
+ {"map": {"family": "inet", "name": "egress", "table": "isolation", "type": "ifname", "handle": 6, "map": "verdict", "elem": [["brA", {"jump": {"target": "egress-brA"}}]]}},
+ {"map": {"family": "inet", "name": "host", "table": "isolation", "type": "ifname", "handle": 7, "map": "verdict", "elem": [["brA", {"jump": {"target": "host-brA"}}]]}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "forward", "handle": 8, "type": "filter", "hook": "forward", "prio": -5, "policy": "accept"}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "input", "handle": 15, "type": "filter", "hook": "input", "prio": -5, "policy": "accept"}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "egress-brA", "handle": 18}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "host-brA", "handle": 24}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 9, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@intra"}}, {"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 10, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 11, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@egress"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 12, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@published"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 13, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@peers"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 14, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@isolated"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@isolated"}}, {"counter": {"packets": 12, "bytes": 1008}}, {"drop": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 16, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@egress"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 17, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@host"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 19, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 21, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert", "nd-redirect"]}}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 22, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "ip daddr", "dir": "original"}}, "right": "10.98.0.53"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 23, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "ip daddr", "dir": "original"}}, "right": {"prefix": {"addr": "10.98.0.0", "len": 16}}}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 25, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 27, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert", "nd-redirect"]}}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 28, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 53}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 29, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 30, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}
 ]""")
+
+
+def _replace_rule(listing, chain, handle, expr):
+    return [{"rule": {**o["rule"], "expr": expr}} if "rule" in o and o["rule"]["chain"] == chain
+            and o["rule"]["handle"] == handle else o for o in listing]
 
 
 def test_listing_of_our_own_table_is_intact():
     state = TableState.parse(LISTING, INET)
     assert state.exists and state.intact
     assert state.elements == {"isolated": {"brA", "brB"}, "self": {("brA", "brA"), ("brB", "brB")},
-                              "published": {"brA"}, "intra": {"brA"}, "peers": {("brA", "brB"), ("brB", "brA")}}
-    tampered = LISTING[:-1] + [{"rule": {**LISTING[-1]["rule"], "expr": [{"accept": None}]}}]
+                              "published": {"brA"}, "intra": {"brA"}, "peers": {("brA", "brB"), ("brB", "brA")},
+                              "egress": {("brA", "egress-brA")}, "host": {("brA", "host-brA")}}
+    assert sorted(state.chains) == ["egress-brA", "host-brA"]
+    intents = [intent_for("brA", "isolated", "vethA", group="g", guard=GUARD),
+               intent_for("brB", "same-bridge", "vethB", published=False, group="g")]
+    states = {"inet": state, "bridge": TableState(True, True, {"ports": {"vethA"}})}
+    assert problems(states, intents) == [] and plan(states, intents) == []
+
+    tampered = _replace_rule(LISTING, "forward", 14, [{"accept": None}])
     assert not TableState.parse(tampered, INET).intact
-    first_layout = [o for o in LISTING if not ("set" in o and o["set"]["name"] in ("published", "intra", "peers"))]
-    assert not TableState.parse(first_layout, INET).intact, "a table of the first layout is rebuilt"
+    pre_guard = [o for o in LISTING if not ("map" in o or "chain" in o and o["chain"]["name"] != "forward"
+                                            or "rule" in o and o["rule"]["chain"] != "forward")]
+    assert not TableState.parse(pre_guard, INET).intact, "a table of an earlier layout is rebuilt"
     assert TableState.parse(None, BRIDGE) == TableState()
 
 
+def test_an_altered_guard_chain_is_named_and_rewritten():
+    opened = TableState.parse(_replace_rule(LISTING, "host-brA", 30, [{"accept": None}]), INET)
+    assert opened.intact  # the constant part is fine: only the chain is rewritten
+    intents = [intent_for("brA", "same-bridge", group="g", guard=GUARD)]
+    assert problems({"inet": opened}, intents) == ["chain inet isolation host-brA is altered"]
+    cmds = plan({"inet": opened}, intents)
+    assert cmds[0] == {"flush": {"chain": {"family": "inet", "table": "isolation", "name": "host-brA"}}}
+    assert [c["add"]["rule"]["expr"] for c in cmds[1:]] == TableState.parse(LISTING, INET).chains["host-brA"]
+
+
 def test_problems_name_what_is_missing():
-    assert problems({"inet": intact("br0")}, intent_for("br0", "same-bridge")) == []
-    assert problems({"inet": intact("br0")}, intent_for("br1", "same-bridge")) == [
+    assert problems({"inet": intact("br0")}, [intent_for("br0", "same-bridge")]) == []
+    assert problems({"inet": intact("br0")}, [intent_for("br1", "same-bridge")]) == [
         "br1 is not in set inet isolation isolated",
         "br1 is not in set inet isolation published",
         "br1 . br1 is not in set inet isolation self",
     ]
-    assert problems({}, intent_for("br0", "isolated", "veth0")) == [
+    assert problems({}, [intent_for("br0", "isolated", "veth0")]) == [
         "table inet isolation is missing",
         "table bridge isolation is missing",
     ]
@@ -110,6 +152,21 @@ RELEASES = {
 def test_release_matches_golden(name):
     states, release = RELEASES[name]
     assert release_plan(states, release) == golden(name)
+
+
+def test_release_of_a_guarded_bridge_matches_golden():
+    """brA (isolated, guarded, grouped with brB) loses its last attachment; brB stays: its
+    elements, map entries and then its guard chains go, in one transaction."""
+    r = Release("brA", True, True, "vethA", True, False, published=True, last_guard=True, bridge_done=True)
+    assert release_plan({"inet": TableState.parse(LISTING, INET)}, r) == golden("release-guarded")
+
+
+def test_release_rewrites_a_guard_the_remaining_attachments_relax():
+    r = Release("brA", False, False, "vethA", False, False, guard=Guard(("10.98.0.0/16",)))
+    cmds = release_plan({"inet": TableState.parse(LISTING, INET)}, r)
+    assert cmds[0] == {"flush": {"chain": {"family": "inet", "table": "isolation", "name": "egress-brA"}}}
+    assert {"delete": {"element": {"family": "inet", "table": "isolation", "name": "host", "elem": ["brA"]}}} in cmds
+    assert cmds[-1] == {"delete": {"chain": {"family": "inet", "table": "isolation", "name": "host-brA"}}}
 
 
 def test_release_deletes_only_what_is_present():

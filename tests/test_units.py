@@ -99,14 +99,15 @@ def test_release_keeps_what_others_still_need():
 
     gone = _att("br0", "isolated", "veth0", "c0")
     # another container stays on br0: only the departing port goes
-    assert release(gone, [_att("br0", "isolated", "veth1", "c1")]) == Release("br0", False, False, "veth0", False, False)
+    assert release(gone, [_att("br0", "isolated", "veth1", "c1")]) == Release(
+        "br0", False, False, "veth0", False, False, last_guard=True)
     # br0 empties, br1 (same-bridge) stays: br0's rules, its published-port exception and the
     # intra-bridge table go, not everything
     assert release(gone, [_att("br1", "same-bridge", "veth1", "c1")]) == Release(
-        "br0", True, True, "veth0", True, False, published=True)
+        "br0", True, True, "veth0", True, False, published=True, last_guard=True, bridge_done=True)
     # only an `open` attachment remains: nothing enforces anything any more
     assert release(gone, [_att("br1", "open", "veth1", "c1")]) == Release(
-        "br0", True, True, "veth0", True, True, published=True)
+        "br0", True, True, "veth0", True, True, published=True, last_guard=True, bridge_done=True)
     assert release(_att("br0", "open", None), []).last
 
 
@@ -132,3 +133,40 @@ def test_registry_round_trip_and_damage(tmp_path):
         f.write('{"format": 1, "attachments": [{"network": ')  # damage from outside
     assert Registry.load(str(tmp_path)).attachments == {}
     assert os.path.exists(reg.path + ".unreadable"), "the damaged file is kept for inspection"
+
+
+def test_egress_values_are_canonicalised():
+    conf = parse({"type": "isolation", "denyEgress": ["10.1.2.3/8", "10.0.0.0/9", "192.168.1.7", "fd00::1/8"],
+                  "allowEgress": [{"cidr": "10.0.0.53", "protocol": "udp", "ports": [53, "50-60", "8000-8100", 8101]}],
+                  "hostAccess": "deny"})
+    assert conf.denyEgress == ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]  # merged, host bits cleared
+    assert conf.allowEgress[0].cidr == "10.0.0.53/32"
+    assert conf.allowEgress[0].ports == ["50-60", "8000-8101"]  # 53 lies in 50-60; 8101 extends the range
+    assert [(h.protocol, h.port) for h in conf.allowHostPorts] == [("tcp", "53"), ("udp", "53")]  # the default
+    assert parse({"type": "isolation"}).allowHostPorts is not None
+
+
+def _guard(deny=(), allow=(), host_deny=False, ports=()):
+    from plugin.policy import Guard
+
+    return Guard(tuple(deny), tuple(allow), host_deny, tuple(ports))
+
+
+def test_guards_of_one_bridge_merge_to_the_strictest():
+    from plugin.policy import NO_GUARD, Hole, merge
+
+    dns, web = Hole("udp", ("53",), "10.0.0.53/32"), Hole("tcp", ("80",), "10.0.0.80/32")
+    first = _guard(["10.0.0.0/8"], [dns, web], True, [Hole("tcp", ("53",)), Hole("udp", ("53",))])
+    second = _guard(["10.0.0.0/16", "192.168.0.0/16"], [dns], True, [Hole("udp", ("53",))])
+    assert merge([first, first]) == first
+    assert merge([first, NO_GUARD]) == first  # an attachment without a guard adds nothing
+    assert merge([first, second]) == _guard(["10.0.0.0/8", "192.168.0.0/16"], [dns], True, [Hole("udp", ("53",))])
+    assert merge([NO_GUARD, NO_GUARD]) == NO_GUARD
+
+
+def test_guard_round_trips_through_the_registry_form():
+    from plugin.policy import Guard, Hole
+
+    g = _guard(["10.0.0.0/8", "fd00::/8"], [Hole("tcp", ("53", "80-90"), "10.0.0.53/32")], True, [Hole("icmp")])
+    assert Guard.from_json(g.to_json()) == g
+    assert Guard.from_json(None) == Guard() and Guard().to_json() is None

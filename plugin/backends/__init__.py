@@ -6,7 +6,9 @@ Every backend offers the same small surface:
   ensure(intent)            make the host enforce `intent`; idempotent; raises CniError;
                             returns facts to keep in the registry for this backend
   release(release, facts)   remove what a departing attachment frees (policy.Release)
-  verify(intent)            what is missing for `intent` to be enforced (empty list: all good)
+  verify(intent, same_bridge)
+                            what is missing for `intent` to be enforced, given the other
+                            attachments on its bridge (their Guards merge); empty: all good
 """
 
 from plugin.errors import BACKEND_UNAVAILABLE, CniError

@@ -2,11 +2,24 @@
 
     FORWARD:                -j CNI-ISOLATION-STAGE-1            (always first)
     CNI-ISOLATION-STAGE-1:  -i BR -o BR -j DROP                      (drop_intra)
+                            -i BR ! -o BR -j CNI-ISOLATION-EGRESS    (denyEgress in this family)
                             -i BR ! -o BR -j CNI-ISOLATION-STAGE-2   (isolate)
                             -j RETURN
     CNI-ISOLATION-STAGE-2:  -o BR -m conntrack --ctstate DNAT -j RETURN        (published)
                             -i PEER -o BR -j RETURN                  (each bridge of its isolationGroup)
                             -o BR -j DROP                            (isolate)
+                            -j RETURN
+    INPUT:                  -j CNI-ISOLATION-HOST               (first; once any bridge has a guard)
+    CNI-ISOLATION-HOST:     -i BR -j CNI-ISOLATION-EGRESS            (denyEgress: the host's addresses too)
+                            -i BR -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN   (hostAccess deny:)
+                            -i BR -p ipv6-icmp -m icmp6 --icmpv6-type 133..137 -j RETURN (IPv6, one each)
+                            -i BR -p tcp -m tcp --dport 53 -j RETURN     (each allowHostPorts entry)
+                            -i BR -j DROP
+                            -j RETURN
+    CNI-ISOLATION-EGRESS:   -i BR -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
+                            -i BR -p ipv6-icmp -m icmp6 --icmpv6-type 133..137 -j RETURN (IPv6)
+                            -i BR [-p P] -m conntrack --ctorigdst CIDR [-m P --dport N] -j RETURN  (allowEgress)
+                            -i BR -m conntrack --ctorigdst CIDR -j DROP                  (each denyEgress range)
                             -j RETURN
 
 A bridge's rules in one chain form an ordered group (a published-port RETURN above
@@ -20,6 +33,7 @@ transaction computed from one `iptables-save`; if another writer changed the
 table in between, the transaction fails as a whole and is recomputed.
 """
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,17 +41,20 @@ from dataclasses import dataclass, field
 from plugin import bridgenf
 from plugin.errors import ENFORCEMENT_FAILED, TRY_AGAIN_LATER, CniError
 from plugin.links import valid_name
-from plugin.policy import BridgeIntent, Release, peers
+from plugin.policy import ND_TYPES, NO_GUARD, BridgeIntent, Guard, Hole, Release, guards, peers
 from plugin.tools import find, run_all
 
 STAGE1 = "CNI-ISOLATION-STAGE-1"
 STAGE2 = "CNI-ISOLATION-STAGE-2"
+EGRESS = "CNI-ISOLATION-EGRESS"
+HOST = "CNI-ISOLATION-HOST"
+GUARD_CHAINS = (EGRESS, HOST)  # wholly ours: a rule of ours there that no bridge needs goes
 FIREWALL_CHAIN = "CNI-FORWARD"  # the firewall plugin's per-container ACCEPT chain
 TAG = "isolation-plugin"  # our comment; the old Go plugin used "CNI isolation plugin rules"
 COMMENT = ["-m", "comment", "--comment", TAG]
 TOOLS = {"ipv4": ("iptables-save", "iptables-restore"), "ipv6": ("ip6tables-save", "ip6tables-restore")}
 XTABLES_WAIT_S = "10"
-_SAFE = re.compile(r"[A-Za-z0-9_.!:/-]+")  # our rules' tokens: validated names, our chains, our comment
+_SAFE = re.compile(r"[A-Za-z0-9_.!:/,-]+")  # our rules' tokens: validated names, our chains, our comment
 ATTEMPTS = 3
 
 
@@ -129,34 +146,85 @@ def is_ours(args: list[str]) -> bool:
 DNAT = ["-m", "conntrack", "--ctstate", "DNAT"]
 
 
-def bridge_rules(intent: BridgeIntent, group_peers=()) -> dict[str, list[list[str]]]:
-    """Per stage chain, the matches-and-targets `intent` needs, top to bottom (comments left
-    out); `group_peers` are the bridges of its isolationGroup, which may reach it."""
+VERSION = {"ipv4": 4, "ipv6": 6}
+ESTABLISHED = ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"]
+ICMP = {"ipv4": ["-p", "icmp"], "ipv6": ["-p", "ipv6-icmp"]}
+
+
+def _address(cidr: str) -> str:
+    """As iptables-save prints it: a single address without its /32 or /128."""
+    net = ipaddress.ip_network(cidr)
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else cidr
+
+
+def _hole(br: str, hole: Hole, family: str) -> list[list[str]]:
+    """The rules letting `hole` through for bridge `br` in `family` (none if it is of the other)."""
+    if hole.cidr and hole.family != VERSION[family]:
+        return []
+    dest = ["-m", "conntrack", "--ctorigdst", _address(hole.cidr)] if hole.cidr else []
+    if hole.protocol in ("tcp", "udp"):
+        proto = ["-p", hole.protocol]
+        ports = [["-m", hole.protocol, "--dport", p.replace("-", ":")] for p in hole.ports] or [[]]
+        return [["-i", br, *proto, *dest, *port, "-j", "RETURN"] for port in ports]
+    proto = ICMP[family] if hole.protocol == "icmp" else []
+    return [["-i", br, *proto, *dest, "-j", "RETURN"]]
+
+
+def _always(br: str, family: str) -> list[list[str]]:
+    """Replies and (IPv6) neighbour discovery: never blocked by a guard."""
+    nd = [["-i", br, "-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", str(t), "-j", "RETURN"] for t in ND_TYPES]
+    return [["-i", br, *ESTABLISHED], *(nd if family == "ipv6" else [])]
+
+
+def guard_rules(br: str, guard: Guard, family: str) -> dict[str, list[list[str]]]:
+    """The rules of `br`'s guard in `family`: its group in CNI-ISOLATION-EGRESS and -HOST."""
+    deny = guard.deny_in(VERSION[family])
+    egress, host = [], []
+    if deny:
+        egress = _always(br, family) + [r for h in guard.allow for r in _hole(br, h, family)]
+        egress += [["-i", br, "-m", "conntrack", "--ctorigdst", _address(c), "-j", "DROP"] for c in deny]
+        host.append(["-i", br, "-j", EGRESS])
+    if guard.host_deny:
+        host += _always(br, family) + [r for h in guard.host_ports for r in _hole(br, h, family)]
+        host.append(["-i", br, "-j", "DROP"])
+    return {EGRESS: egress, HOST: host}
+
+
+def bridge_rules(intent: BridgeIntent, group_peers=(), family: str = "ipv4", guard: Guard = NO_GUARD
+                 ) -> dict[str, list[list[str]]]:
+    """Per chain, the matches-and-targets `intent` needs in `family`, top to bottom (comments
+    left out); `group_peers` are the bridges of its isolationGroup, which may reach it, and
+    `guard` the bridge's merged Guard."""
     br = intent.bridge
     if not valid_name(br):  # defence in depth: the protocol layer validated it already
         raise ValueError(f"refusing to render rules for interface name {br!r}")
     stage1, stage2 = [], []
     if intent.drop_intra:  # published or not: within an `isolated` bridge nothing passes
         stage1.append(["-i", br, "-o", br, "-j", "DROP"])
+    if guard.deny_in(VERSION[family]):
+        stage1.append(["-i", br, "!", "-o", br, "-j", EGRESS])
     if intent.isolate:
         stage1.append(["-i", br, "!", "-o", br, "-j", STAGE2])
         if intent.published:
             stage2.append(["-o", br, *DNAT, "-j", "RETURN"])
         stage2 += [["-i", peer, "-o", br, "-j", "RETURN"] for peer in sorted(group_peers)]
         stage2.append(["-o", br, "-j", "DROP"])
-    return {STAGE1: stage1, STAGE2: stage2}
+    return {STAGE1: stage1, STAGE2: stage2, **guard_rules(br, guard, family)}
 
 
-def wanted(intents) -> dict[str, list[list[list[str]]]]:
-    """Per stage chain, the ordered groups of rules `intents` need: one group per bridge."""
-    chains: dict[str, list[list[list[str]]]] = {STAGE1: [], STAGE2: []}
+def wanted(intents, family: str = "ipv4") -> dict[str, list[list[list[str]]]]:
+    """Per chain, the ordered groups of rules `intents` need: one group per bridge. The guard
+    chains appear only when some bridge needs them in `family`."""
+    chains: dict[str, list[list[list[str]]]] = {STAGE1: [], STAGE2: [], EGRESS: [], HOST: []}
     intents = list(intents)
     group_peers = peers(intents)
+    merged = guards(intents)
     for intent in intents:
-        for chain, group in bridge_rules(intent, group_peers.get(intent.bridge, ())).items():
+        rules = bridge_rules(intent, group_peers.get(intent.bridge, ()), family, merged.get(intent.bridge, NO_GUARD))
+        for chain, group in rules.items():
             if group and group not in chains[chain]:
                 chains[chain].append(group)
-    return chains
+    return {c: groups for c, groups in chains.items() if groups or c in (STAGE1, STAGE2)}
 
 
 def group_problem(rules: list[list[str]], group: list[list[str]]) -> str | None:
@@ -180,8 +248,8 @@ def _first(rules: list[list[str]], pred) -> int:
     return next((i for i, r in enumerate(rules) if pred(strip_comment(r))), len(rules))
 
 
-def _is_jump(spec: list[str]) -> bool:
-    return spec == ["-j", STAGE1]
+def _is_jump(spec: list[str], target: str = STAGE1) -> bool:
+    return spec == ["-j", target]
 
 
 def guard_missing(table: FilterTable) -> bool:
@@ -204,23 +272,46 @@ def forward_problem(table: FilterTable) -> str | None:
     return f"FORWARD has no jump to {STAGE1}"
 
 
-def _move_to_top(table: FilterTable, chain: str, lines: list[str]) -> None:
-    jump = " ".join(_tagged(["-j", STAGE1]))
-    ours = [r for r in table.chains.get(chain, []) if is_ours(r) and _is_jump(strip_comment(r))]
+def input_problem(table: FilterTable) -> str | None:
+    """Why a packet from a guarded bridge could be accepted by INPUT before our HOST chain."""
+    rules = table.chains.get("INPUT", [])
+    if rules and _is_jump(strip_comment(rules[0]), HOST):
+        return None
+    return f"INPUT does not start with the jump to {HOST}"
+
+
+def _move_to_top(table: FilterTable, chain: str, lines: list[str], target: str = STAGE1) -> None:
+    jump = " ".join(_tagged(["-j", target]))
+    ours = [r for r in table.chains.get(chain, []) if is_ours(r) and _is_jump(strip_comment(r), target)]
     lines += [f"-D {chain} {jump}"] * len(ours)  # keep exactly one, on top
     lines.append(f"-I {chain} 1 {jump}")
 
 
-def plan(table: FilterTable, intents) -> list[str]:
-    """The iptables-restore lines (between *filter and COMMIT) that make `table` enforce `intents`.
+def _sync_group(rules: list[list[str]], chain: str, group: list[list[str]], theirs: set, ours: set,
+                lines: list[str]) -> None:
+    """Re-insert `group` whole on top of `chain` unless it is there in order: ours out, then in."""
+    if group_problem(rules, group) is None:
+        return
+    for spec in group:
+        if tuple(spec) in ours:
+            lines.append(f"-D {chain} " + " ".join(_tagged(spec)))
+    for spec in reversed(group):
+        if tuple(spec) not in theirs:
+            lines.append(f"-I {chain} 1 " + " ".join(_tagged(spec)))
+
+
+def plan(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
+    """The iptables-restore lines (between *filter and COMMIT) that make `table` enforce `intents`,
+    which are all the attachments on this backend.
 
     Besides the FORWARD jump, a jump sits atop the firewall plugin's CNI-FORWARD
     (created if absent): when `firewall` runs after `isolation` it inserts its
-    jump above ours, and its per-container ACCEPTs would otherwise win.
+    jump above ours, and its per-container ACCEPTs would otherwise win. In the guard
+    chains, which are wholly ours, a rule no bridge needs any more is deleted.
     """
     if not any(i.enforces_anything for i in intents):
         return []
-    chains = wanted(intents)
+    chains = wanted(intents, family)
     guard = guard_missing(table)
     needed = [*chains, FIREWALL_CHAIN] if guard else list(chains)
     lines = [f"-N {chain}" for chain in needed if chain not in table.chains]  # before any jump to them
@@ -228,30 +319,30 @@ def plan(table: FilterTable, intents) -> list[str]:
         rules = table.chains.get(chain, [])
         theirs = {tuple(strip_comment(r)) for r in rules if not is_ours(r)}
         ours = {tuple(strip_comment(r)) for r in rules if is_ours(r)}
+        if chain in GUARD_CHAINS:
+            keep = {tuple(spec) for g in groups for spec in g} | {("-j", "RETURN")}
+            lines += [f"-D {chain} " + " ".join(r) for r in rules
+                      if is_ours(r) and tuple(strip_comment(r)) not in keep and all(_SAFE.fullmatch(a) for a in r)]
         for group in groups:
-            if group_problem(rules, group) is None:
-                continue
-            for spec in group:  # re-insert the group whole: ours out, then all in order on top
-                if tuple(spec) in ours:
-                    lines.append(f"-D {chain} " + " ".join(_tagged(spec)))
-            for spec in reversed(group):
-                if tuple(spec) not in theirs:
-                    lines.append(f"-I {chain} 1 " + " ".join(_tagged(spec)))
+            _sync_group(rules, chain, group, theirs, ours, lines)
         if ("-j", "RETURN") not in theirs | ours:
             lines.append(f"-A {chain} " + " ".join(_tagged(["-j", "RETURN"])))
     if guard:
         _move_to_top(table, FIREWALL_CHAIN, lines)
     if forward_problem(table):
         _move_to_top(table, "FORWARD", lines)
+    if HOST in chains and input_problem(table):
+        _move_to_top(table, "INPUT", lines, HOST)
     return lines
 
 
-def problems(table: FilterTable, intent: BridgeIntent) -> list[str]:
-    """What `table` lacks to enforce `intent`."""
-    if not intent.enforces_anything:
+def problems(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
+    """What `table` lacks to enforce `intents` (one attachment and the others on its bridge)."""
+    intents = list(intents)
+    if not any(i.enforces_anything for i in intents):
         return []
     found = []
-    for chain, groups in wanted([intent]).items():
+    for chain, groups in wanted(intents, family).items():
         if chain not in table.chains:
             found.append(f"chain {chain} is missing")
             continue
@@ -259,6 +350,8 @@ def problems(table: FilterTable, intent: BridgeIntent) -> list[str]:
     reason = forward_problem(table)
     if reason:
         found.append(reason)
+    if HOST in wanted(intents, family) and input_problem(table):
+        found.append(input_problem(table))
     return found
 
 
@@ -267,15 +360,18 @@ def _jumps_to(table: FilterTable, chain: str) -> bool:
                if a in ("-j", "-g"))
 
 
-def release_plan(table: FilterTable, r: Release) -> list[str]:
+def release_plan(table: FilterTable, r: Release, family: str = "ipv4") -> list[str]:
     """The iptables-restore lines that remove what `r` says is no longer needed.
 
     Only rules carrying our comment are ever deleted. When nothing is left (`r.last`),
     every rule of ours goes, then each of our chains that is left empty and that no
-    rule jumps to (the firewall plugin may still use them).
+    rule jumps to (the firewall plugin may still use them). When no guard is left
+    (`r.last_guard`), the guard chains and the INPUT jump go the same way; otherwise
+    the bridge's guard rules become what its remaining attachments need.
     """
     br = r.bridge
     remove: list[tuple[str, list[str]]] = []
+    insert: list[str] = []
     if r.last:
         remove = [(c, rule) for c, rules in table.chains.items() for rule in rules if is_ours(rule)]
     else:
@@ -286,14 +382,29 @@ def release_plan(table: FilterTable, r: Release) -> list[str]:
             specs.append((STAGE1, ["-i", br, "-o", br, "-j", "DROP"]))
         if r.published or r.isolate:
             specs.append((STAGE2, ["-o", br, *DNAT, "-j", "RETURN"]))
+        if not r.guard.deny_in(VERSION[family]):
+            specs.append((STAGE1, ["-i", br, "!", "-o", br, "-j", EGRESS]))
         remove = [(c, rule) for c, spec in specs for rule in table.chains.get(c, [])
                   if is_ours(rule) and strip_comment(rule) == spec]
         if r.isolate:  # isolationGroup exceptions to or from the bridge
             remove += [(STAGE2, rule) for rule in table.chains.get(STAGE2, []) if is_ours(rule)
                        and _is_peer_return(strip_comment(rule)) and br in (rule[1], rule[3])]
+        if r.last_guard:
+            remove += [(c, rule) for c in GUARD_CHAINS for rule in table.chains.get(c, []) if is_ours(rule)]
+            remove += [("INPUT", rule) for rule in table.chains.get("INPUT", [])
+                       if is_ours(rule) and _is_jump(strip_comment(rule), HOST)]
+        else:
+            for chain, group in guard_rules(br, r.guard, family).items():
+                rules = table.chains.get(chain, [])
+                mine = [rule for rule in rules if is_ours(rule) and rule[:2] == ["-i", br]]
+                remove += [(chain, rule) for rule in mine if strip_comment(rule) not in group]
+                if group and group_problem(rules, group):  # rewritten whole: what is left of it goes too
+                    remove += [(chain, rule) for rule in mine if strip_comment(rule) in group]
+                    insert += [f"-I {chain} 1 " + " ".join(_tagged(spec)) for spec in reversed(group)]
     lines = [f"-D {chain} " + " ".join(rule) for chain, rule in remove if all(_SAFE.fullmatch(a) for a in rule)]
-    if r.last:
-        lines += [f"-X {chain}" for chain in without_ours(table)[1]]
+    lines += insert
+    if r.last or r.last_guard:
+        lines += [f"-X {chain}" for chain in without_ours(table, r.last)[1]]
     return lines
 
 
@@ -301,16 +412,20 @@ def _is_peer_return(spec: list[str]) -> bool:
     return len(spec) == 6 and spec[0] == "-i" and spec[2] == "-o" and spec[4:] == ["-j", "RETURN"]
 
 
-def without_ours(table: FilterTable) -> tuple[FilterTable, list[str]]:
-    """`table` once every rule of ours is gone and each of our chains left empty and
-    unreferenced is deleted; with those chains, in an order that deletes referrers first."""
-    after = FilterTable({c: [x for x in rules if not is_ours(x)] for c, rules in table.chains.items()},
+def without_ours(table: FilterTable, everything: bool = True) -> tuple[FilterTable, list[str]]:
+    """`table` once every rule of ours is gone (only those of the guard chains, and the jumps
+    to them, unless `everything`) and each of our chains left empty and unreferenced is
+    deleted; with those chains, in an order that deletes referrers first."""
+    def goes(chain: str, rule: list[str]) -> bool:
+        return is_ours(rule) and (everything or chain in GUARD_CHAINS or strip_comment(rule)[-1] in GUARD_CHAINS)
+
+    after = FilterTable({c: [x for x in rules if not goes(c, x)] for c, rules in table.chains.items()},
                         dict(table.policies), table.nft_variant)
     deleted = []
     progress = True
     while progress:
         progress = False
-        for chain in (STAGE1, STAGE2, FIREWALL_CHAIN):
+        for chain in (STAGE1, STAGE2, FIREWALL_CHAIN, *GUARD_CHAINS) if everything else GUARD_CHAINS:
             if chain in after.chains and not after.chains[chain] and not _jumps_to(after, chain):
                 del after.chains[chain]
                 deleted.append(chain)
@@ -355,7 +470,7 @@ class IptablesBackend:
         def note_created(tables: dict[str, FilterTable]) -> None:
             created.extend(fam for fam, t in tables.items() if t.nft_variant and t.pristine() and not _nft_table(fam))
 
-        failed = self._transact(lambda table: plan(table, [intent, *others]), before=note_created)
+        failed = self._transact(lambda fam, table: plan(table, [intent, *others], fam), before=note_created)
         if failed:
             fam, err = failed[0]
             code = TRY_AGAIN_LATER if "lock" in err else ENFORCEMENT_FAILED
@@ -363,7 +478,7 @@ class IptablesBackend:
         return {"created_filter": created} if created else {}
 
     def _transact(self, planner, before=None) -> list[tuple[str, str]]:
-        """Per family: read, plan with `planner`, apply as one restore (families in parallel).
+        """Per family: read, plan with `planner(family, table)`, apply as one restore (families in parallel).
 
         Retried when another writer changed the table in between (the transaction then
         fails whole); `before` sees the first reading before anything is applied.
@@ -376,7 +491,7 @@ class IptablesBackend:
                 before(tables)
             jobs = []
             for fam, table in tables.items():
-                lines = planner(table)
+                lines = planner(fam, table)
                 if lines:
                     text = "*filter\n" + "\n".join(lines) + "\nCOMMIT\n"
                     jobs.append(([self.tools[fam][1], "--noflush", "-w", XTABLES_WAIT_S], text, fam))
@@ -388,7 +503,7 @@ class IptablesBackend:
 
     def release(self, r: Release, facts: dict) -> None:
         """Remove what `r` frees; after the last, also the filter tables this backend created."""
-        failed = self._transact(lambda table: release_plan(table, r))
+        failed = self._transact(lambda fam, table: release_plan(table, r, fam))
         if failed:
             raise CniError(ENFORCEMENT_FAILED, f"could not remove the rules of {r.bridge}", failed[0][1].strip())
         if r.last and facts.get("created_filter"):
@@ -416,20 +531,20 @@ class IptablesBackend:
     def cleanup_commands(self, bridge: str | None, facts: dict) -> list[list[str]]:
         """Shell commands removing our rules: a bridge's, or (bridge None) all, with our chains
         and the filter tables we created once pristine (iptables-nft)."""
-        everything = Release(bridge or "", True, True, None, True, bridge is None)
+        everything = Release(bridge or "", True, True, None, True, bridge is None, last_guard=bridge is None)
         cmds = []
         for fam, table in self.read().items():
             tool = "iptables" if fam == "ipv4" else "ip6tables"
-            cmds += [[tool, "-w", "-t", "filter", *line.split(" ")] for line in release_plan(table, everything)]
+            cmds += [[tool, "-w", "-t", "filter", *line.split(" ")] for line in release_plan(table, everything, fam)]
             created = bridge is None and fam in facts.get("created_filter", []) and table.nft_variant
             if created and without_ours(table)[0].pristine():
                 cmds.append(["nft", "delete", "table", NFT_FAMILY[fam], "filter"])
         return cmds
 
-    def verify(self, intent: BridgeIntent) -> list[str]:
+    def verify(self, intent: BridgeIntent, same_bridge=()) -> list[str]:
         found = []
         for fam, table in self.read().items():
-            found += [f"{fam}: {p}" for p in problems(table, intent)]
+            found += [f"{fam}: {p}" for p in problems(table, [intent, *same_bridge], fam)]
             if intent.drop_intra and bridgenf.read(fam) != "1":
                 found.append(f"{fam}: net.bridge.{bridgenf.KEYS[fam]} is not 1, intra-bridge drops are ineffective")
         return found

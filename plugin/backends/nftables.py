@@ -2,25 +2,38 @@
 
     table inet isolation                       (IPv4 and IPv6 in one rule set)
       set isolated  { type ifname }            bridges that are isolated
-      set self      { type ifname . ifname }   (BR . BR) for each isolated bridge
+      set self      { type ifname . ifname }   (BR . BR) for each isolated or guarded bridge
       set published { type ifname }            isolated bridges whose published ports stay reachable
       set intra     { type ifname }            `isolated` bridges (no traffic between their ports)
       set peers     { type ifname . ifname }   (A . B) for bridges A != B of one isolationGroup
+      map egress    { type ifname : verdict }  BR : jump egress-BR (bridges with denyEgress)
+      map host      { type ifname : verdict }  BR : jump host-BR (bridges with hostAccess deny)
       chain forward  hook forward, priority -5, policy accept
         iifname @intra iifname . oifname @self counter drop   within an `isolated` bridge (hairpin
                                                           through the host, or bridged via br_netfilter)
-        ct status dnat oifname @published return          a published port: isolation does not apply
         iifname . oifname @self return                    within one bridge: nothing else applies
+        iifname vmap @egress                              the bridge's deny list
+        ct status dnat oifname @published return          a published port: isolation does not apply
         iifname . oifname @peers return                   the same isolationGroup
         iifname @isolated oifname @isolated counter drop
+      chain input  hook input, priority -5, policy accept
+        iifname vmap @egress                              deny ranges cover the host's addresses too
+        iifname vmap @host
+      chain egress-BR                          replies and IPv6 neighbour discovery return; then
+                                               each allowEgress entry returns; then the deny
+                                               ranges (matched on the address the container
+                                               addressed, `ct original ip daddr`) drop
+      chain host-BR                            replies, neighbour discovery and each allowHostPorts
+                                               entry return; everything else drops
 
     table bridge isolation                     (only once a network is `isolated`)
       set ports { type ifname }                host-side ports of `isolated` bridges
       chain forward  hook forward, priority -205, policy accept
         iifname @ports counter drop            frames bridged between two ports of such a bridge
 
-Bridges and ports are set elements, so the rule count is constant and a packet costs
-hash lookups, however many networks exist. Traffic within one bridge is exempted by
+Bridges and ports are set elements, so the base rule count is constant and a packet
+costs hash lookups, however many networks exist; a guarded bridge adds a chain whose
+length follows its own configuration, reached through a verdict map. Traffic within one bridge is exempted by
 the `self` set (the diagonal of bridge pairs), because nftables cannot compare
 iifname with oifname directly. Intra-bridge drops match ports, not the bridge name:
 `meta ibrname` needs nft_meta_bridge, which kernels may lack; this also needs no
@@ -33,16 +46,18 @@ when its socket closes); a damaged table is deleted and rebuilt in one transacti
 keeping the elements it still had.
 """
 
+import ipaddress
 import os
 import sys
 from dataclasses import dataclass, field
 
 from plugin.errors import ENFORCEMENT_FAILED, CniError
 from plugin.links import valid_name
-from plugin.policy import BridgeIntent, Release, peers
+from plugin.policy import ND_TYPES, BridgeIntent, Guard, Hole, Release, guards, peers
 
 TABLE = "isolation"
 LIBRARY = "libnftables.so.1"
+GUARD_MAPS = ("egress", "host")  # verdict maps: bridge -> jump to its chain "egress-BR" / "host-BR"
 
 
 def _meta(key: str) -> dict:
@@ -53,45 +68,153 @@ def _in_set(left: dict, name: str) -> dict:
     return {"match": {"op": "==", "left": left, "right": f"@{name}"}}
 
 
+def _eq(left: dict, right) -> dict:
+    return {"match": {"op": "==", "left": left, "right": right}}
+
+
 COUNTER = {"counter": {"packets": 0, "bytes": 0}}
+RETURN = {"return": None}
 
 
 @dataclass(frozen=True)
 class TableSpec:
-    """One of our tables, exactly as it must be."""
+    """One of our tables, exactly as it must be (besides the per-bridge guard chains)."""
 
     family: str
     prio: int
     sets: dict
-    rules: list
+    chains: dict  # name -> (hook, rules)
+    maps: dict = field(default_factory=dict)  # name -> key type (values are verdicts)
 
     def create(self) -> list[dict]:
         base = {"family": self.family, "table": TABLE}
         cmds = [{"add": {"table": {"family": self.family, "name": TABLE}}}]
         cmds += [{"add": {"set": {**base, "name": n, "type": t}}} for n, t in self.sets.items()]
-        chain = {**base, "name": "forward", "type": "filter", "hook": "forward", "prio": self.prio, "policy": "accept"}
-        cmds.append({"add": {"chain": chain}})
-        cmds += [{"add": {"rule": {**base, "chain": "forward", "expr": expr}}} for expr in self.rules]
+        cmds += [{"add": {"map": {**base, "name": n, "type": t, "map": "verdict"}}} for n, t in self.maps.items()]
+        for name, (hook, rules) in self.chains.items():
+            chain = {**base, "name": name, "type": "filter", "hook": hook, "prio": self.prio, "policy": "accept"}
+            cmds.append({"add": {"chain": chain}})
+            cmds += [{"add": {"rule": {**base, "chain": name, "expr": expr}}} for expr in rules]
         return cmds
 
 
 SAME_BRIDGE = _in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "self")
+
+
+def _vmap(name: str) -> list[dict]:
+    return [{"vmap": {"key": _meta("iifname"), "data": f"@{name}"}}]
+
+
 INET = TableSpec(
     "inet",
     -5,
     {"isolated": "ifname", "self": ["ifname", "ifname"], "published": "ifname", "intra": "ifname",
      "peers": ["ifname", "ifname"]},
-    [
-        [_in_set(_meta("iifname"), "intra"), SAME_BRIDGE, COUNTER, {"drop": None}],
-        [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
-         _in_set(_meta("oifname"), "published"), {"return": None}],
-        [SAME_BRIDGE, {"return": None}],
-        [_in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "peers"), {"return": None}],
-        [_in_set(_meta("iifname"), "isolated"), _in_set(_meta("oifname"), "isolated"), COUNTER, {"drop": None}],
-    ],
+    {
+        "forward": ("forward", [
+            [_in_set(_meta("iifname"), "intra"), SAME_BRIDGE, COUNTER, {"drop": None}],
+            [SAME_BRIDGE, RETURN],
+            _vmap("egress"),
+            [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+             _in_set(_meta("oifname"), "published"), RETURN],
+            [_in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "peers"), RETURN],
+            [_in_set(_meta("iifname"), "isolated"), _in_set(_meta("oifname"), "isolated"), COUNTER, {"drop": None}],
+        ]),
+        "input": ("input", [_vmap("egress"), _vmap("host")]),
+    },
+    {"egress": "ifname", "host": "ifname"},
 )
-BRIDGE = TableSpec("bridge", -205, {"ports": "ifname"}, [[_in_set(_meta("iifname"), "ports"), COUNTER, {"drop": None}]])
+BRIDGE = TableSpec("bridge", -205, {"ports": "ifname"},
+                   {"forward": ("forward", [[_in_set(_meta("iifname"), "ports"), COUNTER, {"drop": None}]])})
 SPECS = {"inet": INET, "bridge": BRIDGE}
+
+# --- per-bridge guard chains, written in the form the kernel lists them back ----------------
+ESTABLISHED = [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, RETURN]
+ND_NAMES = {133: "nd-router-solicit", 134: "nd-router-advert", 135: "nd-neighbor-solicit",
+            136: "nd-neighbor-advert", 137: "nd-redirect"}
+NEIGHBOUR_DISCOVERY = [_eq({"payload": {"protocol": "icmpv6", "field": "type"}},
+                           {"set": [ND_NAMES[t] for t in ND_TYPES]}), RETURN]
+ICMP = {4: "icmp", 6: "ipv6-icmp"}
+
+
+def _one_or_set(values: list):
+    return values[0] if len(values) == 1 else {"set": values}
+
+
+def _address(cidr: str):
+    net = ipaddress.ip_network(cidr)
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def _destination(family: int, right) -> dict:
+    """The destination the container addressed: conntrack's original tuple, before any DNAT."""
+    return _eq({"ct": {"key": f"ip{'' if family == 4 else '6'} daddr", "dir": "original"}}, right)
+
+
+def _port(text: str):
+    lo, _, hi = text.partition("-")
+    return {"range": [int(lo), int(hi)]} if hi else int(lo)
+
+
+def _hole(hole: Hole) -> list[list[dict]]:
+    """The rules (one per IP family it concerns) letting `hole` through."""
+    families = [hole.family] if hole.cidr else [4, 6]
+    head = {f: [_destination(f, _address(hole.cidr))] if hole.cidr else [] for f in families}
+    if hole.protocol in ("tcp", "udp") and hole.ports:
+        match = [_eq({"payload": {"protocol": hole.protocol, "field": "dport"}},
+                     _one_or_set([_port(p) for p in hole.ports]))]
+        return [head[f] + match + [RETURN] for f in families] if hole.cidr else [match + [RETURN]]
+    if hole.protocol in ("tcp", "udp"):
+        match = [_eq(_meta("l4proto"), hole.protocol)]
+        return [head[f] + match + [RETURN] for f in families] if hole.cidr else [match + [RETURN]]
+    if hole.protocol == "icmp":
+        return [head[f] + [_eq(_meta("l4proto"), ICMP[f]), RETURN] for f in families]
+    return [head[f] + [RETURN] for f in families]
+
+
+def egress_rules(guard: Guard) -> list[list[dict]]:
+    """Chain egress-BR: replies and neighbour discovery pass, then the exceptions, then the
+    deny ranges are dropped, per IP family."""
+    rules = [ESTABLISHED, NEIGHBOUR_DISCOVERY]
+    for hole in guard.allow:
+        rules += _hole(hole)
+    for family in (4, 6):
+        cidrs = guard.deny_in(family)
+        if cidrs:
+            rules.append([_destination(family, _one_or_set([_address(c) for c in cidrs])), COUNTER, {"drop": None}])
+    return rules
+
+
+def host_rules(guard: Guard) -> list[list[dict]]:
+    """Chain host-BR: replies, neighbour discovery and the allowed host ports pass; the rest drops."""
+    rules = [ESTABLISHED, NEIGHBOUR_DISCOVERY]
+    for hole in guard.host_ports:
+        rules += _hole(hole)
+    return rules + [[COUNTER, {"drop": None}]]
+
+
+def bridge_chains(bridge: str, guard: Guard) -> dict[str, list[list[dict]]]:
+    """The guard chains of one bridge: name -> rules."""
+    chains = {}
+    if guard.deny:
+        chains[f"egress-{bridge}"] = egress_rules(guard)
+    if guard.host_deny:
+        chains[f"host-{bridge}"] = host_rules(guard)
+    return chains
+
+
+def guard_chains(intents) -> dict[str, list[list[dict]]]:
+    """The per-bridge chains `intents` need: name -> rules."""
+    chains = {}
+    for bridge, guard in guards(intents).items():
+        chains |= bridge_chains(bridge, guard)
+    return chains
+
+
+def _is_guard_chain(name: str) -> bool:
+    return name.split("-", 1)[0] in GUARD_MAPS and "-" in name
 
 
 @dataclass
@@ -100,30 +223,39 @@ class TableState:
 
     exists: bool = False
     intact: bool = False
-    elements: dict[str, set] = field(default_factory=dict)
+    elements: dict[str, set] = field(default_factory=dict)  # map elements as (key, jump target)
+    chains: dict[str, list] = field(default_factory=dict)  # the per-bridge guard chains and their rules
 
     @classmethod
     def parse(cls, listing: list[dict] | None, spec: TableSpec) -> "TableState":
         """From the `nftables` array of `list table FAMILY isolation` (None: no such table)."""
         if listing is None:
             return cls()
-        sets, chains, rules = {}, [], []
+        sets, maps, base, rules = {}, {}, {}, {}
         for obj in listing:
             if "set" in obj:
                 s = obj["set"]
                 sets[s["name"]] = (s["type"], {_element(e) for e in s.get("elem", [])})
+            elif "map" in obj:
+                m = obj["map"]
+                maps[m["name"]] = ((m["type"], m.get("map")), {_map_element(e) for e in m.get("elem", [])})
             elif "chain" in obj:
                 c = obj["chain"]
-                chains.append((c["name"], c.get("type"), c.get("hook"), c.get("prio"), c.get("policy")))
+                base[c["name"]] = (c.get("type"), c.get("hook"), c.get("prio"), c.get("policy"))
+                rules.setdefault(c["name"], [])
             elif "rule" in obj:
-                rules.append(_normalise(obj["rule"]["expr"]))
+                rules.setdefault(obj["rule"]["chain"], []).append(_normalise(obj["rule"]["expr"]))
+        guard = {n: r for n, r in rules.items() if _is_guard_chain(n) and base[n] == (None, None, None, None)}
         intact = (
             {n: t for n, (t, _) in sets.items()} == spec.sets
-            and chains == [("forward", "filter", "forward", spec.prio, "accept")]
-            and rules == spec.rules
+            and {n: t for n, (t, _) in maps.items()} == {n: (t, "verdict") for n, t in spec.maps.items()}
+            and {n: b for n, b in base.items() if n not in guard}
+            == {n: ("filter", hook, spec.prio, "accept") for n, (hook, _) in spec.chains.items()}
+            and all(rules[n] == r for n, (_, r) in spec.chains.items())
         )
         elements = {n: elems for n, (t, elems) in sets.items() if spec.sets.get(n) == t}
-        return cls(True, intact, elements)
+        elements |= {n: elems for n, ((t, _), elems) in maps.items() if spec.maps.get(n) == t}
+        return cls(True, intact, elements, guard)
 
 
 def _element(e) -> str | tuple:
@@ -134,13 +266,18 @@ def _element(e) -> str | tuple:
     return e
 
 
+def _map_element(e) -> tuple:
+    key, verdict = e
+    return (_element(key), (verdict.get("jump") or {}).get("target") if isinstance(verdict, dict) else None)
+
+
 def _normalise(expr: list[dict]) -> list[dict]:
     """A listed rule's expressions, with counter values zeroed so it compares with our spec."""
     return [COUNTER if "counter" in x else x for x in expr]
 
 
 def wanted(intents) -> dict[str, dict[str, set]]:
-    """The set elements each table must hold for `intents`: family -> set -> elements."""
+    """The set and map elements each table must hold for `intents`: family -> name -> elements."""
     want: dict[str, dict[str, set]] = {}
     intents = list(intents)
     group_peers = peers(intents)
@@ -148,8 +285,9 @@ def wanted(intents) -> dict[str, dict[str, set]]:
         for name in (intent.bridge, intent.port):
             if name is not None and not valid_name(name):  # defence in depth
                 raise ValueError(f"refusing to render an element for interface name {name!r}")
+        if intent.isolate or intent.guard.active:
+            inet = want.setdefault("inet", {name: set() for name in [*INET.sets, *INET.maps]})
         if intent.isolate:
-            inet = want.setdefault("inet", {name: set() for name in INET.sets})
             inet["isolated"].add(intent.bridge)
             inet["self"].add((intent.bridge, intent.bridge))
             inet["peers"].update((intent.bridge, p) for p in group_peers.get(intent.bridge, ()))
@@ -165,38 +303,81 @@ def wanted(intents) -> dict[str, dict[str, set]]:
                     "and prevResult names none",
                 )
             want.setdefault("bridge", {"ports": set()})["ports"].add(intent.port)
+    if "inet" in want:
+        for chain in guard_chains(intents):
+            want["inet"][chain.split("-", 1)[0]].add((chain.split("-", 1)[1], chain))
+        want["inet"]["self"].update((b, b) for b, _ in want["inet"]["egress"] | want["inet"]["host"])
     return want
+
+
+def _value(name: str, e):
+    """An element as libnftables JSON: map entries jump to their chain, pairs are concatenations."""
+    if name in GUARD_MAPS:
+        return [e[0], {"jump": {"target": e[1]}}]
+    return {"concat": list(e)} if isinstance(e, tuple) else e
 
 
 def _add_elements(family: str, elements: dict[str, set]) -> list[dict]:
     cmds = []
     for name, elems in sorted(elements.items()):
         if elems:
-            values = [{"concat": list(e)} if isinstance(e, tuple) else e for e in sorted(elems)]
+            values = [_value(name, e) for e in sorted(elems)]
             cmds.append({"add": {"element": {"family": family, "table": TABLE, "name": name, "elem": values}}})
     return cmds
 
 
+def _delete_element(family: str, name: str, elem) -> dict:
+    key = elem[0] if name in GUARD_MAPS else _value(name, elem)  # a map entry goes by its key
+    return {"delete": {"element": {"family": family, "table": TABLE, "name": name, "elem": [key]}}}
+
+
+def _converge_chains(state: "TableState", want: dict[str, list], scope) -> tuple[list[dict], list[dict]]:
+    """Commands making the guard chains in `scope` (names) match `want`: (before elements are
+    added: new or rewritten chains; after map elements are deleted: chains to delete)."""
+    base = {"family": "inet", "table": TABLE}
+    first, last = [], []
+    for name in sorted(scope):
+        rules, have = want.get(name), state.chains.get(name)
+        if rules == have:
+            continue
+        if rules is None:
+            last.append({"delete": {"chain": {**base, "name": name}}})
+            continue
+        first.append({("flush" if have is not None else "add"): {"chain": {**base, "name": name}}})
+        first += [{"add": {"rule": {**base, "chain": name, "expr": expr}}} for expr in rules]
+    return first, last
+
+
 def plan(states: dict[str, TableState], intents) -> list[dict]:
-    """The libnftables commands (one transaction) that make the kernel enforce `intents`."""
+    """The libnftables commands (one transaction) that make the kernel enforce `intents`,
+    which are all the attachments on this backend (so guard chains nobody needs go)."""
     cmds = []
+    intents = list(intents)
+    chains = guard_chains(intents)
     for family, want in wanted(intents).items():
         spec, state = SPECS[family], states.get(family, TableState())
         if state.exists and state.intact:
+            first, last = _converge_chains(state, chains, set(chains) | set(state.chains)) if family == "inet" else ([], [])
             missing = {n: want[n] - state.elements.get(n, set()) for n in want}
-            cmds += _add_elements(family, missing)
+            stale = [_delete_element(family, n, e) for n in GUARD_MAPS if n in want
+                     for e in sorted(state.elements.get(n, set()) - want[n])]
+            cmds += first + _add_elements(family, missing) + stale + last
             continue
         if state.exists:  # damaged: rebuild, keeping what it still held
             cmds.append({"delete": {"table": {"family": family, "name": TABLE}}})
         cmds += spec.create()
+        if family == "inet":
+            cmds += _converge_chains(TableState(), chains, chains)[0]
         keep = {n: state.elements.get(n, set()) | want.get(n, set()) for n in spec.sets}
+        keep |= {n: want.get(n, set()) for n in spec.maps}
         cmds += _add_elements(family, keep)
     return cmds
 
 
 def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
     """The commands (one transaction) removing what `r` frees; only what is present, since
-    deleting an absent element fails the whole transaction."""
+    deleting an absent element fails the whole transaction. The bridge's guard chains are
+    rewritten to what its remaining attachments need, or removed."""
     def delete(family: str, what: str, body: dict) -> dict:
         return {"delete": {what: {"family": family, **body}}}
 
@@ -205,14 +386,19 @@ def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
     if inet.exists and r.last:
         cmds.append(delete("inet", "table", {"name": TABLE}))
     elif inet.exists:
-        gone = [("isolated", r.bridge), ("self", (r.bridge, r.bridge))] if r.isolate else []
+        gone = [("isolated", r.bridge)] if r.isolate else []
+        gone += [("self", (r.bridge, r.bridge))] if (r.isolate and not r.guard.active) or r.bridge_done else []
         gone += [("published", r.bridge)] if r.published or r.isolate else []
         gone += [("intra", r.bridge)] if r.drop_intra or r.isolate else []
         gone += [("peers", pair) for pair in sorted(inet.elements.get("peers", set())) if r.isolate and r.bridge in pair]
-        for name, elem in gone:
-            if elem in inet.elements.get(name, set()):
-                value = {"concat": list(elem)} if isinstance(elem, tuple) else elem
-                cmds.append(delete("inet", "element", {"table": TABLE, "name": name, "elem": [value]}))
+        want = bridge_chains(r.bridge, r.guard)
+        first, last = _converge_chains(inet, want, [f"{m}-{r.bridge}" for m in GUARD_MAPS])
+        entries = {m: (r.bridge, f"{m}-{r.bridge}") for m in GUARD_MAPS}
+        gone += [(m, e) for m, e in entries.items() if e[1] not in want]
+        added = {m: {e} - inet.elements.get(m, set()) for m, e in entries.items() if e[1] in want}
+        cmds += first + _add_elements("inet", added)
+        cmds += [_delete_element("inet", name, elem) for name, elem in gone if elem in inet.elements.get(name, set())]
+        cmds += last
     if bridge.exists and (r.last or r.last_intra):
         cmds.append(delete("bridge", "table", {"name": TABLE}))
     elif bridge.exists and r.port and r.port in bridge.elements.get("ports", set()):
@@ -220,10 +406,11 @@ def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
     return cmds
 
 
-def problems(states: dict[str, TableState], intent: BridgeIntent) -> list[str]:
-    """What the kernel lacks to enforce `intent`."""
+def problems(states: dict[str, TableState], intents) -> list[str]:
+    """What the kernel lacks to enforce `intents` (one attachment and the others on its bridge)."""
     found = []
-    for family, want in wanted([intent]).items():
+    intents = list(intents)
+    for family, want in wanted(intents).items():
         state = states.get(family, TableState())
         if not state.exists:
             found.append(f"table {family} {TABLE} is missing")
@@ -232,7 +419,12 @@ def problems(states: dict[str, TableState], intent: BridgeIntent) -> list[str]:
         else:
             for name, elems in sorted(want.items()):
                 for e in sorted(elems - state.elements.get(name, set())):
-                    found.append(f"{' . '.join(e) if isinstance(e, tuple) else e} is not in set {family} {TABLE} {name}")
+                    shown = f"{e[0]} : jump {e[1]}" if name in GUARD_MAPS else " . ".join(e) if isinstance(e, tuple) else e
+                    found.append(f"{shown} is not in {'map' if name in GUARD_MAPS else 'set'} {family} {TABLE} {name}")
+            if family == "inet":
+                for name, rules in sorted(guard_chains(intents).items()):
+                    if state.chains.get(name) != rules:
+                        found.append(f"chain inet {TABLE} {name} is {'altered' if name in state.chains else 'missing'}")
     return found
 
 
@@ -312,10 +504,17 @@ class NftablesBackend:
         if bridge is None:
             return [["nft", "delete", "table", f, TABLE] for f in SPECS if states[f].exists]
         cmds = []
-        for name, elem in (("isolated", f'"{bridge}"'), ("self", f'"{bridge}" . "{bridge}"')):
-            raw = bridge if name == "isolated" else (bridge, bridge)
+        for name in ("isolated", "self", "published", "intra"):
+            raw = (bridge, bridge) if name == "self" else bridge
             if raw in states["inet"].elements.get(name, set()):
-                cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", elem, "}"])
+                shown = f'"{bridge}" . "{bridge}"' if name == "self" else f'"{bridge}"'
+                cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", shown, "}"])
+        for name in GUARD_MAPS:
+            entry = (bridge, f"{name}-{bridge}")
+            if entry in states["inet"].elements.get(name, set()):
+                cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", f'"{bridge}"', "}"])
+            if entry[1] in states["inet"].chains:
+                cmds.append(["nft", "delete", "chain", "inet", TABLE, entry[1]])  # a valid name, unquoted
         for port in ports:
             if port in states["bridge"].elements.get("ports", set()):
                 cmds.append(["nft", "delete", "element", "bridge", TABLE, "ports", "{", f'"{port}"', "}"])
@@ -326,9 +525,10 @@ class NftablesBackend:
         rc, _, err = self.nft.cmd(" ".join(argv[1:]))
         return None if rc == 0 else err.strip()
 
-    def verify(self, intent: BridgeIntent) -> list[str]:
-        want = wanted([intent])
-        return [f"nftables: {p}" for p in problems(self.read(want), intent)] if want else []
+    def verify(self, intent: BridgeIntent, same_bridge=()) -> list[str]:
+        intents = [intent, *same_bridge]
+        want = wanted(intents)
+        return [f"nftables: {p}" for p in problems(self.read(want), intents)] if want else []
 
 
 def table_exists(family: str, name: str) -> bool:
