@@ -290,14 +290,14 @@ class Lab:
         return results
 
     # --- traffic ----------------------------------------------------------------------------
-    def listen(self, netns: str) -> None:
-        """A dual-stack TCP listener on TCP_PORT inside `netns`, accepting in the background."""
+    def listen(self, netns: str, port: int = TCP_PORT) -> None:
+        """A dual-stack TCP listener on `port` inside `netns`, accepting in the background."""
 
         def make():
             s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("::", TCP_PORT))
+            s.bind(("::", port))
             s.listen(128)
             return s
 
@@ -313,6 +313,66 @@ class Lab:
                 conn.close()
 
         threading.Thread(target=serve, daemon=True).start()
+
+    def udp_echo(self, netns: str, port: int) -> None:
+        """A dual-stack UDP server on `port` inside `netns` that sends every datagram back."""
+
+        def make():
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", port))
+            return s
+
+        s = in_netns(netns, make)
+        self.listeners.append(s)
+
+        def serve():
+            while True:
+                try:
+                    data, peer = s.recvfrom(512)
+                    s.sendto(data, peer)
+                except OSError:
+                    return
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def udp(self, src_netns: str, addr: str, port: int) -> bool:
+        """True when a datagram to [addr]:port is echoed back within the probe deadline
+        (sent every 0.2 s, so one lost to neighbour discovery does not matter)."""
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+        def exchange():
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.settimeout(0.2)
+                for _ in range(int(PROBE_TIMEOUT_S / 0.2)):
+                    try:
+                        s.sendto(b"probe", (addr, port))
+                        if s.recv(512) == b"probe":
+                            return True
+                    except OSError:  # timeout, or an ICMP error reported on the socket
+                        pass
+                return False
+
+        return in_netns(src_netns, exchange)
+
+    def management(self) -> str:
+        """A "management" namespace reachable through the host: 10.98.0.2 and .3, fd98::2 and ::3,
+        with the host at 10.98.0.1 / fd98::1; it routes the containers' subnets via the host
+        and listens on TCP_PORT."""
+        h, m = self.host, self._netns("m")
+        link = f"{self.prefix}mg"
+        sh(IP, "link", "add", link, "netns", h, "type", "veth", "peer", "name", "eth0", "netns", m)
+        sh(IP, "addr", "add", "10.98.0.1/24", "dev", link, netns=h)
+        sh(IP, "-6", "addr", "add", "fd98::1/64", "dev", link, "nodad", netns=h)
+        for v4, v6 in (("10.98.0.2/24", "fd98::2/64"), ("10.98.0.3/24", "fd98::3/64")):
+            sh(IP, "addr", "add", v4, "dev", "eth0", netns=m)
+            sh(IP, "-6", "addr", "add", v6, "dev", "eth0", "nodad", netns=m)
+        sh(IP, "link", "set", link, "up", netns=h)
+        sh(IP, "link", "set", "eth0", "up", netns=m)
+        sh(IP, "route", "add", "10.77.0.0/16", "via", "10.98.0.1", netns=m)
+        sh(IP, "-6", "route", "add", "fd77::/16", "via", "fd98::1", netns=m)
+        self.listen(m)
+        return m
 
     def tcp(self, src_netns: str, addr: str, port: int = TCP_PORT) -> bool:
         family = socket.AF_INET6 if ":" in addr else socket.AF_INET

@@ -3,9 +3,14 @@ example (bridge name, subnets and IPAM state rewritten to the lab's own), then r
 traffic is checked against what the example's own keys define:
   within a network: reach, unless ingressPolicy is `isolated`
   across the two:   blocked, unless ingressPolicy is `open` or they share an isolationGroup
-                    (two networks from one example share its group, if it names one)."""
+                    (two networks from one example share its group, if it names one)
+  to the lab's management and outside addresses (TCP 8080), with denyEgress: blocked when a
+                    denied range holds the address and no allowEgress entry lets TCP 8080 to it
+  to the own gateway, with hostAccess deny: TCP 8080 blocked, TCP 53 open iff allowHostPorts
+                    (default: TCP and UDP 53) lists it."""
 
 import copy
+import ipaddress
 import json
 import os
 
@@ -43,5 +48,32 @@ def test_example(lab, example):
     got = lab.reach(list(want))
     wrong = [f"{k} {s} -> {d}" for (k, s, d), ok in got.items() if ok != want[(s, d)]]
     assert not wrong, f"{example}: {wrong} (want {want})"
+    tcp_want = {}
+    if ours.get("denyEgress"):
+        lab.management()
+        for dest in ("10.98.0.2", "10.98.0.3", "fd98::2", "10.99.0.2", "fd99::2"):
+            tcp_want[(dest, 8080)] = egress_allowed(ours, dest, 8080)
+    if ours.get("hostAccess") == "deny":
+        lab.listen(lab.host, 53)
+        ports = ours.get("allowHostPorts", [{"protocol": "tcp", "port": 53}, {"protocol": "udp", "port": 53}])
+        tcp_want[(nets[0].gateway4, 8080)] = False
+        tcp_want[(nets[0].gateway4, 53)] = {"protocol": "tcp", "port": 53} in ports
+    wrong = [f"{d}:{p}" for (d, p), ok in tcp_want.items() if lab.tcp(a1.name, d, p) != ok]
+    assert not wrong, f"{example}: TCP from a container to {wrong} (want {tcp_want})"
     if conflist["cniVersion"] != "0.3.1":
         assert all(rc == 0 for _, rc, _ in lab.check(a1))
+
+
+def egress_allowed(conf: dict, dest: str, port: int) -> bool:
+    """TCP to dest:port by the definition of denyEgress and allowEgress."""
+    addr = ipaddress.ip_address(dest)
+    nets = [ipaddress.ip_network(c, strict=False) for c in conf.get("denyEgress", [])]
+    if not any(addr in n for n in nets if n.version == addr.version):
+        return True
+    for hole in conf.get("allowEgress", []):
+        net = ipaddress.ip_network(hole["cidr"], strict=False)
+        ports = [int(p) for p in hole.get("ports", [])]  # the examples list single ports
+        if net.version == addr.version and addr in net and hole.get("protocol", "any") in ("tcp", "any") \
+                and (not ports or port in ports):
+            return True
+    return False
