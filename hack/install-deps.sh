@@ -2,7 +2,9 @@
 # Installs everything needed to build, test and demo the plugin on Debian 12:
 # system packages (firewall tools, iproute2, upstream CNI plugins) and a venv of
 # Debian's /usr/bin/python3 (not a pyenv shim: it starts faster and freezes smaller).
-# The venv sees system site-packages for python3-nftables, which must match libnftables.
+# The venv sees system site-packages for python3-nftables, which must match libnftables
+# (and python3-jsonschema, which the schema tests use). Podman, runc and busybox-static
+# serve the Podman end-to-end tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -18,6 +20,7 @@ apt-get install -y -qq --no-install-recommends \
   iptables nftables libnftables1 python3-nftables \
   iproute2 iputils-ping procps kmod util-linux \
   containernetworking-plugins \
+  podman runc busybox-static python3-jsonschema \
   python3 python3-venv python3-pip binutils make >/dev/null
 
 if [ ! -x "$VENV/bin/python" ]; then
