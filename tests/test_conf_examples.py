@@ -29,6 +29,8 @@ def localise(lab, conflist: dict, index: int) -> list[dict]:
     for i, p in enumerate(plugins):
         if p["type"] == "bridge":
             mine = bridge_plugin(f"{lab.prefix}b{index}", index, os.path.join(lab.tmp, "ipam"))
+            if p.get("isDefaultGateway"):  # the bridge plugin adds the default routes itself
+                mine["ipam"]["routes"] = []
             plugins[i] = {**p, "bridge": mine["bridge"], "ipMasq": False, "ipam": mine["ipam"]}
     return plugins
 
