@@ -16,7 +16,17 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from plugin.errors import INVALID_CONFIG, CniError
 
@@ -37,7 +47,9 @@ def _cidr(text: str) -> str:
     return str(net)
 
 
-Cidr = Annotated[str, AfterValidator(_cidr)]
+Cidr = Annotated[str, AfterValidator(_cidr), WithJsonSchema({
+    "type": "string", "pattern": "^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$",
+    "description": "an IPv4 or IPv6 address or CIDR", "examples": ["10.0.0.0/8", "fd00::/8", "10.0.0.53"]})]
 
 
 def _port_range(value: int | str) -> tuple[int, int]:
@@ -69,7 +81,9 @@ def _valid_port(value: int | str) -> int | str:
     return value
 
 
-Port = Annotated[int | str, AfterValidator(_valid_port)]
+Port = Annotated[int | str, AfterValidator(_valid_port), WithJsonSchema({
+    "anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535}, {"type": "string", "pattern": "^[0-9]{1,5}(-[0-9]{1,5})?$"}],
+    "description": "a port (1-65535) or a range 'LOW-HIGH'", "examples": [53, "8000-8100"]})]
 
 
 class EgressException(BaseModel):
@@ -78,8 +92,8 @@ class EgressException(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     cidr: Cidr
-    protocol: Literal["tcp", "udp", "icmp", "any"] = "any"
-    ports: list[Port] = []
+    protocol: Literal["tcp", "udp", "icmp", "any"] = Field("any", description="icmp means ICMPv6 for an IPv6 cidr")
+    ports: list[Port] = Field([], description="destination ports; only with tcp or udp (default: all)")
 
     @model_validator(mode="after")
     def _ports(self):
@@ -95,7 +109,7 @@ class HostPort(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     protocol: Literal["tcp", "udp", "icmp"]
-    port: Port | None = None
+    port: Port | None = Field(None, description="required for tcp and udp, absent for icmp")
 
     @model_validator(mode="after")
     def _port(self):
@@ -117,22 +131,33 @@ class NetConf(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
-    type: str
-    ingressPolicy: IngressPolicy = "same-bridge"
-    backend: Backend = "auto"
-    allowPublishedPorts: bool = True
-    isolationGroup: GroupName | None = None
-    denyEgress: list[Cidr] = []
-    allowEgress: list[EgressException] = []
-    hostAccess: Literal["allow", "deny"] = "allow"
-    allowHostPorts: list[HostPort] | None = None
-    logFile: str | None = None
+    type: str = Field(description='"isolation"')
+    ingressPolicy: IngressPolicy = Field(
+        "same-bridge", description="same-bridge: traffic from other isolated bridges is dropped; isolated: also "
+        "between containers of this bridge; open: no isolation")
+    backend: Backend = Field("auto", description="firewall backend; auto: nftables where usable, else iptables")
+    allowPublishedPorts: bool = Field(
+        True, description="traffic DNAT'd to this network's containers (a published port) passes isolation")
+    isolationGroup: GroupName | None = Field(
+        None, description="networks sharing a group reach each other despite isolation")
+    denyEgress: list[Cidr] = Field(
+        [], description="destinations containers of this network cannot open connections to, forwarded or "
+        "on the host itself; replies pass")
+    allowEgress: list[EgressException] = Field([], description="exceptions punched into denyEgress")
+    hostAccess: Literal["allow", "deny"] = Field(
+        "allow", description="deny: containers cannot reach the host's own addresses, except allowHostPorts")
+    allowHostPorts: list[HostPort] | None = Field(
+        None, description="with hostAccess deny, the host services containers may use (default: TCP and UDP 53)")
+    logFile: str | None = Field(
+        None, description='absolute path, or "syslog": one line per invocation (default: ISOLATION_LOG_FILE, else none)')
+    logLevel: Literal["info", "error", "off"] | None = Field(
+        None, description="info: every invocation; error: failed ones only; off (default: ISOLATION_LOG_LEVEL, else info)")
 
     @field_validator("logFile")
     @classmethod
     def _absolute(cls, value: str | None) -> str | None:
-        if value is not None and (not value.startswith("/") or "\0" in value):
-            raise ValueError("must be an absolute path")
+        if value is not None and value != "syslog" and (not value.startswith("/") or "\0" in value):
+            raise ValueError('must be an absolute path or "syslog"')
         return value
 
     @field_validator("denyEgress")
@@ -153,6 +178,16 @@ class NetConf(BaseModel):
 
 
 UNION_TAGS = ("int", "str")
+SCHEMA_ID = "https://github.com/isolation-cni/isolation/conf-examples/isolation.schema.json"
+
+
+def json_schema() -> dict:
+    """The JSON Schema of this plugin's conflist entry, generated from the model (the committed
+    copy in conf-examples/ is checked against this by the tests). Value rules the schema cannot
+    say (CIDR syntax, port ranges) are in the descriptions and enforced by the plugin."""
+    schema = NetConf.model_json_schema(mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+            **schema, "title": "isolation CNI plugin configuration"}
 
 
 def parse(raw: dict) -> NetConf:
