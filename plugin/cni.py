@@ -42,7 +42,8 @@ class Invocation:
         self.stdin = stdin
         self.cni_version = LATEST  # until the configuration tells otherwise
         self.raw: dict = {}
-        self.log_file: str | None = None  # set once the configuration is validated
+        self.log_file: str | None = None  # logFile and logLevel, once the configuration is validated
+        self.log_level: str | None = None
         self.notes: dict = {}  # what the log line reports: bridge, backend, ...
 
     def decode(self) -> None:
@@ -106,7 +107,7 @@ def run(env: dict, stdin: bytes) -> tuple[dict | None, int]:
         from plugin import log
 
         fields = {"container": env.get("CNI_CONTAINERID"), "network": inv.raw.get("name"), **inv.notes, **outcome}
-        log.record(inv.log_file, inv.command, fields, started)
+        log.record(*log.destination(env, inv.log_file, inv.log_level), inv.command, fields, started)
 
 
 def _engine(inv: Invocation):
@@ -116,7 +117,7 @@ def _engine(inv: Invocation):
     from plugin.policy import guard_for, intent_for
 
     conf = config.load(inv.raw)
-    inv.log_file = conf.logFile
+    inv.log_file, inv.log_level = conf.logFile, conf.logLevel
     prev = require_prev_result(inv.raw)
     bridge, port = find_attachment(prev)
     inv.notes["bridge"] = bridge
@@ -176,7 +177,8 @@ def cmd_del(inv: Invocation) -> None:
     from plugin.registry import Registry
 
     try:
-        inv.log_file = config.load(inv.raw).logFile
+        conf = config.load(inv.raw)
+        inv.log_file, inv.log_level = conf.logFile, conf.logLevel
     except CniError:
         pass
     with HostLock():
@@ -223,7 +225,7 @@ def cmd_status(inv: Invocation) -> None:
     from plugin.backends import select
 
     conf = config.load(inv.raw)
-    inv.log_file = conf.logFile
+    inv.log_file, inv.log_level = conf.logFile, conf.logLevel
     try:
         inv.notes["backend"] = select(conf.backend).name
     except CniError as err:

@@ -349,6 +349,29 @@ def test_log_file_names_the_chosen_backend(bridged, tmp_path):
     assert oct(log.stat().st_mode & 0o777) == "0o600"
 
 
+def test_log_level_and_environment(bridged, tmp_path):
+    """logLevel error keeps only failures; ISOLATION_LOG_FILE/_LEVEL give every network a
+    default and also record invocations whose configuration never validated."""
+    lab, net, c, prev = bridged
+    log = tmp_path / "errors.log"
+    assert call(lab, "ADD", conf(prev=prev, logFile=str(log), logLevel="error"), c)[0] == 0
+    assert not log.exists(), "a successful ADD is not an error"
+    assert call(lab, "CHECK", conf(prev=prev, logFile=str(log), logLevel="error", backend="iptables"), c)[0] != 0
+    assert len(log.read_text().splitlines()) == 1 and "result=error code=102" in log.read_text()
+
+    env_log = tmp_path / "env.log"
+    env = {"ISOLATION_LOG_FILE": str(env_log)}
+    assert call(lab, "ADD", conf(prev=prev, ingressPolicy="bogus"), c, env=env)[0] != 0
+    assert call(lab, "CHECK", conf(prev=prev), c, env=env)[0] == 0
+    lines = env_log.read_text().splitlines()
+    assert len(lines) == 2 and "result=error code=7" in lines[0] and " CHECK " in lines[1] and "result=ok" in lines[1]
+    assert call(lab, "CHECK", conf(prev=prev), c, env={**env, "ISOLATION_LOG_LEVEL": "off"})[0] == 0
+    assert len(env_log.read_text().splitlines()) == 2
+    other = tmp_path / "conf-wins.log"
+    assert call(lab, "CHECK", conf(prev=prev, logFile=str(other)), c, env=env)[0] == 0
+    assert other.exists() and len(env_log.read_text().splitlines()) == 2, "the conflist's logFile wins"
+
+
 def test_relative_log_file_is_rejected(bridged):
     lab, net, c, prev = bridged
     rc, out, _ = call(lab, "ADD", conf(prev=prev, logFile="isolation.log"), c)

@@ -170,3 +170,23 @@ def test_guard_round_trips_through_the_registry_form():
     g = _guard(["10.0.0.0/8", "fd00::/8"], [Hole("tcp", ("53", "80-90"), "10.0.0.53/32")], True, [Hole("icmp")])
     assert Guard.from_json(g.to_json()) == g
     assert Guard.from_json(None) == Guard() and Guard().to_json() is None
+
+
+def test_log_to_syslog_socket(tmp_path, monkeypatch):
+    """logFile "syslog": one datagram in syslog format to the local socket, error severity for
+    failures."""
+    import socket
+    import time
+
+    from plugin import log
+
+    path = str(tmp_path / "log.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    monkeypatch.setattr(log, "SYSLOG_SOCKET", path)
+    log.record("syslog", "info", "ADD", {"container": "c1", "result": "ok"}, time.monotonic())
+    log.record("syslog", "info", "DEL", {"container": "c1", "result": "error", "code": 11}, time.monotonic())
+    first, second = server.recv(4096).decode(), server.recv(4096).decode()
+    assert first.startswith("<30>isolation[") and ": ADD container=c1 result=ok duration_ms=" in first
+    assert second.startswith("<27>isolation[") and "result=error code=11" in second
+    server.close()
