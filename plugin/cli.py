@@ -17,6 +17,16 @@ exit status: 0 when consistent, 1 when problems were found""",
   isolation cleanup --bridge cni-podman1 remove that bridge's rules and attachments only""",
     "prune": """examples:
   isolation prune     forget containers whose bridge was deleted, and their rules""",
+    "reconcile": """examples:
+  isolation reconcile   after a firewall reload: put back every registered network's isolation""",
+    "agent": """The agent serves the plugin's invocations over a root-only unix socket in
+/run/isolation/ns-*/ (the plugin falls back to doing the work itself when no agent
+answers) and restores isolation within a second after a firewall reload, `nft flush
+ruleset` or `iptables -F`, and forgets bridges that were deleted. Run one per host
+network namespace, e.g. from conf-examples/isolation-agent.service.
+examples:
+  isolation agent                          log to stderr (journald under systemd)
+  isolation agent --log-file /var/log/isolation-agent.log""",
 }
 
 
@@ -26,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
         description="Admin commands of the isolation CNI plugin (run by a runtime with CNI_COMMAND set, "
         "it is the plugin itself). They act on the network namespace they run in.",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{status,cleanup,prune}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{status,cleanup,prune,reconcile,agent}")
     fmt = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser("status", help="show backends, isolated bridges and inconsistencies",
                        epilog=EPILOG["status"], formatter_class=fmt)
@@ -37,6 +47,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--bridge", metavar="BR", help="only this bridge's rules and attachments")
     sub.add_parser("prune", help="forget attachments whose bridge no longer exists", epilog=EPILOG["prune"],
                    formatter_class=fmt)
+    sub.add_parser("reconcile", help="restore every registered network's isolation where the kernel lacks it",
+                   epilog=EPILOG["reconcile"], formatter_class=fmt)
+    a = sub.add_parser("agent", help="run the resident agent (warm engine, self-healing)", epilog=EPILOG["agent"],
+                       formatter_class=fmt)
+    a.add_argument("--log-file", metavar="PATH", help="also append the agent's log lines to PATH")
     return p
 
 
@@ -47,6 +62,18 @@ def main(argv: list[str]) -> int:
     from plugin.links import require_name
 
     try:
+        if args.command == "agent":
+            from plugin.agent import serve
+
+            return serve(args.log_file)
+        if args.command == "reconcile":
+            from plugin.hoststate import HostLock
+            from plugin.lifecycle import reconcile
+
+            with HostLock():
+                done = reconcile()
+            print("\n".join(done) if done else "nothing to do: the kernel holds what the registry says")
+            return 0
         if args.command == "status":
             report = admin.status()
             sys.stdout.write(json.dumps(report, indent=1) + "\n" if args.json else render(report))

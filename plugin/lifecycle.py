@@ -25,10 +25,7 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
               if a.key != attachment.key]
     facts = backend.ensure(intent, others)
     reg.attachments[attachment.key] = attachment
-    if facts:
-        known = reg.backends.setdefault(backend.name, {})
-        for key, values in facts.items():
-            known[key] = sorted(set(known.get(key, [])) | set(values))
+    _remember(reg, backend.name, facts)
     reg.save()
 
 
@@ -55,3 +52,44 @@ def detach(reg: Registry, attachments: list[Attachment]) -> list[str]:
         if release.last and reg.backends.pop(att.backend, None) is not None:
             reg.save()
     return errors
+
+
+def reconcile() -> list[str]:
+    """Make the kernel match the registry, under the HostLock: forget attachments whose bridge
+    has vanished (with their rules), then re-apply each backend's attachments wherever the
+    kernel lacks anything (a firewall reload, `nft flush ruleset`, `iptables -F`).
+    Returns one line per thing done; nothing when all was in place."""
+    from plugin.backends import make
+    from plugin.links import is_bridge
+
+    done = []
+    reg = Registry.load(state_dir())
+    gone = [a for a in reg.attachments.values() if not is_bridge(a.bridge)]
+    if gone:
+        errors = detach(reg, gone)
+        bridges = ", ".join(sorted({a.bridge for a in gone}))
+        done.append(f"forgot {len(gone)} attachment(s) of vanished bridge(s) {bridges}"
+                    + (f" ({'; '.join(errors)})" if errors else ""))
+    for name in sorted({a.backend for a in reg.attachments.values()}):
+        backend = make(name)
+        reason = backend.unavailable_reason()
+        if reason:
+            done.append(f"{name}: cannot restore isolation: {reason}")
+            continue
+        intents = [policy.intent_of(a) for a in reg.on_backend(name)]
+        missing = backend.verify(intents[0], intents[1:])
+        if missing:
+            facts = backend.ensure(intents[0], intents[1:])
+            _remember(reg, name, facts)
+            reg.save()
+            done.append(f"{name}: restored the isolation of {len(intents)} attachment(s): {'; '.join(missing[:4])}"
+                        + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""))
+    return done
+
+
+def _remember(reg: Registry, backend: str, facts: dict) -> None:
+    if not facts:
+        return
+    known = reg.backends.setdefault(backend, {})
+    for key, values in facts.items():
+        known[key] = sorted(set(known.get(key, [])) | set(values))

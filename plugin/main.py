@@ -24,11 +24,7 @@ def main() -> None:
     code = 0
     try:
         if os.environ.get("CNI_COMMAND"):
-            from plugin import cni
-
-            out, code = _run_cni(cni)
-            if out is not None:
-                sys.stdout.write(json.dumps(out) + "\n")
+            code = _run_cni()
         elif len(sys.argv) > 1 and sys.argv[1] in ("-v", "--version", "version"):
             sys.stdout.write(about())
         elif len(sys.argv) > 1:
@@ -45,9 +41,24 @@ def main() -> None:
     _exit(code)
 
 
-def _run_cni(cni) -> tuple[dict | None, int]:
-    stdin = b"" if os.environ.get("CNI_COMMAND") == "VERSION" and sys.stdin.isatty() else sys.stdin.buffer.read()
-    return cni.run(dict(os.environ), stdin)
+def _run_cni() -> int:
+    """The CNI verb: by the resident agent when one answers here, else in this process."""
+    command = os.environ.get("CNI_COMMAND")
+    stdin = b"" if command == "VERSION" and sys.stdin.isatty() else sys.stdin.buffer.read()
+    env = dict(os.environ)
+    if command != "VERSION":
+        from plugin.agent import forward
+
+        answered = forward(env, stdin)
+        if answered is not None:
+            sys.stdout.write(answered[0])
+            return answered[1]
+    from plugin import cni
+
+    out, code = cni.run(env, stdin)
+    if out is not None:
+        sys.stdout.write(json.dumps(out) + "\n")
+    return code
 
 
 def _internal_error(exc: BaseException) -> dict:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -114,6 +115,7 @@ class Lab:
         self.networks: list[Network] = []
         self.cache: dict[tuple[str, str], dict] = {}
         self.listeners: list[socket.socket] = []
+        self.agent: subprocess.Popen | None = None
         self.host = self._netns("h")
         self.outside = self._netns("o")
         try:
@@ -157,6 +159,7 @@ class Lab:
         return sh("cat", "/proc/sys/net/bridge/bridge-nf-call-iptables", netns=self.host).stdout.strip()
 
     def close(self) -> None:
+        self.stop_agent()
         for s in self.listeners:
             s.close()
         if self.host in self.namespaces:  # the plugin's state for this host namespace goes too
@@ -170,6 +173,33 @@ class Lab:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # --- the resident agent -----------------------------------------------------------------
+    def state_dir(self) -> str:
+        return os.path.join(STATE_ROOT, in_netns(self.host, netns_key))
+
+    def start_agent(self) -> str:
+        """Run `isolation agent` in the host namespace; returns its log file once it serves."""
+        log = os.path.join(self.tmp, "agent.log")
+        sock = os.path.join(self.state_dir(), "agent.sock")
+        self.agent = subprocess.Popen(self.isolation_argv("agent", "--log-file", log), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(sock):
+            if self.agent.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the agent did not start (rc={self.agent.poll()})")
+            time.sleep(0.02)
+        return log
+
+    def stop_agent(self) -> None:
+        if self.agent is not None and self.agent.poll() is None:
+            self.agent.terminate()
+            try:
+                self.agent.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.agent.kill()
+                self.agent.wait()
+        self.agent = None
 
     # --- networks and the runtime -----------------------------------------------------------
     def network(self, chain: list, isolation: dict | None = None, cni_version: str = "1.0.0") -> Network:

@@ -6,7 +6,8 @@ Expected verdicts come from the policy definitions, not from the plugin:
   same-bridge same-bridge pairs reach; cross-bridge pairs are blocked both ways
   isolated    like same-bridge, and same-bridge pairs are blocked too
 and in every case a container reaches its own gateway and a host beyond the host.
-The expectations do not depend on the backend.
+The expectations do not depend on the backend, nor on whether the resident agent serves
+the invocations (mode "agent": every ADD and CHECK must have been served by it).
 """
 
 import pytest
@@ -32,8 +33,10 @@ def expected(policy: str, same_bridge: bool) -> bool:
 @pytest.mark.parametrize("policy", ["open", "same-bridge", "isolated"])
 @pytest.mark.parametrize("chain", list(CHAINS))
 @pytest.mark.parametrize("bridge_nf", [0, 1])
-def test_matrix(make_lab, policy, chain, bridge_nf, backend):
+@pytest.mark.parametrize("mode", ["exec", "agent"])
+def test_matrix(make_lab, policy, chain, bridge_nf, backend, mode):
     lab = make_lab(bridge_nf=bridge_nf)
+    agent_log = lab.start_agent() if mode == "agent" else None
     nets = [lab.network(CHAINS[chain], isolation={"ingressPolicy": policy, "backend": backend}) for _ in range(3)]
     containers = [lab.add(net) for net in nets for _ in range(2)]
 
@@ -66,6 +69,11 @@ def test_matrix(make_lab, policy, chain, bridge_nf, backend):
         other = "nftables" if backend == "iptables" else "iptables"
         assert not _has_rules(lab, other), f"{backend} was configured, yet {other} rules appeared"
     assert _has_rules(lab, backend) == (policy != "open")
+    if agent_log:
+        with open(agent_log) as f:
+            served = [line for line in f if ": served " in line]
+        assert sum(" ADD " in line and "rc=0" in line for line in served) == len(containers)
+        assert sum(" CHECK " in line and "rc=0" in line for line in served) == len(containers)
 
 
 def _has_rules(lab, backend: str) -> bool:

@@ -1,0 +1,276 @@
+"""The optional resident agent (`isolation agent`) and the plugin's side of talking to it.
+
+The agent serves plugin invocations over a unix socket in the namespace's root-only
+state directory, running the very same engine (plugin.cni.run) with its modules,
+validated configurations and library handles already loaded. The plugin forwards
+to it when it answers and otherwise does the work itself; every change is still one
+transaction under the HostLock and the registry on disk stays the truth, so an
+agent that dies mid-request costs a retry, never a half-applied rule set.
+
+The agent also heals: it listens for nf_tables changes (any `nft` or iptables-nft
+change, a firewall reload, `nft flush ruleset`) and checks every few seconds anyway
+(iptables-legacy has no events); when the kernel lacks what the registry says is
+enforced, or a registered bridge has vanished, it reconciles and logs the repair.
+
+Wire format, both ways: a 4-byte big-endian length, then JSON. Request
+{"env": {CNI_*...}, "stdin": "<latin-1 text of the raw bytes>"}; reply
+{"stdout": "...", "rc": N}. Only root peers (SO_PEERCRED) are served, requests are
+bounded, and a bad or half-sent one only ends its own connection.
+"""
+
+import json
+import os
+import socket
+import struct
+
+SOCKET_NAME = "agent.sock"
+MAX_REQUEST = 1 << 20
+CLIENT_TIMEOUT_S = 60.0  # ADD waits up to 30 s for the lock, then applies
+REQUEST_READ_TIMEOUT_S = 5.0
+FORWARDED = ("CNI_", "ISOLATION_LOG_")
+
+
+def socket_path() -> str:
+    from plugin.hoststate import state_dir
+
+    return os.path.join(state_dir(), SOCKET_NAME)
+
+
+def _send(sock: socket.socket, obj: dict) -> None:
+    data = json.dumps(obj).encode()
+    sock.sendall(struct.pack(">I", len(data)) + data)
+
+
+def _recv(sock: socket.socket, limit: int) -> dict | None:
+    """One framed JSON object, or None when the peer closed or sent something malformed."""
+    head = _recv_exact(sock, 4)
+    if head is None:
+        return None
+    (size,) = struct.unpack(">I", head)
+    if size > limit:
+        return None
+    body = _recv_exact(sock, size)
+    try:
+        obj = json.loads(body) if body is not None else None
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    chunks, got = [], 0
+    while got < n:
+        chunk = sock.recv(min(n - got, 65536))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+# --- the plugin's side -----------------------------------------------------------------------
+def forward(env: dict, stdin: bytes) -> tuple[str, int] | None:
+    """(stdout, exit code) as the agent computed them, or None: no agent here, or it failed
+    before answering (the caller then does the work itself)."""
+    if env.get("ISOLATION_AGENT") == "off":
+        return None
+    try:
+        path = socket_path()
+    except Exception:  # no state directory: nothing to talk to
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(CLIENT_TIMEOUT_S)
+            sock.connect(path)
+            request_env = {k: v for k, v in env.items() if k.startswith(FORWARDED)}
+            _send(sock, {"env": request_env, "stdin": stdin.decode("latin-1")})
+            reply = _recv(sock, 16 * MAX_REQUEST)
+    except OSError:
+        return None
+    if reply is None or not isinstance(reply.get("stdout"), str) or not isinstance(reply.get("rc"), int):
+        return None
+    return reply["stdout"], reply["rc"]
+
+
+# --- the agent -------------------------------------------------------------------------------
+class Agent:
+    """Serves plugin requests and keeps the kernel in step with the registry."""
+
+    CHECK_EVERY_S = 3.0  # full check without an event (iptables-legacy changes send none)
+    SETTLE_S = 0.05  # after an nf_tables event, let a burst of changes finish first
+
+    def __init__(self, log_file: str | None = None):
+        import threading
+
+        self.log_file = log_file
+        self.stop = threading.Event()
+        self.served = 0
+        self.repairs = 0
+        self._slots = threading.BoundedSemaphore(64)
+
+    def log(self, message: str) -> None:
+        import sys
+        import time
+
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}Z isolation-agent[{os.getpid()}]: {message}\n"
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        if self.log_file:
+            try:
+                fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    os.write(fd, line.encode(errors="replace"))
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+
+    def run(self) -> int:
+        import threading
+
+        from plugin import cni  # noqa: F401  (warm: the engine's modules are loaded once)
+        from plugin import config, lifecycle, registry  # noqa: F401
+        from plugin.backends import iptables, nftables  # noqa: F401
+
+        path = socket_path()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            os.unlink(path)  # a previous agent's socket; the directory is root-only
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            listener.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        listener.listen(128)
+        listener.settimeout(0.5)
+        self.log(f"serving on {path}")
+        watcher = threading.Thread(target=self._watch, name="watch", daemon=True)
+        watcher.start()
+        try:
+            while not self.stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except socket.timeout:
+                    continue
+                self._slots.acquire()
+                threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
+        finally:
+            listener.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            self.log(f"stopped after {self.served} request(s) and {self.repairs} repair(s)")
+        return 0
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                pid, uid, _ = struct.unpack("3i", creds)
+                if uid != 0:
+                    self.log(f"refused a request from uid {uid} (pid {pid}): only root is served")
+                    return
+                conn.settimeout(REQUEST_READ_TIMEOUT_S)
+                request = _recv(conn, MAX_REQUEST)
+                env, stdin = (request or {}).get("env"), (request or {}).get("stdin")
+                if not isinstance(env, dict) or not isinstance(stdin, str) or not all(
+                        isinstance(k, str) and isinstance(v, str) and k.startswith(FORWARDED) for k, v in env.items()):
+                    self.log(f"dropped a malformed request from pid {pid}")
+                    return
+                from plugin import cni
+
+                out, rc = cni.run(env, stdin.encode("latin-1"))
+                conn.settimeout(CLIENT_TIMEOUT_S)
+                _send(conn, {"stdout": json.dumps(out) + "\n" if out is not None else "", "rc": rc})
+                self.served += 1
+                self.log(f"served {env.get('CNI_COMMAND')} for {env.get('CNI_CONTAINERID', '-')}: rc={rc}")
+        except Exception as exc:  # one connection's trouble never takes the agent down
+            self.log(f"request failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._slots.release()
+
+    def _watch(self) -> None:
+        """Reconcile after every nf_tables change (settled) and every CHECK_EVERY_S."""
+        import time
+
+        events = _nftables_events()
+        next_full = 0.0
+        while not self.stop.is_set():
+            changed = False
+            if events is not None:
+                events.settimeout(0.25)
+                try:
+                    events.recv(1 << 16)
+                    changed = True
+                    time.sleep(self.SETTLE_S)
+                    _drain(events)
+                except socket.timeout:
+                    pass
+                except OSError:  # ENOBUFS: events were lost, so look anyway
+                    changed = True
+            else:
+                time.sleep(0.25)
+            if changed or time.monotonic() >= next_full:
+                next_full = time.monotonic() + self.CHECK_EVERY_S
+                self._reconcile()
+
+    def _reconcile(self) -> None:
+        from plugin.hoststate import HostLock
+        from plugin.lifecycle import reconcile
+
+        try:
+            with HostLock(timeout=5.0):
+                done = reconcile()
+        except Exception as exc:
+            self.log(f"reconcile failed: {type(exc).__name__}: {exc}")
+            return
+        for line in done:
+            self.repairs += 1
+            self.log(f"repaired: {line}")
+
+
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES = 7
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+
+
+def _nftables_events() -> socket.socket | None:
+    """A netlink socket receiving every nf_tables change in this namespace, or None."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+        sock.bind((0, 0))
+        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        return sock
+    except OSError:
+        return None
+
+
+def _drain(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.recv(1 << 16)
+    except OSError:
+        pass
+    finally:
+        sock.setblocking(True)
+
+
+def serve(log_file: str | None = None) -> int:
+    """`isolation agent`: run until SIGTERM or SIGINT."""
+    import signal
+
+    agent = Agent(log_file)
+
+    def stop(*_):
+        agent.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return agent.run()
