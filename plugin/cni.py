@@ -7,7 +7,7 @@ that need them, so VERSION and a plain DEL stay cheap.
 import json
 import time
 
-from plugin import SUPPORTED_VERSIONS
+from plugin import SUPPORTED_VERSIONS, version_result
 from plugin.errors import (
     CHECK_FAILED,
     DECODE_FAILURE,
@@ -91,7 +91,7 @@ def run(env: dict, stdin: bytes) -> tuple[dict | None, int]:
     """Execute one CNI invocation; returns (JSON to print or None, exit code)."""
     inv = Invocation(env, stdin)
     if inv.command == "VERSION":
-        return {"cniVersion": LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)}, 0
+        return version_result(), 0
     started = time.monotonic()
     outcome = {"result": "ok"}
     try:

@@ -1,10 +1,9 @@
 """Entry point of the `isolation` binary: a CNI plugin when CNI_COMMAND is set, else a CLI."""
 
-import json
 import os
 import sys
 
-from plugin import SUPPORTED_VERSIONS, __version__
+from plugin import SUPPORTED_VERSIONS, __version__, version_json
 
 
 def about() -> str:
@@ -37,6 +36,8 @@ def main() -> None:
         code = exc.code if isinstance(exc.code, int) else 2
     except BaseException as exc:  # never a traceback on a runtime's stdout
         code = 1
+        import json
+
         sys.stdout.write(json.dumps(_internal_error(exc)) + "\n")
     _exit(code)
 
@@ -44,15 +45,21 @@ def main() -> None:
 def _run_cni() -> int:
     """The CNI verb: by the resident agent when one answers here, else in this process."""
     command = os.environ.get("CNI_COMMAND")
-    stdin = b"" if command == "VERSION" and sys.stdin.isatty() else sys.stdin.buffer.read()
+    if command == "VERSION":  # runtimes call it for every plugin of every conflist: nothing to import
+        if not sys.stdin.isatty():
+            sys.stdin.buffer.read()
+        sys.stdout.write(version_json() + "\n")
+        return 0
+    stdin = sys.stdin.buffer.read()
     env = dict(os.environ)
-    if command != "VERSION":
-        from plugin.agent import forward
+    from plugin.agent import forward
 
-        answered = forward(env, stdin)
-        if answered is not None:
-            sys.stdout.write(answered[0])
-            return answered[1]
+    answered = forward(env, stdin)
+    if answered is not None:
+        sys.stdout.write(answered[0])
+        return answered[1]
+    import json
+
     from plugin import cni
 
     out, code = cni.run(env, stdin)
