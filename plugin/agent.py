@@ -18,9 +18,9 @@ Wire format, both ways: a 4-byte big-endian length, then JSON. Request
 bounded, and a bad or half-sent one only ends its own connection.
 """
 
+import _socket  # the client runs on every start: `socket` would import selectors and enum
 import json
 import os
-import socket
 import struct
 
 SOCKET_NAME = "agent.sock"
@@ -28,6 +28,8 @@ MAX_REQUEST = 1 << 20
 CLIENT_TIMEOUT_S = 60.0  # ADD waits up to 30 s for the lock, then applies
 REQUEST_READ_TIMEOUT_S = 5.0
 FORWARDED = ("CNI_", "ISOLATION_LOG_")
+WARM = ("plugin.cni", "plugin.config", "plugin.model", "plugin.lifecycle", "plugin.registry",
+        "plugin.backends.iptables", "plugin.backends.nftables", "nftables")
 
 
 def socket_path() -> str:
@@ -36,12 +38,12 @@ def socket_path() -> str:
     return os.path.join(state_dir(), SOCKET_NAME)
 
 
-def _send(sock: socket.socket, obj: dict) -> None:
+def _send(sock, obj: dict) -> None:
     data = json.dumps(obj).encode()
     sock.sendall(struct.pack(">I", len(data)) + data)
 
 
-def _recv(sock: socket.socket, limit: int) -> dict | None:
+def _recv(sock, limit: int) -> dict | None:
     """One framed JSON object, or None when the peer closed or sent something malformed."""
     head = _recv_exact(sock, 4)
     if head is None:
@@ -57,7 +59,7 @@ def _recv(sock: socket.socket, limit: int) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+def _recv_exact(sock, n: int) -> bytes | None:
     chunks, got = [], 0
     while got < n:
         chunk = sock.recv(min(n - got, 65536))
@@ -78,15 +80,17 @@ def forward(env: dict, stdin: bytes) -> tuple[str, int] | None:
         path = socket_path()
     except Exception:  # no state directory: nothing to talk to
         return None
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-            sock.settimeout(CLIENT_TIMEOUT_S)
-            sock.connect(path)
-            request_env = {k: v for k, v in env.items() if k.startswith(FORWARDED)}
-            _send(sock, {"env": request_env, "stdin": stdin.decode("latin-1")})
-            reply = _recv(sock, 16 * MAX_REQUEST)
+        sock.settimeout(CLIENT_TIMEOUT_S)
+        sock.connect(path)
+        request_env = {k: v for k, v in env.items() if k.startswith(FORWARDED)}
+        _send(sock, {"env": request_env, "stdin": stdin.decode("latin-1")})
+        reply = _recv(sock, 16 * MAX_REQUEST)
     except OSError:
         return None
+    finally:
+        sock.close()
     if reply is None or not isinstance(reply.get("stdout"), str) or not isinstance(reply.get("rc"), int):
         return None
     return reply["stdout"], reply["rc"]
@@ -126,11 +130,13 @@ class Agent:
                 pass
 
     def run(self) -> int:
+        import socket
         import threading
 
-        from plugin import cni  # noqa: F401  (warm: the engine's modules are loaded once)
-        from plugin import config, lifecycle, registry  # noqa: F401
-        from plugin.backends import iptables, nftables  # noqa: F401
+        import importlib
+
+        for module in WARM:  # loaded once, here, instead of by every request
+            importlib.import_module(module)
 
         path = socket_path()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -166,10 +172,10 @@ class Agent:
             self.log(f"stopped after {self.served} request(s) and {self.repairs} repair(s)")
         return 0
 
-    def _serve_one(self, conn: socket.socket) -> None:
+    def _serve_one(self, conn) -> None:
         try:
             with conn:
-                creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
                 pid, uid, _ = struct.unpack("3i", creds)
                 if uid != 0:
                     self.log(f"refused a request from uid {uid} (pid {pid}): only root is served")
@@ -195,6 +201,7 @@ class Agent:
 
     def _watch(self) -> None:
         """Reconcile after every nf_tables change (settled) and every CHECK_EVERY_S."""
+        import socket
         import time
 
         events = _nftables_events()
@@ -239,8 +246,10 @@ SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 
 
-def _nftables_events() -> socket.socket | None:
+def _nftables_events():
     """A netlink socket receiving every nf_tables change in this namespace, or None."""
+    import socket
+
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
         sock.bind((0, 0))
@@ -251,7 +260,7 @@ def _nftables_events() -> socket.socket | None:
         return None
 
 
-def _drain(sock: socket.socket) -> None:
+def _drain(sock) -> None:
     sock.setblocking(False)
     try:
         while True:

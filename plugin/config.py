@@ -9,10 +9,17 @@ so a new build never trusts an old verdict. Rejected input is never cached: it
 is validated (and explained) every time.
 """
 
-import hashlib
 import json
 import os
 import sys
+
+try:  # CPython's own SHA-256: `hashlib` would load OpenSSL's libcrypto and parse openssl.cnf (~2 ms)
+    from _sha256 import sha256
+except ImportError:  # Python >= 3.12 names it _sha2; elsewhere, hashlib
+    try:
+        from _sha2 import sha256
+    except ImportError:
+        from hashlib import sha256
 from types import SimpleNamespace
 
 from plugin import __version__
@@ -31,7 +38,7 @@ def _fingerprint() -> str:
 def _key(raw: dict) -> str:
     subset = {k: v for k, v in raw.items() if k not in IGNORED}
     text = json.dumps([_fingerprint(), subset], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256(text.encode()).hexdigest()
 
 
 def load(raw: dict, use_cache: bool = True) -> SimpleNamespace:

@@ -4,13 +4,23 @@ A backend renders a BridgeIntent into its own rules; nothing here touches the ho
 so every decision can be unit-tested and pinned in golden files.
 """
 
-import ipaddress
-from dataclasses import dataclass
+from plugin.record import record
 
-ND_TYPES = (133, 134, 135, 136, 137)  # IPv6 router/neighbour solicitation and advertisement, redirect
+ND_TYPES = (133, 134, 135, 136, 137)
 
 
-@dataclass(frozen=True)
+def family_of(cidr: str) -> int:
+    """4 or 6 for a canonical CIDR (plugin.model refuses IPv4 written inside IPv6)."""
+    return 6 if ":" in cidr else 4
+
+
+def split_cidr(cidr: str) -> tuple[str, int, bool]:
+    """(address, prefix length, whether it is a single address) of a canonical CIDR."""
+    addr, _, length = cidr.partition("/")
+    return addr, int(length), int(length) == (128 if ":" in addr else 32)  # IPv6 router/neighbour solicitation and advertisement, redirect
+
+
+@record(frozen=True)
 class Hole:
     """A destination containers may open connections to despite a deny: an `allowEgress`
     entry (cidr set) or an `allowHostPorts` entry (cidr empty: any host address).
@@ -22,10 +32,10 @@ class Hole:
 
     @property
     def family(self) -> int | None:
-        return ipaddress.ip_network(self.cidr).version if self.cidr else None
+        return family_of(self.cidr) if self.cidr else None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Guard:
     """Where containers of one bridge may open connections, besides other bridges.
 
@@ -48,7 +58,7 @@ class Guard:
         return bool(self.deny) or self.host_deny
 
     def deny_in(self, family: int) -> tuple[str, ...]:
-        return tuple(c for c in self.deny if ipaddress.ip_network(c).version == family)
+        return tuple(c for c in self.deny if family_of(c) == family)
 
     def allow_in(self, family: int) -> tuple[Hole, ...]:
         return tuple(h for h in self.allow if h.family == family)
@@ -93,6 +103,8 @@ def merge(guards) -> Guard:
     distinct = list(dict.fromkeys(g for g in guards if g.active))
     if len(distinct) <= 1:
         return distinct[0] if distinct else NO_GUARD
+    import ipaddress  # only here: ~1 ms to import, and guards rarely differ
+
     nets = [ipaddress.ip_network(c) for g in distinct for c in g.deny]
     deny = tuple(str(n) for v in (4, 6) for n in ipaddress.collapse_addresses(x for x in nets if x.version == v))
     deniers = [g for g in distinct if g.deny]
@@ -111,7 +123,7 @@ def guards(intents) -> dict[str, Guard]:
     return {b: g for b, g in merged.items() if g.active}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BridgeIntent:
     """The isolation wanted for one bridge.
 
@@ -171,7 +183,7 @@ def peers(intents) -> dict[str, set[str]]:
     return found
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Release:
     """What one departing attachment takes with it, on the backend that enforced it.
 

@@ -10,15 +10,15 @@ never a torn one.
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
 
 from plugin.errors import IO_FAILURE, CniError
+from plugin.record import Factory, as_dict, record
 
 FILENAME = "registry.json"
 FORMAT = 1
 
 
-@dataclass(frozen=True)
+@record(frozen=True, unhashed=("guard",))
 class Attachment:
     network: str
     container: str
@@ -30,7 +30,7 @@ class Attachment:
     addresses: tuple[str, ...] = ()
     published: bool = True
     group: str | None = None
-    guard: dict | None = field(default=None, hash=False)  # policy.Guard.to_json()
+    guard: dict | None = None  # policy.Guard.to_json()
 
     @property
     def key(self) -> str:
@@ -41,11 +41,11 @@ def attachment_key(network: str, container: str, ifname: str) -> str:
     return json.dumps([network, container, ifname])
 
 
-@dataclass
+@record
 class Registry:
     path: str
-    attachments: dict[str, Attachment] = field(default_factory=dict)
-    backends: dict[str, dict] = field(default_factory=dict)  # per-backend facts, e.g. tables we created
+    attachments: dict[str, Attachment] = Factory(dict)
+    backends: dict[str, dict] = Factory(dict)  # per-backend facts, e.g. tables we created
 
     @classmethod
     def load(cls, state_dir: str) -> "Registry":
@@ -68,7 +68,7 @@ class Registry:
     def save(self) -> None:
         data = {
             "format": FORMAT,
-            "attachments": [asdict(a) for a in sorted(self.attachments.values(), key=lambda a: a.key)],
+            "attachments": [as_dict(a) for a in sorted(self.attachments.values(), key=lambda a: a.key)],
             "backends": self.backends,
         }
         tmp = f"{self.path}.{os.getpid()}.tmp"

@@ -33,15 +33,14 @@ transaction computed from one `iptables-save`; if another writer changed the
 table in between, the transaction fails as a whole and is recomputed.
 """
 
-import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
 
 from plugin import bridgenf
+from plugin.record import Factory, record
 from plugin.errors import ENFORCEMENT_FAILED, TRY_AGAIN_LATER, CniError
 from plugin.links import valid_name
-from plugin.policy import ND_TYPES, NO_GUARD, BridgeIntent, Guard, Hole, Release, guards, peers
+from plugin.policy import ND_TYPES, NO_GUARD, BridgeIntent, Guard, Hole, Release, guards, peers, split_cidr
 from plugin.tools import find, run_all
 
 STAGE1 = "CNI-ISOLATION-STAGE-1"
@@ -61,12 +60,12 @@ ATTEMPTS = 3
 BUILTIN = ("INPUT", "FORWARD", "OUTPUT")
 
 
-@dataclass
+@record
 class FilterTable:
     """The filter table as iptables-save prints it: chain -> list of rule argument lists."""
 
-    chains: dict[str, list[list[str]]] = field(default_factory=dict)
-    policies: dict[str, str] = field(default_factory=dict)
+    chains: dict[str, list[list[str]]] = Factory(dict)
+    policies: dict[str, str] = Factory(dict)
     nft_variant: bool = False  # iptables-nft (tables are nftables tables) rather than legacy
 
     @classmethod
@@ -153,8 +152,8 @@ ICMP = {"ipv4": ["-p", "icmp"], "ipv6": ["-p", "ipv6-icmp"]}
 
 def _address(cidr: str) -> str:
     """As iptables-save prints it: a single address without its /32 or /128."""
-    net = ipaddress.ip_network(cidr)
-    return str(net.network_address) if net.prefixlen == net.max_prefixlen else cidr
+    addr, _, single = split_cidr(cidr)
+    return addr if single else cidr
 
 
 def _hole(br: str, hole: Hole, family: str) -> list[list[str]]:

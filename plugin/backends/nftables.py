@@ -46,14 +46,13 @@ when its socket closes); a damaged table is deleted and rebuilt in one transacti
 keeping the elements it still had.
 """
 
-import ipaddress
 import os
 import sys
-from dataclasses import dataclass, field
 
+from plugin.record import Factory, record
 from plugin.errors import ENFORCEMENT_FAILED, CniError
 from plugin.links import valid_name
-from plugin.policy import ND_TYPES, BridgeIntent, Guard, Hole, Release, guards, peers
+from plugin.policy import ND_TYPES, BridgeIntent, Guard, Hole, Release, guards, peers, split_cidr
 
 TABLE = "isolation"
 LIBRARY = "libnftables.so.1"
@@ -76,7 +75,7 @@ COUNTER = {"counter": {"packets": 0, "bytes": 0}}
 RETURN = {"return": None}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TableSpec:
     """One of our tables, exactly as it must be (besides the per-bridge guard chains)."""
 
@@ -84,7 +83,7 @@ class TableSpec:
     prio: int
     sets: dict
     chains: dict  # name -> (hook, rules)
-    maps: dict = field(default_factory=dict)  # name -> key type (values are verdicts)
+    maps: dict = Factory(dict)  # name -> key type (values are verdicts)
 
     def create(self) -> list[dict]:
         base = {"family": self.family, "table": TABLE}
@@ -142,10 +141,8 @@ def _one_or_set(values: list):
 
 
 def _address(cidr: str):
-    net = ipaddress.ip_network(cidr)
-    if net.prefixlen == net.max_prefixlen:
-        return str(net.network_address)
-    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+    addr, length, single = split_cidr(cidr)
+    return addr if single else {"prefix": {"addr": addr, "len": length}}
 
 
 def _destination(family: int, right) -> dict:
@@ -217,14 +214,14 @@ def _is_guard_chain(name: str) -> bool:
     return name.split("-", 1)[0] in GUARD_MAPS and "-" in name
 
 
-@dataclass
+@record
 class TableState:
     """What the kernel holds of one of our tables."""
 
     exists: bool = False
     intact: bool = False
-    elements: dict[str, set] = field(default_factory=dict)  # map elements as (key, jump target)
-    chains: dict[str, list] = field(default_factory=dict)  # the per-bridge guard chains and their rules
+    elements: dict[str, set] = Factory(dict)  # map elements as (key, jump target)
+    chains: dict[str, list] = Factory(dict)  # the per-bridge guard chains and their rules
 
     @classmethod
     def parse(cls, listing: list[dict] | None, spec: TableSpec) -> "TableState":

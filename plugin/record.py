@@ -1,0 +1,75 @@
+"""Value classes without `dataclasses`.
+
+Importing `dataclasses` pulls in `inspect` (and ast, dis, tokenize), and decorating a
+class compiles code for it: together ~7 ms on every container start, for nine small
+classes. `record` gives them what they use of dataclasses, generically: an __init__
+taking fields by position or keyword with defaults (a Factory makes a fresh default
+per instance), value equality, a readable repr, and for frozen records immutability
+and a hash (fields named in `unhashed` left out of it).
+"""
+
+__all__ = ["Factory", "as_dict", "record"]
+
+
+class Factory:
+    """A default made anew for each instance, as dataclasses' default_factory."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make):
+        self.make = make
+
+
+def record(cls=None, *, frozen: bool = False, unhashed: tuple = ()):
+    def wrap(cls):
+        names = tuple(cls.__dict__.get("__annotations__", {}))
+        defaults = {n: cls.__dict__[n] for n in names if n in cls.__dict__}
+        for n, value in defaults.items():
+            if isinstance(value, Factory):
+                delattr(cls, n)
+        hashed = tuple(n for n in names if n not in unhashed)
+
+        def __init__(self, *args, **kwargs):
+            if len(args) > len(names):
+                raise TypeError(f"{cls.__name__}() takes {len(names)} positional arguments, {len(args)} given")
+            values = dict(zip(names, args))
+            for key, value in kwargs.items():
+                if key not in names or key in values:
+                    raise TypeError(f"{cls.__name__}() got an unexpected or repeated argument {key!r}")
+                values[key] = value
+            for n in names:
+                if n not in values:
+                    if n not in defaults:
+                        raise TypeError(f"{cls.__name__}() missing argument {n!r}")
+                    default = defaults[n]
+                    values[n] = default.make() if isinstance(default, Factory) else default
+                object.__setattr__(self, n, values[n])
+
+        def __eq__(self, other):
+            if other.__class__ is not self.__class__:
+                return NotImplemented
+            return all(getattr(self, n) == getattr(other, n) for n in names)
+
+        def __repr__(self):
+            return f"{cls.__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
+
+        cls.__init__, cls.__eq__, cls.__repr__ = __init__, __eq__, __repr__
+        cls.__record_fields__ = names
+        if frozen:
+            def __setattr__(self, name, value):
+                raise AttributeError(f"{cls.__name__} is frozen: cannot assign {name!r}")
+
+            def __hash__(self):
+                return hash(tuple(getattr(self, n) for n in hashed))
+
+            cls.__setattr__, cls.__delattr__, cls.__hash__ = __setattr__, __setattr__, __hash__
+        else:
+            cls.__hash__ = None
+        return cls
+
+    return wrap if cls is None else wrap(cls)
+
+
+def as_dict(obj) -> dict:
+    """The record's fields by name (values as they are)."""
+    return {n: getattr(obj, n) for n in obj.__record_fields__}
