@@ -66,11 +66,14 @@ GO_PLUGIN = os.path.join(CNI_DIR, "firewall")
 TIMEOUT_S = 60
 WARMUP_RUNS = 3
 
-# The two contenders: key -> (their entry in the conflist, whether they get PATH)
+# The contenders: key -> (their entry in the conflist, whether they get PATH). "agent" is our
+# same binary in a host namespace where `isolation agent` runs: the plugin forwards to it.
 CONTENDERS = {
     "ours": ({"type": "isolation"}, False),
+    "agent": ({"type": "isolation"}, False),
     "go": ({"type": "firewall", "backend": "iptables", "ingressPolicy": "same-bridge"}, True),
 }
+OURS = ("ours", "agent")
 VERBS = ("VERSION", "ADD", "CHECK", "DEL")  # table order; measured as ADD, CHECK, VERSION, DEL
 
 log = harness.logger("bench")
@@ -140,7 +143,7 @@ class Host(harness.Worker):
 
     def about(self) -> str:
         """The plugin's self-description (ours: --version; Go skel: no CNI_COMMAND, on stderr)."""
-        argv = [self.plugin_path, "--version"] if self.key == "ours" else [self.plugin_path]
+        argv = [self.plugin_path, "--version"] if self.key in OURS else [self.plugin_path]
         self.send(argv, {"PATH": SYSTEM_PATH} if self.with_path else {}, b"")
         _, rc, out, err = self.result()
         if isinstance(rc, str):  # could not run
@@ -169,14 +172,28 @@ def package_version(path: str) -> str:
 
 
 def interleaved(hosts: dict[str, Host], cell: int, command: str, container: dict | None, into: dict) -> None:
-    """One cell: both plugins once, back to back; who goes first alternates with the cell."""
-    order = ("ours", "go") if cell % 2 == 0 else ("go", "ours")
-    for key in order:
+    """One cell: every contender once, back to back; who goes first rotates with the cell."""
+    keys = list(hosts)
+    for key in keys[cell % len(keys):] + keys[:cell % len(keys)]:
         into[key].append(hosts[key].plugin(command, container))
 
 
-def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Host]) -> dict:
-    # Names: prefix is 6 chars; "<prefix>-oursh"/"-goh" hosts, "<prefix><o|g><k>" containers.
+def start_agent(host: Host, plugin: str) -> subprocess.Popen:
+    """`isolation agent` in the host namespace (untimed), once its socket exists."""
+    proc = subprocess.Popen(["ip", "netns", "exec", host.netns, plugin, "agent"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sock = os.path.join(harness.STATE_ROOT, host.state_key, "agent.sock")
+    deadline = time.monotonic() + 30
+    while not os.path.exists(sock):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"the agent did not start in {host.netns} (exit {proc.poll()})")
+        time.sleep(0.02)
+    return proc
+
+
+def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Host], agents: list) -> dict:
+    # Names: prefix is 6 chars; "<prefix>-oursh"/"-agenth"/"-goh" hosts, "<prefix><o|a|g><k>" containers.
+    contenders = [k for k in CONTENDERS if k != "agent" or not args.no_agent]
     containers = []
     for k in range(args.bridges * args.containers):
         b = k % args.bridges + 1  # round-robin: bridges fill up together, as containers come and go
@@ -186,25 +203,27 @@ def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Hos
                 "network": f"{prefix}-net{b}",
                 "bridge": f"{prefix}b{b}",
                 "bridge_index": b,
-                "netns": {key: f"{prefix}{key[0]}{k + 1}" for key in CONTENDERS},
+                "netns": {key: f"{prefix}{key[0]}{k + 1}" for key in contenders},
             }
         )
     names = []
-    for key in CONTENDERS:
+    for key in contenders:
         host_ns = f"{prefix}-{key}h"
         names += [host_ns, *(c["netns"][key] for c in containers)]
-        hosts[key] = Host(key, host_ns, args.plugin if key == "ours" else GO_PLUGIN, os.path.join(tmp, f"ipam-{key}"))
+        hosts[key] = Host(key, host_ns, args.plugin if key in OURS else GO_PLUGIN, os.path.join(tmp, f"ipam-{key}"))
     log(f"creating {len(names)} network namespaces with prefix {prefix}")
     harness.add_namespaces(names, made)
-    for key in CONTENDERS:
+    for key in contenders:
         harness.lo_up(hosts[key].netns)
         hosts[key].start()
+    if "agent" in hosts:
+        agents.append(start_agent(hosts["agent"], args.plugin))
 
     log(f"building the grid: {args.bridges} bridges x {args.containers} containers per host (bridge + host-local)")
-    for c in containers:  # untimed; both hosts at once
-        for key in CONTENDERS:
+    for c in containers:  # untimed; all hosts at once
+        for key in contenders:
             hosts[key].bridge_add(c)
-        for key in CONTENDERS:
+        for key in contenders:
             hosts[key].bridge_added(c)
 
     versions = {key: {"about": h.about(), "path": h.plugin_path} for key, h in hosts.items()}
@@ -215,7 +234,7 @@ def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Hos
                            json.dumps({"cniVersion": CNI_VERSION}).encode(), want_json=True)
         versions[key]["supportedVersions"] = json.loads(out).get("supportedVersions")
 
-    samples = {verb: {key: [] for key in CONTENDERS} for verb in VERBS}
+    samples = {verb: {key: [] for key in contenders} for verb in VERBS}
     load_start = os.getloadavg()
     started = time.monotonic()
     for verb in ("ADD", "CHECK"):
@@ -232,12 +251,15 @@ def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Hos
     elapsed = time.monotonic() - started
     load_end = os.getloadavg()
 
+    peak_rss = {key: hosts[key].peak_rss_kib() for key in contenders}
     verbs = {}
     for verb in VERBS:
         row = {"n": len(samples[verb]["ours"])}
-        for key in CONTENDERS:
+        for key in contenders:
             row[key] = harness.summary(samples[verb][key])
-        row["ratio_median"] = row["ours"]["median_ms"] / row["go"]["median_ms"]
+        for key in contenders:
+            if key != "go":
+                row[f"ratio_{key}"] = row[key]["median_ms"] / row["go"]["median_ms"]
         verbs[verb] = row
     return {
         **harness.stamp(),
@@ -245,8 +267,9 @@ def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Hos
         "load": {"start": list(load_start), "end": list(load_end)},
         "measured_seconds": round(elapsed, 2),
         "cniVersion": CNI_VERSION,
-        "plugins": {key: {**versions[key], "conf": CONTENDERS[key][0]} for key in CONTENDERS},
+        "plugins": {key: {**versions[key], "conf": CONTENDERS[key][0]} for key in contenders},
         "filter_rules_after_add": rules,
+        "peak_rss_kib": peak_rss,
         "verbs": verbs,
     }
 
@@ -265,20 +288,20 @@ def render(r: dict) -> str:
         lines.append(f"{key:4}: {p['path']} -- {p['about']}{extra}; conf {json.dumps(p['conf'])}")
     rules = "; ".join(f"{k} {v['iptables-save']} v4 / {v['ip6tables-save']} v6" for k, v in r["filter_rules_after_add"].items())
     lines += [f"filter rules after ADD: {rules}", ""]
-    head = ["verb", "n", "ours median", "ours p95", "go median", "go p95", "ratio (median)"]
+    keys = [k for k in r["plugins"] if k != "go"]
+    head = ["verb", "n"] + [f"{k} {stat}" for k in [*keys, "go"] for stat in ("median", "p95")]
+    head += [f"{k}/go" for k in keys]
     rows = []
     for verb, v in r["verbs"].items():
-        rows.append([
-            verb,
-            str(v["n"]),
-            f"{v['ours']['median_ms']:.1f} ms",
-            f"{v['ours']['p95_ms']:.1f} ms",
-            f"{v['go']['median_ms']:.1f} ms",
-            f"{v['go']['p95_ms']:.1f} ms",
-            f"{v['ratio_median']:.2f}x",
-        ])
+        row = [verb, str(v["n"])]
+        for k in [*keys, "go"]:
+            row += [f"{v[k]['median_ms']:.1f} ms", f"{v[k]['p95_ms']:.1f} ms"]
+        rows.append(row + [f"{v[f'ratio_{k}']:.2f}x" for k in keys])
     lines += harness.table(head, rows)
-    lines += ["", "p95: nearest rank; ratio: ours median / go median (below 1: ours is faster)"]
+    rss = ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in r["peak_rss_kib"].items())
+    lines += ["", f"peak RSS of one exec (largest over the run): {rss}",
+              "p95: nearest rank; k/go: median over go's median (below 1: faster than Go); "
+              "agent: our plugin forwarding to `isolation agent`"]
     return "\n".join(lines)
 
 
@@ -289,6 +312,7 @@ def main() -> int:
     ap.add_argument("--plugin", default=harness.OUR_PLUGIN, help="our frozen binary (default: %(default)s)")
     ap.add_argument("--version-runs", type=int, default=40, help="interleaved VERSION cells (default: %(default)s)")
     ap.add_argument("--json", action="store_true", help="print the numbers (and raw samples) as JSON")
+    ap.add_argument("--no-agent", action="store_true", help="leave out the contender with a resident agent")
     args = ap.parse_args()
     if not 1 <= args.bridges <= 254 or args.containers < 1 or args.bridges * args.containers > 9999:
         ap.error("need 1..254 bridges and 1..9999 containers in all (addresses and names must fit)")
@@ -298,9 +322,17 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix=f"cni-bench-{prefix}-")
     made: list[str] = []
     hosts: dict[str, Host] = {}
+    agents: list[subprocess.Popen] = []
+
+    def clean_up() -> None:
+        for proc in agents:  # before the namespaces go
+            proc.terminate()
+            proc.wait(timeout=10)
+        harness.cleanup(prefix, made, list(hosts.values()), tmp, log)
+
     return harness.run(
-        lambda: benchmark(args, prefix, tmp, made, hosts),
-        lambda: harness.cleanup(prefix, made, list(hosts.values()), tmp, log),
+        lambda: benchmark(args, prefix, tmp, made, hosts, agents),
+        clean_up,
         render,
         args.json,
         log,

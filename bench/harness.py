@@ -49,6 +49,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -148,6 +149,8 @@ def _serve(netns: str, conn, timeout: float) -> None:
         kind, payload = req
         if kind == "run":
             conn.send(("done", timed_run(*payload, timeout)))
+        elif kind == "rss":  # the peak resident set of any process run here so far, in KiB
+            conn.send(("done", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
         else:
             jobs, parallel = payload
             if parallel <= 1:
@@ -233,6 +236,11 @@ class Worker:
         """(duration ns, stdout) of one process in this namespace (env: PATH only by default)."""
         self.send(argv, {"PATH": SYSTEM_PATH} if env is None else env, stdin)
         return self.receive(what, stdin, want_json)
+
+    def peak_rss_kib(self) -> int:
+        """The largest peak RSS of the processes this worker ran (they are its only children)."""
+        self.conn.send(("rss", None))
+        return self.conn.recv()[1]
 
     def send_many(self, jobs: list[tuple], parallel: int) -> None:
         """Start (argv, env, stdin) jobs, `parallel` at a time; the results come with receive_many()."""
