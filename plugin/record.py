@@ -8,7 +8,7 @@ per instance), value equality, a readable repr, and for frozen records immutabil
 and a hash (fields named in `unhashed` left out of it).
 """
 
-__all__ = ["Factory", "as_dict", "record"]
+__all__ = ["Factory", "as_dict", "from_dict", "record"]
 
 
 class Factory:
@@ -55,6 +55,7 @@ def record(cls=None, *, frozen: bool = False, unhashed: tuple = ()):
 
         cls.__init__, cls.__eq__, cls.__repr__ = __init__, __eq__, __repr__
         cls.__record_fields__ = names
+        cls.__record_plain_defaults__ = {n: v for n, v in defaults.items() if not isinstance(v, Factory)}
         if frozen:
             def __setattr__(self, name, value):
                 raise AttributeError(f"{cls.__name__} is frozen: cannot assign {name!r}")
@@ -73,3 +74,18 @@ def record(cls=None, *, frozen: bool = False, unhashed: tuple = ()):
 def as_dict(obj) -> dict:
     """The record's fields by name (values as they are)."""
     return {n: getattr(obj, n) for n in obj.__record_fields__}
+
+
+def from_dict(cls, values: dict):
+    """An instance from a dict of field values, without __init__'s argument handling: for
+    trusted data read in bulk (the registry). Unknown fields raise TypeError; missing ones
+    take their plain default (a field without one raises TypeError too)."""
+    names = cls.__record_fields__
+    if not values.keys() <= set(names):
+        raise TypeError(f"{cls.__name__}: unknown fields {sorted(values.keys() - set(names))}")
+    obj = object.__new__(cls)
+    obj.__dict__.update(cls.__record_plain_defaults__)
+    obj.__dict__.update(values)
+    if len(obj.__dict__) != len(names):
+        raise TypeError(f"{cls.__name__}: missing fields {sorted(set(names) - obj.__dict__.keys())}")
+    return obj

@@ -222,3 +222,27 @@ def test_record_behaves_like_the_dataclasses_it_replaces():
     assert b.items == {} and a != b, "each instance gets its own default"
     with _pytest.raises(TypeError):
         hash(a)
+
+
+def test_registry_lines_are_reused_only_for_unchanged_attachments(tmp_path):
+    from plugin.registry import Attachment, Registry
+
+    reg = Registry.load(str(tmp_path))
+    guard = {"deny": ["10.0.0.0/8"], "allow": [], "hostDeny": True, "hostPorts": [["udp", ["53"]]]}
+    for i in range(3):
+        a = Attachment("net", f"c{i}", "eth0", "br0", f"veth{i}", "same-bridge", "nftables", ("10.0.0.2/24",),
+                       guard=guard if i == 1 else None)
+        reg.attachments[a.key] = a
+    reg.save()
+    again = Registry.load(str(tmp_path))
+    assert again.attachments == reg.attachments and len(again.lines) == 3
+    changed = Attachment("net", "c2", "eth0", "br1", "veth9", "isolated", "iptables")  # same key, new content
+    again.attachments[changed.key] = changed
+    del again.attachments[("net", "c0", "eth0")]
+    again.save()
+    third = Registry.load(str(tmp_path))
+    assert third.attachments == {("net", "c1", "eth0"): reg.attachments[("net", "c1", "eth0")], changed.key: changed}
+    empty = Registry.load(str(tmp_path))
+    empty.attachments.clear()
+    empty.save()
+    assert Registry.load(str(tmp_path)).attachments == {}
