@@ -17,13 +17,13 @@ from plugin.registry import Attachment, Registry
 
 
 def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None:
-    """Enforce `intent` and record `attachment`. Every registered attachment on the backend is
-    re-ensured too (at no extra read): after a firewall reload wiped the rules, the next
-    ADD on any network restores isolation for all of them."""
+    """Enforce `intent` and record `attachment`. When the backend finds its rules damaged or
+    gone (a firewall reload), every registered attachment on it is re-applied too: the
+    next ADD on any network restores isolation for all of them."""
     reg = Registry.load(state_dir())
-    others = [policy.intent_of(a) for a in reg.on_backend(backend.name)
-              if a.key != attachment.key]
-    facts = backend.ensure(intent, others)
+    atts = [a for a in reg.on_backend(backend.name) if a.key != attachment.key]
+    related = [policy.intent_of(a) for a in atts if a.bridge == intent.bridge or (intent.group and a.group == intent.group)]
+    facts = backend.ensure(intent, lambda: [policy.intent_of(a) for a in atts], related)
     reg.attachments[attachment.key] = attachment
     _remember(reg, backend.name, facts)
     reg.save()

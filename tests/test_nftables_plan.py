@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from plugin.backends.nftables import BRIDGE, INET, TableState, plan, problems, release_plan
+from plugin.backends.nftables import BRIDGE, INET, TableState, add_only_plan, plan, problems, release_plan
 from plugin.errors import CniError
 from plugin.policy import Guard, Hole, Release, intent_for
 
@@ -198,3 +198,21 @@ def test_groups_become_peer_pairs_and_leave_with_their_bridge():
     gone = [c["delete"]["element"] for c in release_plan({"inet": state}, Release("br1", True, False, None, True, False))]
     assert {"name": "peers", "elem": [{"concat": ["br0", "br1"]}]} in [{k: g[k] for k in ("name", "elem")} for g in gone]
     assert {"name": "peers", "elem": [{"concat": ["br1", "br0"]}]} in [{k: g[k] for k in ("name", "elem")} for g in gone]
+
+
+def test_add_only_plan_adds_this_bridges_elements_and_touches_nothing_else():
+    """On an intact table read tersely (no elements), ADD adds its own elements (adding one
+    that exists is a no-op in nftables) and those of its group, and creates its guard chain."""
+    terse = TableState.parse([o for o in LISTING if not ("set" in o or "map" in o)] + [
+        {k: {kk: vv for kk, vv in v.items() if kk != "elem"}} for o in LISTING for k, v in o.items() if k in ("set", "map")
+    ], INET)
+    assert terse.intact and all(not e for e in terse.elements.values())
+    cmds = add_only_plan({"inet": terse}, [intent_for("brC", "same-bridge", group="g", guard=Guard(("10.0.0.0/8",))),
+                                           intent_for("brB", "same-bridge", published=False, group="g")])
+    kinds = [next(iter(c)) + " " + next(iter(next(iter(c.values())))) for c in cmds]
+    assert set(kinds) == {"add chain", "add rule", "add element"} and "delete" not in str(cmds)
+    added = {c["add"]["element"]["name"]: c["add"]["element"]["elem"] for c in cmds if "element" in c["add"]}
+    assert added["egress"] == [["brC", {"jump": {"target": "egress-brC"}}]]
+    assert {"concat": ["brC", "brB"]} in added["peers"] and "brC" in added["isolated"]
+    # brA's guard chains exist but brA no longer wants a guard: that needs the full path
+    assert add_only_plan({"inet": terse}, [intent_for("brA", "same-bridge")]) is None

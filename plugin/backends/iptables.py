@@ -457,11 +457,13 @@ class IptablesBackend:
             tables[fam] = FilterTable.parse(out)
         return tables
 
-    def ensure(self, intent: BridgeIntent, others=()) -> dict:
-        """Apply `intent`, and re-apply `others` (the registered attachments) if anything of
-        theirs is missing; returns facts for the registry (the filter tables this created)."""
+    def ensure(self, intent: BridgeIntent, others=(), related=None) -> dict:
+        """Apply `intent`, and re-apply `others` (the registered attachments, or a function
+        returning them) if anything of theirs is missing: the table is read whole anyway.
+        Returns facts for the registry (the filter tables this created)."""
         if not intent.enforces_anything:
             return {}
+        others = others() if callable(others) else others
         if intent.drop_intra:
             bridgenf.ensure_on(self.families)
         created: list[str] = []

@@ -255,6 +255,16 @@ class TableState:
         return cls(True, intact, elements, guard)
 
 
+def _table_of(obj: dict) -> tuple[str, str] | None:
+    """(family, table) of one object of a JSON listing."""
+    for kind, body in obj.items():
+        if kind == "table":
+            return body.get("family"), body.get("name")
+        if isinstance(body, dict) and "table" in body:
+            return body.get("family"), body.get("table")
+    return None
+
+
 def _element(e) -> str | tuple:
     if isinstance(e, dict) and "elem" in e:  # an element with attributes
         e = e["elem"]["val"]
@@ -371,6 +381,24 @@ def plan(states: dict[str, TableState], intents) -> list[dict]:
     return cmds
 
 
+def add_only_plan(states: dict[str, TableState], intents) -> list[dict] | None:
+    """The commands enforcing `intents` (one bridge's attachments and those they depend on)
+    in intact tables read tersely: their elements are added (adding one that exists is a
+    no-op) and their bridges' guard chains converge; nothing else is touched. None when
+    that is not enough: a guard chain to delete (its map entry must go first, and a
+    terse reading cannot tell whether it is there)."""
+    intents = list(intents)
+    chains = guard_chains(intents)
+    scope = [f"{m}-{i.bridge}" for i in intents for m in GUARD_MAPS]
+    cmds = []
+    for family, want in wanted(intents).items():
+        first, last = _converge_chains(states[family], chains, scope) if family == "inet" else ([], [])
+        if last:
+            return None
+        cmds += first + _add_elements(family, want)
+    return cmds
+
+
 def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
     """The commands (one transaction) removing what `r` frees; only what is present, since
     deleting an absent element fails the whole transaction. The bridge's guard chains are
@@ -450,12 +478,23 @@ class NftablesBackend:
     def unavailable_reason(self) -> str | None:
         if self.nft is None:
             return self.load_error
-        rc, _, err = self._run([{"list": {"tables": {"family": "inet"}}}])
-        return None if rc == 0 else f"the kernel refuses nftables: {err.strip()}"
+        try:
+            self._terse_ruleset("inet")  # cheap whatever the ruleset holds (see read)
+        except CniError as err:
+            return f"the kernel refuses nftables: {err.details or err.msg}"
+        return None
 
-    def read(self, families) -> dict[str, TableState]:
+    def read(self, families, terse: bool = False) -> dict[str, TableState]:
+        """Our tables as the kernel holds them. `terse` leaves the set elements out and costs
+        the same however many networks exist: it lists the family's whole ruleset, because
+        libnftables (1.0.6) fetches every set element for `list table` even when terse
+        (3.7 ms with 1000 bridges), but not for a terse `list ruleset` (0.2 ms)."""
         states = {}
         for family in families:
+            if terse:
+                listing = self._terse_ruleset(family)
+                states[family] = TableState.parse(listing, SPECS[family])
+                continue
             rc, out, err = self._run([{"list": {"table": {"family": family, "name": TABLE}}}])
             if rc != 0:
                 if "No such file or directory" not in err:
@@ -464,13 +503,48 @@ class NftablesBackend:
             states[family] = TableState.parse(out["nftables"] if out else None, SPECS[family])
         return states
 
-    def ensure(self, intent: BridgeIntent, others=()) -> dict:
-        """Apply `intent`, and re-apply `others` (the registered attachments) where anything of
-        theirs is missing; nothing needs remembering (our tables are wholly ours)."""
-        intents = [intent, *others]
+    def _terse_ruleset(self, family: str) -> list[dict] | None:
+        """The objects of our table in `family`, set elements left out (None: no such table)."""
+        self.nft.set_terse_output(True)
+        try:
+            rc, out, err = self._run([{"list": {"ruleset": {"family": family}}}])
+        finally:
+            self.nft.set_terse_output(False)
+        if rc != 0:
+            raise CniError(ENFORCEMENT_FAILED, f"cannot read the {family} ruleset", err.strip())
+        ours = [o for o in out["nftables"] if _table_of(o) == (family, TABLE)]
+        return ours or None
+
+    def ensure(self, intent: BridgeIntent, others=(), related=None) -> dict:
+        """Apply `intent`; `others` are the other registered attachments (a sequence, or a
+        function returning one, called only if needed), `related` those of them on the same
+        bridge or in the same isolationGroup (derived from `others` when not given).
+        Nothing needs remembering: our tables are wholly ours.
+
+        When both tables are intact (a terse reading, without elements, tells), only this
+        bridge's elements and guard chains are added, with those of the attachments on the
+        same bridge or in the same isolationGroup, which they depend on: the cost does not
+        grow with the number of networks. Otherwise (a table missing, e.g. after `nft
+        flush ruleset`, or altered) every registered attachment is re-applied from a full
+        reading. Elements deleted one by one from an intact table are CHECK's, `isolation
+        reconcile`'s and the agent's to find.
+        """
+        intents = [intent]
         want = wanted(intents)
-        if want:
-            self._apply(plan(self.read(want), intents), f"could not apply isolation for {intent.bridge}")
+        if not want:
+            return {}
+        failure = f"could not apply isolation for {intent.bridge}"
+        everyone = (lambda: others()) if callable(others) else (lambda: others)
+        quick = self.read(SPECS, terse=True)
+        if all(quick[f].exists and quick[f].intact for f in want):
+            if related is None:
+                related = [o for o in everyone() if o.bridge == intent.bridge or (intent.group and o.group == intent.group)]
+            cmds = add_only_plan(quick, [intent, *related])
+            if cmds is not None:
+                self._apply(cmds, failure)
+                return {}
+        intents += everyone()
+        self._apply(plan(self.read(wanted(intents)), intents), failure)
         return {}
 
     def release(self, r: Release, facts: dict) -> None:
