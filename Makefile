@@ -8,7 +8,7 @@ DESTDIR     ?=
 BIN         := dist/isolation/isolation
 SOURCES     := $(shell find plugin -name '*.py') build.spec
 
-.PHONY: all deps build install uninstall test unit e2e demo bench bench-scale clean
+.PHONY: all deps build install uninstall test unit e2e demo bench bench-latency bench-scale clean
 
 all: build
 
@@ -50,10 +50,16 @@ demo: deps
 	$(MAKE) install
 	bash hack/demo.sh
 
+# The performance targets in one table (bench/targets.py runs cni_latency.py and
+# scale.py); bench-latency and bench-scale run one each. iperf3 is a benchmark tool
+# only, so not in `make deps`.
 bench: build
+	command -v iperf3 >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3
+	$(PY) bench/targets.py
+
+bench-latency: build
 	$(PY) bench/cni_latency.py
 
-# Needs iperf3 (a benchmark tool only, so not in `make deps`).
 bench-scale: build
 	command -v iperf3 >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3
 	$(PY) bench/scale.py
