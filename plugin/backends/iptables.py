@@ -226,10 +226,20 @@ def wanted(intents, family: str = "ipv4") -> dict[str, list[list[list[str]]]]:
     return {c: groups for c, groups in chains.items() if groups or c in (STAGE1, STAGE2)}
 
 
-def group_problem(rules: list[list[str]], group: list[list[str]]) -> str | None:
-    """Why `rules` (a chain) does not hold `group` in order, or None."""
-    have = [strip_comment(r) for r in rules]
-    places = [have.index(spec) if spec in have else -1 for spec in group]
+def positions(rules: list[list[str]]) -> dict[tuple, int]:
+    """Where each rule (comment left out) first occurs in a chain: read once per chain, so
+    checking every bridge's group stays linear in the number of rules."""
+    index: dict[tuple, int] = {}
+    for n, rule in enumerate(rules):
+        index.setdefault(tuple(strip_comment(rule)), n)
+    return index
+
+
+def group_problem(rules: list[list[str]], group: list[list[str]], index: dict | None = None) -> str | None:
+    """Why `rules` (a chain; `index` its positions(), if at hand) does not hold `group` in
+    order, or None."""
+    index = positions(rules) if index is None else index
+    places = [index.get(tuple(spec), -1) for spec in group]
     missing = [spec for spec, at in zip(group, places) if at < 0]
     if missing:
         return "lacks " + ", ".join(f"'{' '.join(s)}'" for s in missing)
@@ -287,9 +297,9 @@ def _move_to_top(table: FilterTable, chain: str, lines: list[str], target: str =
 
 
 def _sync_group(rules: list[list[str]], chain: str, group: list[list[str]], theirs: set, ours: set,
-                lines: list[str]) -> None:
+                lines: list[str], index: dict) -> None:
     """Re-insert `group` whole on top of `chain` unless it is there in order: ours out, then in."""
-    if group_problem(rules, group) is None:
+    if group_problem(rules, group, index) is None:
         return
     for spec in group:
         if tuple(spec) in ours:
@@ -322,8 +332,9 @@ def plan(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
             keep = {tuple(spec) for g in groups for spec in g} | {("-j", "RETURN")}
             lines += [f"-D {chain} " + " ".join(r) for r in rules
                       if is_ours(r) and tuple(strip_comment(r)) not in keep and all(_SAFE.fullmatch(a) for a in r)]
+        index = positions(rules)
         for group in groups:
-            _sync_group(rules, chain, group, theirs, ours, lines)
+            _sync_group(rules, chain, group, theirs, ours, lines, index)
         if ("-j", "RETURN") not in theirs | ours:
             lines.append(f"-A {chain} " + " ".join(_tagged(["-j", "RETURN"])))
     if guard:
@@ -345,7 +356,8 @@ def problems(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
         if chain not in table.chains:
             found.append(f"chain {chain} is missing")
             continue
-        found += [f"{chain} {p}" for p in (group_problem(table.chains[chain], g) for g in groups) if p]
+        index = positions(table.chains[chain])
+        found += [f"{chain} {p}" for p in (group_problem(table.chains[chain], g, index) for g in groups) if p]
     reason = forward_problem(table)
     if reason:
         found.append(reason)
