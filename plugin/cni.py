@@ -16,6 +16,7 @@ from plugin.errors import (
     INVALID_CONFIG,
     INVALID_ENVIRONMENT,
     NOT_AVAILABLE,
+    TRY_AGAIN_LATER,
     CniError,
 )
 from plugin.result import convert, find_attachment, require_prev_result, version_tuple
@@ -169,26 +170,39 @@ def cmd_del(inv: Invocation) -> None:
     The registry says what this attachment was; its bridge's rules go with the last
     attachment on it. An invalid configuration does not fail DEL (ADD rejected it, so
     it applied nothing), and neither does a teardown failure: the attachment is
-    forgotten either way, and what could not be removed is logged.
+    forgotten either way, and what could not be removed is logged. When the host-wide
+    lock cannot be had in time, the DEL is recorded and carried out by the next run
+    that holds it (any ADD, DEL, GC, `isolation reconcile`, or the agent).
     """
     from plugin import config
     from plugin.hoststate import HostLock, state_dir
-    from plugin.lifecycle import detach
-    from plugin.registry import Registry
+    from plugin.lifecycle import detach, settle_deferred
+    from plugin.registry import Registry, defer_delete
 
     try:
         conf = config.load(inv.raw)
         inv.log_file, inv.log_level = conf.logFile, conf.logLevel
     except CniError:
         pass
-    with HostLock():
+    try:
+        lock = HostLock().__enter__()
+    except CniError as err:
+        if err.code != TRY_AGAIN_LATER:
+            raise
+        defer_delete(state_dir(), inv.key)  # never fail DEL: the next locked run does it
+        inv.notes["deferred"] = err.msg
+        return None
+    try:
         reg = Registry.load(state_dir())
+        errors = settle_deferred(reg)
         att = reg.attachments.get(inv.key)
         if att is not None:
             inv.notes |= {"bridge": att.bridge, "backend": att.backend}
-            errors = detach(reg, [att])
-            if errors:
-                inv.notes["teardown"] = "; ".join(errors)
+            errors += detach(reg, [att])
+        if errors:
+            inv.notes["teardown"] = "; ".join(errors)
+    finally:
+        lock.__exit__(None, None, None)
     return None
 
 
@@ -196,7 +210,7 @@ def cmd_gc(inv: Invocation) -> None:
     """Forget this network's attachments the runtime no longer lists, and every attachment
     whose bridge is gone (a network removed behind our back), with their rules."""
     from plugin.hoststate import HostLock, state_dir
-    from plugin.lifecycle import detach
+    from plugin.lifecycle import detach, settle_deferred
     from plugin.links import is_bridge
     from plugin.registry import Registry
 
@@ -210,10 +224,11 @@ def cmd_gc(inv: Invocation) -> None:
     keep = {(v["containerID"], v["ifname"]) for v in valid}
     with HostLock():
         reg = Registry.load(state_dir())
+        deferred_errors = settle_deferred(reg)
         atts = list(reg.attachments.values())
         stale = [a for a in atts if a.network == inv.network and (a.container, a.ifname) not in keep]
         orphaned = [a for a in atts if a not in stale and not is_bridge(a.bridge)]
-        errors = detach(reg, stale + orphaned)
+        errors = deferred_errors + detach(reg, stale + orphaned)
     inv.notes["collected"] = len(stale) + len(orphaned)
     if errors:
         raise CniError(ENFORCEMENT_FAILED, "GC could not remove every stale attachment's rules", "; ".join(errors))

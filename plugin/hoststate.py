@@ -18,7 +18,7 @@ from plugin.errors import IO_FAILURE, TRY_AGAIN_LATER, CniError
 
 STATE_ROOT = "/run/isolation"
 SO_NETNS_COOKIE = 71
-LOCK_TIMEOUT_S = 30.0
+LOCK_TIMEOUT_S = 30.0  # ISOLATION_LOCK_TIMEOUT_S overrides it (seconds)
 
 
 def netns_key() -> str:
@@ -48,7 +48,12 @@ def state_dir() -> str:
 class HostLock:
     """An exclusive flock held around every read-modify-write of the firewall."""
 
-    def __init__(self, timeout: float = LOCK_TIMEOUT_S):
+    def __init__(self, timeout: float | None = None):
+        if timeout is None:
+            try:
+                timeout = float(os.environ.get("ISOLATION_LOCK_TIMEOUT_S", LOCK_TIMEOUT_S))
+            except ValueError:
+                timeout = LOCK_TIMEOUT_S
         self.timeout = timeout
         self.fd = -1
 

@@ -13,7 +13,7 @@ attachment before removing rules. Rules without an attachment are harmless and
 from plugin import policy
 from plugin.errors import CniError
 from plugin.hoststate import state_dir
-from plugin.registry import Attachment, Registry
+from plugin.registry import Attachment, Registry, deferred_deletes
 
 
 def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None:
@@ -21,6 +21,7 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
     gone (a firewall reload), every registered attachment on it is re-applied too: the
     next ADD on any network restores isolation for all of them."""
     reg = Registry.load(state_dir())
+    settle_deferred(reg)
     atts = [a for a in reg.on_backend(backend.name) if a.key != attachment.key]
     related = [policy.intent_of(a) for a in atts if a.bridge == intent.bridge or (intent.group and a.group == intent.group)]
     facts = backend.ensure(intent, lambda: [policy.intent_of(a) for a in atts], related)
@@ -54,6 +55,19 @@ def detach(reg: Registry, attachments: list[Attachment]) -> list[str]:
     return errors
 
 
+def settle_deferred(reg: Registry) -> list[str]:
+    """Carry out the DELs that found the lock busy (under the lock, like every change)."""
+    import os
+
+    errors = []
+    for path, key in deferred_deletes(state_dir()):
+        att = reg.attachments.get(key)
+        if att is not None:
+            errors += detach(reg, [att])
+        os.remove(path)
+    return errors
+
+
 def reconcile() -> list[str]:
     """Make the kernel match the registry, under the HostLock: forget attachments whose bridge
     has vanished (with their rules), then re-apply each backend's attachments wherever the
@@ -64,6 +78,9 @@ def reconcile() -> list[str]:
 
     done = []
     reg = Registry.load(state_dir())
+    if deferred_deletes(state_dir()):
+        errors = settle_deferred(reg)
+        done.append("carried out deferred DELs" + (f" ({'; '.join(errors)})" if errors else ""))
     gone = [a for a in reg.attachments.values() if not is_bridge(a.bridge)]
     if gone:
         errors = detach(reg, gone)

@@ -15,6 +15,7 @@ from plugin.errors import IO_FAILURE, CniError
 from plugin.record import Factory, as_dict, from_dict, record
 
 FILENAME = "registry.json"
+DEFERRED = "deferred-del"  # DELs that could not take the lock: done by the next locked run
 FORMAT = 1
 
 
@@ -122,3 +123,38 @@ class Registry:
 
     def on_backend(self, backend: str) -> list[Attachment]:
         return [a for a in self.attachments.values() if a.backend == backend]
+
+
+def defer_delete(state_dir: str, key: tuple[str, str, str]) -> None:
+    """Record a DEL for the next run that holds the lock (atomic file per attachment)."""
+    import hashlib
+
+    folder = os.path.join(state_dir, DEFERRED)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    name = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(list(key), f)
+    os.replace(tmp, os.path.join(folder, name))
+
+
+def deferred_deletes(state_dir: str) -> list[tuple[str, tuple[str, str, str]]]:
+    """(file, attachment key) of every deferred DEL; unreadable files are dropped."""
+    folder = os.path.join(state_dir, DEFERRED)
+    try:
+        names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with open(path) as f:
+                key = json.load(f)
+            if isinstance(key, list) and len(key) == 3 and all(isinstance(k, str) for k in key):
+                found.append((path, tuple(key)))
+                continue
+        except (OSError, ValueError):
+            pass
+        os.remove(path)
+    return found

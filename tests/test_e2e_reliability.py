@@ -1,0 +1,105 @@
+"""Failing closed, deferred DELs, recovery without the agent, and permissions (issue 8),
+with real packets where packets are the claim."""
+
+import fcntl
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+
+from netlab import sh
+
+pytestmark = pytest.mark.e2e
+
+
+def _conf(lab, c, **extra) -> dict:
+    return {"cniVersion": "1.0.0", "name": c.network.name, "type": "isolation",
+            "prevResult": lab.cache[(c.network.name, c.id)], **extra}
+
+
+def _status(lab) -> dict:
+    out = subprocess.run(lab.isolation_argv("status", "--json"), capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def _blocked(lab, a, b) -> bool:
+    return not any(lab.reach([(a.name, b.ipv4), (a.name, b.ipv6), (b.name, a.ipv4)]).values())
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_busy_lock_fails_add_closed_and_defers_del(lab, backend):
+    """With the host-wide lock held elsewhere, ADD fails with 11 and isolates nothing (the
+    runtime then does not start the container); DEL still succeeds, and the next run that
+    holds the lock carries it out."""
+    isolated = lab.network(["bridge", "isolation"], isolation={"backend": backend})
+    kept, gone = lab.add(isolated), lab.add(isolated)
+    plain = lab.network(["bridge"])
+    newcomer = lab.add(plain)
+    before = lab.ruleset()
+    env_short = {"ISOLATION_LOCK_TIMEOUT_S": "1"}
+    fd = os.open(os.path.join(lab.state_dir(), "lock"), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        rc, out, _ = lab.exec_plugin("isolation", "ADD", _conf(lab, newcomer, backend=backend),
+                                     {**lab._env(newcomer), **env_short})
+        assert rc != 0 and out["code"] == 11, out
+        assert lab.ruleset() == before, "a failed ADD changes nothing"
+        rc, out, _ = lab.exec_plugin("isolation", "DEL", _conf(lab, gone, backend=backend),
+                                     {**lab._env(gone), **env_short})
+        assert rc == 0 and out is None, out
+        assert os.listdir(os.path.join(lab.state_dir(), "deferred-del")), "the DEL is recorded"
+    finally:
+        os.close(fd)
+    # The next locked run (here another container's DEL) carries the deferred DEL out.
+    rc, _, _ = lab.exec_plugin("isolation", "DEL", _conf(lab, newcomer, backend=backend), lab._env(newcomer))
+    assert rc == 0
+    assert [b["attachments"] for b in _status(lab)["bridges"]] == [1], "only `kept` is registered"
+    assert not os.listdir(os.path.join(lab.state_dir(), "deferred-del"))
+    assert all(rc == 0 for _, rc, _ in lab.check(kept))
+
+
+@pytest.mark.parametrize("backend,wipe", [
+    ("nftables", [["nft", "flush", "ruleset"]]),
+    ("iptables", [["iptables", "-F"], ["iptables", "-X"], ["ip6tables", "-F"], ["ip6tables", "-X"]]),
+], ids=["nft-flush-ruleset", "iptables-F-X"])
+def test_reconcile_restores_a_wiped_firewall(lab, backend, wipe):
+    """Without the agent: CHECK reports the loss, `isolation status` names it, and
+    `isolation reconcile` puts isolation back, proven with packets."""
+    nets = [lab.network(["bridge", "isolation"], isolation={"backend": backend}) for _ in range(2)]
+    a, b = lab.add(nets[0]), lab.add(nets[1])
+    assert _blocked(lab, a, b)
+    for argv in wipe:
+        sh(*argv, netns=lab.host)
+    assert not _blocked(lab, a, b), "the wipe really opened the way (else this test proves nothing)"
+    assert any(rc != 0 for kind, rc, _ in lab.check(a) if kind == "isolation")
+    report = _status(lab)
+    assert report["problems"] and all(any(p.startswith(n.bridge) for p in report["problems"]) for n in nets)
+    out = subprocess.run(lab.isolation_argv("reconcile"), capture_output=True, text=True)
+    assert out.returncode == 0 and "restored" in out.stdout, out
+    assert _blocked(lab, a, b)
+    assert _status(lab)["problems"] == []
+    assert all(rc == 0 for c in (a, b) for _, rc, _ in lab.check(c))
+
+
+def test_state_is_root_only_and_nobody_else_can_change_rules(lab):
+    net = lab.network(["bridge", "isolation"])
+    c = lab.add(net)
+    other = lab.add(lab.network(["bridge"]))
+    for name, mode in (("", 0o700), ("lock", 0o600), ("registry.json", 0o600)):
+        st = os.stat(os.path.join(lab.state_dir(), name))
+        assert stat.S_IMODE(st.st_mode) == mode and st.st_uid == 0, name
+    before = lab.ruleset()
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    env = {"CNI_COMMAND": "ADD", "CNI_PATH": "/usr/lib/cni", **lab._env(other)}
+    conf = json.dumps({**_conf(lab, other), "name": other.network.name})
+    argv = lab.isolation_argv()
+    at = argv.index(lab.isolation_bin)
+    add = subprocess.run(argv[:at] + nobody + argv[at:], input=conf, capture_output=True, text=True, env=env)
+    assert add.returncode != 0 and json.loads(add.stdout)["code"] in (5, 100, 103), add.stdout
+    for args in (["cleanup"], ["prune"], ["reconcile"]):
+        run = subprocess.run(argv[:at] + nobody + argv[at:] + args, capture_output=True, text=True)
+        assert run.returncode != 0, (args, run.stdout, run.stderr)
+    assert lab.ruleset() == before, "nothing a non-root user runs changes a rule"
+    assert all(rc == 0 for _, rc, _ in lab.check(c))
