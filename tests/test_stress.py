@@ -1,0 +1,41 @@
+"""Fast variants of bench/stress.py (issue 8): parallel starts, SIGKILL at random moments,
+and churn back to a byte-identical baseline, on both backends. The full sizes (64
+invocations, 200 kills, 1000 cycles, 10,000 fuzz cases) are `bench/stress.py`'s."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.e2e
+STRESS = os.path.join(REPO, "bench", "stress.py")
+
+
+def stress(isolation_bin, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, STRESS, *args, "--plugin", isolation_bin], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_parallel_adds_and_dels(isolation_bin, can_netns, backend):
+    r = stress(isolation_bin, "parallel", "--backend", backend, "--invocations", "64", "--bridges", "16")
+    assert r["parallel"][backend]["errors"] == 0 and r["parallel"][backend]["invocations"] == 64
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_sigkill_at_random_moments(isolation_bin, can_netns, backend):
+    r = stress(isolation_bin, "crash", "--backend", backend, "--calls", "24")
+    assert r["crash"][backend]["torn_registries"] == 0
+
+
+@pytest.mark.parametrize("backend,agent", [("iptables", False), ("nftables", False), ("nftables", True)])
+def test_churn_returns_to_the_baseline(isolation_bin, can_netns, backend, agent):
+    r = stress(isolation_bin, "churn", "--backend", backend, "--cycles", "40", "--bridges", "4",
+               *(["--agent"] if agent else []))
+    assert r["churn"][backend]["baseline_identical"] is True
