@@ -116,13 +116,16 @@ def crash(lab: Lab, backend: str, calls: int) -> dict:
                                 stderr=subprocess.DEVNULL, env=env, start_new_session=True)
         proc.stdin.write(json.dumps(conf(lab, c, backend)).encode())
         proc.stdin.close()
-        time.sleep(random.uniform(0, 0.06))
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-            killed += 1
-        except ProcessLookupError:
+        time.sleep(random.uniform(0, 0.08))
+        if proc.poll() is not None:  # it finished first
             completed += 1
-        proc.wait()
+        else:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                completed += 1
+            proc.wait()
         state = lab.state_dir()
         for name in os.listdir(state) if os.path.isdir(state) else ():  # not made yet if killed early
             if name.endswith(".unreadable"):
