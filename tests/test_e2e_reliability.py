@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from netlab import sh
+from netlab import IP, sh
 
 pytestmark = pytest.mark.e2e
 
@@ -103,3 +103,26 @@ def test_state_is_root_only_and_nobody_else_can_change_rules(lab):
         assert run.returncode != 0, (args, run.stdout, run.stderr)
     assert lab.ruleset() == before, "nothing a non-root user runs changes a rule"
     assert all(rc == 0 for _, rc, _ in lab.check(c))
+
+
+def test_isolated_fails_closed_when_bridge_nf_call_cannot_be_set(make_lab):
+    """iptables cannot drop traffic inside a bridge unless bridge-nf-call-iptables is 1: when
+    the sysctl refuses (here: /proc/sys hidden under a read-only tmpfs), ADD fails with 100 and changes nothing,
+    and DEL still succeeds."""
+    lab = make_lab(bridge_nf=0)
+    net = lab.network(["bridge"])
+    c = lab.add(net)
+    before = lab.ruleset()
+    # /proc/sys itself: procfs ignores mounts over its sysctl directories, and read-only binds
+    script = 'mount -t tmpfs -o ro none /proc/sys && exec "$@"'
+    argv = lab.without_system_libnftables(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                                           IP, "netns", "exec", lab.host, lab.isolation_bin])
+    conf = json.dumps(_conf(lab, c, ingressPolicy="isolated", backend="iptables"))
+    env = {"CNI_COMMAND": "ADD", "CNI_PATH": "/usr/lib/cni", **lab._env(c)}
+    add = subprocess.run(argv, input=conf, capture_output=True, text=True, env=env)
+    out = json.loads(add.stdout)
+    assert add.returncode != 0 and out["code"] == 100 and "bridge-nf-call" in out["msg"], out
+    assert lab.ruleset() == before and lab.bridge_nf() == "0"
+    rc, _, _ = lab.exec_plugin("isolation", "DEL", _conf(lab, c, ingressPolicy="isolated", backend="iptables"),
+                               lab._env(c))
+    assert rc == 0
