@@ -56,6 +56,7 @@ def record(cls=None, *, frozen: bool = False, unhashed: tuple = ()):
         cls.__init__, cls.__eq__, cls.__repr__ = __init__, __eq__, __repr__
         cls.__record_fields__ = names
         cls.__record_plain_defaults__ = {n: v for n, v in defaults.items() if not isinstance(v, Factory)}
+        cls.__record_name_set__ = frozenset(names)
         if frozen:
             def __setattr__(self, name, value):
                 raise AttributeError(f"{cls.__name__} is frozen: cannot assign {name!r}")
@@ -80,12 +81,13 @@ def from_dict(cls, values: dict):
     """An instance from a dict of field values, without __init__'s argument handling: for
     trusted data read in bulk (the registry). Unknown fields raise TypeError; missing ones
     take their plain default (a field without one raises TypeError too)."""
-    names = cls.__record_fields__
-    if not values.keys() <= set(names):
-        raise TypeError(f"{cls.__name__}: unknown fields {sorted(values.keys() - set(names))}")
+    names = cls.__record_name_set__
+    if not values.keys() <= names:
+        raise TypeError(f"{cls.__name__}: unknown fields {sorted(values.keys() - names)}")
     obj = object.__new__(cls)
-    obj.__dict__.update(cls.__record_plain_defaults__)
-    obj.__dict__.update(values)
-    if len(obj.__dict__) != len(names):
-        raise TypeError(f"{cls.__name__}: missing fields {sorted(set(names) - obj.__dict__.keys())}")
+    fields = obj.__dict__
+    fields.update(cls.__record_plain_defaults__)
+    fields.update(values)
+    if len(fields) != len(names):
+        raise TypeError(f"{cls.__name__}: missing fields {sorted(names - fields.keys())}")
     return obj

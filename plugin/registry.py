@@ -41,7 +41,9 @@ class Attachment:
 def _attachment(raw: dict) -> Attachment:
     if not isinstance(raw, dict):
         raise ValueError("an attachment must be an object")
-    return from_dict(Attachment, {**raw, "addresses": tuple(raw.get("addresses", ()))})
+    att = from_dict(Attachment, raw)
+    att.__dict__["addresses"] = tuple(att.addresses)  # JSON has lists; records are hashable
+    return att
 
 
 def attachment_key(network: str, container: str, ifname: str) -> tuple[str, str, str]:
