@@ -136,6 +136,9 @@ def crash(lab: Lab, backend: str, calls: int) -> dict:
     for c in cs:  # every container ends ADDed: its CHECK must pass
         if invoke(lab, c, "ADD", backend)[0] != 0:
             raise Failed(f"ADD of {c.id} failed after the kills")
+    leftovers = [n for n in os.listdir(lab.state_dir()) if n.startswith("registry.json.")]
+    if leftovers:
+        raise Failed(f"temporary registry files left behind: {leftovers}")
     report = status(lab)
     bad = [c.id for c in cs if any(rc != 0 for kind, rc, _ in lab.check(c) if kind == "isolation")]
     got = lab.reach([(cs[0].name, cs[1].ipv4), (cs[0].name, cs[4].ipv4)])  # other bridge; same bridge

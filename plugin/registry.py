@@ -95,6 +95,7 @@ class Registry:
             return cls(path)
 
     def save(self) -> None:
+        """Atomically (write, fsync, rename); only ever called under the HostLock."""
         # One line per attachment: json's C encoder, and only for attachments not read as
         # they are (an indent would select the pure-Python encoder: 100 ms per ADD at 1000).
         lines = []
@@ -106,6 +107,10 @@ class Registry:
             ",\n".join(lines),
             "\n]}\n",
         ]).encode()
+        folder, prefix = os.path.split(self.path)
+        for name in os.listdir(folder):  # a run killed mid-write left it: writers hold the lock
+            if name.startswith(prefix + ".") and name.endswith(".tmp"):
+                os.unlink(os.path.join(folder, name))
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
