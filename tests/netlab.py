@@ -323,48 +323,45 @@ class Lab:
     def listen(self, netns: str, port: int = TCP_PORT) -> None:
         """A dual-stack TCP listener on `port` inside `netns`, accepting in the background."""
 
-        def make():
-            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("::", port))
+        def serve(s):
             s.listen(128)
-            return s
-
-        s = in_netns(netns, make)
-        self.listeners.append(s)
-
-        def serve():
             while True:
-                try:
-                    conn, _ = s.accept()
-                except OSError:
-                    return
+                conn, _ = s.accept()
                 conn.close()
 
-        threading.Thread(target=serve, daemon=True).start()
+        self._serve(netns, socket.SOCK_STREAM, port, serve)
 
     def udp_echo(self, netns: str, port: int) -> None:
         """A dual-stack UDP server on `port` inside `netns` that sends every datagram back."""
 
+        def serve(s):
+            while True:
+                data, peer = s.recvfrom(512)
+                s.sendto(data, peer)
+
+        self._serve(netns, socket.SOCK_DGRAM, port, serve)
+
+    def _serve(self, netns: str, kind: int, port: int, serve) -> None:
+        """Bind a dual-stack socket of `kind` on `port` inside `netns` and run serve(socket) in
+        the background until close() closes the socket."""
+
         def make():
-            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            s = socket.socket(socket.AF_INET6, kind)
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("::", port))
             return s
 
         s = in_netns(netns, make)
         self.listeners.append(s)
 
-        def serve():
-            while True:
-                try:
-                    data, peer = s.recvfrom(512)
-                    s.sendto(data, peer)
-                except OSError:
-                    return
+        def run():
+            try:
+                serve(s)
+            except OSError:  # the socket was closed: the lab is going away
+                return
 
-        threading.Thread(target=serve, daemon=True).start()
+        threading.Thread(target=run, daemon=True).start()
 
     def udp(self, src_netns: str, addr: str, port: int) -> bool:
         """True when a datagram to [addr]:port is echoed back within the probe deadline
