@@ -162,3 +162,26 @@ def test_next_add_restores_every_registered_network_after_a_firewall_reload(lab,
     lab.add(nets[1])  # any ADD, on any network, re-applies what the registry holds
     assert not any(lab.reach(cross).values())
     assert all(rc == 0 for _, rc, _ in lab.check(a))
+
+
+def test_add_rebuilds_a_missing_table_that_a_neighbour_on_its_bridge_needs(make_lab):
+    """Two conflists on one bridge, one `isolated`: with `table bridge isolation` deleted by
+    hand, an ADD on the `same-bridge` network must not take the add-only path (it would add
+    to a table that is gone): it re-applies everything, and the isolated neighbour's
+    intra-bridge drop is back. (bridge-nf-call 0: only the bridge table drops bridged frames.)"""
+    import copy
+
+    lab = make_lab(bridge_nf=0)
+    first = lab.network(["bridge", "isolation"], isolation={"ingressPolicy": "isolated", "backend": "nftables"})
+    shared = copy.deepcopy(first.plugins[0])  # same bridge and subnets, addresses from another part
+    v4, v6 = shared["ipam"]["ranges"]
+    v4[0] |= {"rangeStart": "10.77.1.100", "rangeEnd": "10.77.1.150"}
+    v6[0] |= {"rangeStart": "fd77:1::100", "rangeEnd": "fd77:1::150"}
+    second = lab.network([shared, {"type": "isolation", "backend": "nftables"}])
+    a1, a2 = lab.add(first), lab.add(first)
+    sh("nft", "delete", "table", "bridge", "isolation", netns=lab.host)
+    assert lab.reach([(a1.name, a2.ipv4)])[("icmp", a1.name, a2.ipv4)], "the drop is really gone"
+    lab.add(second)
+    got = lab.reach([(a1.name, a2.ipv4), (a1.name, a2.ipv6)])
+    assert not any(got.values()), got
+    assert all(rc == 0 for _, rc, _ in lab.check(a1))

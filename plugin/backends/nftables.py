@@ -535,10 +535,10 @@ class NftablesBackend:
             return {}
         failure = f"could not apply isolation for {intent.bridge}"
         everyone = (lambda: others()) if callable(others) else (lambda: others)
+        if related is None:
+            related = [o for o in everyone() if o.bridge == intent.bridge or (intent.group and o.group == intent.group)]
         quick = self.read(SPECS, terse=True)
-        if all(quick[f].exists and quick[f].intact for f in want):
-            if related is None:
-                related = [o for o in everyone() if o.bridge == intent.bridge or (intent.group and o.group == intent.group)]
+        if all(quick[f].exists and quick[f].intact for f in wanted([intent, *related])):
             cmds = add_only_plan(quick, [intent, *related])
             if cmds is not None:
                 self._apply(cmds, failure)
