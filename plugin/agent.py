@@ -116,16 +116,14 @@ class Agent:
         import sys
         import time
 
-        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}Z isolation-agent[{os.getpid()}]: {message}\n"
-        sys.stderr.write(line)
+        from plugin.log import append_line
+
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}Z isolation-agent[{os.getpid()}]: {message}"
+        sys.stderr.write(line + "\n")
         sys.stderr.flush()
         if self.log_file:
             try:
-                fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                try:
-                    os.write(fd, line.encode(errors="replace"))
-                finally:
-                    os.close(fd)
+                append_line(self.log_file, line)
             except OSError:
                 pass
 

@@ -70,7 +70,7 @@ class Invocation:
         return name if isinstance(name, str) else ""
 
     @property
-    def key(self) -> str:
+    def key(self) -> tuple[str, str, str]:
         from plugin.registry import attachment_key
 
         return attachment_key(self.network, self.env.get("CNI_CONTAINERID", ""), self.env.get("CNI_IFNAME", ""))
@@ -147,9 +147,8 @@ def cmd_add(inv: Invocation) -> dict:
 
 def cmd_check(inv: Invocation) -> None:
     from plugin.hoststate import HostLock, state_dir
-    from plugin.registry import Registry
-
     from plugin.policy import intent_of
+    from plugin.registry import Registry
 
     _, backend, intent, _ = _engine(inv)
     with HostLock():  # never look at a half-finished ADD (one transaction per family on iptables)

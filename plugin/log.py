@@ -43,14 +43,18 @@ def record(where: str | None, level: str, command: str, fields: dict, started: f
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
                 s.sendto(f"<{priority}>{message}".encode(errors="replace"), SYSLOG_SOCKET)
             return
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        fd = os.open(where, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, f"{stamp}Z {message}\n".encode(errors="replace"))
-        finally:
-            os.close(fd)
+        append_line(where, f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}Z {message}")
     except OSError:
         pass
+
+
+def append_line(path: str, line: str) -> None:
+    """One O_APPEND write (lines of concurrent writers never interleave); file mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, f"{line}\n".encode(errors="replace"))
+    finally:
+        os.close(fd)
 
 
 def _quote(value) -> str:

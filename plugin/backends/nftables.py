@@ -534,7 +534,9 @@ class NftablesBackend:
         if not want:
             return {}
         failure = f"could not apply isolation for {intent.bridge}"
-        everyone = (lambda: others()) if callable(others) else (lambda: others)
+        def everyone():
+            return others() if callable(others) else others
+
         if related is None:
             related = [o for o in everyone() if o.bridge == intent.bridge or (intent.group and o.group == intent.group)]
         quick = self.read(SPECS, terse=True)
