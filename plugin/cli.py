@@ -18,7 +18,8 @@ exit status: 0 when consistent, 1 when problems were found""",
     "prune": """examples:
   isolation prune     forget containers whose bridge was deleted, and their rules""",
     "reconcile": """examples:
-  isolation reconcile   after a firewall reload: put back every registered network's isolation""",
+  isolation reconcile   after a firewall reload: put back every registered network's isolation
+                        after a crash or a half-failed teardown: remove rules nothing registered needs""",
     "agent": """The agent serves the plugin's invocations over a root-only unix socket in
 /run/isolation/ns-*/ (the plugin falls back to doing the work itself when no agent
 answers) and restores isolation within a second after a firewall reload, `nft flush
@@ -47,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--bridge", metavar="BR", help="only this bridge's rules and attachments")
     sub.add_parser("prune", help="forget attachments whose bridge no longer exists", epilog=EPILOG["prune"],
                    formatter_class=fmt)
-    sub.add_parser("reconcile", help="restore every registered network's isolation where the kernel lacks it",
+    sub.add_parser("reconcile", help="restore every registered network's isolation where the kernel lacks it, "
+                   "and remove rules no registered attachment needs",
                    epilog=EPILOG["reconcile"], formatter_class=fmt)
     a = sub.add_parser("agent", help="run the resident agent (warm engine, self-healing)", epilog=EPILOG["agent"],
                        formatter_class=fmt)

@@ -24,10 +24,27 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
     settle_deferred(reg)
     atts = [a for a in reg.on_backend(backend.name) if a.key != attachment.key]
     related = [policy.intent_of(a) for a in atts if a.bridge == intent.bridge or (intent.group and a.group == intent.group)]
-    facts = backend.ensure(intent, lambda: [policy.intent_of(a) for a in atts], related)
+    try:
+        facts = backend.ensure(intent, lambda: [policy.intent_of(a) for a in atts], related)
+    except CniError as err:
+        # against everything registered, the attachment's own earlier ADD included: it stays
+        _undo(backend, policy.release(attachment, reg.on_backend(backend.name)), reg.backends.get(backend.name, {}), err)
+        raise
     reg.attachments[attachment.key] = attachment
     _remember(reg, backend.name, facts)
     reg.save()
+
+
+def _undo(backend, release: policy.Release, facts: dict, err: CniError) -> None:
+    """Take back what a failed ensure may have applied: on iptables each family is its own
+    transaction, so IPv4 may hold the new rules while IPv6 refused them. What comes off is
+    exactly what DEL of the attachment would remove. Best effort: `err` stays the answer,
+    and its details say whether the undo succeeded."""
+    try:
+        backend.release(release, facts)
+        err.details = f"{err.details}; nothing was left applied".lstrip("; ")
+    except CniError as undo:
+        err.details = f"{err.details}; undoing the partial change failed too: {undo.msg}: {undo.details}".lstrip("; ")
 
 
 def detach(reg: Registry, attachments: list[Attachment]) -> list[str]:
@@ -70,8 +87,9 @@ def settle_deferred(reg: Registry) -> list[str]:
 
 def reconcile() -> list[str]:
     """Make the kernel match the registry, under the HostLock: forget attachments whose bridge
-    has vanished (with their rules), then re-apply each backend's attachments wherever the
-    kernel lacks anything (a firewall reload, `nft flush ruleset`, `iptables -F`).
+    has vanished (with their rules), re-apply each backend's attachments wherever the
+    kernel lacks anything (a firewall reload, `nft flush ruleset`, `iptables -F`), and
+    remove the rules of bridges nothing registered needs.
     Returns one line per thing done; nothing when all was in place."""
     from plugin.backends import make
     from plugin.links import is_bridge
@@ -101,6 +119,27 @@ def reconcile() -> list[str]:
             reg.save()
             done.append(f"{name}: restored the isolation of {len(intents)} attachment(s): {'; '.join(missing[:4])}"
                         + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""))
+    done += _remove_orphans(reg)
+    return done
+
+
+def _remove_orphans(reg: Registry) -> list[str]:
+    """Remove the rules of bridges no registered attachment accounts for (left by a crash
+    between applying and recording, or by a teardown that failed half-way)."""
+    from plugin.backends import make
+
+    done = []
+    for name in ("nftables", "iptables"):
+        backend = make(name)
+        if backend.unavailable_reason():
+            continue
+        registered = reg.on_backend(name)
+        for bridge in sorted(set(backend.enforced()) - {a.bridge for a in registered}):
+            try:
+                backend.release(policy.orphan_release(bridge, registered), reg.backends.get(name, {}))
+                done.append(f"{name}: removed the rules of {bridge}, which no registered attachment needs")
+            except CniError as err:
+                done.append(f"{name}: could not remove the unregistered rules of {bridge}: {err.msg}")
     return done
 
 

@@ -210,8 +210,16 @@ class Release:
 
 def release(departing, remaining: list) -> Release:
     """The Release for `departing` (an Attachment) given the attachments still on its backend."""
-    gone = intent_of(departing)
-    left = [intent_of(a) for a in remaining]
+    return release_intent(intent_of(departing), [intent_of(a) for a in remaining])
+
+
+def orphan_release(bridge: str, remaining: list) -> Release:
+    """The Release removing every rule of `bridge` that no registered attachment accounts for
+    (a crash between applying rules and recording them), given the attachments on its backend."""
+    return release_intent(intent_for(bridge, "isolated"), [intent_of(a) for a in remaining])
+
+
+def release_intent(gone: BridgeIntent, left: list[BridgeIntent]) -> Release:
     same_bridge = [i for i in left if i.bridge == gone.bridge]
     return Release(
         bridge=gone.bridge,

@@ -126,3 +126,65 @@ def test_isolated_fails_closed_when_bridge_nf_call_cannot_be_set(make_lab):
     rc, _, _ = lab.exec_plugin("isolation", "DEL", _conf(lab, c, ingressPolicy="isolated", backend="iptables"),
                                lab._env(c))
     assert rc == 0
+
+
+def _broken_ip6tables_restore(lab) -> dict:
+    """An environment whose PATH finds an `ip6tables-restore` that refuses every change, as a
+    broken or incompatible IPv6 backend would, while IPv4 keeps working."""
+    bindir = os.path.join(lab.tmp, "broken-bin")
+    os.makedirs(bindir, exist_ok=True)
+    tool = os.path.join(bindir, "ip6tables-restore")
+    with open(tool, "w") as f:
+        f.write("#!/bin/sh\ncat >/dev/null\necho 'ip6tables-restore: line 2 failed' >&2\nexit 1\n")
+    os.chmod(tool, 0o755)
+    return {"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+def test_iptables_add_refused_by_one_family_leaves_nothing_applied(lab):
+    """iptables applies each family in its own transaction. When IPv6 refuses what IPv4
+    accepted, ADD fails (100) and IPv4 is taken back: iptables-save is byte-identical to
+    before, whether the ADD was a bridge's first or a stricter guard on an isolated bridge,
+    and `isolation status` finds nothing unregistered. DEL still succeeds; once IPv6 works,
+    the retried ADD isolates, proven with packets."""
+    iso = {"backend": "iptables"}
+    first = lab.network(["bridge", "isolation"], isolation=iso)
+    a, a2 = lab.add(first), lab.add(first)
+    newcomer = lab.add(lab.network(["bridge"]))
+    broken = _broken_ip6tables_restore(lab)
+    saved = lambda: (lab.save("ipv4"), lab.save("ipv6"))  # noqa: E731
+    before = saved()
+    attempts = [(newcomer, {}), (a2, {"denyEgress": [f"{newcomer.ipv4}/32", f"{newcomer.ipv6}/128"]})]
+    for c, extra in attempts:
+        conf = {**_conf(lab, c, backend="iptables"), **extra}
+        rc, out, _ = lab.exec_plugin("isolation", "ADD", conf, {**lab._env(c), **broken})
+        assert rc != 0 and out["code"] == 100 and "ip6tables-restore" in out["msg"], out
+        assert "nothing was left applied" in out["details"], out
+        # iptables-save, not the nft listing: iptables-nft creates a built-in chain (here INPUT,
+        # for the guard's jump) on first use and keeps it, empty, like after any DEL
+        assert saved() == before, f"IPv4 kept part of a failed ADD ({extra or 'first on its bridge'})"
+        assert _status(lab)["problems"] == []
+        rc, out, _ = lab.exec_plugin("isolation", "DEL", conf, {**lab._env(c), **broken})
+        assert rc == 0 and out is None, out
+    assert saved() == before
+    assert all(lab.reach([(a.name, newcomer.ipv4), (a.name, newcomer.ipv6)]).values()), "the failed ADD isolated nothing"
+    rc, out, _ = lab.exec_plugin("isolation", "ADD", _conf(lab, newcomer, backend="iptables"), lab._env(newcomer))
+    assert rc == 0, out
+    assert _blocked(lab, a, newcomer) and _blocked(lab, newcomer, a)
+
+
+def test_half_failed_teardown_is_named_and_reconciled(lab):
+    """A DEL whose IPv6 teardown fails still succeeds and forgets the attachment; `isolation
+    status` names the IPv6 rules nobody registered, and `isolation reconcile` removes them:
+    the ruleset is back to what it was before the network's first container."""
+    baseline = lab.ruleset()
+    net = lab.network(["bridge", "isolation"], isolation={"backend": "iptables"})
+    c = lab.add(net)
+    conf = _conf(lab, c, backend="iptables")
+    rc, out, _ = lab.exec_plugin("isolation", "DEL", conf, {**lab._env(c), **_broken_ip6tables_restore(lab)})
+    assert rc == 0 and out is None, out
+    assert f"-o {net.bridge} " in lab.save("ipv6") and f"-o {net.bridge} " not in lab.save("ipv4")
+    assert _status(lab)["problems"] == [f"{net.bridge}: iptables rules with no registered attachment"]
+    out = subprocess.run(lab.isolation_argv("reconcile"), capture_output=True, text=True)
+    assert out.returncode == 0 and f"removed the rules of {net.bridge}" in out.stdout, out
+    assert lab.ruleset() == baseline
+    assert _status(lab)["problems"] == []

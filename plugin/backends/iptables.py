@@ -532,13 +532,14 @@ class IptablesBackend:
         delete_tables([(NFT_FAMILY[fam], "filter") for fam in doomed])
 
     def enforced(self) -> dict[str, int]:
-        """Bridges our rules isolate (IPv4 view) -> packets our DROP rules dropped for them."""
-        rc, out, err = run_all([([self.tools["ipv4"][0], "-c", "-t", "filter"], None)])[0]
+        """Bridges our rules isolate in either family -> packets our DROP rules dropped for them."""
         drops: dict[str, int] = {}
-        for line in out.splitlines():
-            if line.startswith("[") and f" -A {STAGE2} -o " in line and TAG in line and line.endswith("-j DROP"):
-                count, rule = line.split("] ", 1)
-                drops[rule.split()[3]] = int(count[1:].split(":")[0])
+        for rc, out, _ in run_all([([self.tools[fam][0], "-c", "-t", "filter"], None) for fam in self.families]):
+            for line in out.splitlines():
+                if line.startswith("[") and f" -A {STAGE2} -o " in line and TAG in line and line.endswith("-j DROP"):
+                    count, rule = line.split("] ", 1)
+                    bridge = rule.split()[3]
+                    drops[bridge] = drops.get(bridge, 0) + int(count[1:].split(":")[0])
         return drops
 
     def cleanup_commands(self, bridge: str | None, facts: dict) -> list[list[str]]:
