@@ -155,7 +155,7 @@ def cmd_check(inv: Invocation) -> None:
         reg = Registry.load(state_dir())
         neighbours = [intent_of(a) for a in reg.on_bridge(intent.bridge, backend.name) if a.key != inv.key]
         found = backend.verify(intent, neighbours)
-        if inv.key not in reg.attachments:
+        if reg.get(inv.key) is None:
             found.append(f"attachment {inv.network}/{inv.env['CNI_CONTAINERID']}/{inv.env['CNI_IFNAME']} "
                          "is not registered (no successful ADD)")
     if found:

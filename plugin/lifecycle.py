@@ -22,15 +22,18 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
     next ADD on any network restores isolation for all of them."""
     reg = Registry.load(state_dir())
     settle_deferred(reg)
-    atts = [a for a in reg.on_backend(backend.name) if a.key != attachment.key]
-    related = [policy.intent_of(a) for a in atts if a.bridge == intent.bridge or (intent.group and a.group == intent.group)]
+
+    def others(atts):
+        return [policy.intent_of(a) for a in atts if a.backend == backend.name and a.key != attachment.key]
+
+    related = others(reg.matching(intent.bridge, intent.group))  # all an intact ruleset needs: O(1)
     try:
-        facts = backend.ensure(intent, lambda: [policy.intent_of(a) for a in atts], related)
+        facts = backend.ensure(intent, lambda: others(reg.attachments.values()), related)
     except CniError as err:
         # against everything registered, the attachment's own earlier ADD included: it stays
         _undo(backend, policy.release(attachment, reg.on_backend(backend.name)), reg.backends.get(backend.name, {}), err)
         raise
-    reg.attachments[attachment.key] = attachment
+    reg.put(attachment)
     _remember(reg, backend.name, facts)
     reg.save()
 
@@ -78,7 +81,7 @@ def settle_deferred(reg: Registry) -> list[str]:
 
     errors = []
     for path, key in deferred_deletes(state_dir()):
-        att = reg.attachments.get(key)
+        att = reg.get(key)
         if att is not None:
             errors += detach(reg, [att])
         os.remove(path)

@@ -235,7 +235,7 @@ def test_registry_lines_are_reused_only_for_unchanged_attachments(tmp_path):
         reg.attachments[a.key] = a
     reg.save()
     again = Registry.load(str(tmp_path))
-    assert again.attachments == reg.attachments and len(again.lines) == 3
+    assert again.attachments == reg.attachments
     changed = Attachment("net", "c2", "eth0", "br1", "veth9", "isolated", "iptables")  # same key, new content
     again.attachments[changed.key] = changed
     del again.attachments[("net", "c0", "eth0")]
@@ -246,3 +246,47 @@ def test_registry_lines_are_reused_only_for_unchanged_attachments(tmp_path):
     empty.attachments.clear()
     empty.save()
     assert Registry.load(str(tmp_path)).attachments == {}
+
+
+def test_registry_add_path_decodes_only_what_it_asks_for(tmp_path):
+    """ADD and CHECK find one bridge's or group's attachments by their lines and write the
+    others back untouched; a later full read sees everything, the replaced one once."""
+    from plugin.registry import Attachment, Registry
+
+    reg = Registry.load(str(tmp_path))
+    made = [Attachment("net", f"c{i}", "eth0", f"br{i % 3}", None, "same-bridge", "nftables", ("10.0.0.2/24",),
+                       group="g1" if i == 4 else None) for i in range(6)]
+    for a in made:
+        reg.put(a)
+    reg.save()
+    before = [line.rstrip(",") for line in open(reg.path).read().splitlines()]
+    lazy = Registry.load(str(tmp_path))
+    assert sorted(a.container for a in lazy.matching("br1")) == ["c1", "c4"]
+    assert sorted(a.container for a in lazy.matching("br0", "g1")) == ["c0", "c3", "c4"]
+    assert lazy.get(("net", "c5", "eth0")) == made[5] and lazy.get(("net", "c9", "eth0")) is None
+    replaced = Attachment("net", "c2", "eth0", "br7", None, "isolated", "nftables")
+    lazy.put(replaced)
+    lazy.put(Attachment("net", "c6", "eth0", "br0", None, "same-bridge", "nftables"))
+    lazy.save()
+    after = [line.rstrip(",") for line in open(reg.path).read().splitlines()]
+    kept = [line for line in before[:-1] if '"container":"c2"' not in line]  # header + 5 lines, "]}" left out
+    assert after[:len(kept)] == kept and len(after) == len(kept) + 3, "the others written back as they were"
+    full = Registry.load(str(tmp_path)).attachments
+    assert len(full) == 7 and full[replaced.key] == replaced
+    assert [a.container for a in Registry.load(str(tmp_path)).on_bridge("br0", "nftables")] == ["c0", "c3", "c6"]
+
+
+def test_registry_damage_found_by_a_lazy_read_sets_the_file_aside(tmp_path):
+    import os
+
+    from plugin.registry import Attachment, Registry
+
+    reg = Registry.load(str(tmp_path))
+    reg.put(Attachment("net", "c0", "eth0", "br0", None, "same-bridge", "nftables"))
+    reg.save()
+    text = open(reg.path).read().replace('"policy":"same-bridge"', '"policy":"same-bridge","extra":1')
+    with open(reg.path, "w") as f:
+        f.write(text)
+    lazy = Registry.load(str(tmp_path))
+    assert lazy.matching("br0") == [] and lazy.attachments == {}
+    assert os.path.exists(reg.path + ".unreadable")
