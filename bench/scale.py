@@ -164,6 +164,8 @@ class Host(harness.Worker):
 
     def rules(self) -> dict:
         """Untimed: what our backend holds here."""
+        if self.registered == 0:  # nothing registered, nothing made (e.g. --forward-bridges 0)
+            return {"rules": 0}
         if self.backend == "iptables":
             _, out = self.run("iptables-save", ["iptables-save", "-t", "filter"])
             lines = out.decode().splitlines()
