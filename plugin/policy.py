@@ -164,6 +164,18 @@ def intent_for(bridge: str, ingress_policy: str, port: str | None = None, publis
                         group if isolate else None, guard)
 
 
+def shared_needs(intents) -> list[BridgeIntent]:
+    """`intents`, each distinct need once: a port matters only to intra-bridge drops, so a
+    bridge with hundreds of containers of one `same-bridge` network has a single need."""
+    distinct = {}
+    for i in intents:
+        port = i.port if i.drop_intra else None
+        key = (i.bridge, i.isolate, i.drop_intra, port, i.published, i.group, i.guard)
+        if key not in distinct:
+            distinct[key] = BridgeIntent(*key)
+    return list(distinct.values())
+
+
 def intent_of(att) -> BridgeIntent:
     """The intent a registered Attachment stands for."""
     return intent_for(att.bridge, att.policy, att.port, att.published, att.group, Guard.from_json(att.guard))

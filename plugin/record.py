@@ -28,8 +28,12 @@ def record(cls=None, *, frozen: bool = False, unhashed: tuple = ()):
             if isinstance(value, Factory):
                 delattr(cls, n)
         hashed = tuple(n for n in names if n not in unhashed)
+        values_of, hashed_of = _getter(names), _getter(hashed)  # C-level: records are compared and hashed in bulk
 
         def __init__(self, *args, **kwargs):
+            if not kwargs and len(args) == len(names):
+                self.__dict__.update(zip(names, args))
+                return
             if len(args) > len(names):
                 raise TypeError(f"{cls.__name__}() takes {len(names)} positional arguments, {len(args)} given")
             values = dict(zip(names, args))
@@ -48,7 +52,7 @@ def record(cls=None, *, frozen: bool = False, unhashed: tuple = ()):
         def __eq__(self, other):
             if other.__class__ is not self.__class__:
                 return NotImplemented
-            return all(getattr(self, n) == getattr(other, n) for n in names)
+            return values_of(self) == values_of(other)
 
         def __repr__(self):
             return f"{cls.__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
@@ -62,7 +66,7 @@ def record(cls=None, *, frozen: bool = False, unhashed: tuple = ()):
                 raise AttributeError(f"{cls.__name__} is frozen: cannot assign {name!r}")
 
             def __hash__(self):
-                return hash(tuple(getattr(self, n) for n in hashed))
+                return hash(hashed_of(self))
 
             cls.__setattr__, cls.__delattr__, cls.__hash__ = __setattr__, __setattr__, __hash__
         else:
@@ -70,6 +74,16 @@ def record(cls=None, *, frozen: bool = False, unhashed: tuple = ()):
         return cls
 
     return wrap if cls is None else wrap(cls)
+
+
+def _getter(names: tuple):
+    """A function returning the tuple of `names`' values of an object."""
+    from operator import attrgetter
+
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda obj: (one(obj),)
+    return attrgetter(*names) if names else (lambda obj: ())
 
 
 def as_dict(obj) -> dict:

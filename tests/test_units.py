@@ -290,3 +290,17 @@ def test_registry_damage_found_by_a_lazy_read_sets_the_file_aside(tmp_path):
     lazy = Registry.load(str(tmp_path))
     assert lazy.matching("br0") == [] and lazy.attachments == {}
     assert os.path.exists(reg.path + ".unreadable")
+
+
+def test_shared_needs_collapse_a_bridges_attachments_but_keep_intra_ports():
+    from plugin.policy import BridgeIntent, Guard, shared_needs
+
+    deny = Guard(deny=("10.0.0.0/8",))
+    same = [BridgeIntent("br0", True, False, f"veth{i}", True) for i in range(300)]
+    assert shared_needs(same) == [BridgeIntent("br0", True, False, None, True)]
+    mixed = same + [BridgeIntent("br0", True, False, "veth9", True, guard=deny),
+                    BridgeIntent("br0", True, True, "vethA", True), BridgeIntent("br0", True, True, "vethB", True)]
+    assert shared_needs(mixed) == [BridgeIntent("br0", True, False, None, True),
+                                   BridgeIntent("br0", True, False, None, True, guard=deny),
+                                   BridgeIntent("br0", True, True, "vethA", True),
+                                   BridgeIntent("br0", True, True, "vethB", True)]

@@ -52,7 +52,7 @@ import sys
 from plugin.record import Factory, record
 from plugin.errors import ENFORCEMENT_FAILED, CniError
 from plugin.links import valid_name
-from plugin.policy import ND_TYPES, BridgeIntent, Guard, Hole, Release, guards, peers, split_cidr
+from plugin.policy import ND_TYPES, BridgeIntent, Guard, Hole, Release, guards, peers, shared_needs, split_cidr
 
 TABLE = "isolation"
 LIBRARY = "libnftables.so.1"
@@ -522,8 +522,8 @@ class NftablesBackend:
         Nothing needs remembering: our tables are wholly ours.
 
         When both tables are intact (a terse reading, without elements, tells), only this
-        bridge's elements and guard chains are added, with those of the attachments on the
-        same bridge or in the same isolationGroup, which they depend on: the cost does not
+        bridge's elements and guard chains are added, with the distinct needs of the
+        attachments on the same bridge or in the same isolationGroup: the cost does not
         grow with the number of networks. Otherwise (a table missing, e.g. after `nft
         flush ruleset`, or altered) every registered attachment is re-applied from a full
         reading. Elements deleted one by one from an intact table are CHECK's, `isolation
@@ -539,6 +539,7 @@ class NftablesBackend:
 
         if related is None:
             related = [o for o in everyone() if o.bridge == intent.bridge or (intent.group and o.group == intent.group)]
+        related = shared_needs(related)
         quick = self.read(SPECS, terse=True)
         if all(quick[f].exists and quick[f].intact for f in wanted([intent, *related])):
             cmds = add_only_plan(quick, [intent, *related])
