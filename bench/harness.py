@@ -291,9 +291,10 @@ def lo_up(netns: str) -> None:
     sh(IP, "-n", netns, "link", "set", "lo", "up")
 
 
-def bridge_conf(network: str, bridge: str, index: int, datadir: str) -> dict:
-    """The upstream bridge plugin's conf (10.77.<index>.0/24 + fd77:<index>::/64 from host-local)."""
-    return {"cniVersion": CNI_VERSION, "name": network, **bridge_plugin(bridge, index, datadir)}
+def bridge_conf(network: str, bridge: str, index: int, datadir: str, ip_masq: bool = False) -> dict:
+    """The upstream bridge plugin's conf (10.77.<index>.0/24 + fd77:<index>::/64 from host-local);
+    `ip_masq` as the default networks of nerdctl and Podman have it (it turns conntrack on)."""
+    return {"cniVersion": CNI_VERSION, "name": network, **bridge_plugin(bridge, index, datadir), "ipMasq": ip_masq}
 
 
 def preflight(ap, args, cni_plugins: tuple[str, ...]) -> None:
