@@ -133,8 +133,6 @@ def crash(lab: Lab, backend: str, calls: int) -> dict:
     out = subprocess.run(lab.isolation_argv("reconcile"), capture_output=True, text=True)
     if out.returncode != 0:
         raise Failed(f"reconcile failed: {out.stdout} {out.stderr}")
-    if status(lab)["problems"]:  # whatever the kills left, reconcile alone set right
-        raise Failed(f"after reconcile: {status(lab)['problems']}")
     for c in cs:  # every container ends ADDed: its CHECK must pass
         if invoke(lab, c, "ADD", backend)[0] != 0:
             raise Failed(f"ADD of {c.id} failed after the kills")

@@ -128,16 +128,25 @@ def reconcile() -> list[str]:
 
 def _remove_orphans(reg: Registry) -> list[str]:
     """Remove the rules of bridges no registered attachment accounts for (left by a crash
-    between applying and recording, or by a teardown that failed half-way)."""
+    between applying and recording, or by a teardown that failed half-way), once nothing
+    is plugged into the bridge any more. A bridge that still has ports keeps its rules:
+    its containers may be alive and the registry lost or damaged, and removing their
+    isolation would fail open (`isolation status` names them; `isolation cleanup
+    --bridge` removes them by hand)."""
     from plugin.backends import make
+    from plugin.links import ports_of_masters
 
     done = []
+    in_use = None
     for name in ("nftables", "iptables"):
         backend = make(name)
         if backend.unavailable_reason():
             continue
         registered = reg.on_backend(name)
         for bridge in sorted(set(backend.enforced()) - {a.bridge for a in registered}):
+            in_use = ports_of_masters() if in_use is None else in_use
+            if in_use.get(bridge):
+                continue
             try:
                 backend.release(policy.orphan_release(bridge, registered), reg.backends.get(name, {}))
                 done.append(f"{name}: removed the rules of {bridge}, which no registered attachment needs")

@@ -59,3 +59,56 @@ def driver(name: str) -> str | None:
 
 def is_bridge(name: str) -> bool:
     return driver(name) == "bridge"
+
+
+NETLINK_ROUTE, RTM_NEWLINK, RTM_GETLINK, NLMSG_DONE, NLMSG_ERROR = 0, 16, 18, 3, 2
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+IFLA_IFNAME, IFLA_MASTER = 3, 10
+
+
+def ports_of_masters() -> dict[str, list[str]]:
+    """Every interface of this network namespace that has ports (a bridge) -> its ports'
+    names, from one RTM_GETLINK dump on a netlink socket of this namespace (unlike
+    /sys/class/net, whatever /sys this process sees)."""
+    sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, NETLINK_ROUTE)
+    names, masters = {}, {}
+    try:
+        sock.bind((0, 0))
+        # nlmsghdr (len, type, flags, seq, pid) + ifinfomsg (family, type, index, flags, change)
+        sock.send(struct.pack("=IHHII", 32, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + bytes(16))
+        done = False
+        while not done:
+            data = sock.recv(1 << 16)
+            at = 0
+            while at + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, at)
+                if kind == NLMSG_DONE:
+                    done = True
+                    break
+                if kind == NLMSG_ERROR:
+                    raise OSError("netlink: the RTM_GETLINK dump failed")
+                if kind == RTM_NEWLINK:
+                    index = struct.unpack_from("=i", data, at + 20)[0]
+                    attrs = _attributes(data, at + 32, at + length)
+                    names[index] = attrs.get(IFLA_IFNAME, b"").split(b"\0", 1)[0].decode(errors="replace")
+                    if IFLA_MASTER in attrs:
+                        masters[index] = struct.unpack("=I", attrs[IFLA_MASTER][:4])[0]
+                at += (length + 3) & ~3
+    finally:
+        sock.close()
+    found: dict[str, list[str]] = {}
+    for port, master in masters.items():
+        found.setdefault(names.get(master, str(master)), []).append(names[port])
+    return found
+
+
+def _attributes(data: bytes, at: int, end: int) -> dict[int, bytes]:
+    """The rtattrs between `at` and `end`: type -> payload."""
+    found = {}
+    while at + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, at)
+        if length < 4:
+            break
+        found[kind & 0x3FFF] = data[at + 4:at + length]
+        at += (length + 3) & ~3
+    return found

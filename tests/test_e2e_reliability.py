@@ -174,8 +174,10 @@ def test_iptables_add_refused_by_one_family_leaves_nothing_applied(lab):
 
 def test_half_failed_teardown_is_named_and_reconciled(lab):
     """A DEL whose IPv6 teardown fails still succeeds and forgets the attachment; `isolation
-    status` names the IPv6 rules nobody registered, and `isolation reconcile` removes them:
-    the ruleset is back to what it was before the network's first container."""
+    status` names the IPv6 rules nobody registered, and once the runtime has unplugged the
+    container (the bridge plugin's DEL), `isolation reconcile` removes them: the ruleset is
+    back to what it was before the network's first container. While something is still
+    plugged into the bridge, reconcile keeps them (see the lost-registry test)."""
     baseline = lab.ruleset()
     net = lab.network(["bridge", "isolation"], isolation={"backend": "iptables"})
     c = lab.add(net)
@@ -184,7 +186,28 @@ def test_half_failed_teardown_is_named_and_reconciled(lab):
     assert rc == 0 and out is None, out
     assert f"-o {net.bridge} " in lab.save("ipv6") and f"-o {net.bridge} " not in lab.save("ipv4")
     assert _status(lab)["problems"] == [f"{net.bridge}: iptables rules with no registered attachment"]
-    out = subprocess.run(lab.isolation_argv("reconcile"), capture_output=True, text=True)
+    reconcile = lambda: subprocess.run(lab.isolation_argv("reconcile"), capture_output=True, text=True)  # noqa: E731
+    out = reconcile()
+    assert out.returncode == 0 and "removed" not in out.stdout and f"-o {net.bridge} " in lab.save("ipv6"), out
+    rc, _, _ = lab.exec_plugin("bridge", "DEL", lab._conf(net, net.plugins[0], None), lab._env(c))
+    assert rc == 0
+    out = reconcile()
     assert out.returncode == 0 and f"removed the rules of {net.bridge}" in out.stdout, out
     assert lab.ruleset() == baseline
     assert _status(lab)["problems"] == []
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_a_lost_registry_never_opens_isolation(lab, backend):
+    """With the registry gone (deleted or damaged) while containers run, their rules have no
+    registered attachment: `status` names them, and neither `reconcile` nor the agent's
+    repairs remove them while the containers are plugged in. Isolation holds, by packets."""
+    nets = [lab.network(["bridge", "isolation"], isolation={"backend": backend}) for _ in range(2)]
+    a, b = lab.add(nets[0]), lab.add(nets[1])
+    os.remove(os.path.join(lab.state_dir(), "registry.json"))
+    before = lab.ruleset()
+    out = subprocess.run(lab.isolation_argv("reconcile"), capture_output=True, text=True)
+    assert out.returncode == 0 and "removed" not in out.stdout, out
+    assert lab.ruleset() == before and _blocked(lab, a, b) and _blocked(lab, b, a)
+    assert sorted(_status(lab)["problems"]) == sorted(f"{n.bridge}: {backend} rules with no registered attachment"
+                                                       for n in nets)
