@@ -7,7 +7,8 @@ Two tables:
 
 1. ADD latency against the number of bridges already registered, for
    `{"type": "isolation", "backend": "iptables"}` and `{..., "backend": "nftables"}`
-   (ingressPolicy same-bridge, cniVersion 1.0.0). At each size: 10 ADDs of new bridges
+   (ingressPolicy same-bridge, cniVersion 1.0.0), each backend x size in a host namespace
+   of its own, the cells' timed ADDs interleaved. At each size: 10 ADDs of new bridges
    (a network's first container) and 10 repeated ADDs of an already-registered bridge
    (what every further container on a network pays), median and p95, plus the rule
    count: iptables, the IPv4 rules of CNI-ISOLATION-STAGE-1 + STAGE-2 (grows by one per
@@ -45,15 +46,16 @@ Why it is built this way:
   in its main thread) and runs the plugin with subprocess.run between two
   perf_counter_ns readings; `ip netns exec` is never on the clock. The plugin gets only
   the CNI_* variables.
-* The growth between sizes is not timed and dominates the run time (900 ADDs per
-  backend to reach 1000, each paying validation of a new network), so it runs both
-  hosts at once, GROWTH_PARALLEL ADDs at a time each: the plugin's host lock serialises
-  their rule updates, their start-up and validation overlap. The timed ADDs run one at a
-  time with nothing else of ours running, interleaved cell by cell with the backend going first
-  alternating, so drift in machine load hits both alike.
-* Table 2 reuses the hosts of table 1 (re-registering 1000 bridges per backend would
-  double the run time), so "other bridges" is what they hold: the largest size plus the
-  10 new bridges timed there. The two containers are real: upstream bridge + host-local
+* The growth is not timed and dominates the run time (1101 ADDs per backend for sizes
+  1, 100 and 1000, each paying validation of a new network), so it runs all hosts at
+  once, GROWTH_PARALLEL ADDs at a time each: the plugin's host lock serialises each
+  host's rule updates, their start-up and validation overlap. The timed ADDs run one at
+  a time with nothing else of ours running, going round every cell (backend x size) in
+  an order that rotates with each sample, so drift in machine load hits every size and
+  backend alike: the size ratios compare like with like.
+* Table 2 reuses the largest size's hosts of table 1 (re-registering 1000 bridges per
+  backend would double the run time), so "other bridges" is what they hold: the largest
+  size plus the 10 new bridges timed there. The two containers are real: upstream bridge + host-local
   from /usr/lib/cni (conf: tests/netlab.py's bridge_plugin(), as in the end-to-end
   tests), our plugin chained after bridge with its result as prevResult.
   bridge-nf-call-iptables/ip6tables is set to 1 in each host namespace, so bridged
@@ -222,41 +224,43 @@ class Host(harness.Worker):
 # --- the run ------------------------------------------------------------------------------------
 
 
-def grow(hosts: list[Host], target: int) -> float:
-    """Untimed: every host to `target` registered bridges, the hosts concurrently; returns seconds."""
+def grow(targets: list[tuple[Host, int]]) -> float:
+    """Untimed: every host to its target of registered bridges, the hosts concurrently; returns seconds."""
     started = time.monotonic()
-    pending = [(h, *h.send_growth(target)) for h in hosts]
+    pending = [(h, *h.send_growth(target)) for h, target in targets]
     for h, whats, jobs in pending:
         h.receive_many(whats, jobs, want_json=True)
     return time.monotonic() - started
 
 
+def cell_host(hosts: dict[str, Host], backend: str, size: int, largest: int) -> Host:
+    """The host of one cell of table 1 (the largest size's is the backend's own, reused by table 2)."""
+    return hosts[backend] if size == largest else hosts[f"{backend}{size}"]
+
+
 def scaling(args, hosts: dict[str, Host]) -> list[dict]:
-    """Table 1: ADD latency (new bridge, repeated bridge) at each size, both backends interleaved."""
-    rows = []
-    pair = [hosts[b] for b in BACKENDS]
-    for size in args.sizes:
-        log(f"growing both hosts to {size} registered bridges")
-        growth_s = grow(pair, size)
-        counts = {h.backend: h.rules() for h in pair}
-        log(f"timing {NEW_RUNS} new-bridge ADDs and {REPEAT_RUNS} repeated ADDs per backend at {size}")
-        samples = {b: {"new": [], "repeat": []} for b in BACKENDS}
-        for i in range(NEW_RUNS):
-            for h in pair if i % 2 == 0 else pair[::-1]:
-                samples[h.backend]["new"].append(h.timed_add(h.registered))
-        for i in range(REPEAT_RUNS):
-            for h in pair if i % 2 == 0 else pair[::-1]:
-                samples[h.backend]["repeat"].append(h.timed_add(0))  # the oldest network's bridge
-        for b in BACKENDS:
-            rows.append({
-                "backend": b,
-                "bridges": size,
-                "growth_seconds": round(growth_s, 2),
-                "new": harness.summary(samples[b]["new"]),
-                "repeat": harness.summary(samples[b]["repeat"]),
-                **counts[b],
-            })
-    return rows
+    """Table 1: ADD latency (new bridge, repeated bridge) for every backend x size, each cell
+    in a host of its own, all cells interleaved sample by sample (the order rotating), so
+    that drift in machine load hits every size and backend alike."""
+    cells = [(b, size, cell_host(hosts, b, size, args.sizes[-1])) for size in args.sizes for b in BACKENDS]
+    log(f"growing the {len(cells)} hosts to {', '.join(map(str, args.sizes))} registered bridges")
+    growth_s = grow([(h, size) for _, size, h in cells])
+    counts = {(b, size): h.rules() for b, size, h in cells}
+    log(f"timing {NEW_RUNS} new-bridge ADDs and {REPEAT_RUNS} repeated ADDs per cell, cells interleaved")
+    samples = {(b, size): {"new": [], "repeat": []} for b, size, _ in cells}
+    for kind, runs in (("new", NEW_RUNS), ("repeat", REPEAT_RUNS)):
+        for i in range(runs):
+            for b, size, h in cells[i % len(cells):] + cells[:i % len(cells)]:
+                n = h.registered if kind == "new" else 0  # repeat: the oldest network's bridge
+                samples[(b, size)][kind].append(h.timed_add(n))
+    return [{
+        "backend": b,
+        "bridges": size,
+        "growth_seconds": round(growth_s, 2),
+        "new": harness.summary(samples[(b, size)]["new"]),
+        "repeat": harness.summary(samples[(b, size)]["repeat"]),
+        **counts[(b, size)],
+    } for size in args.sizes for b in BACKENDS]
 
 
 def start_iperf_server(container_ns: str, servers: list) -> None:
@@ -313,7 +317,7 @@ def forwarding(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Ho
         fwd[b] = h
     if any(h.registered < args.forward_bridges for h in fwd.values()):
         log(f"growing the isolation hosts to {args.forward_bridges} registered bridges")
-        grow([h for h in fwd.values() if h.registered < args.forward_bridges], args.forward_bridges)
+        grow([(h, args.forward_bridges) for h in fwd.values() if h.registered < args.forward_bridges])
     other = {b: fwd[b].registered for b in BACKENDS}
     for key in ("none", "bare"):
         fwd[key] = hosts[key]
@@ -377,7 +381,8 @@ def make_host(key: str, netns: str, prefix: str, plugin: str, backend: str | Non
 
 
 def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Host], servers: list) -> dict:
-    # Names: prefix is 6 chars; hosts "<prefix>-ipt"/"-nft"/"-non", containers "<prefix><x|i|n>c1",
+    # Names: prefix is 6 chars; hosts "<prefix>-ipt"/"-nft"/"-non"/"-bar" (+ "-ipt1", "-nft100"... for
+    # the smaller sizes of table 1), containers "<prefix><b|x|i|n>c1",
     # bridges "<prefix>b<N>" and "<prefix>fwd" inside each host.
     containers = [f"{prefix}{LETTER[key]}c{i}" for key in VARIANTS for i in (1, 2)]
     log(f"creating namespaces with prefix {prefix}")
@@ -387,13 +392,15 @@ def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Hos
     for ns in containers:
         harness.lo_up(ns)
 
-    pair = [hosts[b] for b in BACKENDS]
-    need = args.sizes[-1] + NEW_RUNS * len(args.sizes)
-    log(f"creating {need} bridges in each isolation host (ip -batch)")
-    for h in pair:
-        h.create_bridges(need)
-    about = pair[0].about()
-    for h in pair:  # untimed warm-up: page cache, first-exec costs
+    for b in BACKENDS:
+        for size in args.sizes[:-1]:
+            hosts[f"{b}{size}"] = make_host(f"{b}{size}", f"{prefix}-{b[:3]}{size}", prefix, args.plugin, b, tmp, made)
+    cells = [cell_host(hosts, b, size, args.sizes[-1]) for size in args.sizes for b in BACKENDS]
+    log(f"creating bridges in the {len(cells)} isolation hosts (ip -batch): their size + {NEW_RUNS}")
+    for size, h in zip([size for size in args.sizes for _ in BACKENDS], cells):
+        h.create_bridges(size + NEW_RUNS)
+    about = cells[0].about()
+    for h in cells:  # untimed warm-up: page cache, first-exec costs
         h.warm_up()
 
     load_start = os.getloadavg()
