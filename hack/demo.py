@@ -12,13 +12,16 @@ import sys
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path[:0] = [os.path.join(REPO, "tests"), REPO]  # the test lab, and the plugin package it names state with
-from netlab import Lab  # noqa: E402
+from netlab import CommandFailed, Lab  # noqa: E402
 
 BIN = os.environ.get("ISOLATION_BIN", "/opt/cni/bin/isolation")
 
 
 def main() -> int:
-    about = subprocess.run([BIN], capture_output=True, text=True, env={}).stdout.splitlines()[0]
+    run = subprocess.run([BIN], capture_output=True, text=True, env={})
+    if run.returncode != 0 or not run.stdout.strip():
+        raise OSError(f"{BIN} does not run (exit code {run.returncode}): {run.stderr.strip() or run.stdout.strip()}")
+    about = run.stdout.splitlines()[0]
     print(f"plugin: {BIN} ({about})\n")
     with Lab(BIN, bridge_nf=0) as lab:
         policies = ["same-bridge", "same-bridge", "isolated"]
@@ -61,4 +64,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (CommandFailed, OSError) as exc:  # say what failed, not where in this script
+        print(f"demo failed: {exc}", file=sys.stderr)
+        print("(nothing the demo made is left behind)", file=sys.stderr)
+        sys.exit(1)

@@ -33,10 +33,22 @@ TCP_PORT = 8080
 PROBE_TIMEOUT_S = 2.0  # covers a lost first packet (neighbour discovery) and one SYN retry
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    """A lab command that failed, shown with the command's own error message (what a
+    person needs to fix it: `ip`'s "Operation not permitted", a missing module...)."""
+
+    def __str__(self) -> str:
+        said = (self.stderr or self.stdout or "").strip() or "(it printed nothing)"
+        return f"`{' '.join(map(str, self.cmd))}` failed with exit code {self.returncode}: {said}"
+
+
 def sh(*argv: str, check: bool = True, netns: str | None = None, **kw) -> subprocess.CompletedProcess:
     if netns:
         argv = (IP, "netns", "exec", netns, *argv)
-    return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
+    proc = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise CommandFailed(proc.returncode, argv, proc.stdout, proc.stderr)
+    return proc
 
 
 def in_netns(netns: str, fn, *args):
@@ -110,15 +122,16 @@ class Lab:
     def __init__(self, isolation_bin: str, bridge_nf: int = 1):
         self.prefix = "t" + secrets.token_hex(3)  # 7 chars: leaves room within IFNAMSIZ
         self.isolation_bin = isolation_bin
-        self.tmp = tempfile.mkdtemp(prefix=f"isolation-{self.prefix}-")
         self.namespaces: list[str] = []
         self.networks: list[Network] = []
         self.cache: dict[tuple[str, str], dict] = {}
         self.listeners: list[socket.socket] = []
         self.agent: subprocess.Popen | None = None
-        self.host = self._netns("h")
-        self.outside = self._netns("o")
-        try:
+        self.host = self.outside = ""
+        self.tmp = tempfile.mkdtemp(prefix=f"isolation-{self.prefix}-")
+        try:  # whatever fails from here on, close() removes what was made so far
+            self.host = self._netns("h")
+            self.outside = self._netns("o")
             self._setup_host(bridge_nf)
         except BaseException:
             self.close()
