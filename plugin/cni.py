@@ -55,6 +55,9 @@ class Invocation:
         if not isinstance(raw, dict):
             raise CniError(DECODE_FAILURE, "the network configuration must be a JSON object")
         version = raw.get("cniVersion")
+        if version is None:
+            raise CniError(INCOMPATIBLE_VERSION, "the network configuration has no cniVersion",
+                           f"set cniVersion to one of: {', '.join(SUPPORTED_VERSIONS)}")
         if version not in SUPPORTED_VERSIONS:
             raise CniError(
                 INCOMPATIBLE_VERSION,

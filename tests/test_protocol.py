@@ -247,7 +247,8 @@ def test_real_bridge_with_a_wildcard_name_is_refused(bridged):
         ("not an object", "[1, 2]", 6, "object"),
         ("unsupported version", json.dumps({"cniVersion": "0.2.0", "type": "isolation"}), 1, "0.2.0"),
         ("future version", json.dumps({"cniVersion": "2.0.0", "type": "isolation"}), 1, "2.0.0"),
-        ("no version", json.dumps({"type": "isolation"}), 1, "cniVersion"),
+        ("no version", json.dumps({"type": "isolation"}), 1, "has no cniVersion"),
+        ("empty object", "{}", 1, "has no cniVersion"),
     ],
 )
 def test_undecodable_input(bridged, case, stdin, code, word):
