@@ -22,6 +22,7 @@ import argparse
 import collections
 import json
 import os
+import shutil
 import socket
 import struct
 import sys
@@ -171,7 +172,10 @@ def main() -> int:
         from hypothesis import seed
 
         prop = seed(args.seed)(prop)
-    prop()
+    try:
+        prop()
+    finally:
+        shutil.rmtree(LOG_DIR, ignore_errors=True)
     print(json.dumps({"cases": sum(SEEN.values()), "outcomes": {str(k): v for k, v in sorted(SEEN.items(), key=str)}}))
     return 0
 

@@ -2,6 +2,7 @@
 suite (tests/fuzz_cni.py; `bench/stress.py fuzz` runs 10,000 and more), in a network
 namespace of their own."""
 
+import glob
 import json
 import os
 import secrets
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.e2e
 
 def test_fuzzed_invocations_never_crash_and_change_nothing(can_netns):
     ns = "f" + secrets.token_hex(3)
+    fuzz_dirs = set(glob.glob("/tmp/isolation-fuzz-*"))
     sh(IP, "netns", "add", ns)
     state = None
     try:
@@ -30,6 +32,7 @@ def test_fuzzed_invocations_never_crash_and_change_nothing(can_netns):
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         assert summary["cases"] >= 400
         assert {"1", "4", "6", "7"} <= set(summary["outcomes"]), summary  # the generators reach each rule
+        assert set(glob.glob("/tmp/isolation-fuzz-*")) <= fuzz_dirs, "the fuzz run left its log directory behind"
     finally:
         sh(IP, "netns", "del", ns, check=False)
         if state:
