@@ -4,6 +4,7 @@ PY          := $(VENV)/bin/python
 PREFIX      ?= /usr/local
 LIBDIR      ?= $(PREFIX)/lib/isolation
 CNI_BIN_DIR ?= /opt/cni/bin
+SBINDIR     ?= $(PREFIX)/sbin
 DESTDIR     ?=
 BIN         := dist/isolation/isolation
 SOURCES     := $(shell find plugin -name '*.py') build.spec
@@ -34,14 +35,21 @@ install: build
 	mv $(DESTDIR)$(LIBDIR).new $(DESTDIR)$(LIBDIR)
 	rm -rf $(DESTDIR)$(LIBDIR).old
 	ln -sfnr $(DESTDIR)$(LIBDIR)/isolation $(DESTDIR)$(CNI_BIN_DIR)/isolation
+	@# the admin commands (`isolation status`, ...) on root's PATH; never over a file of another's
+	install -d $(DESTDIR)$(SBINDIR)
+	@if [ -e $(DESTDIR)$(SBINDIR)/isolation ] && [ ! -L $(DESTDIR)$(SBINDIR)/isolation ]; then \
+	  echo "install: $(DESTDIR)$(SBINDIR)/isolation exists and is not our link; left as it is" >&2; exit 1; fi
+	ln -sfnr $(DESTDIR)$(LIBDIR)/isolation $(DESTDIR)$(SBINDIR)/isolation
 
 uninstall:
 	rm -f $(DESTDIR)$(CNI_BIN_DIR)/isolation
+	if [ -L $(DESTDIR)$(SBINDIR)/isolation ]; then rm -f $(DESTDIR)$(SBINDIR)/isolation; fi
 	rm -rf $(DESTDIR)$(LIBDIR)
 
 # The whole suite: unit tests and end-to-end tests against the frozen binary (root).
+# TESTS narrows it (pytest node ids), e.g. make test TESTS=tests/test_demo.py
 test: build
-	$(PY) -m pytest
+	$(PY) -m pytest $(TESTS)
 
 unit: | $(PY)
 	$(PY) -m pytest -m "not e2e"

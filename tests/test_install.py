@@ -34,6 +34,23 @@ def test_layout_is_a_relative_symlink_into_the_bundle(installed):
     assert any(name.startswith("libpython3") for name in bundled), "the interpreter must be in the bundle"
 
 
+def test_admin_command_is_on_roots_path(installed):
+    """`isolation status` as the README writes it: /usr/local/sbin is on root's PATH."""
+    link = installed / "usr/local/sbin/isolation"
+    assert os.readlink(link) == "../lib/isolation/isolation"
+    proc = subprocess.run([link, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "status" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_install_never_replaces_a_foreign_admin_command(tmp_path, isolation_bin):
+    (tmp_path / "usr/local/sbin").mkdir(parents=True)
+    foreign = tmp_path / "usr/local/sbin/isolation"
+    foreign.write_text("#!/bin/sh\necho someone else's\n")
+    proc = subprocess.run(["make", "-s", "install", f"DESTDIR={tmp_path}"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0 and "not our link" in proc.stderr, proc.stderr
+    assert foreign.read_text() == "#!/bin/sh\necho someone else's\n"
+
+
 def test_runs_anywhere_with_nothing(installed, can_netns):
     """Empty environment, cwd /, read-only /tmp and /var/tmp (a private mount namespace)."""
     binary = installed / "opt/cni/bin/isolation"
