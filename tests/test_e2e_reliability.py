@@ -1,11 +1,14 @@
 """Failing closed, deferred DELs, recovery without the agent, and permissions (issue 8),
 with real packets where packets are the claim."""
 
+import contextlib
 import fcntl
 import json
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 
 import pytest
 
@@ -83,6 +86,21 @@ def test_reconcile_restores_a_wiped_firewall(lab, backend, wipe):
     assert all(rc == 0 for c in (a, b) for _, rc, _ in lab.check(c))
 
 
+@contextlib.contextmanager
+def world_readable_copy(binary: str):
+    """The frozen bundle copied where any user can run it: the checkout may live under a
+    directory other users cannot enter (root's home is 0700), and this test is about what
+    the plugin refuses to a user, not about whether that user can reach the file."""
+    public = tempfile.mkdtemp(prefix="isolation-public-")
+    try:
+        os.chmod(public, 0o755)
+        bundle = os.path.join(public, "bundle")
+        shutil.copytree(os.path.dirname(binary), bundle, symlinks=True)
+        yield os.path.join(bundle, os.path.basename(binary))
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
+
+
 def test_state_is_root_only_and_nobody_else_can_change_rules(lab):
     net = lab.network(["bridge", "isolation"])
     c = lab.add(net)
@@ -94,13 +112,16 @@ def test_state_is_root_only_and_nobody_else_can_change_rules(lab):
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     env = {"CNI_COMMAND": "ADD", "CNI_PATH": "/usr/lib/cni", **lab._env(other)}
     conf = json.dumps({**_conf(lab, other), "name": other.network.name})
-    argv = lab.isolation_argv()
-    at = argv.index(lab.isolation_bin)
-    add = subprocess.run(argv[:at] + nobody + argv[at:], input=conf, capture_output=True, text=True, env=env)
-    assert add.returncode != 0 and json.loads(add.stdout)["code"] in (5, 100, 103), add.stdout
-    for args in (["cleanup"], ["prune"], ["reconcile"]):
-        run = subprocess.run(argv[:at] + nobody + argv[at:] + args, capture_output=True, text=True)
-        assert run.returncode != 0, (args, run.stdout, run.stderr)
+    with world_readable_copy(lab.isolation_bin) as binary:
+        argv = lab.isolation_argv()
+        at = argv.index(lab.isolation_bin)
+        argv[at] = binary
+        add = subprocess.run(argv[:at] + nobody + argv[at:], input=conf, capture_output=True, text=True, env=env)
+        assert add.stdout, f"the plugin must answer uid 65534 with a CNI error: {add.stderr}"
+        assert add.returncode != 0 and json.loads(add.stdout)["code"] in (5, 100, 103), add.stdout
+        for args in (["cleanup"], ["prune"], ["reconcile"]):
+            run = subprocess.run(argv[:at] + nobody + argv[at:] + args, capture_output=True, text=True)
+            assert run.returncode != 0 and run.stderr.startswith("isolation: "), (args, run)  # it ran, and refused
     assert lab.ruleset() == before, "nothing a non-root user runs changes a rule"
     assert all(rc == 0 for _, rc, _ in lab.check(c))
 
