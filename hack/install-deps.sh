@@ -4,7 +4,7 @@
 # Debian's /usr/bin/python3 (not a pyenv shim: it starts faster and freezes smaller).
 # The venv sees system site-packages for python3-nftables, which must match libnftables
 # (and python3-jsonschema, which the schema tests use). Podman, runc and busybox-static
-# serve the Podman end-to-end tests.
+# serve the Podman end-to-end tests; debootstrap the fresh-machine test of the quick start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -21,7 +21,11 @@ apt-get install -y -qq --no-install-recommends \
   iproute2 iputils-ping procps kmod util-linux \
   containernetworking-plugins \
   podman runc busybox-static python3-jsonschema \
-  python3 python3-venv python3-pip binutils make >/dev/null
+  python3 python3-venv python3-pip binutils make debootstrap git ca-certificates >/dev/null
+# PyInstaller bundles the interpreter's shared library, which Debian ships apart from
+# python3 (nothing else in this list pulls it in on a minimal system).
+pyver=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+apt-get install -y -qq --no-install-recommends "libpython$pyver" >/dev/null
 
 if [ ! -x "$VENV/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$VENV"

@@ -4,6 +4,7 @@ they fail loudly (never skip), because CI runs as root and must prove every clai
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -55,3 +56,76 @@ def make_lab(isolation_bin, can_netns):
 @pytest.fixture
 def lab(make_lab) -> Lab:
     return make_lab()
+
+
+class ModuleProgress:
+    """One line per finished test module: counts, its time and the time so far, so a person
+    watching the ~20-minute suite sees where it is (pytest itself prints only dots)."""
+
+    def __init__(self, config):
+        self.config = config
+        self.start = time.monotonic()
+        self.module = None
+        self.module_start = self.start
+        self.counts: dict[str, int] = {}
+        self.done = 0
+        self.total = 0
+        self.last_of_module = False
+
+    def pytest_collection_finish(self, session):
+        self.total = len(session.items)
+
+    def pytest_runtest_teardown(self, item, nextitem):
+        self.last_of_module = nextitem is None or nextitem.path != item.path
+
+    def pytest_runtest_logreport(self, report):
+        module = report.nodeid.split("::", 1)[0]
+        if module != self.module:
+            self.module, self.module_start, self.counts = module, time.monotonic(), {}
+        if report.when == "call" or report.outcome != "passed":
+            self.counts[report.outcome] = self.counts.get(report.outcome, 0) + 1
+        if report.when == "teardown":
+            self.done += 1
+            if self.last_of_module:
+                self.flush()
+
+    def flush(self):
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if self.module is None or reporter is None:
+            return
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(self.counts.items())) or "nothing run"
+        now = time.monotonic()
+        reporter.write_line(f"  {self.module}: {counts} in {now - self.module_start:.0f} s "
+                            f"[{self.done}/{self.total} tests, {(now - self.start) / 60:.1f} min so far]")
+        self.module = None
+
+
+def pytest_configure(config):
+    if config.option.verbose >= 0 and not config.option.collectonly:
+        config.pluginmanager.register(ModuleProgress(config), "module-progress")
+
+
+@pytest.fixture(scope="session")
+def pristine_roots(can_netns):
+    """Pristine Debian 12 roots (tests/debroot.py): debootstrapped once per session."""
+    from debroot import PristineRoots
+
+    roots = PristineRoots()
+    yield roots
+    roots.close()
+
+
+@pytest.fixture
+def pristine_root(pristine_roots):
+    """A factory of fresh copies of the pristine root; each is removed after the test."""
+    from debroot import remove
+
+    made = []
+
+    def make() -> str:
+        made.append(pristine_roots.new())
+        return made[-1]
+
+    yield make
+    for root in made:
+        remove(root)
