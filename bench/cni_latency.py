@@ -1,7 +1,7 @@
 """Per-invocation latency of the frozen `isolation` plugin next to Debian's Go `firewall` plugin.
 
     sudo /opt/isolation-venv/bin/python bench/cni_latency.py [--bridges 5] [--containers 10]
-        [--plugin dist/isolation/isolation] [--version-runs 40] [--json]
+        [--plugin dist/isolation/isolation] [--version-runs 40] [--families ipv4|dual] [--json]
 
 What is compared: our plugin with `{"type": "isolation"}` (ingressPolicy same-bridge by
 default) and `/usr/lib/cni/firewall` with `{"type": "firewall", "backend": "iptables",
@@ -17,7 +17,12 @@ Why it is built this way:
   dataDir) and the state directory our plugin keeps under /run/isolation for its host
   namespace, also after a failure or Ctrl-C/SIGTERM.
 * Two host namespaces, one per plugin, each with the same B bridges x C containers grid
-  (dual-stack 10.77.N.0/24 + fd77:N::/64, isGateway, no masquerade). Each plugin writes
+  (10.77.N.0/24, plus fd77:N::/64 with --families dual; isGateway, no masquerade). The
+  default is IPv4-only, as the default networks of nerdctl and Podman are: on a dual-stack
+  grid the Go plugin repeats every step with ip6tables while ours costs the same.
+* Floors in the same run: next to every VERSION cell, our host's worker also times
+  Debian's `/usr/bin/python3 -I -S -c pass` (the interpreter the bundle freezes: no
+  plugin run can start faster) and `/bin/true` (any process), in rotating order. Each plugin writes
   iptables rules; in one namespace one plugin would find the other's chains already in
   place and do less work.
 * Only the plugin process is timed. One worker process per host enters that host's
@@ -50,6 +55,7 @@ smallest). The ratio is ours/Go on the medians: below 1 means ours is faster.
 """
 
 import argparse
+import glob
 import json
 import os
 import secrets
@@ -75,6 +81,10 @@ CONTENDERS = {
 }
 OURS = ("ours", "agent")
 VERBS = ("VERSION", "ADD", "CHECK", "DEL")  # table order; measured as ADD, CHECK, VERSION, DEL
+# What no plugin run can beat, timed in our host's worker next to the VERSION cells: starting
+# Debian's interpreter (the one the bundle freezes) without site, and starting any process.
+FLOORS = {"python3 -I -S -c pass": ["/usr/bin/python3", "-I", "-S", "-c", "pass"], "/bin/true": ["/bin/true"]}
+FAMILY_NAMES = {"ipv4": "IPv4-only", "dual": "dual-stack IPv4+IPv6"}
 
 log = harness.logger("bench")
 
@@ -82,11 +92,12 @@ log = harness.logger("bench")
 class Host(harness.Worker):
     """One host namespace, its worker, and the grid of containers in it."""
 
-    def __init__(self, key: str, netns: str, plugin_path: str, datadir: str):
+    def __init__(self, key: str, netns: str, plugin_path: str, datadir: str, families: str):
         super().__init__(key, netns, TIMEOUT_S)
         self.entry, self.with_path = CONTENDERS[key]
         self.plugin_path = plugin_path
         self.datadir = datadir
+        self.families = families
         self.cache: dict[str, dict] = {}  # container id -> bridge result (the prevResult)
 
     def receive(self, what: str, stdin: bytes, want_json: bool = False) -> tuple[int, bytes]:
@@ -121,7 +132,8 @@ class Host(harness.Worker):
         self.cache[container["id"]] = json.loads(out)
 
     def _bridge_conf(self, c: dict) -> bytes:
-        return json.dumps(harness.bridge_conf(c["network"], c["bridge"], c["bridge_index"], self.datadir)).encode()
+        return json.dumps(harness.bridge_conf(c["network"], c["bridge"], c["bridge_index"], self.datadir,
+                                              families=self.families)).encode()
 
     def plugin(self, command: str, container: dict | None) -> int:
         """One timed invocation of the measured plugin; returns nanoseconds."""
@@ -171,6 +183,14 @@ def package_version(path: str) -> str:
         return "package unknown"
 
 
+def interpreter_version(plugin: str) -> str:
+    """Which Python the bundle froze (its libpython) next to the floor's /usr/bin/python3."""
+    bundled = sorted(os.path.basename(p) for p in glob.glob(os.path.join(os.path.dirname(plugin), "_internal",
+                                                                           "libpython3*")))
+    floor = sh("/usr/bin/python3", "-c", "import platform; print(platform.python_version())").stdout.strip()
+    return f"bundle: {', '.join(bundled) or 'no libpython found'}; floor: /usr/bin/python3 {floor}"
+
+
 def interleaved(hosts: dict[str, Host], cell: int, command: str, container: dict | None, into: dict) -> None:
     """One cell: every contender once, back to back; who goes first rotates with the cell."""
     keys = list(hosts)
@@ -210,7 +230,8 @@ def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Hos
     for key in contenders:
         host_ns = f"{prefix}-{key}h"
         names += [host_ns, *(c["netns"][key] for c in containers)]
-        hosts[key] = Host(key, host_ns, args.plugin if key in OURS else GO_PLUGIN, os.path.join(tmp, f"ipam-{key}"))
+        hosts[key] = Host(key, host_ns, args.plugin if key in OURS else GO_PLUGIN, os.path.join(tmp, f"ipam-{key}"),
+                          args.families)
     log(f"creating {len(names)} network namespaces with prefix {prefix}")
     harness.add_namespaces(names, made)
     for key in contenders:
@@ -242,9 +263,13 @@ def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Hos
         for i, c in enumerate(containers):
             interleaved(hosts, i, verb, c, samples[verb])
     rules = {key: h.rule_lines() for key, h in hosts.items()}  # untimed, between the phases
-    log(f"VERSION: {args.version_runs} cells")
+    log(f"VERSION and the floors: {args.version_runs} cells")
+    floors = {name: [] for name in FLOORS}
     for i in range(args.version_runs):
         interleaved(hosts, i, "VERSION", None, samples["VERSION"])
+        names = list(FLOORS)
+        for name in names[i % len(names):] + names[:i % len(names)]:  # in our host's worker, rotating
+            floors[name].append(hosts["ours"].run(f"floor {name}", FLOORS[name], {}, b"")[0])
     log(f"DEL: {len(containers)} cells")
     for i, c in enumerate(containers):
         interleaved(hosts, i, "DEL", c, samples["DEL"])
@@ -263,7 +288,10 @@ def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Hos
         verbs[verb] = row
     return {
         **harness.stamp(),
-        "grid": {"bridges": args.bridges, "containers_per_bridge": args.containers, "attachments": len(containers)},
+        "grid": {"bridges": args.bridges, "containers_per_bridge": args.containers, "attachments": len(containers),
+                 "families": args.families},
+        "floors": {name: harness.summary(v) for name, v in floors.items()},
+        "interpreter": interpreter_version(args.plugin),
         "load": {"start": list(load_start), "end": list(load_end)},
         "measured_seconds": round(elapsed, 2),
         "cniVersion": CNI_VERSION,
@@ -280,7 +308,8 @@ def render(r: dict) -> str:
     lines = [
         harness.headline("CNI per-invocation latency", r),
         f"grid: {g['bridges']} bridges x {g['containers_per_bridge']} containers = {g['attachments']} attachments "
-        f"per plugin, cniVersion {r['cniVersion']}, interleaved, {r['measured_seconds']} s measured",
+        f"per plugin, {FAMILY_NAMES[g['families']]}, cniVersion {r['cniVersion']}, interleaved, "
+        f"{r['measured_seconds']} s measured",
         f"load (1/5/15 min): start {load(r['load']['start'])}  end {load(r['load']['end'])}",
     ]
     for key, p in r["plugins"].items():
@@ -298,6 +327,8 @@ def render(r: dict) -> str:
             row += [f"{v[k]['median_ms']:.1f} ms", f"{v[k]['p95_ms']:.1f} ms"]
         rows.append(row + [f"{v[f'ratio_{k}']:.2f}x" for k in keys])
     lines += harness.table(head, rows)
+    floors = ", ".join(f"{name} {f['median_ms']:.1f} ms (p95 {f['p95_ms']:.1f})" for name, f in r["floors"].items())
+    lines += ["", f"floors in the same run (medians): {floors}; {r['interpreter']}"]
     rss = ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in r["peak_rss_kib"].items())
     lines += ["", f"peak RSS of one exec (largest over the run): {rss}",
               "p95: nearest rank; k/go: median over go's median (below 1: faster than Go); "
@@ -313,6 +344,8 @@ def main() -> int:
     ap.add_argument("--version-runs", type=int, default=40, help="interleaved VERSION cells (default: %(default)s)")
     ap.add_argument("--json", action="store_true", help="print the numbers (and raw samples) as JSON")
     ap.add_argument("--no-agent", action="store_true", help="leave out the contender with a resident agent")
+    ap.add_argument("--families", choices=sorted(harness.FAMILIES), default="ipv4",
+                    help="ipv4: the grid runtimes' default networks have; dual: IPv4 + IPv6 (default: %(default)s)")
     args = ap.parse_args()
     if not 1 <= args.bridges <= 254 or args.containers < 1 or args.bridges * args.containers > 9999:
         ap.error("need 1..254 bridges and 1..9999 containers in all (addresses and names must fit)")

@@ -291,10 +291,21 @@ def lo_up(netns: str) -> None:
     sh(IP, "-n", netns, "link", "set", "lo", "up")
 
 
-def bridge_conf(network: str, bridge: str, index: int, datadir: str, ip_masq: bool = False) -> dict:
-    """The upstream bridge plugin's conf (10.77.<index>.0/24 + fd77:<index>::/64 from host-local);
-    `ip_masq` as the default networks of nerdctl and Podman have it (it turns conntrack on)."""
-    return {"cniVersion": CNI_VERSION, "name": network, **bridge_plugin(bridge, index, datadir), "ipMasq": ip_masq}
+FAMILIES = {"ipv4": ("10.",), "dual": ("10.", "fd")}  # grid name -> the subnets' prefixes it keeps
+
+
+def bridge_conf(network: str, bridge: str, index: int, datadir: str, ip_masq: bool = False,
+                families: str = "dual") -> dict:
+    """The upstream bridge plugin's conf (10.77.<index>.0/24, and fd77:<index>::/64 for the dual
+    grid, from host-local); `ip_masq` as the default networks of nerdctl and Podman have it (it
+    turns conntrack on). The IPv4-only grid is what those default networks are; on a dual-stack
+    one the Go firewall plugin repeats every step with ip6tables, so it flatters us."""
+    conf = {"cniVersion": CNI_VERSION, "name": network, **bridge_plugin(bridge, index, datadir), "ipMasq": ip_masq}
+    keep = FAMILIES[families]
+    ipam = conf["ipam"]
+    ipam["ranges"] = [r for r in ipam["ranges"] if r[0]["subnet"].startswith(keep)]
+    ipam["routes"] = [r for r in ipam["routes"] if ":" not in r["dst"] or "fd" in keep]
+    return conf
 
 
 def preflight(ap, args, cni_plugins: tuple[str, ...]) -> None:
