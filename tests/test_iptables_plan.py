@@ -217,3 +217,22 @@ def test_group_peers_return_above_the_drop_and_leave_with_their_bridge():
         f"-A CNI-ISOLATION-STAGE-2 -o br1 {c} -j DROP"))
     assert f"-D CNI-ISOLATION-STAGE-2 -i br0 -o br1 {c} -j RETURN" in release_plan(
         grouped, Release("br0", True, False, None, True, False))
+
+
+def test_firewall_chain_left_without_accepts_still_needs_our_jumps():
+    """After the firewall plugin's last container, FORWARD still jumps to its CNI-FORWARD, which
+    holds only the CNI-ADMIN jump: that is no guard. (Taking it for one left every later
+    network unisolated: STAGE-1/2 filled, nothing jumping to them.)"""
+    table = FilterTable.parse(
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        ":CNI-ADMIN - [0:0]\n:CNI-FORWARD - [0:0]\n"
+        '-A FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD\n'
+        '-A CNI-FORWARD -m comment --comment "CNI firewall plugin admin overrides" -j CNI-ADMIN\n'
+        "COMMIT\n"
+    )
+    intent = intent_for("br0", "same-bridge")
+    assert "FORWARD rule 1 (-m comment --comment CNI firewall plugin rules -j CNI-FORWARD) comes before the jump " \
+           "to CNI-ISOLATION-STAGE-1" in problems(table, [intent])
+    got = plan(table, [intent])
+    jump = "-m comment --comment isolation-plugin -j CNI-ISOLATION-STAGE-1"
+    assert f"-I FORWARD 1 {jump}" in got and f"-I CNI-FORWARD 1 {jump}" in got, got

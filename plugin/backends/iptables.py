@@ -266,7 +266,9 @@ def guard_missing(table: FilterTable) -> bool:
     rules = table.chains.get(FIREWALL_CHAIN)
     if rules is None:
         return True
-    return _first(rules, _is_jump) > _first(rules, lambda s: s[-2:] == ["-j", "ACCEPT"])
+    jump = _first(rules, _is_jump)  # len(rules) when there is none: the firewall plugin's
+    # chain left with only its CNI-ADMIN jump after its last container still lacks ours
+    return jump == len(rules) or jump > _first(rules, lambda s: s[-2:] == ["-j", "ACCEPT"])
 
 
 def forward_problem(table: FilterTable) -> str | None:
