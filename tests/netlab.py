@@ -451,6 +451,14 @@ class Lab:
         text = re.sub(r"^(:\S+ \S+) \[\d+:\d+\]$", r"\1 [0:0]", text, flags=re.M)
         return re.sub(r"counter packets \d+ bytes \d+", "counter packets 0 bytes 0", text)
 
+    def ours_mentioning(self, bridge: str) -> list[str]:
+        """Lines of our rules (nftables tables, iptables rules with our comment) naming `bridge`."""
+        found = [line for line in self.nft("list", "ruleset").splitlines()
+                 if f'"{bridge}"' in line or f"-{bridge} " in line]
+        for fam in ("ipv4", "ipv6"):
+            found += [r for r in self.save(fam).splitlines() if "isolation-plugin" in r and f" {bridge} " in r]
+        return found
+
     def nft(self, *args: str) -> str:
         return sh("nft", *args, netns=self.host).stdout
 

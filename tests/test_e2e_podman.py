@@ -36,14 +36,6 @@ def podman(lab):
     p.close()
 
 
-def _ours_mention(lab, bridge: str) -> list[str]:
-    """Lines of our rules (nftables tables, iptables rules with our comment) naming `bridge`."""
-    found = [line for line in lab.nft("list", "ruleset").splitlines() if f'"{bridge}"' in line or f"-{bridge} " in line]
-    for fam in ("ipv4", "ipv6"):
-        found += [r for r in lab.save(fam).splitlines() if "isolation-plugin" in r and f" {bridge} " in r]
-    return found
-
-
 def _adds_logged(path: str) -> list[str]:
     with open(path) as f:
         return [line for line in f if " ADD " in line and "result=ok" in line]
@@ -94,8 +86,8 @@ def test_podman_networks_are_isolated(lab, podman, backend):
     assert not wrong, "after podman network reload:\n" + "\n".join(wrong)
 
     podman("rm", "-f", "-t", "0", "a1", "a2")
-    assert _ours_mention(lab, bridge_a) == [], "A's last container is gone, so are its rules"
-    assert _ours_mention(lab, bridge_b), "B keeps its isolation"
+    assert lab.ours_mentioning(bridge_a) == [], "A's last container is gone, so are its rules"
+    assert lab.ours_mentioning(bridge_b), "B keeps its isolation"
 
 
 @pytest.mark.parametrize("backend", ["auto", "iptables"])
@@ -118,6 +110,6 @@ def test_podman_failed_add_leaves_nothing(lab, podman):
     proc = podman.run("bad", net, check=False)
     assert proc.returncode != 0, "the container must not start unprotected"
     assert "denyEgress" in proc.stderr and re.search(r"10\.0\.0\.0/33", proc.stderr), proc.stderr
-    assert _ours_mention(lab, bridge) == []
+    assert lab.ours_mentioning(bridge) == []
     status = json.loads(subprocess.run(lab.isolation_argv("status", "--json"), capture_output=True, text=True).stdout)
     assert [b for b in status["bridges"] if b["bridge"] == bridge] == []
