@@ -3,8 +3,10 @@
 # system packages (firewall tools, iproute2, upstream CNI plugins) and a venv of
 # Debian's /usr/bin/python3 (not a pyenv shim: it starts faster and freezes smaller).
 # The venv sees system site-packages for python3-nftables, which must match libnftables
-# (and python3-jsonschema, which the schema tests use). Podman, runc and busybox-static
-# serve the Podman end-to-end tests; debootstrap the fresh-machine test of the quick start.
+# (and python3-jsonschema, which the schema tests use). Podman, containerd, runc and
+# busybox-static serve the Podman and containerd end-to-end tests (which start a
+# containerd of their own and never use the packaged service); debootstrap the
+# fresh-machine test of the quick start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -20,7 +22,7 @@ apt-get install -y -qq --no-install-recommends \
   iptables nftables libnftables1 python3-nftables \
   iproute2 iputils-ping procps kmod util-linux \
   containernetworking-plugins \
-  podman runc busybox-static python3-jsonschema \
+  podman containerd runc busybox-static python3-jsonschema \
   python3 python3-venv python3-pip binutils make debootstrap git ca-certificates >/dev/null
 # PyInstaller bundles the interpreter's shared library, which Debian ships apart from
 # python3 (nothing else in this list pulls it in on a minimal system).
