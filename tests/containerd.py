@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from netlab import IP, Lab, Network, sh
 
 BUSYBOX = "/bin/busybox"
-REAL_DIRS = ("/etc/cni/net.d", "/opt/cni/bin", "/var/lib/cni", "/var/lib/containerd", "/run/containerd")
+# What ctr and its plugins would write to without the private mounts. (Not /var/lib/containerd
+# or /run/containerd: a packaged containerd service may be running and writing there.)
+REAL_DIRS = ("/etc/cni/net.d", "/opt/cni/bin", "/var/lib/cni")
 CGROUP_ROOT = "/sys/fs/cgroup"
 START_TIMEOUT_S = 30.0
 
@@ -77,7 +79,7 @@ class Task:
 
 
 def real_dirs_snapshot() -> dict:
-    """Every file under the real CNI and containerd directories, with size and mtime."""
+    """Every file under the real CNI directories, with its mode, size and mtime."""
     snap = {}
     for top in REAL_DIRS:
         if not os.path.lexists(top):
@@ -314,13 +316,15 @@ class Containerd:
         self.daemon = None
         self._remove_cgroups()
 
+    def cgroups(self) -> list[str]:
+        """The cgroup directories of this ctr namespace: ctr puts each container under
+        /<namespace>/<id>, in every v1 hierarchy or at the top of the v2 tree."""
+        candidates = [os.path.join(CGROUP_ROOT, c, self.namespace) for c in os.listdir(CGROUP_ROOT)]
+        return [d for d in [*candidates, os.path.join(CGROUP_ROOT, self.namespace)] if os.path.isdir(d)]
+
     def _remove_cgroups(self) -> None:
-        """ctr puts each container under /<namespace>/<id> in every hierarchy; runc removes the
-        leaves, the namespace level stays behind: remove it where it is empty."""
-        tops = [os.path.join(CGROUP_ROOT, c, self.namespace) for c in os.listdir(CGROUP_ROOT)]
-        for top in [*tops, os.path.join(CGROUP_ROOT, self.namespace)]:  # v1 hierarchies, v2
-            if not os.path.isdir(top):
-                continue
+        """runc removes each container's cgroup, the namespace level stays: remove it when empty."""
+        for top in self.cgroups():
             for root, _, _ in os.walk(top, topdown=False):  # the deepest first
                 try:
                     os.rmdir(root)

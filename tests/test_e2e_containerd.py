@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import pytest
 
 from conftest import REPO
-from containerd import CGROUP_ROOT, Containerd, mount_points, real_dirs_snapshot
+from containerd import Containerd, mount_points, real_dirs_snapshot
 from netlab import IP, TCP_PORT, Lab, Network, sh
 from test_conf_examples import localise
 
@@ -290,13 +290,12 @@ def test_cleanup_ends_containerd_shims_and_tasks(isolation_bin, can_netns):
             assert {ctr.daemon.pid, fg.pid, detached.pid} <= set(pids) and len(pids) >= 5, pids  # + 2 shims
             assert os.readlink("/proc/self/ns/mnt") != ctr.mnt_ns
             assert mount_points(work) == mounts, "containerd's mounts are private"
-            cgroups = [c for c in os.listdir(CGROUP_ROOT) if os.path.isdir(os.path.join(CGROUP_ROOT, c, lab.prefix))]
-            assert cgroups, "ctr puts the containers under /<namespace>/<id>"
+            assert ctr.cgroups(), "ctr puts the containers under /<namespace>/<id>"
         finally:
             ctr.close()
         alive = [p for p in pids if _alive(p)]
         assert alive == [], alive
-        assert [c for c in os.listdir(CGROUP_ROOT) if os.path.exists(os.path.join(CGROUP_ROOT, c, lab.prefix))] == []
+        assert ctr.cgroups() == []
         assert mount_points(work) == mounts
     assert real_dirs_snapshot() == before
 
