@@ -86,7 +86,7 @@ def module_env(request, isolation_bin, can_netns):
     yield Env(ctr, lab, request.param, os.path.join(lab.tmp, "isolation.log"))
     ctr.close()
     lab.close()
-    assert real_dirs_snapshot() == before, "containerd or ctr wrote to the real CNI or containerd directories"
+    assert real_dirs_snapshot() == before, "containerd or ctr wrote to the real CNI directories"
 
 
 @pytest.fixture
@@ -100,6 +100,7 @@ def env(module_env):
 
 
 def expect(want: dict, src: str, addrs, reach: bool, port: int = TCP_PORT, icmp: bool = True) -> None:
+    """Add to `want`: from netns `src` to each of `addrs`, TCP `port` (and ICMP) reach or not."""
     for addr in addrs:
         want[("tcp", src, addr, port)] = reach
         if icmp:
