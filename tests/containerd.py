@@ -26,7 +26,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from netlab import IP, Lab, Network, sh
+from netlab import IP, Lab, Network, end_process, sh
 
 BUSYBOX = "/bin/busybox"
 # What ctr and its plugins would write to without the private mounts. (Not /var/lib/containerd
@@ -300,12 +300,7 @@ class Containerd:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-        self.daemon.terminate()
-        try:
-            self.daemon.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.daemon.kill()
-            self.daemon.wait()
+        end_process(self.daemon, 15)
         for task in self.tasks.values():  # a foreground ctr still waiting: its DEL, then its end
             if task.foreground is not None:
                 try:

@@ -51,6 +51,18 @@ def sh(*argv: str, check: bool = True, netns: str | None = None, **kw) -> subpro
     return proc
 
 
+def end_process(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within `timeout` seconds; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def in_netns(netns: str, fn, *args):
     """Run fn(*args) on a fresh thread that has entered `netns`; sockets made there stay there."""
     box = {}
@@ -205,13 +217,8 @@ class Lab:
         return log
 
     def stop_agent(self) -> None:
-        if self.agent is not None and self.agent.poll() is None:
-            self.agent.terminate()
-            try:
-                self.agent.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.agent.kill()
-                self.agent.wait()
+        if self.agent is not None:
+            end_process(self.agent, 10)
         self.agent = None
 
     # --- networks and the runtime -----------------------------------------------------------
