@@ -123,6 +123,9 @@ def reconcile() -> list[str]:
             done.append(f"{name}: restored the isolation of {len(intents)} attachment(s): {'; '.join(missing[:4])}"
                         + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""))
     done += _remove_orphans(reg)
+    from plugin.config import prune
+
+    prune({a.network for a in reg.attachments.values()})  # the verdicts of networks with no attachment left
     return done
 
 
