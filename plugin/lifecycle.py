@@ -31,7 +31,17 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
         facts = backend.ensure(intent, lambda: others(reg.attachments.values()), related)
     except CniError as err:
         # against everything registered, the attachment's own earlier ADD included: it stays
-        _undo(backend, policy.release(attachment, reg.on_backend(backend.name)), reg.backends.get(backend.name, {}), err)
+        release = policy.release(attachment, reg.on_backend(backend.name))
+        made = getattr(err, "facts", None)  # what the failed ADD made exist (iptables-nft's tables)
+        _remember(reg, backend.name, made or {})
+        _undo(backend, release, reg.backends.get(backend.name, {}), err)
+        if made:  # kept for the last DEL, or forgotten with what the undo removed
+            if release.last:
+                reg.backends.pop(backend.name, None)
+            try:
+                reg.save()
+            except CniError:
+                pass
         raise
     reg.put(attachment)
     _remember(reg, backend.name, facts)

@@ -281,3 +281,63 @@ def test_rules_that_enforce_nothing_count_as_missing(lab, damage):
     b2 = lab.add(net_b)
     assert blocked(lab, b2, a1) and blocked(lab, b1, a1) and blocked(lab, a1, b1)
     assert [rc for kind, rc, _ in lab.check(a1) if kind == "isolation"] == [0]
+
+
+# --- item 8: after the last DEL, the ruleset the first ADD found -----------------------------
+HOST_FILTER = """table ip filter {
+  chain OUTPUT { type filter hook output priority filter; policy accept; }
+}
+table ip6 filter {
+  chain OUTPUT { type filter hook output priority filter; policy accept; }
+}
+"""
+
+
+@pytest.mark.parametrize("host,end", [("no filter table", "DEL"), ("filter tables holding OUTPUT only", "DEL"),
+                                      ("filter tables holding OUTPUT only", "cleanup")])
+def test_the_last_iptables_del_leaves_the_ruleset_it_found(lab, host, end):
+    """iptables-nft creates the built-in chains (FORWARD, and INPUT for a guard) and the tables
+    on first use, and iptables-save shows them whether they exist or not: only `nft list
+    ruleset` tells. What the plugin's use created goes with the last DEL; what was there stays."""
+    if host != "no filter table":
+        sh("nft", "-f", "-", netns=lab.host, input=HOST_FILTER)
+    baseline = lab.ruleset()
+    guarded = {"backend": "iptables", "denyEgress": ["192.0.2.0/24", "2001:db8::/32"]}  # the INPUT jump too
+    net_a = lab.network(["bridge", "isolation"], isolation=guarded)
+    net_b = lab.network(["bridge", "isolation"], isolation={"backend": "iptables"})
+    a1, b1 = lab.add(net_a), lab.add(net_b)
+    assert blocked(lab, b1, a1) and lab.tcp(a1.name, net_a.gateway4)
+    assert "chain FORWARD" in lab.nft("list", "table", "ip6", "filter")
+    if end == "DEL":
+        lab.delete(a1)
+        lab.delete(b1)
+    else:
+        out = admin(lab, "cleanup")
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert lab.ruleset() == baseline
+
+
+def test_a_first_add_that_failed_leaves_no_table_behind(lab):
+    """The first ADD (it creates iptables-nft's filter tables) fails in IPv6 and is undone; the
+    retried ADD succeeds; after its DEL the tables the failed one created are gone too."""
+    bindir = os.path.join(lab.tmp, "broken-bin")
+    os.makedirs(bindir)
+    with open(os.path.join(bindir, "ip6tables-restore"), "w") as f:
+        f.write("#!/bin/sh\ncat >/dev/null\necho 'ip6tables-restore: line 2 failed' >&2\nexit 1\n")
+    os.chmod(os.path.join(bindir, "ip6tables-restore"), 0o755)
+    broken = {"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    baseline = lab.ruleset()
+    net_a = lab.network(["bridge", "isolation"], isolation={"backend": "iptables"})
+    net_b = lab.network(["bridge", "isolation"], isolation={"backend": "iptables"})
+    b1 = lab.add(net_b)
+    rc, out, _ = run(lab, "DEL", b1)  # unregistered again: the next ADD is the host's first
+    assert rc == 0 and lab.ruleset() == baseline
+    rc, out, _ = run(lab, "ADD", b1, broken)
+    assert rc != 0 and out["code"] == 100 and "nothing was left applied" in out["details"], out
+    a1 = lab.add(net_a)
+    rc, out, _ = run(lab, "ADD", b1)
+    assert rc == 0, out
+    assert blocked(lab, b1, a1) and lab.tcp(a1.name, net_a.gateway4)
+    lab.delete(a1)
+    lab.delete(b1)
+    assert lab.ruleset() == baseline

@@ -686,10 +686,34 @@ def table_exists(family: str, name: str) -> bool:
     return rc == 0
 
 
+def chain_exists(family: str, table: str, chain: str) -> bool:
+    """True when the chain exists, or when nftables cannot tell (then nothing is deleted later)."""
+    backend = NftablesBackend()
+    if backend.nft is None:
+        return True
+    rc, _, _ = backend._run([{"list": {"chain": {"family": family, "table": table, "name": chain}}}], terse=True)
+    return rc == 0
+
+
+def delete_empty_chains(chains: list[tuple[str, str, str]]) -> None:
+    """Delete each (family, table, chain) that holds no rule: built-in chains iptables-nft made
+    for our jumps in a table that was there before. Best effort, one transaction each (a chain
+    some other rule still jumps to stays)."""
+    backend = NftablesBackend() if chains else None
+    if backend is None or backend.nft is None:
+        return
+    for family, table, name in chains:
+        rc, out, _ = backend._run([{"list": {"chain": {"family": family, "table": table, "name": name}}}])
+        if rc == 0 and out is not UNPARSEABLE and not any("rule" in o for o in out["nftables"]):
+            backend._run([{"delete": {"chain": {"family": family, "table": table, "name": name}}}])
+
+
 def delete_tables(tables: list[tuple[str, str]]) -> None:
-    """Delete (family, name) tables in one transaction: used to remove the filter tables the
-    iptables backend created on iptables-nft once they are pristine again. Best effort."""
+    """Delete (family, name) tables, each in its own transaction (one already gone must not keep
+    the others): used to remove the filter tables the iptables backend created on iptables-nft
+    once they are pristine again. Best effort."""
     if tables:
         backend = NftablesBackend()
         if backend.nft is not None:
-            backend._run([{"delete": {"table": {"family": f, "name": n}}} for f, n in tables])
+            for f, n in tables:
+                backend._run([{"delete": {"table": {"family": f, "name": n}}}])
