@@ -1,7 +1,7 @@
 """Stress runs for the reliability claims, at the sizes issue 8 names (the test suite runs
 small variants of each: tests/test_stress.py).
 
-    sudo .venv/bin/python bench/stress.py parallel [--invocations 64] [--bridges 16] [--rounds 4] [--backend B]
+    sudo .venv/bin/python bench/stress.py parallel [--invocations 64] [--bridges 16] [--rounds 4] [--host-filter] [--backend B]
     sudo .venv/bin/python bench/stress.py crash    [--calls 200] [--backend B]
     sudo .venv/bin/python bench/stress.py churn    [--cycles 1000] [--bridges 10] [--backend B] [--agent]
     sudo .venv/bin/python bench/stress.py fuzz     [--cases 10000]
@@ -67,13 +67,27 @@ def registered(lab: Lab) -> set[str]:
     return {b["bridge"] for b in status(lab)["bridges"]}
 
 
-def parallel(lab: Lab, backend: str, invocations: int, bridges: int, rounds: int = 4) -> dict:
+HOST_FILTER = """table ip filter {
+  chain OUTPUT { type filter hook output priority filter; policy accept; }
+}
+table ip6 filter {
+  chain OUTPUT { type filter hook output priority filter; policy accept; }
+}
+"""
+
+
+def parallel(lab: Lab, backend: str, invocations: int, bridges: int, rounds: int = 4,
+             host_filter: bool = False) -> dict:
     """`rounds` rounds of `invocations` ADD/DEL at once across `bridges` bridges (3/4 ADDs of
     new containers, 1/4 DELs of containers added before); after each, registry, rules and
     traffic must agree. Then every container left is DELeted at once, and the host's whole
     ruleset (`nft list ruleset`, `iptables-save`, `ip6tables-save`: iptables-nft's tables
-    and built-in chains included) must be what it was before the first ADD."""
+    and built-in chains included) must be what it was before the first ADD. `host_filter`:
+    the host had iptables-nft filter tables already (only OUTPUT), so the plugin creates
+    only the built-in chains it jumps from, and must remove only those."""
     nets = [lab.network(["bridge"]) for _ in range(bridges)]
+    if host_filter:
+        subprocess.run(["ip", "netns", "exec", lab.host, "nft", "-f", "-"], input=HOST_FILTER, text=True, check=True)
     baseline = lab.ruleset()
     live = [lab.add(nets[i % bridges]) for i in range(invocations - invocations * 3 // 4)]
     for c in live:
@@ -112,7 +126,7 @@ def parallel(lab: Lab, backend: str, invocations: int, bridges: int, rounds: int
         diff = list(difflib.unified_diff(baseline.splitlines(), after.splitlines(), "before the first ADD",
                                          "after the last DEL", lineterm=""))
         raise Failed(json.dumps({"errors": errors, "ruleset_diff": diff[:80]}))
-    return {"invocations": total, "rounds": rounds, "bridges": bridges, "errors": 0, "retries_after_11": retries,
+    return {"invocations": total, "rounds": rounds, "bridges": bridges, "host_filter": host_filter, "errors": 0, "retries_after_11": retries,
             "seconds": round(seconds, 2), "last_dels": len(live), "duplicate_rules": 0,
             "baseline_identical_after_last_del": True}
 
@@ -239,6 +253,8 @@ def main() -> int:
     ap.add_argument("--invocations", type=int, default=64)
     ap.add_argument("--bridges", type=int)
     ap.add_argument("--rounds", type=int, default=4, help="parallel: rounds before the last DELs")
+    ap.add_argument("--host-filter", action="store_true",
+                    help="parallel: the host has iptables-nft filter tables (OUTPUT only) before the first ADD")
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--cycles", type=int, default=1000)
     ap.add_argument("--cases", type=int, default=10000)
@@ -254,7 +270,8 @@ def main() -> int:
         with Lab(args.plugin, bridge_nf=1) as lab:
             try:
                 if args.what == "parallel":
-                    results[backend] = parallel(lab, backend, args.invocations, args.bridges or 16, args.rounds)
+                    results[backend] = parallel(lab, backend, args.invocations, args.bridges or 16, args.rounds,
+                                                args.host_filter)
                 elif args.what == "crash":
                     results[backend] = crash(lab, backend, args.calls)
                 else:
