@@ -585,7 +585,7 @@ class NftablesBackend:
     def _flags(self, family: str) -> list[str]:
         rc, text, _ = self.nft.cmd(f"list table {family} {TABLE}")
         flags = next((line.split()[1:] for line in text.splitlines() if line.strip().startswith("flags ")), [])
-        return [f.strip(",") for f in flags] or ["unknown"]
+        return [f for word in flags for f in word.split(",") if f] or ["unknown"]
 
     def ensure(self, intent: BridgeIntent, others=(), related=None) -> dict:
         """Apply `intent`; `others` are the other registered attachments (a sequence, or a
