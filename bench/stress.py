@@ -1,7 +1,7 @@
 """Stress runs for the reliability claims, at the sizes issue 8 names (the test suite runs
 small variants of each: tests/test_stress.py).
 
-    sudo .venv/bin/python bench/stress.py parallel [--invocations 64] [--bridges 16] [--backend B]
+    sudo .venv/bin/python bench/stress.py parallel [--invocations 64] [--bridges 16] [--rounds 4] [--host-filter] [--backend B]
     sudo .venv/bin/python bench/stress.py crash    [--calls 200] [--backend B]
     sudo .venv/bin/python bench/stress.py churn    [--cycles 1000] [--bridges 10] [--backend B] [--agent]
     sudo .venv/bin/python bench/stress.py fuzz     [--cases 10000]
@@ -67,38 +67,76 @@ def registered(lab: Lab) -> set[str]:
     return {b["bridge"] for b in status(lab)["bridges"]}
 
 
-def parallel(lab: Lab, backend: str, invocations: int, bridges: int) -> dict:
-    """`invocations` ADD/DEL at once across `bridges` bridges (3/4 ADDs of new containers,
-    1/4 DELs of containers added before), then registry, rules and traffic must agree."""
+HOST_FILTER = """table ip filter {
+  chain OUTPUT { type filter hook output priority filter; policy accept; }
+}
+table ip6 filter {
+  chain OUTPUT { type filter hook output priority filter; policy accept; }
+}
+"""
+
+
+def parallel(lab: Lab, backend: str, invocations: int, bridges: int, rounds: int = 4,
+             host_filter: bool = False) -> dict:
+    """`rounds` rounds of `invocations` ADD/DEL at once across `bridges` bridges (3/4 ADDs of
+    new containers, 1/4 DELs of containers added before); after each, registry, rules and
+    traffic must agree. Then every container left is DELeted at once, and the host's whole
+    ruleset (`nft list ruleset`, `iptables-save`, `ip6tables-save`: iptables-nft's tables
+    and built-in chains included) must be what it was before the first ADD. `host_filter`:
+    the host had iptables-nft filter tables already (only OUTPUT), so the plugin creates
+    only the built-in chains it jumps from, and must remove only those."""
     nets = [lab.network(["bridge"]) for _ in range(bridges)]
-    adds = [lab.add(nets[i % bridges]) for i in range(invocations * 3 // 4)]
-    dels = [lab.add(nets[i % bridges]) for i in range(invocations - len(adds))]
-    for c in dels:
+    if host_filter:
+        subprocess.run(["ip", "netns", "exec", lab.host, "nft", "-f", "-"], input=HOST_FILTER, text=True, check=True)
+    baseline = lab.ruleset()
+    live = [lab.add(nets[i % bridges]) for i in range(invocations - invocations * 3 // 4)]
+    for c in live:
         if invoke(lab, c, "ADD", backend)[0] != 0:
             raise Failed(f"setup ADD of {c.id} failed")
-    jobs = [("ADD", c) for c in adds] + [("DEL", c) for c in dels]
-    random.shuffle(jobs)
+    total, retries, seconds = 0, 0, 0.0
+    for n in range(rounds):
+        adds = [lab.add(nets[i % bridges]) for i in range(invocations * 3 // 4)]
+        dels = random.sample(live, min(len(live), invocations - len(adds)))
+        jobs = [("ADD", c) for c in adds] + [("DEL", c) for c in dels]
+        random.shuffle(jobs)
+        results, took = run_at_once(lab, jobs, backend)
+        total, seconds = total + len(jobs), seconds + took
+        retries += sum(r for _, (_, _, r) in results)
+        errors = [f"round {n}: {j[0]} {j[1].id}: {out}" for j, (rc, out, _) in results if rc != 0]
+        live = [c for c in live if c not in dels] + adds
+        report = status(lab)
+        attachments = sum(b["attachments"] for b in report["bridges"])
+        problems = report["problems"]
+        if attachments != len(live):
+            problems.append(f"round {n}: {attachments} attachments registered, {len(live)} expected")
+        dups = duplicate_rules(lab) if backend == "iptables" else []
+        # traffic: one container of each of two bridges, both ways, plus a same-bridge pair
+        a, b = adds[0], adds[1]
+        same = next(c for c in adds[1:] if c.network is a.network)
+        got = lab.reach([(a.name, b.ipv4), (b.name, a.ipv6), (a.name, same.ipv4)])
+        wrong = [k for k, ok in got.items() if ok != (k[2] == same.ipv4)]
+        if errors or problems or dups or wrong:
+            raise Failed(json.dumps({"errors": errors, "problems": problems, "duplicates": dups, "traffic": wrong}))
+    results, took = run_at_once(lab, [("DEL", c) for c in live], backend)
+    errors = [f"last DELs: {j[1].id}: {out}" for j, (rc, out, _) in results if rc != 0]
+    after = lab.ruleset()
+    if errors or after != baseline:
+        import difflib
+
+        diff = list(difflib.unified_diff(baseline.splitlines(), after.splitlines(), "before the first ADD",
+                                         "after the last DEL", lineterm=""))
+        raise Failed(json.dumps({"errors": errors, "ruleset_diff": diff[:80]}))
+    return {"invocations": total, "rounds": rounds, "bridges": bridges, "host_filter": host_filter, "errors": 0, "retries_after_11": retries,
+            "seconds": round(seconds, 2), "last_dels": len(live), "duplicate_rules": 0,
+            "baseline_identical_after_last_del": True}
+
+
+def run_at_once(lab: Lab, jobs: list, backend: str) -> tuple[list, float]:
+    """Every (command, container) job at the same time; ((job, (rc, out, retries)) each, seconds)."""
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
         results = list(pool.map(lambda j: (j, invoke(lab, j[1], j[0], backend)), jobs))
-    seconds = time.monotonic() - started
-    errors = [f"{j[0]} {j[1].id}: {out}" for j, (rc, out, _) in results if rc != 0]
-    retries = sum(r for _, (_, _, r) in results)
-    report = status(lab)
-    attachments = sum(b["attachments"] for b in report["bridges"])
-    problems = report["problems"]
-    if attachments != len(adds):
-        problems.append(f"{attachments} attachments registered, {len(adds)} expected")
-    dups = duplicate_rules(lab) if backend == "iptables" else []
-    # traffic: one container of each of two bridges, both ways, plus a same-bridge pair
-    a, b = adds[0], adds[1]
-    same = next(c for c in adds[1:] if c.network is a.network)
-    got = lab.reach([(a.name, b.ipv4), (b.name, a.ipv6), (a.name, same.ipv4)])
-    wrong = [k for k, ok in got.items() if ok != (k[2] == same.ipv4)]
-    if errors or problems or dups or wrong:
-        raise Failed(json.dumps({"errors": errors, "problems": problems, "duplicates": dups, "traffic": wrong}))
-    return {"invocations": len(jobs), "bridges": bridges, "errors": 0, "retries_after_11": retries,
-            "seconds": round(seconds, 2), "attachments": attachments, "duplicate_rules": 0}
+    return results, time.monotonic() - started
 
 
 def crash(lab: Lab, backend: str, calls: int) -> dict:
@@ -214,6 +252,9 @@ def main() -> int:
     ap.add_argument("--backend", choices=["iptables", "nftables", "both"], default="both")
     ap.add_argument("--invocations", type=int, default=64)
     ap.add_argument("--bridges", type=int)
+    ap.add_argument("--rounds", type=int, default=4, help="parallel: rounds before the last DELs")
+    ap.add_argument("--host-filter", action="store_true",
+                    help="parallel: the host has iptables-nft filter tables (OUTPUT only) before the first ADD")
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--cycles", type=int, default=1000)
     ap.add_argument("--cases", type=int, default=10000)
@@ -229,7 +270,8 @@ def main() -> int:
         with Lab(args.plugin, bridge_nf=1) as lab:
             try:
                 if args.what == "parallel":
-                    results[backend] = parallel(lab, backend, args.invocations, args.bridges or 16)
+                    results[backend] = parallel(lab, backend, args.invocations, args.bridges or 16, args.rounds,
+                                                args.host_filter)
                 elif args.what == "crash":
                     results[backend] = crash(lab, backend, args.calls)
                 else:

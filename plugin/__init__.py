@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 # CNI specification versions this plugin speaks, oldest first.
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+MAX_STDIN = 1 << 20  # bytes of configuration read from stdin; more is error 6 (a conflist entry is a few KiB)
 
 
 def version_result() -> dict:

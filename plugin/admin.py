@@ -83,7 +83,11 @@ def prune() -> tuple[int, list[str]]:
     with HostLock():
         reg = Registry.load(state_dir())
         dead = [a for a in reg.attachments.values() if not is_bridge(a.bridge)]
-        return len(dead), detach(reg, dead)
+        errors = detach(reg, dead)
+        from plugin.config import prune as prune_configs
+
+        prune_configs({a.network for a in reg.attachments.values()})
+        return len(dead), errors
 
 
 def cleanup_commands(bridge: str | None) -> list[list[str]]:

@@ -13,19 +13,28 @@ change, a firewall reload, `nft flush ruleset`) and checks every few seconds any
 enforced, or a registered bridge has vanished, it reconciles and logs the repair.
 
 Wire format, both ways: a 4-byte big-endian length, then JSON. Request
-{"env": {CNI_*...}, "stdin": "<latin-1 text of the raw bytes>"}; reply
+{"env": {CNI_*...}, "stdin": "<latin-1 text of the raw bytes>", "deadline": T}; reply
 {"stdout": "...", "rc": N}. Only root peers (SO_PEERCRED) are served, requests are
-bounded, and a bad or half-sent one only ends its own connection.
+bounded, and a bad or half-sent one only ends its own connection. The plugin, in turn,
+sends nothing unless the socket is root's and the peer (SO_PEERCRED) runs as root.
+
+T (time.monotonic(), one clock for the whole host) is when the plugin stops waiting and
+does the work itself. The agent never starts a request after T: it checks under the
+HostLock, so a request it began in time finishes before the plugin's own attempt can
+take the lock, and one it did not begin is dropped. Without this, a DEL given up on
+could be applied after the runtime had ADDed the same container again.
 """
 
 import _socket  # the client runs on every start: `socket` would import selectors and enum
 import json
 import os
+import stat
 import struct
+import time
 
 SOCKET_NAME = "agent.sock"
 MAX_REQUEST = 1 << 20
-CLIENT_TIMEOUT_S = 60.0  # ADD waits up to 30 s for the lock, then applies
+CLIENT_TIMEOUT_S = 60.0  # ADD waits up to 30 s for the lock, then applies; ISOLATION_AGENT_TIMEOUT_S overrides it
 REQUEST_READ_TIMEOUT_S = 5.0
 FORWARDED = ("CNI_", "ISOLATION_LOG_")
 WARM = ("plugin.cni", "plugin.config", "plugin.model", "plugin.lifecycle", "plugin.registry",
@@ -74,18 +83,30 @@ def _recv_exact(sock, n: int) -> bytes | None:
 def forward(env: dict, stdin: bytes) -> tuple[str, int] | None:
     """(stdout, exit code) as the agent computed them, or None: no agent here, or it failed
     before answering (the caller then does the work itself)."""
-    if env.get("ISOLATION_AGENT") == "off":
+    if env.get("ISOLATION_AGENT") == "off" or len(stdin) > MAX_REQUEST:
         return None
     try:
-        path = socket_path()
-    except Exception:  # no state directory: nothing to talk to
+        path = socket_path()  # the state directory is checked to be root's alone
+        st = os.lstat(path)
+    except Exception:  # no state directory, or no agent: nothing to talk to
         return None
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != 0:
+        return None  # not a root agent's socket: never sent anything; the work is done here
+    try:
+        timeout = float(env.get("ISOLATION_AGENT_TIMEOUT_S", CLIENT_TIMEOUT_S))
+    except ValueError:
+        timeout = CLIENT_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
-        sock.settimeout(CLIENT_TIMEOUT_S)
+        sock.settimeout(timeout)
         sock.connect(path)
+        _, uid, _ = struct.unpack("3i", sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i")))
+        if uid != 0:
+            return None
         request_env = {k: v for k, v in env.items() if k.startswith(FORWARDED)}
-        _send(sock, {"env": request_env, "stdin": stdin.decode("latin-1")})
+        _send(sock, {"env": request_env, "stdin": stdin.decode("latin-1"), "deadline": deadline})
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))  # never given up before the deadline
         reply = _recv(sock, 16 * MAX_REQUEST)
     except OSError:
         return None
@@ -179,19 +200,26 @@ class Agent:
                     self.log(f"refused a request from uid {uid} (pid {pid}): only root is served")
                     return
                 conn.settimeout(REQUEST_READ_TIMEOUT_S)
+                received = time.monotonic()
                 request = _recv(conn, MAX_REQUEST)
                 env, stdin = (request or {}).get("env"), (request or {}).get("stdin")
+                deadline = (request or {}).get("deadline", received + CLIENT_TIMEOUT_S)
                 if not isinstance(env, dict) or not isinstance(stdin, str) or not all(
-                        isinstance(k, str) and isinstance(v, str) and k.startswith(FORWARDED) for k, v in env.items()):
+                        isinstance(k, str) and isinstance(v, str) and k.startswith(FORWARDED) for k, v in env.items()
+                        ) or not isinstance(deadline, (int, float)) or isinstance(deadline, bool):
                     self.log(f"dropped a malformed request from pid {pid}")
+                    return
+                what = f"{env.get('CNI_COMMAND')} for {env.get('CNI_CONTAINERID', '-')}"
+                if time.monotonic() >= deadline:
+                    self.log(f"dropped {what}: its client had stopped waiting")
                     return
                 from plugin import cni
 
-                out, rc = cni.run(env, stdin.encode("latin-1"))
-                conn.settimeout(CLIENT_TIMEOUT_S)
-                _send(conn, {"stdout": json.dumps(out) + "\n" if out is not None else "", "rc": rc})
+                out, rc = cni.run(env, stdin.encode("latin-1"), deadline)
+                conn.settimeout(max(deadline - time.monotonic(), 0.001))
                 self.served += 1
-                self.log(f"served {env.get('CNI_COMMAND')} for {env.get('CNI_CONTAINERID', '-')}: rc={rc}")
+                self.log(f"served {what}: rc={rc}" + (f" ({out.get('msg')})" if rc and isinstance(out, dict) else ""))
+                _send(conn, {"stdout": json.dumps(out) + "\n" if out is not None else "", "rc": rc})
         except Exception as exc:  # one connection's trouble never takes the agent down
             self.log(f"request failed: {type(exc).__name__}: {exc}")
         finally:

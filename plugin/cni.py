@@ -7,7 +7,7 @@ that need them, so VERSION and a plain DEL stay cheap.
 import json
 import time
 
-from plugin import SUPPORTED_VERSIONS, version_result
+from plugin import MAX_STDIN, SUPPORTED_VERSIONS, version_result
 from plugin.errors import (
     CHECK_FAILED,
     DECODE_FAILURE,
@@ -32,13 +32,27 @@ REQUIRED_ENV = {
     "STATUS": ("CNI_PATH",),
 }
 MIN_VERSION = {"CHECK": (0, 4, 0), "GC": (1, 1, 0), "STATUS": (1, 1, 0)}
+MAX_DEPTH = 64  # runtimes nest 5 levels deep; deeper input would only reach recursion limits later
+
+
+def depth_exceeds(value, limit: int = MAX_DEPTH) -> bool:
+    """Whether decoded JSON nests deeper than `limit` (iterative: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            if level > limit:
+                return True
+            stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 class Invocation:
     """One plugin run: the verb, its environment and its decoded configuration."""
 
-    def __init__(self, env: dict, stdin: bytes):
+    def __init__(self, env: dict, stdin: bytes, deadline: float | None = None):
         self.command = env.get("CNI_COMMAND", "")
+        self.deadline = deadline  # set by the agent: when its client stops waiting (hoststate.HostLock)
         self.env = env
         self.stdin = stdin
         self.cni_version = LATEST  # until the configuration tells otherwise
@@ -48,10 +62,16 @@ class Invocation:
         self.notes: dict = {}  # what the log line reports: bridge, backend, ...
 
     def decode(self) -> None:
+        if len(self.stdin) > MAX_STDIN:
+            raise CniError(DECODE_FAILURE, f"the network configuration is larger than {MAX_STDIN} bytes")
         try:
             raw = json.loads(self.stdin)
         except (ValueError, UnicodeDecodeError) as exc:
             raise CniError(DECODE_FAILURE, f"cannot decode the network configuration: {exc}") from None
+        except RecursionError:
+            raw = depth_exceeds  # a marker: too deep for the decoder itself
+        if raw is depth_exceeds or depth_exceeds(raw):
+            raise CniError(DECODE_FAILURE, f"the network configuration nests deeper than {MAX_DEPTH} levels")
         if not isinstance(raw, dict):
             raise CniError(DECODE_FAILURE, "the network configuration must be a JSON object")
         version = raw.get("cniVersion")
@@ -91,9 +111,10 @@ class Invocation:
             )
 
 
-def run(env: dict, stdin: bytes) -> tuple[dict | None, int]:
-    """Execute one CNI invocation; returns (JSON to print or None, exit code)."""
-    inv = Invocation(env, stdin)
+def run(env: dict, stdin: bytes, deadline: float | None = None) -> tuple[dict | None, int]:
+    """Execute one CNI invocation; returns (JSON to print or None, exit code). `deadline`: see
+    hoststate.HostLock (the agent passes its client's)."""
+    inv = Invocation(env, stdin, deadline)
     if inv.command == "VERSION":
         return version_result(), 0
     started = time.monotonic()
@@ -110,6 +131,8 @@ def run(env: dict, stdin: bytes) -> tuple[dict | None, int]:
     finally:
         from plugin import log
 
+        if inv.log_file is None and inv.log_level is None:  # the configuration never validated
+            inv.log_file, inv.log_level = log.from_raw(inv.raw)
         fields = {"container": env.get("CNI_CONTAINERID"), "network": inv.raw.get("name"), **inv.notes, **outcome}
         log.record(*log.destination(env, inv.log_file, inv.log_level), inv.command, fields, started)
 
@@ -143,7 +166,7 @@ def cmd_add(inv: Invocation) -> dict:
     attachment = Attachment(inv.network, inv.env["CNI_CONTAINERID"], inv.env["CNI_IFNAME"], intent.bridge,
                             intent.port, conf.ingressPolicy, backend.name, addresses, conf.allowPublishedPorts,
                             conf.isolationGroup, intent.guard.to_json())
-    with HostLock():
+    with HostLock(deadline=inv.deadline):
         attach(backend, intent, attachment)
     return convert(prev, inv.cni_version)
 
@@ -154,7 +177,7 @@ def cmd_check(inv: Invocation) -> None:
     from plugin.registry import Registry
 
     _, backend, intent, _ = _engine(inv)
-    with HostLock():  # never look at a half-finished ADD (one transaction per family on iptables)
+    with HostLock(deadline=inv.deadline):  # never look at a half-finished ADD (one transaction per family on iptables)
         reg = Registry.load(state_dir())
         neighbours = [intent_of(a) for a in reg.on_bridge(intent.bridge, backend.name) if a.key != inv.key]
         found = backend.verify(intent, neighbours)
@@ -177,7 +200,7 @@ def cmd_del(inv: Invocation) -> None:
     that holds it (any ADD, DEL, GC, `isolation reconcile`, or the agent).
     """
     from plugin import config
-    from plugin.hoststate import HostLock, state_dir
+    from plugin.hoststate import Abandoned, HostLock, state_dir
     from plugin.lifecycle import detach, settle_deferred
     from plugin.registry import Registry, defer_delete
 
@@ -187,9 +210,9 @@ def cmd_del(inv: Invocation) -> None:
     except CniError:
         pass
     try:
-        lock = HostLock().__enter__()
+        lock = HostLock(deadline=inv.deadline).__enter__()
     except CniError as err:
-        if err.code != TRY_AGAIN_LATER:
+        if err.code != TRY_AGAIN_LATER or isinstance(err, Abandoned):  # an abandoned DEL is its client's
             raise
         defer_delete(state_dir(), inv.key)  # never fail DEL: the next locked run does it
         inv.notes["deferred"] = err.msg
@@ -201,6 +224,7 @@ def cmd_del(inv: Invocation) -> None:
         if att is not None:
             inv.notes |= {"bridge": att.bridge, "backend": att.backend}
             errors += detach(reg, [att])
+            config.prune({a.network for a in reg.attachments.values()})
         if errors:
             inv.notes["teardown"] = "; ".join(errors)
     finally:
@@ -224,13 +248,16 @@ def cmd_gc(inv: Invocation) -> None:
     ):
         raise CniError(INVALID_CONFIG, f"{field}: must be a list of {{containerID, ifname}} objects")
     keep = {(v["containerID"], v["ifname"]) for v in valid}
-    with HostLock():
+    with HostLock(deadline=inv.deadline):
         reg = Registry.load(state_dir())
         deferred_errors = settle_deferred(reg)
         atts = list(reg.attachments.values())
         stale = [a for a in atts if a.network == inv.network and (a.container, a.ifname) not in keep]
         orphaned = [a for a in atts if a not in stale and not is_bridge(a.bridge)]
         errors = deferred_errors + detach(reg, stale + orphaned)
+        from plugin.config import prune
+
+        prune({a.network for a in reg.attachments.values()})
     inv.notes["collected"] = len(stale) + len(orphaned)
     if errors:
         raise CniError(ENFORCEMENT_FAILED, "GC could not remove every stale attachment's rules", "; ".join(errors))

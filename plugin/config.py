@@ -6,7 +6,9 @@ differs), yet validating it means importing pydantic and building the model:
 configuration is therefore memoised in the namespace's root-only state
 directory, keyed by the exact input and by the fingerprint of the running code,
 so a new build never trusts an old verdict. Rejected input is never cached: it
-is validated (and explained) every time.
+is validated (and explained) every time. A cached verdict decides the rules, so one
+that is not root's alone is refused (error 5), never used; each file is named after
+its network, and a network's verdicts go when its last attachment does (prune).
 """
 
 import json
@@ -23,9 +25,10 @@ except ImportError:  # Python >= 3.12 names it _sha2; elsewhere, hashlib
 from types import SimpleNamespace
 
 from plugin import __version__
-from plugin.hoststate import state_dir
+from plugin.hoststate import private_dir, read_private, state_dir
 
 IGNORED = ("prevResult",)  # varies per container and is checked by the protocol layer
+FOLDER = "config"
 
 
 def _fingerprint() -> str:
@@ -38,17 +41,21 @@ def _fingerprint() -> str:
 def _key(raw: dict) -> str:
     subset = {k: v for k, v in raw.items() if k not in IGNORED}
     text = json.dumps([_fingerprint(), subset], sort_keys=True, separators=(",", ":"))
-    return sha256(text.encode()).hexdigest()
+    return f"{network_tag(raw.get('name'))}-{sha256(text.encode()).hexdigest()}"
+
+
+def network_tag(name) -> str:
+    """The first part of the cache file names of network `name` (prune matches on it)."""
+    return sha256(json.dumps(name).encode()).hexdigest()[:16]
 
 
 def load(raw: dict, use_cache: bool = True) -> SimpleNamespace:
     """The validated configuration (attributes as in plugin.model.NetConf), or CniError 7."""
     path = None
     if use_cache:
-        path = os.path.join(state_dir(), "config", _key(raw) + ".json")
+        path = os.path.join(private_dir(os.path.join(state_dir(), FOLDER)), _key(raw) + ".json")
         try:
-            with open(path) as f:
-                return SimpleNamespace(**json.load(f))
+            return SimpleNamespace(**json.loads(read_private(path)))  # refused (CniError 5) unless ours alone
         except (OSError, ValueError, TypeError):
             pass
     from plugin.model import parse
@@ -62,10 +69,31 @@ def load(raw: dict, use_cache: bool = True) -> SimpleNamespace:
 def _store(path: str, values: dict) -> None:
     """Write atomically; a cache that cannot be written only costs time."""
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
             json.dump(values, f)
         os.replace(tmp, path)
     except OSError:
         pass
+
+
+def prune(networks) -> int:
+    """Remove the cached verdicts of every network not in `networks` (those with attachments
+    left); returns how many went. Called under the HostLock after a detach."""
+    folder = os.path.join(state_dir(), FOLDER)
+    keep = {network_tag(n) for n in networks}
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    private_dir(folder)
+    gone = 0
+    for name in names:
+        if name.split("-", 1)[0] not in keep:
+            try:
+                os.unlink(os.path.join(folder, name))
+                gone += 1
+            except OSError:
+                pass
+    return gone

@@ -31,7 +31,17 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
         facts = backend.ensure(intent, lambda: others(reg.attachments.values()), related)
     except CniError as err:
         # against everything registered, the attachment's own earlier ADD included: it stays
-        _undo(backend, policy.release(attachment, reg.on_backend(backend.name)), reg.backends.get(backend.name, {}), err)
+        release = policy.release(attachment, reg.on_backend(backend.name))
+        made = getattr(err, "facts", None)  # what the failed ADD made exist (iptables-nft's tables)
+        _remember(reg, backend.name, made or {})
+        _undo(backend, release, reg.backends.get(backend.name, {}), err)
+        if made:  # kept for the last DEL, or forgotten with what the undo removed
+            if release.last:
+                reg.backends.pop(backend.name, None)
+            try:
+                reg.save()
+            except CniError:
+                pass
         raise
     reg.put(attachment)
     _remember(reg, backend.name, facts)
@@ -123,6 +133,9 @@ def reconcile() -> list[str]:
             done.append(f"{name}: restored the isolation of {len(intents)} attachment(s): {'; '.join(missing[:4])}"
                         + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""))
     done += _remove_orphans(reg)
+    from plugin.config import prune
+
+    prune({a.network for a in reg.attachments.values()})  # the verdicts of networks with no attachment left
     return done
 
 

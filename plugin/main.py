@@ -3,7 +3,7 @@
 import os
 import sys
 
-from plugin import SUPPORTED_VERSIONS, __version__, version_json
+from plugin import MAX_STDIN, SUPPORTED_VERSIONS, __version__, version_json
 
 
 def about() -> str:
@@ -47,10 +47,11 @@ def _run_cni() -> int:
     command = os.environ.get("CNI_COMMAND")
     if command == "VERSION":  # runtimes call it for every plugin of every conflist: nothing to import
         if not sys.stdin.isatty():
-            sys.stdin.buffer.read()
+            while len(sys.stdin.buffer.read(65536)) == 65536:  # drained, never held whole
+                pass
         sys.stdout.write(version_json() + "\n")
         return 0
-    stdin = sys.stdin.buffer.read()
+    stdin = sys.stdin.buffer.read(MAX_STDIN + 1)  # more than MAX_STDIN is error 6 (cni.Invocation.decode)
     env = dict(os.environ)
     from plugin.agent import forward
 

@@ -12,6 +12,7 @@ import json
 import os
 
 from plugin.errors import IO_FAILURE, CniError
+from plugin.hoststate import private_dir, read_private, refuse
 from plugin.record import as_dict, from_dict, record
 
 FILENAME = "registry.json"
@@ -87,8 +88,7 @@ class Registry:
         """The registry of this namespace; a missing one is empty, an unreadable one is set aside."""
         path = os.path.join(state_dir, FILENAME)
         try:
-            with open(path) as f:
-                text = f.read()
+            text = read_private(path)  # ours alone, or refused (CniError 5): it decides the rules
             head, _, rest = text.partition("\n")
             one_per_line = head.endswith('"attachments": [') and rest.endswith("\n]}\n")
             data = json.loads(head + "]}" if one_per_line else text)
@@ -205,8 +205,7 @@ def defer_delete(state_dir: str, key: tuple[str, str, str]) -> None:
     """Record a DEL for the next run that holds the lock (atomic file per attachment)."""
     import hashlib
 
-    folder = os.path.join(state_dir, DEFERRED)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
+    folder = private_dir(os.path.join(state_dir, DEFERRED))
     name = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
     tmp = os.path.join(folder, f".{name}.{os.getpid()}")
     with open(tmp, "w") as f:
@@ -221,6 +220,9 @@ def deferred_deletes(state_dir: str) -> list[tuple[str, tuple[str, str, str]]]:
         names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
     except FileNotFoundError:
         return []
+    except NotADirectoryError:
+        raise refuse(folder, "it is not a directory") from None
+    private_dir(folder)  # a planted DEL would remove a container's isolation
     found = []
     for name in names:
         path = os.path.join(folder, name)

@@ -139,6 +139,7 @@ class Lab:
         self.cache: dict[tuple[str, str], dict] = {}
         self.listeners: list[socket.socket] = []
         self.agent: subprocess.Popen | None = None
+        self.state_root: str | None = None  # see private_state_root()
         self.host = self.outside = ""
         self.tmp = tempfile.mkdtemp(prefix=f"isolation-{self.prefix}-")
         try:  # whatever fails from here on, close() removes what was made so far
@@ -201,7 +202,17 @@ class Lab:
 
     # --- the resident agent -----------------------------------------------------------------
     def state_dir(self) -> str:
-        return os.path.join(STATE_ROOT, in_netns(self.host, netns_key))
+        return os.path.join(self.state_root or STATE_ROOT, in_netns(self.host, netns_key))
+
+    def private_state_root(self, mode: int = 0o700) -> str:
+        """From now on our binary sees a directory of this lab (returned) as /run/isolation,
+        bind-mounted in its private mount namespace: tests may plant hostile files there
+        without ever touching the host's real state directory."""
+        self.state_root = os.path.join(self.tmp, "state-root")
+        os.mkdir(self.state_root)
+        os.chmod(self.state_root, mode)
+        os.makedirs(STATE_ROOT, mode=0o700, exist_ok=True)  # the mount point (the plugin makes it anyway)
+        return self.state_root
 
     def start_agent(self) -> str:
         """Run `isolation agent` in the host namespace; returns its log file once it serves."""
@@ -282,6 +293,8 @@ class Lab:
         empty = os.path.join(self.tmp, "empty")
         open(empty, "w").close()
         script = 'for lib in "$@"; do case "$lib" in --) shift; break;; esac; mount --bind "$0" "$lib"; shift; done; exec "$@"'
+        if self.state_root:
+            script = f'mount --bind {self.state_root} {STATE_ROOT} || exit 99; {script}'
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, empty, *SYSTEM_LIBNFTABLES, "--", *argv]
 
     def _conf(self, net: Network, plugin: dict, prev: dict | None, port_mappings: list | None = None) -> dict:

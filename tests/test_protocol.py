@@ -49,6 +49,14 @@ def conf(version="1.0.0", prev=None, **extra):
     return c
 
 
+def nested(depth: int) -> list:
+    """A list nested `depth` levels deep."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 def legacy_shape(prev: dict, version: str) -> dict:
     """A 1.0.0 result rewritten by hand into the 0.3.x/0.4.0 shape (ips carry "version")."""
     out = copy.deepcopy(prev)
@@ -249,6 +257,14 @@ def test_real_bridge_with_a_wildcard_name_is_refused(bridged):
         ("future version", json.dumps({"cniVersion": "2.0.0", "type": "isolation"}), 1, "2.0.0"),
         ("no version", json.dumps({"type": "isolation"}), 1, "has no cniVersion"),
         ("empty object", "{}", 1, "has no cniVersion"),
+        # nested far beyond the decoder's recursion limit (was 104, an internal error)
+        ("nested 100000 deep", '{"cniVersion": "1.0.0", "type": "isolation", "args": ' + "[" * 100000
+         + "]" * 100000 + "}", 6, "deeper than 64"),
+        # within the decoder's limit, beyond ours: later code must never meet it
+        ("nested 65 deep", json.dumps({"cniVersion": "1.0.0", "type": "isolation", "args": nested(64)}), 6,
+         "deeper than 64"),
+        ("larger than 1 MiB", json.dumps({"cniVersion": "1.0.0", "type": "isolation", "args": "x" * (1 << 20)}), 6,
+         "larger than 1048576 bytes"),
     ],
 )
 def test_undecodable_input(bridged, case, stdin, code, word):
@@ -258,6 +274,19 @@ def test_undecodable_input(bridged, case, stdin, code, word):
         rc, out, _ = call(lab, command, None, c, raw_stdin=stdin)
         assert_error(rc, out, code, word)
     assert ruleset(lab) == before
+
+
+def test_deep_and_large_input_within_the_bounds_is_served(bridged):
+    """The positive control of the bounds above: 64 levels (the conf object, then `args`
+    63 deep) and a configuration of almost 1 MiB are accepted and enforced."""
+    lab, net, c, prev = bridged
+    padding = "x" * ((1 << 20) - 20000)
+    for extra in ({"args": nested(63)}, {"args": {"pad": padding}}):
+        stdin = json.dumps(conf(prev=prev, backend="nftables", **extra))
+        assert len(stdin) <= 1 << 20
+        rc, out, raw = call(lab, "ADD", None, c, raw_stdin=stdin)
+        assert rc == 0 and out["interfaces"] == prev["interfaces"], raw[:300]
+    assert "isolated" in lab.nft("list", "table", "inet", "isolation")
 
 
 @pytest.mark.parametrize(

@@ -22,10 +22,16 @@ def stress(isolation_bin, *args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("backend", ["iptables", "nftables"])
-def test_parallel_adds_and_dels(isolation_bin, can_netns, backend):
-    r = stress(isolation_bin, "parallel", "--backend", backend, "--invocations", "64", "--bridges", "16")
-    assert r["parallel"][backend]["errors"] == 0 and r["parallel"][backend]["invocations"] == 64
+@pytest.mark.parametrize("backend,host_filter", [("iptables", False), ("iptables", True), ("nftables", False)])
+def test_parallel_adds_and_dels(isolation_bin, can_netns, backend, host_filter):
+    """Two rounds of 64 at once, then every container left DELeted at once: the whole ruleset
+    (iptables-nft's tables and built-in chains included) must be the one before the first ADD,
+    whether the host had filter tables of its own (only OUTPUT) or none."""
+    r = stress(isolation_bin, "parallel", "--backend", backend, "--invocations", "64", "--bridges", "16",
+               "--rounds", "2", *(["--host-filter"] if host_filter else []))
+    got = r["parallel"][backend]
+    assert got["errors"] == 0 and got["invocations"] == 128 and got["last_dels"] == 80
+    assert got["baseline_identical_after_last_del"] is True
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])

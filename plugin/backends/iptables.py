@@ -58,6 +58,7 @@ ATTEMPTS = 3
 
 
 BUILTIN = ("INPUT", "FORWARD", "OUTPUT")
+HOOKED = ("FORWARD", "INPUT")  # the built-in chains our jumps sit in
 
 
 @record
@@ -474,23 +475,39 @@ class IptablesBackend:
     def ensure(self, intent: BridgeIntent, others=(), related=None) -> dict:
         """Apply `intent`, and re-apply `others` (the registered attachments, or a function
         returning them) if anything of theirs is missing: the table is read whole anyway.
-        Returns facts for the registry (the filter tables this created)."""
+        Returns facts for the registry: what of iptables-nft this made exist (the filter
+        tables, or built-in chains of tables that were there), for the last DEL to remove.
+        A failed ADD carries them too (CniError.facts): its undo may leave them behind."""
         if not intent.enforces_anything:
             return {}
         others = others() if callable(others) else others
         if intent.drop_intra:
             bridgenf.ensure_on(self.families)
         created: list[str] = []
+        chains: list[str] = []
 
         def note_created(tables: dict[str, FilterTable]) -> None:
-            created.extend(fam for fam, t in tables.items() if t.nft_variant and t.pristine() and not _nft_table(fam))
+            for fam, t in tables.items():
+                if not t.nft_variant:
+                    continue
+                if t.pristine() and not _nft_table(fam):
+                    created.append(fam)
+                    continue
+                # iptables-save shows every built-in chain: ask nftables only about those this
+                # ADD is about to jump from while they hold nothing (a host's first ADD)
+                lines = plan(t, [intent, *others], fam)
+                chains.extend(f"{fam}:{c}" for c in HOOKED if not t.chains.get(c)
+                              and any(line.startswith(f"-I {c} ") for line in lines) and not _nft_chain(fam, c))
 
         failed = self._transact(lambda fam, table: plan(table, [intent, *others], fam), before=note_created)
+        facts = {k: v for k, v in (("created_filter", created), ("created_chains", chains)) if v}
         if failed:
             fam, err = failed[0]
             code = TRY_AGAIN_LATER if "lock" in err else ENFORCEMENT_FAILED
-            raise CniError(code, f"{TOOLS[fam][1]} could not apply isolation rules for {intent.bridge}", err.strip())
-        return {"created_filter": created} if created else {}
+            error = CniError(code, f"{TOOLS[fam][1]} could not apply isolation rules for {intent.bridge}", err.strip())
+            error.facts = facts
+            raise error
+        return facts
 
     def _transact(self, planner, before=None) -> list[tuple[str, str]]:
         """Per family: read, plan with `planner(family, table)`, apply as one restore (families in parallel).
@@ -521,17 +538,21 @@ class IptablesBackend:
         failed = self._transact(lambda fam, table: release_plan(table, r, fam))
         if failed:
             raise CniError(ENFORCEMENT_FAILED, f"could not remove the rules of {r.bridge}", failed[0][1].strip())
-        if r.last and facts.get("created_filter"):
-            self._drop_created_tables(facts["created_filter"])
+        if r.last and (facts.get("created_filter") or facts.get("created_chains")):
+            self._drop_created(facts.get("created_filter", []), facts.get("created_chains", []))
 
-    def _drop_created_tables(self, families: list[str]) -> None:
-        """A filter table we created and that is pristine again goes too (iptables-nft only:
-        there a table is an nftables table; legacy tables cannot be removed)."""
-        from plugin.backends.nftables import delete_tables
+    def _drop_created(self, families: list[str], chains: list[str]) -> None:
+        """A filter table we created and that is pristine again goes too, and so does a built-in
+        chain our use created in a table that was there, once empty and accepting (iptables-nft
+        only: there they are nftables objects; legacy tables and chains cannot be removed)."""
+        from plugin.backends.nftables import delete_empty_chains, delete_tables
 
         tables = self.read()
         doomed = [fam for fam in families if fam in tables and tables[fam].nft_variant and tables[fam].pristine()]
         delete_tables([(NFT_FAMILY[fam], "filter") for fam in doomed])
+        delete_empty_chains([(NFT_FAMILY[fam], "filter", chain) for fam, _, chain in (c.partition(":") for c in chains)
+                             if fam in tables and fam not in doomed and tables[fam].nft_variant
+                             and not tables[fam].chains.get(chain) and tables[fam].policies.get(chain) == "ACCEPT"])
 
     def enforced(self) -> dict[str, int]:
         """Bridges our rules isolate in either family -> packets our DROP rules dropped for them."""
@@ -553,8 +574,13 @@ class IptablesBackend:
             tool = "iptables" if fam == "ipv4" else "ip6tables"
             cmds += [[tool, "-w", "-t", "filter", *line.split(" ")] for line in release_plan(table, everything, fam)]
             created = bridge is None and fam in facts.get("created_filter", []) and table.nft_variant
-            if created and without_ours(table)[0].pristine():
+            after = without_ours(table)[0]
+            if created and after.pristine():
                 cmds.append(["nft", "delete", "table", NFT_FAMILY[fam], "filter"])
+            elif bridge is None and table.nft_variant:  # built-in chains our jumps made exist
+                cmds += [["nft", "delete", "chain", NFT_FAMILY[fam], "filter", chain]
+                         for f, _, chain in (c.partition(":") for c in facts.get("created_chains", []))
+                         if f == fam and not after.chains.get(chain) and after.policies.get(chain) == "ACCEPT"]
         return cmds
 
     def verify(self, intent: BridgeIntent, same_bridge=()) -> list[str]:
@@ -567,6 +593,13 @@ class IptablesBackend:
 
 
 NFT_FAMILY = {"ipv4": "ip", "ipv6": "ip6"}
+
+
+def _nft_chain(family: str, chain: str) -> bool:
+    """Whether iptables-nft's built-in `chain` exists in the filter table (see _nft_table)."""
+    from plugin.backends.nftables import chain_exists
+
+    return chain_exists(NFT_FAMILY[family], "filter", chain)
 
 
 def _nft_table(family: str) -> bool:

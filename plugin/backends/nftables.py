@@ -222,6 +222,7 @@ class TableState:
     intact: bool = False
     elements: dict[str, set] = Factory(dict)  # map elements as (key, jump target)
     chains: dict[str, list] = Factory(dict)  # the per-bridge guard chains and their rules
+    dormant: bool = False  # `flags dormant`: the table is there and enforces nothing
 
     @classmethod
     def parse(cls, listing: list[dict] | None, spec: TableSpec) -> "TableState":
@@ -229,8 +230,14 @@ class TableState:
         if listing is None:
             return cls()
         sets, maps, base, rules = {}, {}, {}, {}
+        dormant = flagged = False
         for obj in listing:
-            if "set" in obj:
+            if "table" in obj:  # our tables carry no flags: any (dormant above all) is an alteration
+                flags = obj["table"].get("flags") or []
+                flags = [flags] if isinstance(flags, str) else flags
+                dormant = "dormant" in flags
+                flagged = bool(flags)
+            elif "set" in obj:
                 s = obj["set"]
                 sets[s["name"]] = (s["type"], {_element(e) for e in s.get("elem", [])})
             elif "map" in obj:
@@ -244,7 +251,8 @@ class TableState:
                 rules.setdefault(obj["rule"]["chain"], []).append(_normalise(obj["rule"]["expr"]))
         guard = {n: r for n, r in rules.items() if _is_guard_chain(n) and base[n] == (None, None, None, None)}
         intact = (
-            {n: t for n, (t, _) in sets.items()} == spec.sets
+            not flagged
+            and {n: t for n, (t, _) in sets.items()} == spec.sets
             and {n: t for n, (t, _) in maps.items()} == {n: (t, "verdict") for n, t in spec.maps.items()}
             and {n: b for n, b in base.items() if n not in guard}
             == {n: ("filter", hook, spec.prio, "accept") for n, (hook, _) in spec.chains.items()}
@@ -252,7 +260,7 @@ class TableState:
         )
         elements = {n: elems for n, (t, elems) in sets.items() if spec.sets.get(n) == t}
         elements |= {n: elems for n, ((t, _), elems) in maps.items() if spec.maps.get(n) == t}
-        return cls(True, intact, elements, guard)
+        return cls(True, intact, elements, guard, dormant)
 
 
 def _table_of(obj: dict) -> tuple[str, str] | None:
@@ -439,6 +447,8 @@ def problems(states: dict[str, TableState], intents) -> list[str]:
         state = states.get(family, TableState())
         if not state.exists:
             found.append(f"table {family} {TABLE} is missing")
+        elif state.dormant:
+            found.append(f"table {family} {TABLE} is dormant (flags dormant): it enforces nothing")
         elif not state.intact:
             found.append(f"table {family} {TABLE} has been altered (its sets, chain or rules differ)")
         else:
@@ -457,6 +467,9 @@ def library_path() -> str:
     """The bundled libnftables when frozen (so the binary needs no nftables package), else the system's."""
     bundled = os.path.join(getattr(sys, "_MEIPASS", ""), LIBRARY)
     return bundled if getattr(sys, "frozen", False) and os.path.exists(bundled) else LIBRARY
+
+
+UNPARSEABLE = {"nftables": []}  # a listing libnftables could not print as JSON (compared by identity)
 
 
 class Library:
@@ -485,14 +498,18 @@ class Library:
         return cls._shared
 
     def json_cmd(self, cmds: list[dict], terse: bool = False) -> tuple[int, object, str]:
+        """(rc, output, error); output is UNPARSEABLE when libnftables printed broken JSON
+        (1.0.6 cuts a listing short at a table's `flags`, e.g. a dormant table's)."""
         with self.lock:
-            if not terse:
-                return self.nft.json_cmd({"nftables": cmds})
-            self.nft.set_terse_output(True)
+            if terse:
+                self.nft.set_terse_output(True)
             try:
                 return self.nft.json_cmd({"nftables": cmds})
+            except ValueError:  # the binding's json.loads; the context is left as it was
+                return 0, UNPARSEABLE, "libnftables printed a listing it cannot parse"
             finally:
-                self.nft.set_terse_output(False)
+                if terse:
+                    self.nft.set_terse_output(False)
 
     def cmd(self, text: str) -> tuple[int, str, str]:
         with self.lock:
@@ -533,21 +550,42 @@ class NftablesBackend:
                 listing = self._terse_ruleset(family)
                 states[family] = TableState.parse(listing, SPECS[family])
                 continue
-            rc, out, err = self._run([{"list": {"table": {"family": family, "name": TABLE}}}])
-            if rc != 0:
-                if "No such file or directory" not in err:
-                    raise CniError(ENFORCEMENT_FAILED, f"cannot read table {family} {TABLE}", err.strip())
-                out = None
-            states[family] = TableState.parse(out["nftables"] if out else None, SPECS[family])
+            states[family] = TableState.parse(self._table(family), SPECS[family])
         return states
+
+    def _table(self, family: str) -> list[dict] | None:
+        """The objects of our table in `family` (None: no such table)."""
+        rc, out, err = self._run([{"list": {"table": {"family": family, "name": TABLE}}}])
+        if rc != 0:
+            if "No such file or directory" not in err:
+                raise CniError(ENFORCEMENT_FAILED, f"cannot read table {family} {TABLE}", err.strip())
+            return None
+        if out is UNPARSEABLE:  # described by its flags only: it counts as altered and is rebuilt
+            return [{"table": {"family": family, "name": TABLE, "flags": self._flags(family)}}]
+        return self._true_flags(out["nftables"], family) if out else None
 
     def _terse_ruleset(self, family: str) -> list[dict] | None:
         """The objects of our table in `family`, set elements left out (None: no such table)."""
         rc, out, err = self._run([{"list": {"ruleset": {"family": family}}}], terse=True)
         if rc != 0:
             raise CniError(ENFORCEMENT_FAILED, f"cannot read the {family} ruleset", err.strip())
+        if out is UNPARSEABLE:  # some table of the family (ours or not) cannot be listed as JSON
+            return self._table(family)
         ours = [o for o in out["nftables"] if _table_of(o) == (family, TABLE)]
-        return ours or None
+        return self._true_flags(ours, family) or None
+
+    def _true_flags(self, listing: list[dict], family: str) -> list[dict]:
+        """`listing` with our table's flags as the text listing gives them: libnftables 1.0.6
+        prints a flagged table's `flags` wrongly in JSON (`"inet"`, or cuts the listing short)."""
+        for obj in listing:
+            if "table" in obj and obj["table"].get("flags"):
+                obj["table"]["flags"] = self._flags(family)
+        return listing
+
+    def _flags(self, family: str) -> list[str]:
+        rc, text, _ = self.nft.cmd(f"list table {family} {TABLE}")
+        flags = next((line.split()[1:] for line in text.splitlines() if line.strip().startswith("flags ")), [])
+        return [f for word in flags for f in word.split(",") if f] or ["unknown"]
 
     def ensure(self, intent: BridgeIntent, others=(), related=None) -> dict:
         """Apply `intent`; `others` are the other registered attachments (a sequence, or a
@@ -601,7 +639,7 @@ class NftablesBackend:
     def drops(self) -> int:
         """Packets the inet table's drop rule dropped, all bridges together."""
         rc, out, _ = self._run([{"list": {"chain": {"family": "inet", "table": TABLE, "name": "forward"}}}])
-        if rc != 0:
+        if rc != 0 or out is UNPARSEABLE:
             return 0
         return sum(x["counter"]["packets"] for o in out["nftables"] if "rule" in o
                    for x in o["rule"]["expr"] if "counter" in x)
@@ -648,10 +686,34 @@ def table_exists(family: str, name: str) -> bool:
     return rc == 0
 
 
+def chain_exists(family: str, table: str, chain: str) -> bool:
+    """True when the chain exists, or when nftables cannot tell (then nothing is deleted later)."""
+    backend = NftablesBackend()
+    if backend.nft is None:
+        return True
+    rc, _, _ = backend._run([{"list": {"chain": {"family": family, "table": table, "name": chain}}}], terse=True)
+    return rc == 0
+
+
+def delete_empty_chains(chains: list[tuple[str, str, str]]) -> None:
+    """Delete each (family, table, chain) that holds no rule: built-in chains iptables-nft made
+    for our jumps in a table that was there before. Best effort, one transaction each (a chain
+    some other rule still jumps to stays)."""
+    backend = NftablesBackend() if chains else None
+    if backend is None or backend.nft is None:
+        return
+    for family, table, name in chains:
+        rc, out, _ = backend._run([{"list": {"chain": {"family": family, "table": table, "name": name}}}])
+        if rc == 0 and out is not UNPARSEABLE and not any("rule" in o for o in out["nftables"]):
+            backend._run([{"delete": {"chain": {"family": family, "table": table, "name": name}}}])
+
+
 def delete_tables(tables: list[tuple[str, str]]) -> None:
-    """Delete (family, name) tables in one transaction: used to remove the filter tables the
-    iptables backend created on iptables-nft once they are pristine again. Best effort."""
+    """Delete (family, name) tables, each in its own transaction (one already gone must not keep
+    the others): used to remove the filter tables the iptables backend created on iptables-nft
+    once they are pristine again. Best effort."""
     if tables:
         backend = NftablesBackend()
         if backend.nft is not None:
-            backend._run([{"delete": {"table": {"family": f, "name": n}}} for f, n in tables])
+            for f, n in tables:
+                backend._run([{"delete": {"table": {"family": f, "name": n}}}])
