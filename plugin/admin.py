@@ -11,7 +11,7 @@ import subprocess
 from plugin import bridgenf
 from plugin.backends import make
 from plugin.hoststate import HostLock, state_dir
-from plugin.lifecycle import detach
+from plugin.lifecycle import departed, detach
 from plugin.links import is_bridge
 from plugin.policy import intent_of
 from plugin.registry import Registry
@@ -38,6 +38,15 @@ def status() -> dict:
             report["backends"][name] = {"usable": reason is None, "reason": reason}
             if reason is None:
                 usable[name] = backend
+        if reg.damaged:
+            report["problems"].append(f"the attachment registry is damaged: {reg.damaged}; until `isolation "
+                                      "reconcile` rebuilds it, teardown removes only what provably belongs to "
+                                      "the departing attachment")
+        report["damaged"] = reg.damaged
+        _, vanished = departed(reg.attachments.values())
+        for att in vanished:
+            report["problems"].append(f"{att.bridge}: attachment {att.network}/{att.container}/{att.ifname}: its "
+                                      f"host-side interface {att.port} has vanished (`isolation prune` forgets it)")
         groups: dict[tuple[str, str], list] = {}
         for att in reg.attachments.values():
             groups.setdefault((att.bridge, att.backend), []).append(att)
@@ -79,11 +88,11 @@ def status() -> dict:
 
 
 def prune() -> tuple[int, list[str]]:
-    """Forget attachments whose bridge is gone, with the rules only they needed."""
+    """Forget attachments whose bridge or host-side port is gone, with the rules only they needed."""
     with HostLock():
         reg = Registry.load(state_dir())
-        dead = [a for a in reg.attachments.values() if not is_bridge(a.bridge)]
-        return len(dead), detach(reg, dead)
+        gone, vanished = departed(reg.attachments.values())
+        return len(gone) + len(vanished), detach(reg, gone + vanished)
 
 
 def cleanup_commands(bridge: str | None) -> list[list[str]]:

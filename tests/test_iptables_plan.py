@@ -143,7 +143,9 @@ def test_parse_keeps_quoted_comments_whole():
 RELEASES = [
     # (plan file, before file, Release(bridge, isolate, drop_intra, port, last_intra, last))
     ("two-bridges-release-br1", "two-bridges", Release("br1", True, False, None, True, False)),
+    # a registry that lost br0 claims br1 was the last: br0's rules stay, so does the layout
     ("two-bridges-release-last", "two-bridges", Release("br1", True, False, None, True, True)),
+    ("one-bridge-release-last", "one-bridge", Release("br1", True, False, None, True, True)),
     ("firewall-guarded-release-last", "firewall-guarded", Release("br0", True, False, None, True, True)),
 ]
 
