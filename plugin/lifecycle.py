@@ -66,8 +66,16 @@ def _release_for(reg: Registry, att: Attachment, remaining: list, ports: dict | 
             ports = ports_of_masters()
         except OSError:
             return policy.port_only(release)  # cannot tell: keep the bridge's rules
-    known = {a.port for a in remaining if a.bridge == att.bridge} | {att.port}
+    known = {a.port for a in remaining if a.bridge == att.bridge}
+    if att.portindex is None or _index_of(att.port) in (att.portindex, None):
+        known.add(att.port)  # its own port (not a namesake created since: that one is unknown)
     return policy.port_only(release) if set(ports.get(att.bridge, ())) - known else release
+
+
+def _index_of(port: str | None) -> int | None:
+    from plugin.links import ifindex
+
+    return ifindex(port) if port else None
 
 
 def detach(reg: Registry, attachments: list[Attachment]) -> list[str]:
