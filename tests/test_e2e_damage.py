@@ -214,7 +214,6 @@ def test_auto_stays_on_nftables_and_fails_103_when_it_breaks(lab):
     on iptables while the others were on nftables, and the two reached each other. Now
     the decision is kept per host namespace: that ADD fails with 103 and applies nothing."""
     a = lab.add(lab.network(["bridge", "isolation"]))
-    assert open(os.path.join(lab.state_dir(), "backend")).read() == "nftables\n"
     b = lab.add(lab.network(["bridge"]))  # its isolation ADD is run below, as the runtime would
     normal = lab.isolation_argv
     lab.isolation_argv = _without_libnftables(lab)
@@ -232,6 +231,7 @@ def test_auto_stays_on_nftables_and_fails_103_when_it_breaks(lab):
     assert rc == 0, out
     assert _blocked(lab, a, b) and _reaches_outside(lab, b)
     assert {r["backend"] for r in _status(lab)[1]["bridges"]} == {"nftables"}
+    assert open(os.path.join(lab.state_dir(), "backend")).read() == "nftables\n"
 
 
 def test_auto_decided_as_iptables_stays_iptables(lab):
@@ -245,7 +245,7 @@ def test_auto_decided_as_iptables_stays_iptables(lab):
     finally:
         lab.isolation_argv = normal
     b = lab.add(nets[1])
-    assert open(os.path.join(lab.state_dir(), "backend")).read() == "iptables\n"
     assert {r["backend"] for r in _status(lab)[1]["bridges"]} == {"iptables"}
     assert "table inet isolation" not in lab.nft("list", "ruleset")
     assert _blocked(lab, a, b) and _reaches_outside(lab, a) and _reaches_outside(lab, b)
+    assert open(os.path.join(lab.state_dir(), "backend")).read() == "iptables\n"
