@@ -92,7 +92,7 @@ def prune() -> tuple[int, list[str]]:
     with HostLock():
         reg = Registry.load(state_dir())
         gone, vanished = departed(reg.attachments.values())
-        return len(gone) + len(vanished), detach(reg, gone + vanished)
+        return len(gone) + len(vanished), detach(reg, gone + vanished, strict=True)
 
 
 def cleanup_commands(bridge: str | None) -> list[list[str]]:

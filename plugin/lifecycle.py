@@ -51,13 +51,16 @@ def _undo(backend, release: policy.Release, facts: dict, err: CniError) -> None:
         err.details = f"{err.details}; undoing the partial change failed too: {undo.msg}: {undo.details}".lstrip("; ")
 
 
-def _release_for(reg: Registry, att: Attachment, remaining: list, ports: dict | None = None) -> policy.Release:
-    """What `att` takes with it, given the attachments still on its backend; only its port
-    when the bridge keeps ports nothing registered accounts for (containers whose lines
-    a damaged or lost registry no longer holds: their bridge's rules must stay).
+def _release_for(reg: Registry, att: Attachment, remaining: list, ports: dict | None = None,
+                 strict: bool = False) -> policy.Release:
+    """What `att` takes with it, given the attachments still on its backend. With the
+    registry damaged (or `strict`), only its port when the bridge keeps ports nothing
+    registered accounts for: containers whose lines the registry lost may still need the
+    bridge's rules. (An intact registry is trusted on the DEL path: there a neighbour's
+    port still waiting for its own DEL or ADD is normal under concurrency.)
     `ports`: bridge -> its ports, read from the kernel when not given."""
     release = policy.release(att, remaining)
-    if not release.frees_bridge or (att.port is None and not reg.damaged):
+    if not release.frees_bridge or not (reg.damaged or strict):
         return release
     if ports is None:
         from plugin.links import ports_of_masters
@@ -78,14 +81,16 @@ def _index_of(port: str | None) -> int | None:
     return ifindex(port) if port else None
 
 
-def detach(reg: Registry, attachments: list[Attachment]) -> list[str]:
+def detach(reg: Registry, attachments: list[Attachment], strict: bool = False) -> list[str]:
     """Forget `attachments` and remove what they alone needed; continues past failures,
     returning them (a teardown failure never blocks forgetting the attachment).
 
     All are forgotten in one registry write before any rule goes (a crash leaves rules
     nobody needs, never a gap), so detaching N attachments (a bridge with many
     containers vanished) costs one write, not N. Each is then released against what is
-    still registered plus those of the batch not yet released."""
+    still registered plus those of the batch not yet released. `strict` (prune, reconcile,
+    the agent): a bridge keeps its rules while ports nothing registered accounts for remain
+    on it, as with a damaged registry."""
     from plugin.backends import make
 
     leaving = []
@@ -98,14 +103,14 @@ def detach(reg: Registry, attachments: list[Attachment]) -> list[str]:
     errors, ports, dropped = [], None, False
     for i, att in enumerate(leaving):
         remaining = reg.on_backend(att.backend) + [a for a in leaving[i + 1:] if a.backend == att.backend]
-        if ports is None and policy.release(att, remaining).frees_bridge:
+        if ports is None and (reg.damaged or strict) and policy.release(att, remaining).frees_bridge:
             from plugin.links import ports_of_masters
 
             try:
                 ports = ports_of_masters()
             except OSError:
                 ports = None
-        release = _release_for(reg, att, remaining, ports)
+        release = _release_for(reg, att, remaining, ports, strict)
         backend = make(att.backend)
         try:
             reason = backend.unavailable_reason()
@@ -152,7 +157,7 @@ def reconcile() -> list[str]:
         done.append("carried out deferred DELs" + (f" ({'; '.join(errors)})" if errors else ""))
     gone, vanished = departed(reg.attachments.values())
     if gone or vanished:
-        errors = detach(reg, gone + vanished)
+        errors = detach(reg, gone + vanished, strict=True)
         if gone:
             done.append(f"forgot {len(gone)} attachment(s) of vanished bridge(s) "
                         + ", ".join(sorted({a.bridge for a in gone})))
