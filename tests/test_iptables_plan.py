@@ -219,3 +219,11 @@ def test_group_peers_return_above_the_drop_and_leave_with_their_bridge():
         f"-A CNI-ISOLATION-STAGE-2 -o br1 {c} -j DROP"))
     assert f"-D CNI-ISOLATION-STAGE-2 -i br0 -o br1 {c} -j RETURN" in release_plan(
         grouped, Release("br0", True, False, None, True, False))
+
+
+def test_a_full_plan_never_undoes_guard_rules_of_a_bridge_no_intent_is_on():
+    """Issue 15 item 1: br0's attachments lost from a damaged registry; an ADD on br1 must not
+    delete br0's guard rules (its egress and host protection)."""
+    table = FilterTable.parse(read("guarded-ipv4.before"))
+    lines = plan(table, [intent_for("br1", "same-bridge")], "ipv4")
+    assert not [line for line in lines if line.startswith("-D ")], lines
