@@ -225,5 +225,6 @@ def test_a_full_plan_never_undoes_guard_rules_of_a_bridge_no_intent_is_on():
     """Issue 15 item 1: br0's attachments lost from a damaged registry; an ADD on br1 must not
     delete br0's guard rules (its egress and host protection)."""
     table = FilterTable.parse(read("guarded-ipv4.before"))
-    lines = plan(table, [intent_for("br1", "same-bridge")], "ipv4")
-    assert not [line for line in lines if line.startswith("-D ")], lines
+    lines = plan(table, [intent_for("br1", "same-bridge", guard=Guard(("10.0.0.0/8",)))], "ipv4")
+    assert any(line.startswith("-I CNI-ISOLATION-EGRESS 1 -i br1") for line in lines), lines
+    assert not [line for line in lines if line.startswith("-D ") and "br0" in line], lines
