@@ -374,19 +374,21 @@ def _jumps_to(table: FilterTable, chain: str) -> bool:
                if a in ("-j", "-g"))
 
 
-def release_plan(table: FilterTable, r: Release, family: str = "ipv4") -> list[str]:
+def release_plan(table: FilterTable, r: Release, family: str = "ipv4", everything: bool = False) -> list[str]:
     """The iptables-restore lines that remove what `r` says is no longer needed.
 
     Only rules carrying our comment are ever deleted. When nothing is left (`r.last`),
     every rule of ours goes, then each of our chains that is left empty and that no
     rule jumps to (the firewall plugin may still use them). When no guard is left
     (`r.last_guard`), the guard chains and the INPUT jump go the same way; otherwise
-    the bridge's guard rules become what its remaining attachments need.
+    the bridge's guard rules become what its remaining attachments need. Unless
+    `everything` (`isolation cleanup`), `last` and `last_guard` hold only while our rules
+    name no other bridge: rules a damaged registry lost track of are never swept along.
     """
     br = r.bridge
     remove: list[tuple[str, list[str]]] = []
     insert: list[str] = []
-    others = mentioned(table) - {br}
+    others = set() if everything else mentioned(table) - {br}
     if others:  # rules the registry does not account for (lost or damaged): they stay
         guarded = {b for b in others if b in mentioned(table, GUARD_CHAINS)}
         r = Release(br, r.isolate, r.drop_intra, r.port, r.last_intra, False, r.published, r.guard,
@@ -568,7 +570,8 @@ class IptablesBackend:
         cmds = []
         for fam, table in self.read().items():
             tool = "iptables" if fam == "ipv4" else "ip6tables"
-            cmds += [[tool, "-w", "-t", "filter", *line.split(" ")] for line in release_plan(table, everything, fam)]
+            lines = release_plan(table, everything, fam, everything=bridge is None)
+            cmds += [[tool, "-w", "-t", "filter", *line.split(" ")] for line in lines]
             created = bridge is None and fam in facts.get("created_filter", []) and table.nft_variant
             if created and without_ours(table)[0].pristine():
                 cmds.append(["nft", "delete", "table", NFT_FAMILY[fam], "filter"])
