@@ -38,12 +38,13 @@ def status() -> dict:
             report["backends"][name] = {"usable": reason is None, "reason": reason}
             if reason is None:
                 usable[name] = backend
+        atts = reg.attachments  # decoded whole before asking: damage may hide in any line
         if reg.damaged:
             report["problems"].append(f"the attachment registry is damaged: {reg.damaged}; until `isolation "
                                       "reconcile` rebuilds it, teardown removes only what provably belongs to "
                                       "the departing attachment")
         report["damaged"] = reg.damaged
-        _, vanished = departed(reg.attachments.values())
+        _, vanished = departed(atts.values())
         for att in vanished:
             report["problems"].append(f"{att.bridge}: attachment {att.network}/{att.container}/{att.ifname}: its "
                                       f"host-side interface {att.port} has vanished (`isolation prune` forgets it)")

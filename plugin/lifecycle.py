@@ -151,7 +151,7 @@ def reconcile() -> list[str]:
 
     done = []
     reg = Registry.load(state_dir())
-    damaged = reg.damaged
+    damaged = reg.attachments is not None and reg.damaged  # decoded whole first: damage may hide in any line
     if deferred_deletes(state_dir()):
         errors = settle_deferred(reg)
         done.append("carried out deferred DELs" + (f" ({'; '.join(errors)})" if errors else ""))

@@ -434,3 +434,36 @@ def test_auto_is_decided_once_per_namespace(tmp_path, monkeypatch):
     assert backends.select("auto", str(other)).name == "iptables", "a namespace deciding now picks what works"
     reasons["nftables"] = None
     assert backends.select("auto", str(other)).name == "iptables", "and keeps it"
+
+
+def test_damage_in_a_line_not_yet_decoded_is_seen_by_status_and_reconcile(tmp_path, monkeypatch):
+    """The header is fine and one body line is not: status and reconcile must decode every
+    line before asking whether the registry is damaged."""
+    import plugin.admin as admin
+    import plugin.hoststate as hoststate
+    import plugin.lifecycle as lifecycle
+    from plugin.registry import Attachment, Registry
+
+    reg = Registry.load(str(tmp_path))
+    reg.put(Attachment("net", "c0", "eth0", "br0", "veth0", "same-bridge", "nftables"))
+    reg.put(Attachment("net", "c1", "eth0", "br0", "veth1", "same-bridge", "nftables"))
+    reg.save()
+    text = open(reg.path).read()
+    with open(reg.path, "w") as f:
+        f.write(text.replace('"container":"c1"', '"container":c1'))
+    monkeypatch.setattr(lifecycle, "state_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(lifecycle, "departed", lambda atts: ([], []))
+    monkeypatch.setattr(lifecycle, "_remove_orphans", lambda reg: [])
+    done = lifecycle.reconcile()
+    assert any("rebuilt the damaged registry" in line for line in done), done
+    assert Registry.load(str(tmp_path)).damaged is None
+    with open(reg.path, "w") as f:
+        f.write(text.replace('"container":"c1"', '"container":c1'))
+    monkeypatch.setattr(admin, "state_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(hoststate, "state_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(admin, "make", lambda name: _Fake(name, "not here"))
+    monkeypatch.setattr(admin, "departed", lambda atts: ([], []))
+    monkeypatch.setattr(admin.bridgenf, "read", lambda fam: "1")
+    monkeypatch.setattr(admin, "is_bridge", lambda name: True)
+    report = admin.status()
+    assert report["damaged"] and any("registry is damaged" in p for p in report["problems"]), report
