@@ -18,6 +18,8 @@ import json
 import os
 
 from plugin.errors import IO_FAILURE, CniError
+from plugin.links import valid_name as _valid_name  # loaded on every verb anyway (plugin.result)
+from plugin.policy import Guard
 from plugin.record import as_dict, from_dict, record
 
 FILENAME = "registry.json"
@@ -54,25 +56,24 @@ def _attachment(raw: dict) -> Attachment:
     if not isinstance(raw, dict):
         raise ValueError("an attachment must be an object")
     att = from_dict(Attachment, raw)
-    if not isinstance(att.addresses, list) or not all(isinstance(a, str) for a in att.addresses):
+    fields = att.__dict__
+    addresses = fields["addresses"]
+    if type(addresses) is not list or not all(type(a) is str for a in addresses):
         raise ValueError("addresses: not a list of strings")
-    att.__dict__["addresses"] = tuple(att.addresses)  # JSON has lists; records are hashable
-    if not all(isinstance(v, str) for v in (att.network, att.container, att.ifname)):
+    fields["addresses"] = tuple(addresses)  # JSON has lists; records are hashable
+    if not (type(fields["network"]) is type(fields["container"]) is type(fields["ifname"]) is str):
         raise ValueError("network, container and ifname must be strings")
-    from plugin.links import valid_name
-
-    if not valid_name(att.bridge) or not (att.port is None or valid_name(att.port)):
+    port = fields["port"]
+    if not _valid_name(fields["bridge"]) or not (port is None or _valid_name(port)):
         raise ValueError("bridge or port: not an interface name")
-    if att.policy not in POLICIES or att.backend not in BACKENDS or not isinstance(att.published, bool):
+    if fields["policy"] not in POLICIES or fields["backend"] not in BACKENDS or type(fields["published"]) is not bool:
         raise ValueError("policy, backend or published: not a known value")
-    if not (att.group is None or isinstance(att.group, str)) or not (
-            att.portindex is None or (isinstance(att.portindex, int) and not isinstance(att.portindex, bool))):
+    if fields["group"] is not None and type(fields["group"]) is not str or (
+            fields["portindex"] is not None and type(fields["portindex"]) is not int):
         raise ValueError("group or portindex: wrong type")
-    if att.guard is not None:
-        from plugin.policy import Guard
-
+    if fields["guard"] is not None:
         try:
-            Guard.from_json(att.guard)
+            Guard.from_json(fields["guard"])
         except (KeyError, TypeError, ValueError, AttributeError):
             raise ValueError("guard: malformed") from None
     return att
