@@ -166,7 +166,7 @@ def crash(lab: Lab, backend: str, calls: int) -> dict:
             proc.wait()
         state = lab.state_dir()
         for name in os.listdir(state) if os.path.isdir(state) else ():  # not made yet if killed early
-            if name.endswith(".unreadable"):
+            if name.endswith(".damaged"):  # registry.damaged (the marker), registry.json.damaged (as found)
                 raise Failed(f"the registry was torn after call {i}")
     out = subprocess.run(lab.isolation_argv("reconcile"), capture_output=True, text=True)
     if out.returncode != 0:

@@ -11,7 +11,7 @@ import subprocess
 from plugin import bridgenf
 from plugin.backends import make
 from plugin.hoststate import HostLock, state_dir
-from plugin.lifecycle import detach
+from plugin.lifecycle import departed, detach
 from plugin.links import is_bridge
 from plugin.policy import intent_of
 from plugin.registry import Registry
@@ -38,6 +38,16 @@ def status() -> dict:
             report["backends"][name] = {"usable": reason is None, "reason": reason}
             if reason is None:
                 usable[name] = backend
+        atts = reg.attachments  # decoded whole before asking: damage may hide in any line
+        if reg.damaged:
+            report["problems"].append(f"the attachment registry is damaged: {reg.damaged}; until `isolation "
+                                      "reconcile` rebuilds it, teardown removes only what provably belongs to "
+                                      "the departing attachment")
+        report["damaged"] = reg.damaged
+        _, vanished = departed(atts.values())
+        for att in vanished:
+            report["problems"].append(f"{att.bridge}: attachment {att.network}/{att.container}/{att.ifname}: its "
+                                      f"host-side interface {att.port} has vanished (`isolation prune` forgets it)")
         groups: dict[tuple[str, str], list] = {}
         for att in reg.attachments.values():
             groups.setdefault((att.bridge, att.backend), []).append(att)
@@ -79,15 +89,15 @@ def status() -> dict:
 
 
 def prune() -> tuple[int, list[str]]:
-    """Forget attachments whose bridge is gone, with the rules only they needed."""
+    """Forget attachments whose bridge or host-side port is gone, with the rules only they needed."""
     with HostLock():
         reg = Registry.load(state_dir())
-        dead = [a for a in reg.attachments.values() if not is_bridge(a.bridge)]
-        errors = detach(reg, dead)
+        gone, vanished = departed(reg.attachments.values())
+        errors = detach(reg, gone + vanished, strict=True)
         from plugin.config import prune as prune_configs
 
         prune_configs({a.network for a in reg.attachments.values()})
-        return len(dead), errors
+        return len(gone) + len(vanished), errors
 
 
 def cleanup_commands(bridge: str | None) -> list[list[str]]:

@@ -16,10 +16,13 @@ exit status: 0 when consistent, 1 when problems were found""",
   isolation cleanup                      remove every rule, chain, table and the registry
   isolation cleanup --bridge cni-podman1 remove that bridge's rules and attachments only""",
     "prune": """examples:
-  isolation prune     forget containers whose bridge was deleted, and their rules""",
+  isolation prune     forget containers whose bridge was deleted, or whose host-side interface vanished
+                      (the runtime never sent DEL: `ctr run -d`, a killed runtime), and the rules
+                      only they needed""",
     "reconcile": """examples:
   isolation reconcile   after a firewall reload: put back every registered network's isolation
-                        after a crash or a half-failed teardown: remove rules nothing registered needs""",
+                        after a crash or a half-failed teardown: remove rules nothing registered needs
+                        after `status` reports a damaged registry: rebuild it from what can be proven""",
     "agent": """The agent serves the plugin's invocations over a root-only unix socket in
 /run/isolation/ns-*/ (the plugin falls back to doing the work itself when no agent
 answers) and restores isolation within a second after a firewall reload, `nft flush
@@ -46,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     c.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     c.add_argument("--bridge", metavar="BR", help="only this bridge's rules and attachments")
-    sub.add_parser("prune", help="forget attachments whose bridge no longer exists", epilog=EPILOG["prune"],
+    sub.add_parser("prune", help="forget attachments whose bridge or host-side interface no longer exists", epilog=EPILOG["prune"],
                    formatter_class=fmt)
     sub.add_parser("reconcile", help="restore every registered network's isolation where the kernel lacks it, "
                    "and remove rules no registered attachment needs",
@@ -82,7 +85,7 @@ def main(argv: list[str]) -> int:
             return 1 if report["problems"] else 0
         if args.command == "prune":
             count, errors = admin.prune()
-            print(f"pruned {count} attachment(s) whose bridge is gone")
+            print(f"pruned {count} attachment(s) whose bridge or host-side interface is gone")
             for e in errors:
                 print(f"error: {e}", file=sys.stderr)
             return 1 if errors else 0

@@ -148,7 +148,9 @@ def _engine(inv: Invocation):
     prev = require_prev_result(inv.raw)
     bridge, port = find_attachment(prev)
     inv.notes["bridge"] = bridge
-    backend = select(conf.backend)
+    from plugin.hoststate import state_dir
+
+    backend = select(conf.backend, state_dir())
     inv.notes["backend"] = backend.name
     intent = intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts, conf.isolationGroup,
                         guard_for(conf))
@@ -163,9 +165,11 @@ def cmd_add(inv: Invocation) -> dict:
     prev, backend, intent, conf = _engine(inv)
     ips = prev.get("ips") if isinstance(prev.get("ips"), list) else []
     addresses = tuple(str(ip.get("address")) for ip in ips if isinstance(ip, dict) and ip.get("address"))
+    from plugin.links import ifindex
+
     attachment = Attachment(inv.network, inv.env["CNI_CONTAINERID"], inv.env["CNI_IFNAME"], intent.bridge,
                             intent.port, conf.ingressPolicy, backend.name, addresses, conf.allowPublishedPorts,
-                            conf.isolationGroup, intent.guard.to_json())
+                            conf.isolationGroup, intent.guard.to_json(), ifindex(intent.port) if intent.port else None)
     with HostLock(deadline=inv.deadline):
         attach(backend, intent, attachment)
     return convert(prev, inv.cni_version)
@@ -271,7 +275,9 @@ def cmd_status(inv: Invocation) -> None:
     conf = config.load(inv.raw)
     inv.log_file, inv.log_level = conf.logFile, conf.logLevel
     try:
-        inv.notes["backend"] = select(conf.backend).name
+        from plugin.hoststate import state_dir
+
+        inv.notes["backend"] = select(conf.backend, state_dir()).name
     except CniError as err:
         raise CniError(NOT_AVAILABLE, err.msg, err.details) from None
     return None

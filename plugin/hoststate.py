@@ -91,15 +91,15 @@ def open_private(path: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
     return fd
 
 
-def read_private(path: str) -> str:
-    """The text of `path`, checked as open_private does (FileNotFoundError when missing)."""
+def read_private(path: str, binary: bool = False) -> str | bytes:
+    """The text (or bytes) of `path`, checked as open_private does (FileNotFoundError when missing)."""
     try:
         fd = open_private(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
             raise refuse(path, "it is a symbolic link") from None
         raise
-    with os.fdopen(fd) as f:
+    with os.fdopen(fd, "rb" if binary else "r") as f:
         return f.read()
 
 

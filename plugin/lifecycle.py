@@ -31,7 +31,7 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
         facts = backend.ensure(intent, lambda: others(reg.attachments.values()), related)
     except CniError as err:
         # against everything registered, the attachment's own earlier ADD included: it stays
-        release = policy.release(attachment, reg.on_backend(backend.name))
+        release = _release_for(reg, attachment, reg.on_backend(backend.name))
         made = getattr(err, "facts", None)  # what the failed ADD made exist (iptables-nft's tables)
         _remember(reg, backend.name, made or {})
         _undo(backend, release, reg.backends.get(backend.name, {}), err)
@@ -60,18 +60,67 @@ def _undo(backend, release: policy.Release, facts: dict, err: CniError) -> None:
         err.details = f"{err.details}; undoing the partial change failed too: {undo.msg}: {undo.details}".lstrip("; ")
 
 
-def detach(reg: Registry, attachments: list[Attachment]) -> list[str]:
+def _release_for(reg: Registry, att: Attachment, remaining: list, ports: dict | None = None,
+                 strict: bool = False) -> policy.Release:
+    """What `att` takes with it, given the attachments still on its backend. With the
+    registry damaged (or `strict`), only its port when the bridge keeps ports nothing
+    registered accounts for: containers whose lines the registry lost may still need the
+    bridge's rules. (An intact registry is trusted on the DEL path: there a neighbour's
+    port still waiting for its own DEL or ADD is normal under concurrency.)
+    `ports`: bridge -> its ports, read from the kernel when not given."""
+    release = policy.release(att, remaining)
+    if not release.frees_bridge or not (reg.damaged or strict):
+        return release
+    if ports is None:
+        from plugin.links import ports_of_masters
+
+        try:
+            ports = ports_of_masters()
+        except OSError:
+            return policy.port_only(release)  # cannot tell: keep the bridge's rules
+    known = {a.port for a in remaining if a.bridge == att.bridge}
+    if att.portindex is None or _index_of(att.port) in (att.portindex, None):
+        known.add(att.port)  # its own port (not a namesake created since: that one is unknown)
+    return policy.port_only(release) if set(ports.get(att.bridge, ())) - known else release
+
+
+def _index_of(port: str | None) -> int | None:
+    from plugin.links import ifindex
+
+    return ifindex(port) if port else None
+
+
+def detach(reg: Registry, attachments: list[Attachment], strict: bool = False) -> list[str]:
     """Forget `attachments` and remove what they alone needed; continues past failures,
-    returning them (a teardown failure never blocks forgetting the attachment)."""
+    returning them (a teardown failure never blocks forgetting the attachment).
+
+    All are forgotten in one registry write before any rule goes (a crash leaves rules
+    nobody needs, never a gap), so detaching N attachments (a bridge with many
+    containers vanished) costs one write, not N. Each is then released against what is
+    still registered plus those of the batch not yet released. `strict` (prune, reconcile,
+    the agent): a bridge keeps its rules while ports nothing registered accounts for remain
+    on it, as with a damaged registry."""
     from plugin.backends import make
 
-    errors = []
+    leaving = []
     for att in attachments:
-        if reg.attachments.pop(att.key, None) is None:
-            continue
-        reg.save()
+        if reg.attachments.pop(att.key, None) is not None:
+            leaving.append(att)
+    if not leaving:
+        return []
+    reg.save()
+    errors, ports, dropped = [], None, False
+    for i, att in enumerate(leaving):
+        remaining = reg.on_backend(att.backend) + [a for a in leaving[i + 1:] if a.backend == att.backend]
+        if ports is None and (reg.damaged or strict) and policy.release(att, remaining).frees_bridge:
+            from plugin.links import ports_of_masters
+
+            try:
+                ports = ports_of_masters()
+            except OSError:
+                ports = None
+        release = _release_for(reg, att, remaining, ports, strict)
         backend = make(att.backend)
-        release = policy.release(att, reg.on_backend(att.backend))
         try:
             reason = backend.unavailable_reason()
             if reason:
@@ -80,8 +129,10 @@ def detach(reg: Registry, attachments: list[Attachment]) -> list[str]:
         except CniError as err:
             errors.append(f"{att.network}/{att.container}/{att.ifname} on {att.bridge}: {err.msg}")
             continue
-        if release.last and reg.backends.pop(att.backend, None) is not None:
-            reg.save()
+        if release.last and not reg.damaged and reg.backends.pop(att.backend, None) is not None:
+            dropped = True
+    if dropped:
+        reg.save()
     return errors
 
 
@@ -100,24 +151,30 @@ def settle_deferred(reg: Registry) -> list[str]:
 
 def reconcile() -> list[str]:
     """Make the kernel match the registry, under the HostLock: forget attachments whose bridge
-    has vanished (with their rules), re-apply each backend's attachments wherever the
+    or host-side port has vanished (with their rules), re-apply each backend's attachments wherever the
     kernel lacks anything (a firewall reload, `nft flush ruleset`, `iptables -F`), and
-    remove the rules of bridges nothing registered needs.
+    remove the rules of bridges nothing registered needs; a damaged registry is then
+    rebuilt from what is proven and its damage marker cleared.
     Returns one line per thing done; nothing when all was in place."""
     from plugin.backends import make
-    from plugin.links import is_bridge
 
     done = []
     reg = Registry.load(state_dir())
+    damaged = reg.attachments is not None and reg.damaged  # decoded whole first: damage may hide in any line
     if deferred_deletes(state_dir()):
         errors = settle_deferred(reg)
         done.append("carried out deferred DELs" + (f" ({'; '.join(errors)})" if errors else ""))
-    gone = [a for a in reg.attachments.values() if not is_bridge(a.bridge)]
-    if gone:
-        errors = detach(reg, gone)
-        bridges = ", ".join(sorted({a.bridge for a in gone}))
-        done.append(f"forgot {len(gone)} attachment(s) of vanished bridge(s) {bridges}"
-                    + (f" ({'; '.join(errors)})" if errors else ""))
+    gone, vanished = departed(reg.attachments.values())
+    if gone or vanished:
+        errors = detach(reg, gone + vanished, strict=True)
+        if gone:
+            done.append(f"forgot {len(gone)} attachment(s) of vanished bridge(s) "
+                        + ", ".join(sorted({a.bridge for a in gone})))
+        if vanished:
+            done.append(f"forgot {len(vanished)} attachment(s) whose host-side interface vanished: "
+                        + ", ".join(sorted(f"{a.port} on {a.bridge}" for a in vanished)))
+        if errors:
+            done.append(f"could not remove everything they needed: {'; '.join(errors)}")
     for name in sorted({a.backend for a in reg.attachments.values()}):
         backend = make(name)
         reason = backend.unavailable_reason()
@@ -136,7 +193,38 @@ def reconcile() -> list[str]:
     from plugin.config import prune
 
     prune({a.network for a in reg.attachments.values()})  # the verdicts of networks with no attachment left
+    if damaged:
+        # What is left is what could be proven: the readable lines, less the attachments
+        # whose bridge or port is gone; rules of bridges nothing registered accounts for
+        # went above once no port was left on them, and the others stay (their containers
+        # may be alive) until then. Later teardowns never remove those (plugin.backends
+        # count what the kernel holds, detach the bridges' ports).
+        reg.save()
+        reg.clear_damage()
+        done.append(f"rebuilt the damaged registry from {len(reg.attachments)} readable attachment(s) still "
+                    f"in place ({damaged})")
     return done
+
+
+def departed(attachments) -> tuple[list[Attachment], list[Attachment]]:
+    """(attachments whose bridge is gone, those whose host-side port vanished): the runtime
+    never sent DEL (`ctr run -d`, a killed runtime). Fail closed: an attachment without a
+    known port, or whose port exists with the index recorded at ADD (or none recorded),
+    is not counted; a port deleted and re-created under its name has vanished."""
+    from plugin.links import interfaces, is_bridge
+
+    attachments = list(attachments)
+    if not attachments:
+        return [], []
+    try:
+        present = interfaces()
+    except OSError:
+        return [], []
+    bridges = {a.bridge: is_bridge(a.bridge) for a in attachments}
+    gone = [a for a in attachments if not bridges[a.bridge]]
+    vanished = [a for a in attachments if bridges[a.bridge] and a.port is not None and (
+        a.port not in present or (a.portindex is not None and present[a.port] != a.portindex))]
+    return gone, vanished
 
 
 def _remove_orphans(reg: Registry) -> list[str]:

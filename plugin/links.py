@@ -70,6 +70,36 @@ def ports_of_masters() -> dict[str, list[str]]:
     """Every interface of this network namespace that has ports (a bridge) -> its ports'
     names, from one RTM_GETLINK dump on a netlink socket of this namespace (unlike
     /sys/class/net, whatever /sys this process sees)."""
+    names, masters = _links()
+    found: dict[str, list[str]] = {}
+    for port, master in masters.items():
+        found.setdefault(names.get(master, str(master)), []).append(names[port])
+    return found
+
+
+def interfaces() -> dict[str, int]:
+    """Every interface of this network namespace: name -> ifindex (one RTM_GETLINK dump)."""
+    return {name: index for index, name in _links()[0].items()}
+
+
+SIOCGIFINDEX = 0x8933
+
+
+def ifindex(name: str) -> int | None:
+    """The ifindex of interface `name` here, or None (one ioctl: cheap enough for ADD). A
+    port deleted and re-created under the same name gets another index."""
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        reply = fcntl.ioctl(sock.fileno(), SIOCGIFINDEX, struct.pack(f"{IFNAMSIZ}s16x", name.encode()))
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    return struct.unpack_from("i", reply, IFNAMSIZ)[0]
+
+
+def _links() -> tuple[dict[int, str], dict[int, int]]:
+    """(ifindex -> name, port ifindex -> its master's ifindex) from one RTM_GETLINK dump."""
     sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, NETLINK_ROUTE)
     names, masters = {}, {}
     try:
@@ -96,10 +126,7 @@ def ports_of_masters() -> dict[str, list[str]]:
                 at += (length + 3) & ~3
     finally:
         sock.close()
-    found: dict[str, list[str]] = {}
-    for port, master in masters.items():
-        found.setdefault(names.get(master, str(master)), []).append(names[port])
-    return found
+    return names, masters
 
 
 def _attributes(data: bytes, at: int, end: int) -> dict[int, bytes]:

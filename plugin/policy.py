@@ -203,7 +203,8 @@ class Release:
     port: this attachment's port leaves the per-port intra-bridge drop (nftables).
     last_intra: no remaining attachment on the backend needs intra-bridge drops at all.
     last: no remaining attachment on the backend enforces anything: every trace goes.
-    guard: the bridge's Guard as its remaining attachments need it (NO_GUARD: none).
+    guard: the bridge's Guard as its remaining attachments need it (NO_GUARD: none; None:
+           left as it is, when what others need of it is not known).
     last_guard: no remaining attachment on the backend has an active Guard.
     bridge_done: no remaining attachment of the bridge enforces anything.
     """
@@ -215,9 +216,21 @@ class Release:
     last_intra: bool
     last: bool
     published: bool = False
-    guard: Guard = NO_GUARD
+    guard: Guard | None = NO_GUARD
     last_guard: bool = False
     bridge_done: bool = False
+
+    @property
+    def frees_bridge(self) -> bool:
+        """Whether this takes away anything of the bridge beyond the departing port."""
+        return self.isolate or self.drop_intra or self.published or self.bridge_done or self.last or self.guard != NO_GUARD
+
+
+def port_only(r: Release) -> Release:
+    """`r` cut down to what provably belonged to the departing attachment alone (its port):
+    the bridge's rules, its Guard and every table stay, because attachments the registry
+    does not know of (a damaged registry) may still need them."""
+    return Release(r.bridge, False, False, r.port, False, False, guard=None)
 
 
 def release(departing, remaining: list) -> Release:

@@ -6,6 +6,12 @@ namespace's state directory under /run, so it vanishes at reboot together with
 the rules it describes, and is only read or written under the HostLock. Writes
 are atomic (write, fsync, rename): a crash leaves the old or the new registry,
 never a torn one.
+
+Damage from outside (a torn line, a flipped byte, an I/O error) is never read as
+"nothing registered": the readable lines are kept, the file as found is set aside,
+and a marker (`registry.damaged`) stays until `isolation reconcile` has rebuilt a
+registry it can vouch for. While it is there, teardown removes only what provably
+belongs to the departing attachment (plugin.lifecycle) and `isolation status` fails.
 """
 
 import json
@@ -13,11 +19,16 @@ import os
 
 from plugin.errors import IO_FAILURE, CniError
 from plugin.hoststate import private_dir, read_private, refuse
+from plugin.links import valid_name as _valid_name  # loaded on every verb anyway (plugin.result)
+from plugin.policy import Guard
 from plugin.record import as_dict, from_dict, record
 
 FILENAME = "registry.json"
 DEFERRED = "deferred-del"  # DELs that could not take the lock: done by the next locked run
+DAMAGED = "registry.damaged"  # present while the registry may lack attachments (see above)
 FORMAT = 1
+POLICIES = ("open", "same-bridge", "isolated")
+BACKENDS = ("nftables", "iptables")
 
 
 @record(frozen=True, unhashed=("guard",))
@@ -33,6 +44,7 @@ class Attachment:
     published: bool = True
     group: str | None = None
     guard: dict | None = None  # policy.Guard.to_json()
+    portindex: int | None = None  # the port's ifindex at ADD: a port gone, or replaced by a namesake, has vanished
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -40,10 +52,31 @@ class Attachment:
 
 
 def _attachment(raw: dict) -> Attachment:
+    """An Attachment from its decoded line, checked field by field: a damaged line that is
+    still JSON must not reach the rules (or fail later with an internal error)."""
     if not isinstance(raw, dict):
         raise ValueError("an attachment must be an object")
     att = from_dict(Attachment, raw)
-    att.__dict__["addresses"] = tuple(att.addresses)  # JSON has lists; records are hashable
+    fields = att.__dict__
+    addresses = fields["addresses"]
+    if type(addresses) is not list or not all(type(a) is str for a in addresses):
+        raise ValueError("addresses: not a list of strings")
+    fields["addresses"] = tuple(addresses)  # JSON has lists; records are hashable
+    if not (type(fields["network"]) is type(fields["container"]) is type(fields["ifname"]) is str):
+        raise ValueError("network, container and ifname must be strings")
+    port = fields["port"]
+    if not _valid_name(fields["bridge"]) or not (port is None or _valid_name(port)):
+        raise ValueError("bridge or port: not an interface name")
+    if fields["policy"] not in POLICIES or fields["backend"] not in BACKENDS or type(fields["published"]) is not bool:
+        raise ValueError("policy, backend or published: not a known value")
+    if fields["group"] is not None and type(fields["group"]) is not str or (
+            fields["portindex"] is not None and type(fields["portindex"]) is not int):
+        raise ValueError("group or portindex: wrong type")
+    if fields["guard"] is not None:
+        try:
+            Guard.from_json(fields["guard"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ValueError("guard: malformed") from None
     return att
 
 
@@ -82,13 +115,22 @@ class Registry:
         self._lines = lines or []  # attachments as read, undecoded, in file order
         self._decoded: dict[tuple[str, str, str], Attachment] | None = None if lines else {}
         self._as_read: dict = {}  # key -> (attachment as decoded, its line): unchanged ones keep their line
+        self.writes = 0  # saves by this object (detaching N attachments must cost one)
+        self.damaged: str | None = None  # why this registry may lack attachments (see the module)
 
     @classmethod
     def load(cls, state_dir: str) -> "Registry":
-        """The registry of this namespace; a missing one is empty, an unreadable one is set aside."""
+        """The registry of this namespace; a missing one is empty, a damaged one is salvaged
+        (its readable lines kept, the file set aside, the damage marked)."""
         path = os.path.join(state_dir, FILENAME)
         try:
-            text = read_private(path)  # ours alone, or refused (CniError 5): it decides the rules
+            raw = read_private(path, binary=True)  # ours alone, or refused (CniError 5): it decides the rules
+        except FileNotFoundError:
+            return cls(path)._note_marker()
+        except OSError as exc:
+            return cls._salvage(path, b"", f"cannot read it: {exc.strerror}")
+        try:
+            text = raw.decode()
             head, _, rest = text.partition("\n")
             one_per_line = head.endswith('"attachments": [') and rest.endswith("\n]}\n")
             data = json.loads(head + "]}" if one_per_line else text)
@@ -96,20 +138,75 @@ class Registry:
                 raise Unreadable(f"unknown registry format {data.get('format')!r}")
             if one_per_line:
                 body = rest[:-4]
-                return cls(path, data.get("backends", {}), body.split(",\n") if body else [])
+                return cls(path, data.get("backends", {}), body.split(",\n") if body else [])._note_marker()
             reg = cls(path, data.get("backends", {}))  # written some other way (by hand): decoded whole
             reg._decoded = {att.key: att for att in map(_attachment, data["attachments"])}
-            return reg
+            return reg._note_marker()
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            return cls._salvage(path, raw, f"{type(exc).__name__}: {exc}"[:200])
+
+    def _note_marker(self) -> "Registry":
+        """Take over the damage recorded by an earlier run (until `isolation reconcile` clears it)."""
+        try:
+            with open(os.path.join(os.path.dirname(self.path), DAMAGED), errors="replace") as f:
+                self.damaged = f.read().strip() or "damaged"
         except FileNotFoundError:
-            return cls(path)
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            return cls._set_aside(path)
+            pass
+        except OSError as exc:
+            self.damaged = f"the damage marker cannot be read: {exc.strerror}"
+        return self
 
     @classmethod
-    def _set_aside(cls, path: str) -> "Registry":
-        # Never torn (atomic writes), so this is outside damage: keep it for inspection.
-        os.replace(path, f"{path}.unreadable")
-        return cls(path)
+    def _salvage(cls, path: str, raw: bytes, reason: str, as_found: bytes | None = None) -> "Registry":
+        """The attachments of every line that still decodes on its own; the rest is damage.
+        `as_found`: what to set aside, when `raw` is not the file's content (default: `raw`)."""
+        backends, found, bad = {}, {}, 0
+        lines = raw.split(b"\n")
+        try:
+            head = json.loads(lines[0] + b"]}")
+            if head.get("format") == FORMAT and isinstance(head.get("backends"), dict):
+                backends = head["backends"]
+        except (ValueError, TypeError, AttributeError):
+            pass
+        for line in lines[1:]:
+            line = line.strip().rstrip(b",")
+            if line in (b"", b"]}"):
+                continue
+            try:
+                att = _attachment(json.loads(line))
+                found[att.key] = att
+            except (ValueError, TypeError, KeyError, AttributeError):
+                bad += 1
+        reg = cls(path, backends)
+        reg._decoded = found
+        reg._mark_damaged(f"{reason}; {bad} unreadable line(s), {len(found)} attachment(s) kept",
+                          raw if as_found is None else as_found)
+        return reg
+
+    def _mark_damaged(self, reason: str, raw: bytes) -> None:
+        """Set the damaged file aside (first copy kept) and leave the marker for later runs."""
+        import time
+
+        folder = os.path.dirname(self.path)
+        aside = f"{self.path}.damaged"
+        note = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {reason} (as found: {aside})"
+        if self.damaged is None:
+            self._note_marker()
+        try:
+            if self.damaged is None:  # a new episode: keep the file as found, then mark it
+                _write_atomically(aside, raw)
+                _write_atomically(os.path.join(folder, DAMAGED), note.encode() + b"\n")
+        except OSError:
+            pass  # the damage is still known to this run; later runs find the file damaged again
+        self.damaged = self.damaged or note
+
+    def clear_damage(self) -> None:
+        """Only `isolation reconcile`, once it has rebuilt the registry from what it can prove."""
+        try:
+            os.remove(os.path.join(os.path.dirname(self.path), DAMAGED))
+        except FileNotFoundError:
+            pass
+        self.damaged = None
 
     def _decode(self, lines: list[str]) -> list[Attachment]:
         try:
@@ -117,10 +214,24 @@ class Registry:
             if len(items) != len(lines):
                 raise Unreadable("an attachment spans lines")
             found = [_attachment(raw) for raw in items]
-        except (ValueError, TypeError, KeyError, AttributeError):
-            fresh = self._set_aside(self.path)
-            self.backends, self._lines, self._decoded, self._as_read = fresh.backends, [], {}, {}
-            return []
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # damage found lazily: salvage the whole file, then answer from what survived
+            keys = set()
+            for line in lines:
+                try:
+                    keys.add(_attachment(json.loads(line)).key)
+                except (ValueError, TypeError, KeyError, AttributeError):
+                    pass
+            everything = "\n".join(["{}", *[line + "," for line in self._lines], "]}"]).encode()
+            try:
+                with open(self.path, "rb") as f:
+                    as_found = f.read()
+            except OSError:
+                as_found = everything
+            fresh = self._salvage(self.path, everything, f"{type(exc).__name__}: {exc}"[:200], as_found)
+            self._lines, self._decoded, self._as_read = [], fresh._decoded, {}
+            self.damaged = fresh.damaged
+            return [att for key, att in self._decoded.items() if key in keys]
         for att, line in zip(found, lines):
             self._as_read[att.key] = (att, line)
         return found
@@ -130,7 +241,7 @@ class Registry:
         """Every attachment by key (decodes the whole file the first time)."""
         if self._decoded is None:
             found = self._decode(self._lines)
-            if self._decoded is None:  # not set aside as unreadable
+            if self._decoded is None:  # not salvaged as damaged
                 self._decoded = {att.key: att for att in found}
                 self._lines = []
         return self._decoded
@@ -180,25 +291,31 @@ class Registry:
         for name in os.listdir(folder):  # a run killed mid-write left it: writers hold the lock
             if name.startswith(prefix + ".") and name.endswith(".tmp"):
                 os.unlink(os.path.join(folder, name))
-        tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(text)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
+            _write_atomically(self.path, text)
         except OSError as exc:
             raise CniError(IO_FAILURE, f"cannot write the attachment registry {self.path}: {exc.strerror}") from None
+        self.writes += 1
 
     def on_bridge(self, bridge: str, backend: str) -> list[Attachment]:
         return [a for a in self.matching(bridge) if a.bridge == bridge and a.backend == backend]
 
     def on_backend(self, backend: str) -> list[Attachment]:
         return [a for a in self.attachments.values() if a.backend == backend]
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write, fsync, rename: readers see the old file or the new one, never a torn one."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def defer_delete(state_dir: str, key: tuple[str, str, str]) -> None:

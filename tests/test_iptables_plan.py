@@ -143,7 +143,9 @@ def test_parse_keeps_quoted_comments_whole():
 RELEASES = [
     # (plan file, before file, Release(bridge, isolate, drop_intra, port, last_intra, last))
     ("two-bridges-release-br1", "two-bridges", Release("br1", True, False, None, True, False)),
+    # a registry that lost br0 claims br1 was the last: br0's rules stay, so does the layout
     ("two-bridges-release-last", "two-bridges", Release("br1", True, False, None, True, True)),
+    ("one-bridge-release-last", "one-bridge", Release("br1", True, False, None, True, True)),
     ("firewall-guarded-release-last", "firewall-guarded", Release("br0", True, False, None, True, True)),
 ]
 
@@ -236,3 +238,12 @@ def test_firewall_chain_left_without_accepts_still_needs_our_jumps():
     got = plan(table, [intent])
     jump = "-m comment --comment isolation-plugin -j CNI-ISOLATION-STAGE-1"
     assert f"-I FORWARD 1 {jump}" in got and f"-I CNI-FORWARD 1 {jump}" in got, got
+
+
+def test_a_full_plan_never_undoes_guard_rules_of_a_bridge_no_intent_is_on():
+    """Issue 15 item 1: br0's attachments lost from a damaged registry; an ADD on br1 must not
+    delete br0's guard rules (its egress and host protection)."""
+    table = FilterTable.parse(read("guarded-ipv4.before"))
+    lines = plan(table, [intent_for("br1", "same-bridge", guard=Guard(("10.0.0.0/8",)))], "ipv4")
+    assert any(line.startswith("-I CNI-ISOLATION-EGRESS 1 -i br1") for line in lines), lines
+    assert not [line for line in lines if line.startswith("-D ") and "br0" in line], lines

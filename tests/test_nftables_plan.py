@@ -216,3 +216,28 @@ def test_add_only_plan_adds_this_bridges_elements_and_touches_nothing_else():
     assert {"concat": ["brC", "brB"]} in added["peers"] and "brC" in added["isolated"]
     # brA's guard chains exist but brA no longer wants a guard: that needs the full path
     assert add_only_plan({"inet": terse}, [intent_for("brA", "same-bridge")]) is None
+
+
+def test_a_full_plan_never_undoes_a_bridge_no_intent_is_on():
+    """Issue 15 item 1: a registry that lost brA's attachments (damaged) must not make an ADD's
+    full plan delete brA's guard chains and map entries (that would open its egress)."""
+    state = TableState.parse(LISTING, INET)
+    cmds = plan({"inet": state}, [intent_for("brC", "same-bridge", "vethC")])
+    assert not [c for c in cmds if "delete" in c or "flush" in c], cmds
+    assert {"add": {"element": {"family": "inet", "table": "isolation", "name": "isolated", "elem": ["brC"]}}} in cmds
+    # brA registered without a guard any more (its configuration changed): then its guard goes
+    relaxed = plan({"inet": state}, [intent_for("brA", "same-bridge", "vethA")])
+    assert {c["delete"]["chain"]["name"] for c in relaxed if "chain" in c.get("delete", {})} == {"egress-brA", "host-brA"}
+
+
+def test_release_never_takes_the_table_while_another_bridge_is_in_it():
+    """Issue 15 item 1: a Release computed from a registry that lost brB says `last`; the
+    kernel still holds brB, so only brA's elements go (the table stays)."""
+    state = TableState.parse(LISTING, INET)
+    r = Release("brA", True, False, None, True, True, published=True, last_guard=True, bridge_done=True)
+    cmds = release_plan({"inet": state}, r)
+    assert {"delete": {"table": {"family": "inet", "name": "isolation"}}} not in cmds
+    assert {"delete": {"element": {"family": "inet", "table": "isolation", "name": "isolated", "elem": ["brA"]}}} in cmds
+    alone = [o for o in LISTING if "brB" not in json.dumps(o)]
+    assert release_plan({"inet": TableState.parse(alone, INET)}, r) == [
+        {"delete": {"table": {"family": "inet", "name": "isolation"}}}], "with brA alone, the table goes"

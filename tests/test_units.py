@@ -131,8 +131,10 @@ def test_registry_round_trip_and_damage(tmp_path):
 
     with open(reg.path, "w") as f:
         f.write('{"format": 1, "attachments": [{"network": ')  # damage from outside
-    assert Registry.load(str(tmp_path)).attachments == {}
-    assert os.path.exists(reg.path + ".unreadable"), "the damaged file is kept for inspection"
+    damaged = Registry.load(str(tmp_path))
+    assert damaged.attachments == {} and damaged.damaged and "0 attachment(s) kept" in damaged.damaged
+    assert os.path.exists(reg.path + ".damaged"), "the damaged file is kept for inspection"
+    assert Registry.load(str(tmp_path)).damaged == damaged.damaged, "the damage stays known to later runs"
 
 
 def test_egress_values_are_canonicalised():
@@ -276,7 +278,7 @@ def test_registry_add_path_decodes_only_what_it_asks_for(tmp_path):
     assert [a.container for a in Registry.load(str(tmp_path)).on_bridge("br0", "nftables")] == ["c0", "c3", "c6"]
 
 
-def test_registry_damage_found_by_a_lazy_read_sets_the_file_aside(tmp_path):
+def test_registry_damage_found_by_a_lazy_read_is_marked(tmp_path):
     import os
 
     from plugin.registry import Attachment, Registry
@@ -288,8 +290,9 @@ def test_registry_damage_found_by_a_lazy_read_sets_the_file_aside(tmp_path):
     with open(reg.path, "w") as f:
         f.write(text)
     lazy = Registry.load(str(tmp_path))
+    assert lazy.damaged is None, "not decoded yet"
     assert lazy.matching("br0") == [] and lazy.attachments == {}
-    assert os.path.exists(reg.path + ".unreadable")
+    assert lazy.damaged and os.path.exists(reg.path + ".damaged")
 
 
 def test_shared_needs_collapse_a_bridges_attachments_but_keep_intra_ports():
@@ -304,3 +307,163 @@ def test_shared_needs_collapse_a_bridges_attachments_but_keep_intra_ports():
                                    BridgeIntent("br0", True, False, None, True, guard=deny),
                                    BridgeIntent("br0", True, True, "vethA", True),
                                    BridgeIntent("br0", True, True, "vethB", True)]
+
+
+class _FakeBackend:
+    """Records releases; usable."""
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def unavailable_reason(self):
+        return None
+
+    def release(self, r, facts):
+        self.log.append(r)
+
+
+def test_detaching_many_attachments_writes_the_registry_once(tmp_path, monkeypatch):
+    """Issue 15 item 8: a vanished bridge with N attachments cost N rewrites (and fsyncs)
+    of the registry under the host lock; now one, whatever N."""
+    import plugin.backends as backends
+    import plugin.links as links
+    from plugin.lifecycle import detach
+    from plugin.registry import Attachment, Registry
+
+    log = []
+    monkeypatch.setattr(backends, "make", lambda name: _FakeBackend(name, log))
+    monkeypatch.setattr(links, "ports_of_masters", lambda: {})  # the bridge is gone
+    reg = Registry.load(str(tmp_path))
+    doomed = [Attachment("net", f"c{i}", "eth0", "br0", f"veth{i}", "isolated", "nftables") for i in range(50)]
+    kept = Attachment("other", "k", "eth0", "br1", "vethk", "same-bridge", "nftables")
+    for att in [*doomed, kept]:
+        reg.put(att)
+    reg.save()
+    reg = Registry.load(str(tmp_path))
+    assert detach(reg, doomed) == []
+    assert reg.writes == 1, f"{reg.writes} registry writes for 50 attachments"
+    assert list(Registry.load(str(tmp_path)).attachments) == [kept.key]
+    assert len(log) == 50 and all(r.port == f"veth{i}" for i, r in enumerate(log))
+    # the bridge's rules go once, with the last of them; never everything (br1 remains)
+    assert [r.isolate for r in log] == [False] * 49 + [True] and not any(r.last for r in log)
+
+
+def test_damaged_registry_detach_keeps_the_bridge_while_unknown_ports_remain(tmp_path, monkeypatch):
+    """With the registry damaged, the departing attachment takes only its port while its
+    bridge still has ports nothing registered accounts for; its bridge's rules go when
+    only its own port is left."""
+    import plugin.backends as backends
+    import plugin.links as links
+    from plugin.lifecycle import detach
+    from plugin.policy import port_only
+    from plugin.registry import Attachment, Registry
+
+    log = []
+    monkeypatch.setattr(backends, "make", lambda name: _FakeBackend(name, log))
+    reg = Registry.load(str(tmp_path))
+    a = Attachment("net", "c0", "eth0", "br0", "veth0", "same-bridge", "iptables")
+    b = Attachment("net", "c1", "eth0", "br0", "veth1", "same-bridge", "iptables")
+    reg.put(a), reg.put(b), reg.save()
+    lines = open(reg.path).read().splitlines()
+    with open(reg.path, "w") as f:  # c1's line torn
+        f.write("\n".join(lines[:2] + [lines[2][:30]] + lines[3:]) + "\n")
+    reg = Registry.load(str(tmp_path))
+    assert list(reg.attachments) == [a.key] and reg.damaged
+    monkeypatch.setattr(links, "ports_of_masters", lambda: {"br0": ["veth0", "veth1"]})
+    assert detach(reg, [a]) == []
+    assert log[-1] == port_only(log[-1]) and not log[-1].isolate and log[-1].guard is None, log[-1]
+    reg.put(a)
+    monkeypatch.setattr(links, "ports_of_masters", lambda: {"br0": ["veth0"]})  # c1 has gone since
+    assert detach(reg, [a]) == []
+    assert log[-1].isolate and log[-1].bridge_done
+
+
+@pytest.mark.parametrize("field,value", [("policy", "opne"), ("bridge", "b r"), ("backend", "pf"),
+                                         ("published", 1), ("portindex", "7"), ("guard", {"deny": 1})])
+def test_registry_lines_with_wrong_values_are_damage(tmp_path, field, value):
+    """A damaged line that is still JSON must not reach the rules (nor answer 104 later)."""
+    import json
+
+    from plugin.registry import Attachment, Registry, as_dict
+
+    reg = Registry.load(str(tmp_path))
+    good = Attachment("net", "c0", "eth0", "br0", "veth0", "same-bridge", "nftables")
+    reg.put(good), reg.put(Attachment("net", "c1", "eth0", "br0", "veth1", "same-bridge", "nftables")), reg.save()
+    text = open(reg.path).read()
+    bad = as_dict(Attachment("net", "c1", "eth0", "br0", "veth1", "same-bridge", "nftables")) | {field: value}
+    line = text.splitlines()[2]
+    with open(reg.path, "w") as f:
+        f.write(text.replace(line, json.dumps(bad, separators=(",", ":"))))
+    again = Registry.load(str(tmp_path))
+    assert list(again.attachments) == [good.key] and again.damaged
+
+
+def test_departed_is_fail_closed(monkeypatch):
+    """Item 6: only a known port that is gone, or re-created under its name (another
+    ifindex), has vanished; an unknown port, or an index never recorded, never counts."""
+    import plugin.links as links
+    from plugin.lifecycle import departed
+    from plugin.registry import Attachment
+
+    def att(port, index, bridge="br0"):
+        return Attachment("n", f"c-{port}-{index}", "eth0", bridge, port, "same-bridge", "nftables", portindex=index)
+
+    monkeypatch.setattr(links, "interfaces", lambda: {"br0": 2, "veth1": 11, "veth2": 12})
+    monkeypatch.setattr(links, "is_bridge", lambda name: name == "br0")
+    same, reborn, gone, unknown, unrecorded = (att("veth1", 11), att("veth2", 99), att("veth3", 13), att(None, None),
+                                               att("veth1", None))
+    on_gone_bridge = att("veth1", 11, "br9")
+    assert departed([same, reborn, gone, unknown, unrecorded, on_gone_bridge]) == ([on_gone_bridge], [reborn, gone])
+
+
+def test_auto_is_decided_once_per_namespace(tmp_path, monkeypatch):
+    """Item 5: `auto` keeps the first backend it chose; when that one fails later, 103."""
+    import plugin.backends as backends
+
+    reasons = {"nftables": None, "iptables": None}
+    monkeypatch.setattr(backends, "make", lambda name: _Fake(name, reasons[name]))
+    assert backends.select("auto", str(tmp_path)).name == "nftables"
+    assert open(tmp_path / "backend").read() == "nftables\n"
+    reasons["nftables"] = "libnftables cannot be loaded"
+    with pytest.raises(CniError) as err:
+        backends.select("auto", str(tmp_path))
+    assert err.value.code == 103 and "libnftables cannot be loaded" in err.value.details
+    assert backends.select("iptables", str(tmp_path)).name == "iptables", "an explicit backend is not affected"
+    other = tmp_path / "other"
+    other.mkdir()
+    assert backends.select("auto", str(other)).name == "iptables", "a namespace deciding now picks what works"
+    reasons["nftables"] = None
+    assert backends.select("auto", str(other)).name == "iptables", "and keeps it"
+
+
+def test_damage_in_a_line_not_yet_decoded_is_seen_by_status_and_reconcile(tmp_path, monkeypatch):
+    """The header is fine and one body line is not: status and reconcile must decode every
+    line before asking whether the registry is damaged."""
+    import plugin.admin as admin
+    import plugin.hoststate as hoststate
+    import plugin.lifecycle as lifecycle
+    from plugin.registry import Attachment, Registry
+
+    reg = Registry.load(str(tmp_path))
+    reg.put(Attachment("net", "c0", "eth0", "br0", "veth0", "same-bridge", "nftables"))
+    reg.put(Attachment("net", "c1", "eth0", "br0", "veth1", "same-bridge", "nftables"))
+    reg.save()
+    text = open(reg.path).read()
+    with open(reg.path, "w") as f:
+        f.write(text.replace('"container":"c1"', '"container":c1'))
+    monkeypatch.setattr(lifecycle, "state_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(lifecycle, "departed", lambda atts: ([], []))
+    monkeypatch.setattr(lifecycle, "_remove_orphans", lambda reg: [])
+    done = lifecycle.reconcile()
+    assert any("rebuilt the damaged registry" in line for line in done), done
+    assert Registry.load(str(tmp_path)).damaged is None
+    with open(reg.path, "w") as f:
+        f.write(text.replace('"container":"c1"', '"container":c1'))
+    monkeypatch.setattr(admin, "state_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(hoststate, "state_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(admin, "make", lambda name: _Fake(name, "not here"))
+    monkeypatch.setattr(admin, "departed", lambda atts: ([], []))
+    monkeypatch.setattr(admin.bridgenf, "read", lambda fam: "1")
+    monkeypatch.setattr(admin, "is_bridge", lambda name: True)
+    report = admin.status()
+    assert report["damaged"] and any("registry is damaged" in p for p in report["problems"]), report

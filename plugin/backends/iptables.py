@@ -319,11 +319,14 @@ def plan(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
     Besides the FORWARD jump, a jump sits atop the firewall plugin's CNI-FORWARD
     (created if absent): when `firewall` runs after `isolation` it inserts its
     jump above ours, and its per-container ACCEPTs would otherwise win. In the guard
-    chains, which are wholly ours, a rule no bridge needs any more is deleted.
+    chains, which are wholly ours, a rule of one of their bridges that none needs any
+    more is deleted (a bridge none of them is on keeps its rules: a damaged registry
+    may have lost its attachments).
     """
     if not any(i.enforces_anything for i in intents):
         return []
     chains = wanted(intents, family)
+    known = {i.bridge for i in intents}  # a bridge none of them is on is not theirs to undo
     guard = guard_missing(table)
     needed = [*chains, FIREWALL_CHAIN] if guard else list(chains)
     lines = [f"-N {chain}" for chain in needed if chain not in table.chains]  # before any jump to them
@@ -333,8 +336,8 @@ def plan(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
         ours = {tuple(strip_comment(r)) for r in rules if is_ours(r)}
         if chain in GUARD_CHAINS:
             keep = {tuple(spec) for g in groups for spec in g} | {("-j", "RETURN")}
-            lines += [f"-D {chain} " + " ".join(r) for r in rules
-                      if is_ours(r) and tuple(strip_comment(r)) not in keep and all(_SAFE.fullmatch(a) for a in r)]
+            lines += [f"-D {chain} " + " ".join(r) for r in rules if is_ours(r) and tuple(strip_comment(r)) not in keep
+                      and r[:1] == ["-i"] and r[1] in known and all(_SAFE.fullmatch(a) for a in r)]
         index = positions(rules)
         for group in groups:
             _sync_group(rules, chain, group, theirs, ours, lines, index)
@@ -374,18 +377,25 @@ def _jumps_to(table: FilterTable, chain: str) -> bool:
                if a in ("-j", "-g"))
 
 
-def release_plan(table: FilterTable, r: Release, family: str = "ipv4") -> list[str]:
+def release_plan(table: FilterTable, r: Release, family: str = "ipv4", everything: bool = False) -> list[str]:
     """The iptables-restore lines that remove what `r` says is no longer needed.
 
     Only rules carrying our comment are ever deleted. When nothing is left (`r.last`),
     every rule of ours goes, then each of our chains that is left empty and that no
     rule jumps to (the firewall plugin may still use them). When no guard is left
     (`r.last_guard`), the guard chains and the INPUT jump go the same way; otherwise
-    the bridge's guard rules become what its remaining attachments need.
+    the bridge's guard rules become what its remaining attachments need. Unless
+    `everything` (`isolation cleanup`), `last` and `last_guard` hold only while our rules
+    name no other bridge: rules a damaged registry lost track of are never swept along.
     """
     br = r.bridge
     remove: list[tuple[str, list[str]]] = []
     insert: list[str] = []
+    others = set() if everything else mentioned(table) - {br}
+    if others:  # rules the registry does not account for (lost or damaged): they stay
+        guarded = {b for b in others if b in mentioned(table, GUARD_CHAINS)}
+        r = Release(br, r.isolate, r.drop_intra, r.port, r.last_intra, False, r.published, r.guard,
+                    r.last_guard and not guarded, r.bridge_done)
     if r.last:
         remove = [(c, rule) for c, rules in table.chains.items() for rule in rules if is_ours(rule)]
     else:
@@ -396,7 +406,7 @@ def release_plan(table: FilterTable, r: Release, family: str = "ipv4") -> list[s
             specs.append((STAGE1, ["-i", br, "-o", br, "-j", "DROP"]))
         if r.published or r.isolate:
             specs.append((STAGE2, ["-o", br, *DNAT, "-j", "RETURN"]))
-        if not r.guard.deny_in(VERSION[family]):
+        if r.guard is not None and not r.guard.deny_in(VERSION[family]):
             specs.append((STAGE1, ["-i", br, "!", "-o", br, "-j", EGRESS]))
         remove = [(c, rule) for c, spec in specs for rule in table.chains.get(c, [])
                   if is_ours(rule) and strip_comment(rule) == spec]
@@ -407,7 +417,7 @@ def release_plan(table: FilterTable, r: Release, family: str = "ipv4") -> list[s
             remove += [(c, rule) for c in GUARD_CHAINS for rule in table.chains.get(c, []) if is_ours(rule)]
             remove += [("INPUT", rule) for rule in table.chains.get("INPUT", [])
                        if is_ours(rule) and _is_jump(strip_comment(rule), HOST)]
-        else:
+        elif r.guard is not None:  # None: the bridge's guard is left as it is
             for chain, group in guard_rules(br, r.guard, family).items():
                 rules = table.chains.get(chain, [])
                 mine = [rule for rule in rules if is_ours(rule) and rule[:2] == ["-i", br]]
@@ -420,6 +430,17 @@ def release_plan(table: FilterTable, r: Release, family: str = "ipv4") -> list[s
     if r.last or r.last_guard:
         lines += [f"-X {chain}" for chain in without_ours(table, r.last)[1]]
     return lines
+
+
+def mentioned(table: FilterTable, chains=None) -> set[str]:
+    """Every interface our rules (in `chains`, default all) name with -i or -o."""
+    found = set()
+    for chain, rules in table.chains.items():
+        if chains is None or chain in chains:
+            for rule in rules:
+                if is_ours(rule):
+                    found.update(rule[i + 1] for i, a in enumerate(rule[:-1]) if a in ("-i", "-o"))
+    return found
 
 
 def _is_peer_return(spec: list[str]) -> bool:
@@ -572,7 +593,8 @@ class IptablesBackend:
         cmds = []
         for fam, table in self.read().items():
             tool = "iptables" if fam == "ipv4" else "ip6tables"
-            cmds += [[tool, "-w", "-t", "filter", *line.split(" ")] for line in release_plan(table, everything, fam)]
+            lines = release_plan(table, everything, fam, everything=bridge is None)
+            cmds += [[tool, "-w", "-t", "filter", *line.split(" ")] for line in lines]
             created = bridge is None and fam in facts.get("created_filter", []) and table.nft_variant
             after = without_ours(table)[0]
             if created and after.pristine():

@@ -365,17 +365,21 @@ def _converge_chains(state: "TableState", want: dict[str, list], scope) -> tuple
 
 def plan(states: dict[str, TableState], intents) -> list[dict]:
     """The libnftables commands (one transaction) that make the kernel enforce `intents`,
-    which are all the attachments on this backend (so guard chains nobody needs go)."""
+    which are all the registered attachments on this backend (so guard chains of their
+    bridges that none of them needs go; a bridge none of them is on keeps what it has,
+    since a damaged registry may have lost its attachments)."""
     cmds = []
     intents = list(intents)
     chains = guard_chains(intents)
+    known = {i.bridge for i in intents}  # a bridge none of them is on is not theirs to undo
     for family, want in wanted(intents).items():
         spec, state = SPECS[family], states.get(family, TableState())
         if state.exists and state.intact:
-            first, last = _converge_chains(state, chains, set(chains) | set(state.chains)) if family == "inet" else ([], [])
+            scope = set(chains) | {c for c in state.chains if c.split("-", 1)[1] in known}
+            first, last = _converge_chains(state, chains, scope) if family == "inet" else ([], [])
             missing = {n: want[n] - state.elements.get(n, set()) for n in want}
             stale = [_delete_element(family, n, e) for n in GUARD_MAPS if n in want
-                     for e in sorted(state.elements.get(n, set()) - want[n])]
+                     for e in sorted(state.elements.get(n, set()) - want[n]) if e[0] in known]
             cmds += first + _add_elements(family, missing) + stale + last
             continue
         if state.exists:  # damaged: rebuild, keeping what it still held
@@ -416,6 +420,10 @@ def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
 
     cmds = []
     inet, bridge = states.get("inet", TableState()), states.get("bridge", TableState())
+    others = mentioned(inet) - {r.bridge}
+    if others:  # rules the registry does not account for (lost or damaged): they stay
+        r = Release(r.bridge, r.isolate, r.drop_intra, r.port, r.last_intra and not inet.elements.get("intra", set())
+                    - {r.bridge}, False, r.published, r.guard, r.last_guard, r.bridge_done)
     if inet.exists and r.last:
         cmds.append(delete("inet", "table", {"name": TABLE}))
     elif inet.exists:
@@ -424,12 +432,14 @@ def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
         gone += [("published", r.bridge)] if r.published or r.isolate else []
         gone += [("intra", r.bridge)] if r.drop_intra or r.isolate else []
         gone += [("peers", pair) for pair in sorted(inet.elements.get("peers", set())) if r.isolate and r.bridge in pair]
-        want = bridge_chains(r.bridge, r.guard)
-        first, last = _converge_chains(inet, want, [f"{m}-{r.bridge}" for m in GUARD_MAPS])
-        entries = {m: (r.bridge, f"{m}-{r.bridge}") for m in GUARD_MAPS}
-        gone += [(m, e) for m, e in entries.items() if e[1] not in want]
-        added = {m: {e} - inet.elements.get(m, set()) for m, e in entries.items() if e[1] in want}
-        cmds += first + _add_elements("inet", added)
+        first, last = [], []
+        if r.guard is not None:  # None: the bridge's guard is left as it is
+            want = bridge_chains(r.bridge, r.guard)
+            first, last = _converge_chains(inet, want, [f"{m}-{r.bridge}" for m in GUARD_MAPS])
+            entries = {m: (r.bridge, f"{m}-{r.bridge}") for m in GUARD_MAPS}
+            gone += [(m, e) for m, e in entries.items() if e[1] not in want]
+            added = {m: {e} - inet.elements.get(m, set()) for m, e in entries.items() if e[1] in want}
+            cmds += first + _add_elements("inet", added)
         cmds += [_delete_element("inet", name, elem) for name, elem in gone if elem in inet.elements.get(name, set())]
         cmds += last
     if bridge.exists and (r.last or r.last_intra):
@@ -437,6 +447,21 @@ def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
     elif bridge.exists and r.port and r.port in bridge.elements.get("ports", set()):
         cmds.append(delete("bridge", "element", {"table": TABLE, "name": "ports", "elem": [r.port]}))
     return cmds
+
+
+def mentioned(state: TableState) -> set[str]:
+    """Every bridge our inet table holds anything for (an element or a guard chain)."""
+    found = set()
+    for name, elems in state.elements.items():
+        for e in elems:
+            if name in GUARD_MAPS:
+                found.add(e[0])
+            elif isinstance(e, tuple):
+                found.update(e)
+            else:
+                found.add(e)
+    found.update(c.split("-", 1)[1] for c in state.chains)
+    return found
 
 
 def problems(states: dict[str, TableState], intents) -> list[str]:
