@@ -32,6 +32,8 @@ class Attachment:
     published: bool = True
     group: str | None = None
     guard: dict | None = None  # policy.Guard.to_json()
+    mac: str | None = None  # the container interface's MAC (prevResult)
+    spoof: tuple[str, ...] | None = None  # antiSpoofing: the addresses the port may send from (None: off)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -43,6 +45,8 @@ def _attachment(raw: dict) -> Attachment:
         raise ValueError("an attachment must be an object")
     att = from_dict(Attachment, raw)
     att.__dict__["addresses"] = tuple(att.addresses)  # JSON has lists; records are hashable
+    if att.spoof is not None:
+        att.__dict__["spoof"] = tuple(att.spoof)
     return att
 
 
