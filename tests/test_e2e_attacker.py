@@ -18,6 +18,7 @@ One lab per backend and bridge-nf-call setting (0 and 1) serves every test:
   management 10.98.0.2 / fd98::2 (denied to net1), outside 10.99.0.2 / fd99::2 (allowed)
 """
 
+import copy
 import ipaddress
 import json
 import re
@@ -159,6 +160,7 @@ class Round:
         self.lab = lab
         self.frames: list[tuple[str, bytes]] = []  # (sender netns, frame)
         self.datagrams: list[tuple[str, bytes]] = []  # (address, marker): UDP the host itself sends
+        self.actions: list = []  # callables run with the sends (e.g. data on a connected socket)
         self.expect: dict[tuple[str, bytes], bool] = {}  # (target, marker) -> delivered?
         self.labels: dict[tuple[str, bytes], str] = {}
 
@@ -189,6 +191,8 @@ class Round:
                     senders[ns].send(frame)
                 for dst, m in self.datagrams:
                     (udp6 if ":" in dst else udp4).sendto(m, (dst, 9999))
+                for action in self.actions:
+                    action()
                 time.sleep(0.3)
             time.sleep(SETTLE_S)
         finally:
@@ -469,4 +473,50 @@ def test_broadcast_and_multicast_stay_on_their_bridge(world):
         for target in others:
             r.want(target, m, False, f"{dst} from g1 at {target}")
     wrong = r.run()
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_only_connections_opened_toward_the_container_pass_a_deny(make_lab, backend):
+    """Replies pass a deny only for connections opened toward the container (conntrack reply
+    direction), not every established packet: a connection the container opened to the
+    management range before its bridge was denied that range (a second conflist on the same
+    bridge: the strictest combination applies) carries nothing more there, while its
+    connection to the outside, opened alike, keeps carrying data."""
+    lab = make_lab()
+    mgmt = lab.management()
+    first = lab.network(["bridge", "isolation"], isolation={"backend": backend})
+    c = lab.add(first)
+    held = []
+
+    def hold(sock):
+        sock.listen(8)
+        while True:
+            held.append(sock.accept()[0])  # kept open: the connection stays established
+
+    for ns in (mgmt, lab.outside):
+        lab._serve(ns, socket.SOCK_STREAM, 8081, hold)
+
+    def connect(addr):
+        s = socket.create_connection((addr, 8081), timeout=5)
+        return s
+
+    conns = {addr: in_netns(c.name, connect, addr) for addr in (MGMT[0], OUTSIDE[0], MGMT[1], OUTSIDE[1])}
+    shared = copy.deepcopy(first.plugins[0])  # the same bridge, addresses from another part of it
+    v4, v6 = shared["ipam"]["ranges"]
+    v4[0] |= {"rangeStart": "10.77.1.100", "rangeEnd": "10.77.1.150"}
+    v6[0] |= {"rangeStart": "fd77:1::100", "rangeEnd": "fd77:1::150"}
+    lab.add(lab.network([shared, {"type": "isolation", "backend": backend,
+                                  "denyEgress": ["10.98.0.0/16", "fd98::/32"]}]))
+    r = Round(lab)
+    try:
+        for addr, sock in conns.items():
+            m = Marker.new()
+            r.actions.append(lambda sock=sock, m=m: sock.send(m))
+            denied = addr in MGMT
+            r.want(mgmt if denied else lab.outside, m, not denied, f"data on {c.name}'s connection to {addr}")
+        wrong = r.run()
+    finally:
+        for sock in [*conns.values(), *held]:
+            sock.close()
     assert not wrong, "\n".join(wrong)

@@ -724,7 +724,8 @@ class NftablesBackend:
         """Apply `intent`; `others` are the other registered attachments (a sequence, or a
         function returning one, called only if needed), `related` those of them on the same
         bridge or in the same isolationGroup (derived from `others` when not given).
-        Nothing needs remembering: our tables are wholly ours.
+        Nothing needs remembering: our tables are wholly ours. Without `related` (reconcile,
+        the agent) everything registered is re-applied from a full reading.
 
         When both tables are intact (a terse reading, without elements, tells), only this
         bridge's elements and guard chains are added, with the distinct needs of the
@@ -746,9 +747,12 @@ class NftablesBackend:
         if related is None:
             related = [o for o in everyone() if o.bridge == intent.bridge or (intent.group and o.group == intent.group)]
         ensure_flags(intent, None if full else related, everyone() if full else ())
-        related = shared_needs(related)
-        quick = self.read(SPECS, terse=True)
-        if all(quick[f].exists and quick[f].intact for f in wanted([intent, *related])):
+        # one anti-spoofed neighbour stands for all of them: its elements are there already
+        # (adding them again is a no-op), and it makes a missing bridge table a reason to rebuild
+        spoofed = next((i for i in related if i.spoof is not None), None)
+        related = shared_needs(related) + ([spoofed] if spoofed else [])
+        quick = self.read(SPECS, terse=True) if not full else {}
+        if not full and all(quick[f].exists and quick[f].intact for f in wanted([intent, *related])):
             cmds = add_only_plan(quick, [intent, *related])
             if cmds is not None:
                 self._apply(cmds, failure)
