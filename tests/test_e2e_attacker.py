@@ -400,7 +400,8 @@ def _neighbour(lab: Lab, bridge: str, addr: str) -> str | None:
 def test_spoofing_is_dropped_at_the_bridge(world):
     """On isolated net2 (anti-spoofing by default) a1 claims a2's addresses: gratuitous ARP,
     an unsolicited neighbour advertisement (its own source, a2's target), an advertisement of
-    its own address carrying a2's MAC, IP packets from a2's address, frames from a2's MAC.
+    its own address carrying a2's MAC (each also priority-tagged, VID 0), IP packets from
+    a2's address, frames from a2's MAC.
     The host's neighbour entries for a2 keep a2's MAC, the host's traffic for a2 reaches a2
     only, and no forged packet leaves. The same attack from n1 on net4 (isolated,
     antiSpoofing false) succeeds: the control that the attack is real."""
@@ -414,11 +415,13 @@ def test_spoofing_is_dropped_at_the_bridge(world):
     for attacker, victim, protected in pairs:
         a, v = h.c[attacker], h.c[victim]
         amac, vmac, gw = h.mac_of(attacker), h.mac_of(victim), h.gw_mac[a.network.name]
-        r.send(a.name, eth(BROADCAST, amac, ETH_P_ARP, arp(2, amac, v.ipv4, BROADCAST, v.ipv4)))
-        for target, lladdr in ((v.ipv6, amac), (a.ipv6, vmac)):  # a2's address; its own with a2's MAC
-            na = icmp6(a.ipv6, "ff02::1", 136, struct.pack("!I", 0x20000000)
-                       + socket.inet_pton(socket.AF_INET6, target) + bytes([2, 1]) + lladdr)
-            r.send(a.name, eth(multicast_mac("ff02::1"), amac, ETH_P_IPV6, ipv6(a.ipv6, "ff02::1", 58, na, hlim=255)))
+        for vlan in (None, 0):  # VID 0 (priority-tagged): the host's stack takes it as untagged
+            r.send(a.name, eth(BROADCAST, amac, ETH_P_ARP, arp(2, amac, v.ipv4, BROADCAST, v.ipv4), vlan))
+            for target, lladdr in ((v.ipv6, amac), (a.ipv6, vmac)):  # a2's address; its own with a2's MAC
+                na = icmp6(a.ipv6, "ff02::1", 136, struct.pack("!I", 0x20000000)
+                           + socket.inet_pton(socket.AF_INET6, target) + bytes([2, 1]) + lladdr)
+                r.send(a.name, eth(multicast_mac("ff02::1"), amac, ETH_P_IPV6,
+                                   ipv6(a.ipv6, "ff02::1", 58, na, hlim=255), vlan))
         for v6 in (False, True):
             fam, etype, dst = ("IPv6", ETH_P_IPV6, OUTSIDE[1]) if v6 else ("IPv4", ETH_P_IP, OUTSIDE[0])
             forged, honest, mac_forged = Marker.new(), Marker.new(), Marker.new()

@@ -561,7 +561,7 @@ class IptablesBackend:
         failed = self._transact(lambda fam, table: release_plan(table, r, fam))
         if failed:
             raise CniError(ENFORCEMENT_FAILED, f"could not remove the rules of {r.bridge}", failed[0][1].strip())
-        if r.spoof is not None or r.last_spoof:
+        if r.spoof is not None or r.last:  # otherwise nothing there is ours to take (and no libnftables to load)
             backend, spec = _spoof_table()
             if backend.nft is not None:
                 from plugin.backends.nftables import bridge_release
