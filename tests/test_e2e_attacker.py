@@ -19,7 +19,6 @@ One lab per backend and bridge-nf-call setting (0 and 1) serves every test:
 """
 
 import copy
-import ipaddress
 import json
 import re
 import secrets
@@ -106,10 +105,6 @@ def arp(op: int, sha: bytes, spa: str, tha: bytes, tpa: str) -> bytes:
     return struct.pack("!HHBBH6s4s6s4s", 1, ETH_P_IP, 6, 4, op, sha, socket.inet_aton(spa), tha, socket.inet_aton(tpa))
 
 
-def solicited_node(addr: str) -> str:
-    return str(ipaddress.IPv6Address(int(ipaddress.IPv6Address("ff02::1:ff00:0")) | int(ipaddress.IPv6Address(addr)) & 0xFFFFFF))
-
-
 def multicast_mac(group: str) -> bytes:
     if ":" in group:
         return b"\x33\x33" + socket.inet_pton(socket.AF_INET6, group)[-4:]
@@ -120,7 +115,7 @@ TCP_FLAGS = {"fin": 0x01, "null": 0x00, "xmas": 0x29, "ack": 0x10}
 
 
 class Marker:
-    """Unique payload markers, and the probes (frames) that carry them."""
+    """Unique payload markers: a probe is delivered where its marker is seen."""
 
     PATTERN = re.compile(rb"ATK[0-9a-f]{10}")
 

@@ -60,8 +60,8 @@ from plugin.record import Factory, record
 from plugin.errors import ENFORCEMENT_FAILED, CniError
 from plugin.backends.ports import ensure_flags, flag_problems, release_flags
 from plugin.links import valid_name
-from plugin.policy import (ND_HOP_LIMIT, ND_TYPES, BridgeIntent, Guard, Hole, Release, Spoof, guards, peers,
-                           shared_needs, split_cidr)
+from plugin.policy import (ND_HOP_LIMIT, ND_TYPES, BridgeIntent, Guard, Hole, Release, guards, peers, shared_needs,
+                           split_cidr)
 
 TABLE = "isolation"
 LIBRARY = "libnftables.so.1"
