@@ -13,7 +13,11 @@
 #     else are left alone. Then CNI-FORWARD, CNI-ISOLATION-STAGE-1 and -STAGE-2 are
 #     deleted with -X, each only when it would then be empty and no remaining rule jumps
 #     to it (the firewall plugin's ingressPolicy shares these chains).
-#   - nftables: the tables `inet isolation` and `bridge isolation`.
+#   - nftables: the tables `inet isolation` and `bridge isolation` (nftables backend) and
+#     `bridge isolation-iptables` (the iptables backend's anti-spoofing).
+#   Not covered: the bridge-port isolation flag that `isolated` sets on container ports
+#   (`bridge link set dev VETH isolated off`); it goes with the port. `isolation cleanup`
+#   clears it on the ports of registered attachments.
 #
 # Every argument is re-quoted for sh: iptables-save prints interface names raw (Linux
 # allows $ ' " * ( ` \ and more in them) and comments in its own quoting, neither of
@@ -28,7 +32,8 @@ usage() {
 Usage: $PROG [-h|--help]
 
 Print the commands that delete the isolation plugin's rules (iptables, ip6tables filter
-table; nftables tables inet/bridge "isolation") from the current network namespace.
+table; nftables tables inet/bridge "isolation", bridge "isolation-iptables") from the
+current network namespace.
 Nothing is executed. Review the output, then run it: $PROG | sh -e
 EOF
 }
@@ -175,9 +180,9 @@ if command -v nft >/dev/null 2>&1; then
 		echo "$PROG: nft list tables failed: $tables" >&2
 		failed=1
 	else
-		for family in inet bridge; do
-			if printf '%s\n' "$tables" | grep -qx "table $family isolation"; then
-				echo "nft delete table $family isolation"
+		for table in "inet isolation" "bridge isolation" "bridge isolation-iptables"; do
+			if printf '%s\n' "$tables" | grep -qx "table $table"; then
+				echo "nft delete table $table"
 				found=1
 			fi
 		done

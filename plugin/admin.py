@@ -103,17 +103,24 @@ def prune() -> tuple[int, list[str]]:
 def cleanup_commands(bridge: str | None) -> list[list[str]]:
     """The shell commands that remove what the plugin made: a bridge's rules and registry
     entries, or (bridge None) everything, state directory included."""
+    from plugin.links import port_isolated
+
     reg = Registry.load(state_dir())
     cmds = []
     for name in BACKENDS:
         backend = make(name)
         if backend.unavailable_reason() is not None:
             continue
+        ports = [a.port for a in reg.attachments.values() if a.bridge == bridge and a.port and a.backend == name]
         if name == "iptables":
-            cmds += backend.cleanup_commands(bridge, reg.backends.get(name, {}))
+            cmds += backend.cleanup_commands(bridge, reg.backends.get(name, {}), ports)
         else:
-            ports = [a.port for a in reg.attachments.values() if a.bridge == bridge and a.port]
             cmds += backend.cleanup_commands(bridge, ports)
+    # the bridge-port isolation flag of the ports of `isolated` attachments
+    flagged = {a.port for a in reg.attachments.values() if a.port and (bridge is None or a.bridge == bridge)
+               and a.policy == "isolated"}
+    cmds += [["bridge", "link", "set", "dev", port, "isolated", "off"] for port in sorted(flagged)
+             if port_isolated(port)]
     if bridge is None:
         cmds.append(["rm", "-rf", "--", os.path.dirname(reg.path)])
     return cmds
@@ -137,6 +144,14 @@ def cleanup(bridge: str | None, dry_run: bool) -> tuple[list[list[str]], list[st
 def _execute(argv: list[str]) -> str | None:
     if argv[0] == "nft":  # through libnftables: the host may have no nft binary
         return make("nftables").run_command(argv)
+    if argv[:3] == ["bridge", "link", "set"]:  # over rtnetlink: the host may have no `bridge` tool
+        from plugin.links import set_port_isolated
+
+        try:
+            set_port_isolated(argv[4], argv[6] == "on")
+            return None
+        except OSError as exc:
+            return f"{' '.join(argv)}: {exc}"
     if argv[0] == "rm":
         shutil.rmtree(argv[-1], ignore_errors=True)
         return None

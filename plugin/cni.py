@@ -19,7 +19,7 @@ from plugin.errors import (
     TRY_AGAIN_LATER,
     CniError,
 )
-from plugin.result import convert, find_attachment, require_prev_result, version_tuple
+from plugin.result import container_addresses, convert, find_attachment, require_prev_result, version_tuple
 
 LATEST = SUPPORTED_VERSIONS[-1]
 
@@ -141,19 +141,26 @@ def _engine(inv: Invocation):
     """The validated configuration, the usable backend and the intent for this attachment."""
     from plugin import config
     from plugin.backends import select
-    from plugin.policy import guard_for, intent_for
+    from plugin.policy import Spoof, anti_spoofing, guard_for, intent_for
 
     conf = config.load(inv.raw)
     inv.log_file, inv.log_level = conf.logFile, conf.logLevel
     prev = require_prev_result(inv.raw)
     bridge, port = find_attachment(prev)
     inv.notes["bridge"] = bridge
+    spoof = None
+    if anti_spoofing(getattr(conf, "antiSpoofing", None), conf.ingressPolicy):
+        mac, ips = container_addresses(prev, inv.env.get("CNI_IFNAME", ""))
+        if port is None or mac is None:
+            raise CniError(INVALID_CONFIG, "antiSpoofing needs prevResult to name the host-side veth and the "
+                           "container interface's mac (set antiSpoofing to false to run without it)")
+        spoof = Spoof(port, mac, ips)
     from plugin.hoststate import state_dir
 
     backend = select(conf.backend, state_dir())
     inv.notes["backend"] = backend.name
     intent = intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts, conf.isolationGroup,
-                        guard_for(conf))
+                        guard_for(conf), spoof)
     return prev, backend, intent, conf
 
 
@@ -169,7 +176,10 @@ def cmd_add(inv: Invocation) -> dict:
 
     attachment = Attachment(inv.network, inv.env["CNI_CONTAINERID"], inv.env["CNI_IFNAME"], intent.bridge,
                             intent.port, conf.ingressPolicy, backend.name, addresses, conf.allowPublishedPorts,
-                            conf.isolationGroup, intent.guard.to_json(), ifindex(intent.port) if intent.port else None)
+                            conf.isolationGroup, intent.guard.to_json(),
+                            portindex=ifindex(intent.port) if intent.port else None,
+                            mac=intent.spoof.mac if intent.spoof else None,
+                            spoof=intent.spoof.ips if intent.spoof else None)
     with HostLock(deadline=inv.deadline):
         attach(backend, intent, attachment)
     return convert(prev, inv.cni_version)

@@ -139,3 +139,91 @@ def _attributes(data: bytes, at: int, end: int) -> dict[int, bytes]:
         found[kind & 0x3FFF] = data[at + 4:at + length]
         at += (length + 3) & ~3
     return found
+
+
+# --- the kernel's bridge-port isolation flag (IFLA_BRPORT_ISOLATED) ---------------------------
+# A bridge never forwards a frame from one isolated port to another, whatever its ethertype,
+# VLAN tag or whether br_netfilter is loaded. Set and read over rtnetlink in this process's
+# network namespace (the ADD path cannot afford a netlink library's import).
+RTM_SETLINK, NLM_F_ACK, AF_BRIDGE = 19, 0x4, 7
+IFLA_PROTINFO, IFLA_LINKINFO, NLA_F_NESTED = 12, 18, 0x8000
+IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 4, 5
+IFLA_BRPORT_ISOLATED = 33
+
+
+def _index(name: str) -> int | None:
+    try:
+        return _socket.if_nametoindex(name)
+    except OSError:
+        return None
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    data = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return data + bytes(-len(data) % 4)
+
+
+def _request(kind: int, flags: int, family: int, index: int, attrs: bytes = b"") -> list[bytes]:
+    """One rtnetlink request; the messages answering it (an error raises OSError)."""
+    body = struct.pack("=BxHiII", family, 0, index, 0, 0) + attrs
+    sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, NETLINK_ROUTE)
+    try:
+        sock.bind((0, 0))
+        sock.send(struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | flags, 1, 0) + body)
+        replies = []
+        while True:
+            data = sock.recv(1 << 16)
+            at = 0
+            while at + 16 <= len(data):
+                length, msg = struct.unpack_from("=IH", data, at)
+                if msg == NLMSG_ERROR:
+                    code = struct.unpack_from("=i", data, at + 16)[0]
+                    if code:
+                        raise OSError(-code, _errno_text(-code))
+                    return replies
+                if msg == NLMSG_DONE:
+                    return replies
+                replies.append(data[at:at + length])
+                at += (length + 3) & ~3
+            if not (flags & NLM_F_ACK) and replies:
+                return replies
+    finally:
+        sock.close()
+
+
+def _errno_text(code: int) -> str:
+    import os
+
+    return os.strerror(code)
+
+
+def port_isolated(name: str) -> bool | None:
+    """Whether bridge port `name` carries the isolation flag; None when `name` is not a bridge
+    port here (absent, or not enslaved to a bridge)."""
+    index = _index(name)
+    if index is None:
+        return None
+    try:
+        replies = _request(RTM_GETLINK, 0, 0, index)
+    except OSError:
+        return None
+    for reply in replies:
+        info = _attributes(reply, 32, len(reply)).get(IFLA_LINKINFO)
+        if info is None:
+            continue
+        nested = _attributes(info, 0, len(info))
+        if nested.get(IFLA_INFO_SLAVE_KIND, b"").split(b"\0", 1)[0] != b"bridge":
+            return None
+        data = nested.get(IFLA_INFO_SLAVE_DATA, b"")
+        flag = _attributes(data, 0, len(data)).get(IFLA_BRPORT_ISOLATED)
+        return bool(flag and flag[0])
+    return None
+
+
+def set_port_isolated(name: str, on: bool) -> None:
+    """Set or clear bridge port `name`'s isolation flag; OSError when it is no bridge port."""
+    index = _index(name)
+    if index is None:
+        raise OSError(19, f"no interface {name}")
+    flag = _attr(IFLA_BRPORT_ISOLATED, bytes([1 if on else 0]))
+    _request(RTM_SETLINK, NLM_F_ACK, AF_BRIDGE, index, _attr(IFLA_PROTINFO | NLA_F_NESTED, flag))

@@ -148,6 +148,9 @@ class NetConf(BaseModel):
         "allow", description="deny: containers cannot reach the host's own addresses, except allowHostPorts")
     allowHostPorts: list[HostPort] | None = Field(
         None, description="with hostAccess deny, the host services containers may use (default: TCP and UDP 53)")
+    antiSpoofing: bool | None = Field(
+        None, description="containers may send only from the MAC and IP addresses their attachment was given "
+        "(ARP, neighbour discovery, IP sources); default (null): on for ingressPolicy isolated, off otherwise")
     logFile: str | None = Field(
         None, description='absolute path, or "syslog": one line per invocation (default: ISOLATION_LOG_FILE, else none)')
     logLevel: Literal["info", "error", "off"] | None = Field(

@@ -6,7 +6,10 @@ so every decision can be unit-tested and pinned in golden files.
 
 from plugin.record import record
 
-ND_TYPES = (133, 134, 135, 136, 137)
+# Neighbour discovery a container sends its host: router and neighbour solicitation, neighbour
+# advertisement. Router advertisements and redirects come from routers, never from a container.
+ND_TYPES = (133, 135, 136)
+ND_HOP_LIMIT = 255  # RFC 4861: a receiver ignores ND with any other hop limit (it was routed)
 
 
 def family_of(cidr: str) -> int:
@@ -124,16 +127,30 @@ def guards(intents) -> dict[str, Guard]:
 
 
 @record(frozen=True)
+class Spoof:
+    """Anti-spoofing for one attachment: frames entering the bridge from its host-side `port`
+    must come from `mac` (the container interface's, from prevResult), and their IPv4/IPv6
+    sources (ARP sender, IP source, neighbour advertisement target, ND link-layer options)
+    must be one of `ips` (addresses without prefix), or IPv6 link-local."""
+
+    port: str
+    mac: str
+    ips: tuple[str, ...] = ()
+
+    def ips_in(self, family: int) -> tuple[str, ...]:
+        return tuple(a for a in self.ips if (6 if ":" in a else 4) == family)
+
+
+@record(frozen=True)
 class BridgeIntent:
     """The isolation wanted for one bridge.
 
     isolate: traffic forwarded from this bridge into another isolated bridge is dropped
              (Docker's inter-network isolation; `same-bridge` and `isolated`).
-    drop_intra: traffic between two ports of this bridge is dropped too (`isolated`);
-             in iptables this needs bridge-nf-call-iptables/ip6tables = 1.
-    port: the attachment's host-side port on the bridge (its veth), when prevResult names
-             one; nftables drops intra-bridge traffic by port, as this kernel's bridge
-             family may lack the bridge-name match.
+    drop_intra: traffic between two ports of this bridge is dropped too (`isolated`): the
+             kernel's bridge-port isolation flag on every port of the bridge's attachments
+             (frames), and a forward rule (packets routed back into the bridge by the host).
+    port: the attachment's host-side port on the bridge (its veth), when prevResult names one.
     published: traffic DNAT'd into this bridge from another one (a published port, e.g. by
              portmap) passes the inter-bridge drop: another network reaches HOST_IP:PORT
              while the containers' own addresses stay unreachable (allowPublishedPorts).
@@ -147,38 +164,52 @@ class BridgeIntent:
     published: bool = False
     group: str | None = None  # isolationGroup: isolated bridges of one group reach each other
     guard: Guard = NO_GUARD  # denyEgress, allowEgress, hostAccess, allowHostPorts
+    spoof: Spoof | None = None  # antiSpoofing: what this attachment's port may send
 
     @property
     def enforces_anything(self) -> bool:
-        return self.isolate or self.drop_intra or self.guard.active
+        return self.isolate or self.drop_intra or self.guard.active or self.spoof is not None
 
 
 def intent_for(bridge: str, ingress_policy: str, port: str | None = None, published: bool = True,
-               group: str | None = None, guard: Guard = NO_GUARD) -> BridgeIntent:
-    """Translate a network's ingressPolicy, allowPublishedPorts, isolationGroup and Guard into
-    the intent for one attachment to its bridge."""
+               group: str | None = None, guard: Guard = NO_GUARD, spoof: Spoof | None = None) -> BridgeIntent:
+    """Translate a network's ingressPolicy, allowPublishedPorts, isolationGroup, Guard and
+    anti-spoofing into the intent for one attachment to its bridge."""
     if ingress_policy not in ("open", "same-bridge", "isolated"):
         raise ValueError(f"unknown ingressPolicy {ingress_policy!r}")
     isolate = ingress_policy != "open"
     return BridgeIntent(bridge, isolate, ingress_policy == "isolated", port, published and isolate,
-                        group if isolate else None, guard)
+                        group if isolate else None, guard, spoof)
+
+
+def anti_spoofing(setting: bool | None, ingress_policy: str) -> bool:
+    """`antiSpoofing` as configured; unset (null) means on for `isolated` networks only."""
+    return ingress_policy == "isolated" if setting is None else setting
 
 
 def shared_needs(intents) -> list[BridgeIntent]:
-    """`intents`, each distinct need once: a port matters only to intra-bridge drops, so a
-    bridge with hundreds of containers of one `same-bridge` network has a single need."""
+    """`intents`, each distinct need of the bridge-wide rules once: ports and anti-spoofing
+    are per attachment (each ADD brings its own), so a bridge with hundreds of containers
+    of one network has a single need."""
     distinct = {}
     for i in intents:
-        port = i.port if i.drop_intra else None
-        key = (i.bridge, i.isolate, i.drop_intra, port, i.published, i.group, i.guard)
+        key = (i.bridge, i.isolate, i.drop_intra, None, i.published, i.group, i.guard)
         if key not in distinct:
             distinct[key] = BridgeIntent(*key)
     return list(distinct.values())
 
 
+def spoof_of(att) -> Spoof | None:
+    """The anti-spoofing a registered Attachment asked for (None: off)."""
+    if att.spoof is None or not att.port or not att.mac:
+        return None
+    return Spoof(att.port, att.mac, tuple(att.spoof))
+
+
 def intent_of(att) -> BridgeIntent:
     """The intent a registered Attachment stands for."""
-    return intent_for(att.bridge, att.policy, att.port, att.published, att.group, Guard.from_json(att.guard))
+    return intent_for(att.bridge, att.policy, att.port, att.published, att.group, Guard.from_json(att.guard),
+                      spoof_of(att))
 
 
 def peers(intents) -> dict[str, set[str]]:
@@ -207,6 +238,11 @@ class Release:
            left as it is, when what others need of it is not known).
     last_guard: no remaining attachment on the backend has an active Guard.
     bridge_done: no remaining attachment of the bridge enforces anything.
+    spoof: the departing attachment's anti-spoofing, when no remaining attachment on the
+           backend uses its port with anti-spoofing: its elements go.
+    last_spoof: no remaining attachment on the backend has anti-spoofing: the table goes.
+    unflag: ports whose isolation flag comes off: those of the bridge's remaining
+           attachments, once none of them is `isolated`.
     """
 
     bridge: str
@@ -219,6 +255,9 @@ class Release:
     guard: Guard | None = NO_GUARD
     last_guard: bool = False
     bridge_done: bool = False
+    spoof: Spoof | None = None
+    last_spoof: bool = False
+    unflag: tuple[str, ...] = ()
 
     @property
     def frees_bridge(self) -> bool:
@@ -257,4 +296,8 @@ def release_intent(gone: BridgeIntent, left: list[BridgeIntent]) -> Release:
         guard=merge(i.guard for i in same_bridge),
         last_guard=not any(i.guard.active for i in left),
         bridge_done=not any(i.enforces_anything for i in same_bridge),
+        spoof=gone.spoof if gone.spoof and gone.spoof.port not in {i.spoof.port for i in left if i.spoof} else None,
+        last_spoof=not any(i.spoof for i in left),
+        unflag=tuple(sorted({i.port for i in same_bridge if i.port})) if gone.drop_intra
+        and not any(i.drop_intra for i in same_bridge) else (),
     )

@@ -45,6 +45,8 @@ class Attachment:
     group: str | None = None
     guard: dict | None = None  # policy.Guard.to_json()
     portindex: int | None = None  # the port's ifindex at ADD: a port gone, or replaced by a namesake, has vanished
+    mac: str | None = None  # the container interface's MAC (prevResult)
+    spoof: tuple[str, ...] | None = None  # antiSpoofing: the addresses the port may send from (None: off)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -77,6 +79,13 @@ def _attachment(raw: dict) -> Attachment:
             Guard.from_json(fields["guard"])
         except (KeyError, TypeError, ValueError, AttributeError):
             raise ValueError("guard: malformed") from None
+    if fields["mac"] is not None and type(fields["mac"]) is not str:
+        raise ValueError("mac: not a string")
+    spoof = fields["spoof"]
+    if spoof is not None:
+        if type(spoof) is not list or not all(type(a) is str for a in spoof):
+            raise ValueError("spoof: not a list of strings")
+        fields["spoof"] = tuple(spoof)
     return att
 
 

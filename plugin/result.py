@@ -45,6 +45,55 @@ def find_attachment(prev: dict) -> tuple[str, str | None]:
     )
 
 
+_MAC_DIGITS = frozenset("0123456789abcdef")
+
+
+def _mac(value: object) -> str | None:
+    """A MAC address in canonical form (lower case, colons), or None if `value` is not one."""
+    if not isinstance(value, str):
+        return None
+    parts = value.lower().replace("-", ":").split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and set(p) <= _MAC_DIGITS for p in parts):
+        return None
+    return ":".join(parts)
+
+
+def _ip(value: str) -> str | None:
+    """An address (prefix dropped) in canonical form, or None if it is not one."""
+    import _socket
+
+    addr = value.split("/", 1)[0]
+    family = _socket.AF_INET6 if ":" in addr else _socket.AF_INET
+    try:
+        return _socket.inet_ntop(family, _socket.inet_pton(family, addr))
+    except (OSError, ValueError):
+        return None
+
+
+def container_addresses(prev: dict, ifname: str) -> tuple[str | None, tuple[str, ...]]:
+    """(MAC, addresses) prevResult gave the container interface `ifname` (the one with a
+    `sandbox`): what anti-spoofing lets it send from. Addresses are canonical, without
+    prefix; those of ips[] that name another interface are left out."""
+    interfaces = prev.get("interfaces") if isinstance(prev.get("interfaces"), list) else []
+    index = None
+    for i, iface in enumerate(interfaces):
+        if isinstance(iface, dict) and iface.get("sandbox") and (index is None or iface.get("name") == ifname):
+            index = i
+    mac = _mac(interfaces[index].get("mac")) if index is not None else None
+    ips = []
+    for n, ip in enumerate(prev.get("ips") if isinstance(prev.get("ips"), list) else []):
+        if not isinstance(ip, dict) or not isinstance(ip.get("address"), str):
+            continue
+        if isinstance(ip.get("interface"), int) and index is not None and ip["interface"] != index:
+            continue
+        addr = _ip(ip["address"])
+        if addr is None:
+            raise CniError(INVALID_CONFIG, f"prevResult.ips[{n}].address: {ip['address']!r} is not an IP address")
+        if addr not in ips:
+            ips.append(addr)
+    return mac, tuple(ips)
+
+
 def convert(prev: dict, cni_version: str) -> dict:
     """prevResult in the shape of `cni_version`: 0.3.x/0.4.0 carry ips[].version, 1.x do not."""
     out = dict(prev)

@@ -36,11 +36,22 @@ def enforced_bridges(lab, backend: str) -> set[str]:
     return set(next(o["set"] for o in listing if "set" in o).get("elem", []))
 
 
-def enforced_ports(lab) -> set[str]:
-    if "table bridge isolation" not in lab.nft("list", "tables"):
+SPOOF_TABLE = {"nftables": "isolation", "iptables": "isolation-iptables"}
+
+
+def guarded_ports(lab, backend: str) -> set[str]:
+    """The ports under anti-spoofing (on by default for `isolated` networks)."""
+    table = SPOOF_TABLE[backend]
+    if f"table bridge {table}" not in lab.nft("list", "tables"):
         return set()
-    listing = json.loads(lab.nft("-j", "list", "set", "bridge", "isolation", "ports"))["nftables"]
+    listing = json.loads(lab.nft("-j", "list", "set", "bridge", table, "guarded"))["nftables"]
     return set(next(o["set"] for o in listing if "set" in o).get("elem", []))
+
+
+def isolated_ports(lab) -> set[str]:
+    """The ports of the host's bridges that carry the bridge-port isolation flag."""
+    links = json.loads(sh("bridge", "-j", "-d", "link", "show", netns=lab.host).stdout or "[]")
+    return {link["ifname"] for link in links if link.get("isolated")}
 
 
 def host_port(lab, c) -> str:
@@ -60,9 +71,9 @@ def test_teardown_by_reference_count(lab, backend):
         alive.remove(c)
         used = {x.network.bridge for x in alive}
         assert enforced_bridges(lab, backend) == used, f"after DEL {step + 1} (seed {seed})"
-        if backend == "nftables":
-            isolated_ports = {host_port(lab, x) for x in alive if x.network is nets[1]}
-            assert enforced_ports(lab) == isolated_ports, f"after DEL {step + 1} (seed {seed})"
+        ports = {host_port(lab, x) for x in alive if x.network is nets[1]}
+        assert guarded_ports(lab, backend) == ports, f"after DEL {step + 1} (seed {seed})"
+        assert isolated_ports(lab) == ports, f"after DEL {step + 1} (seed {seed})"
         if len(alive) >= 2 and step % 2 == 0:  # the survivors keep their verdicts
             a, b = alive[0], alive[-1]
             same = a.network is b.network
@@ -165,10 +176,11 @@ def test_next_add_restores_every_registered_network_after_a_firewall_reload(lab,
 
 
 def test_add_rebuilds_a_missing_table_that_a_neighbour_on_its_bridge_needs(make_lab):
-    """Two conflists on one bridge, one `isolated`: with `table bridge isolation` deleted by
-    hand, an ADD on the `same-bridge` network must not take the add-only path (it would add
-    to a table that is gone): it re-applies everything, and the isolated neighbour's
-    intra-bridge drop is back. (bridge-nf-call 0: only the bridge table drops bridged frames.)"""
+    """Two conflists on one bridge, one `isolated` (anti-spoofing by default): with `table
+    bridge isolation` deleted by hand, an ADD on the `same-bridge` network must not take the
+    add-only path (it would add to a table that is gone): it re-applies everything, and the
+    isolated neighbours' anti-spoofing is back. The bridge is isolated as a whole: the
+    newcomer's port gets the isolation flag too, and no frame passes between the ports."""
     import copy
 
     lab = make_lab(bridge_nf=0)
@@ -180,8 +192,11 @@ def test_add_rebuilds_a_missing_table_that_a_neighbour_on_its_bridge_needs(make_
     second = lab.network([shared, {"type": "isolation", "backend": "nftables"}])
     a1, a2 = lab.add(first), lab.add(first)
     sh("nft", "delete", "table", "bridge", "isolation", netns=lab.host)
-    assert lab.reach([(a1.name, a2.ipv4)])[("icmp", a1.name, a2.ipv4)], "the drop is really gone"
-    lab.add(second)
-    got = lab.reach([(a1.name, a2.ipv4), (a1.name, a2.ipv6)])
+    assert "table bridge isolation" not in lab.nft("list", "tables")
+    assert [rc for kind, rc, _ in lab.check(a1) if kind == "isolation"] != [0]
+    s = lab.add(second)
+    assert guarded_ports(lab, "nftables") == {host_port(lab, a1), host_port(lab, a2)}
+    assert isolated_ports(lab) == {host_port(lab, c) for c in (a1, a2, s)}
+    got = lab.reach([(a1.name, a2.ipv4), (a1.name, a2.ipv6), (s.name, a1.ipv4), (s.name, a1.ipv6)])
     assert not any(got.values()), got
     assert all(rc == 0 for _, rc, _ in lab.check(a1))

@@ -5,12 +5,14 @@ from the layout documented in plugin/backends/iptables.py (upstream's STAGE-1/2)
 A rendering change shows up here as a reviewable diff.
 """
 
+import json
 import os
 
 import pytest
 
-from plugin.backends.iptables import FilterTable, plan, problems, release_plan, split_rule
-from plugin.policy import Guard, Hole, Release, intent_for
+from plugin.backends.iptables import SPOOF_TABLE, FilterTable, plan, problems, release_plan, split_rule
+from plugin.backends.nftables import TableState, bridge_plan, bridge_release, bridge_spec, spoof_elements
+from plugin.policy import Guard, Hole, Release, Spoof, intent_for
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "iptables")
 
@@ -247,3 +249,24 @@ def test_a_full_plan_never_undoes_guard_rules_of_a_bridge_no_intent_is_on():
     lines = plan(table, [intent_for("br1", "same-bridge", guard=Guard(("10.0.0.0/8",)))], "ipv4")
     assert any(line.startswith("-I CNI-ISOLATION-EGRESS 1 -i br1") for line in lines), lines
     assert not [line for line in lines if line.startswith("-D ") and "br0" in line], lines
+SPOOF = Spoof("veth0", "02:00:00:00:00:0a", ("10.77.1.2", "fd77:1::2"))
+
+
+def _jsonl(name: str) -> list[dict]:
+    return [json.loads(line) for line in read(name).splitlines() if line.strip()]
+
+
+def test_anti_spoofing_table_matches_golden():
+    """The iptables backend keeps anti-spoofing in nftables' bridge family (ebtables and
+    arptables are not guaranteed installed), in a table of its own with the nftables
+    backend's layout: created with the port's MAC and addresses, and emptied of them when
+    the port leaves while another port stays."""
+    spec = bridge_spec(SPOOF_TABLE)
+    assert spec.name == "isolation-iptables"
+    assert bridge_plan(TableState(), spoof_elements([SPOOF]), spec) == _jsonl("spoof-fresh.jsonl")
+    other = Spoof("veth1", "02:00:00:00:00:0b", ("10.77.1.3",))
+    state = TableState(True, True, spoof_elements([SPOOF, other]))
+    gone = Release("br0", False, False, "veth0", False, False, spoof=SPOOF)
+    assert bridge_release(state, gone, spec) == _jsonl("spoof-release-veth0.jsonl")
+    assert bridge_release(state, Release("br0", False, False, "veth0", False, False, last_spoof=True), spec) == [
+        {"delete": {"table": {"family": "bridge", "name": "isolation-iptables"}}}]

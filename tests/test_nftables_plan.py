@@ -12,7 +12,7 @@ import pytest
 
 from plugin.backends.nftables import BRIDGE, INET, TableState, add_only_plan, plan, problems, release_plan
 from plugin.errors import CniError
-from plugin.policy import Guard, Hole, Release, intent_for
+from plugin.policy import Guard, Hole, Release, Spoof, intent_for
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "nftables")
 
@@ -24,9 +24,11 @@ def intact(*bridges: str) -> TableState:
     return TableState(True, True, elements)
 
 
+SPOOF0 = Spoof("veth0", "02:00:00:00:00:0a", ("10.77.1.2", "fd77:1::2"))
 SCENARIOS = {
     "fresh-same-bridge": ({}, intent_for("br0", "same-bridge", "veth0")),
-    "fresh-isolated": ({}, intent_for("br0", "isolated", "veth0")),
+    # isolated, with its default antiSpoofing: the bridge table with veth0's MAC and addresses
+    "fresh-isolated": ({}, intent_for("br0", "isolated", "veth0", spoof=SPOOF0)),
     "open": ({}, intent_for("br0", "open", "veth0")),
     "third-bridge": ({"inet": intact("br0", "br1")}, intent_for("br2", "same-bridge", "veth2")),
     "existing-bridge": ({"inet": intact("br0", "br1")}, intent_for("br1", "same-bridge", "veth1")),
@@ -48,7 +50,7 @@ def test_plan_matches_golden(name):
     assert plan(states, [intent]) == golden(name)
 
 
-# `nft -j list table inet isolation` as the kernel printed it for brA (isolated, with
+# `nft -j list table inet isolation` as the kernel printed it (kernel 6.18, nftables 1.0.6) for brA (isolated, with
 # denyEgress 10.98.0.0/16 but UDP 53 to 10.98.0.53, and hostAccess deny) and brB (same-bridge,
 # allowPublishedPorts false), both in isolationGroup "g"; its text form matched the module
 # docstring. One drop counter has moved, as it does on a live host.
@@ -64,25 +66,25 @@ LISTING = json.loads(r"""[
  {"map": {"family": "inet", "name": "host", "table": "isolation", "type": "ifname", "handle": 7, "map": "verdict", "elem": [["brA", {"jump": {"target": "host-brA"}}]]}},
  {"chain": {"family": "inet", "table": "isolation", "name": "forward", "handle": 8, "type": "filter", "hook": "forward", "prio": -5, "policy": "accept"}},
  {"chain": {"family": "inet", "table": "isolation", "name": "input", "handle": 15, "type": "filter", "hook": "input", "prio": -5, "policy": "accept"}},
- {"chain": {"family": "inet", "table": "isolation", "name": "egress-brA", "handle": 18}},
- {"chain": {"family": "inet", "table": "isolation", "name": "host-brA", "handle": 24}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "egress-brA", "handle": 20}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "host-brA", "handle": 25}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 9, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@intra"}}, {"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 10, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"return": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 11, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@egress"}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 12, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@published"}}, {"return": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 13, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@peers"}}, {"return": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 14, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@isolated"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@isolated"}}, {"counter": {"packets": 12, "bytes": 1008}}, {"drop": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 16, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@egress"}}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 17, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@host"}}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 19, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 21, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert", "nd-redirect"]}}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 17, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "hoplimit"}}, "right": 255}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 18, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@egress"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 19, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@host"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 21, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}, {"return": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 22, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "ip daddr", "dir": "original"}}, "right": "10.98.0.53"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"return": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 23, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "ip daddr", "dir": "original"}}, "right": {"prefix": {"addr": "10.98.0.0", "len": 16}}}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 25, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 27, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert", "nd-redirect"]}}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 28, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 53}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 29, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 30, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}
+ {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 24, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["invalid", "untracked"]}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.98.0.0", "len": 16}}}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 26, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 27, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 53}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 28, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 29, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}
 ]""")
 
 
@@ -100,7 +102,7 @@ def test_listing_of_our_own_table_is_intact():
     assert sorted(state.chains) == ["egress-brA", "host-brA"]
     intents = [intent_for("brA", "isolated", "vethA", group="g", guard=GUARD),
                intent_for("brB", "same-bridge", "vethB", published=False, group="g")]
-    states = {"inet": state, "bridge": TableState(True, True, {"ports": {"vethA"}})}
+    states = {"inet": state, "bridge": TableState(True, True, {})}
     assert problems(states, intents) == [] and plan(states, intents) == []
 
     tampered = _replace_rule(LISTING, "forward", 14, [{"accept": None}])
@@ -112,7 +114,7 @@ def test_listing_of_our_own_table_is_intact():
 
 
 def test_an_altered_guard_chain_is_named_and_rewritten():
-    opened = TableState.parse(_replace_rule(LISTING, "host-brA", 30, [{"accept": None}]), INET)
+    opened = TableState.parse(_replace_rule(LISTING, "host-brA", 29, [{"accept": None}]), INET)
     assert opened.intact  # the constant part is fine: only the chain is rewritten
     intents = [intent_for("brA", "same-bridge", group="g", guard=GUARD)]
     assert problems({"inet": opened}, intents) == ["chain inet isolation host-brA is altered"]
@@ -128,23 +130,44 @@ def test_problems_name_what_is_missing():
         "br1 is not in set inet isolation published",
         "br1 . br1 is not in set inet isolation self",
     ]
-    assert problems({}, [intent_for("br0", "isolated", "veth0")]) == [
+    assert problems({}, [intent_for("br0", "isolated", "veth0", spoof=SPOOF0)]) == [
         "table inet isolation is missing",
         "table bridge isolation is missing",
+    ]
+    assert problems({"inet": intact("br0"), "bridge": _spoofed(SPOOF1)},
+                    [intent_for("br0", "same-bridge", "veth0", spoof=SPOOF0)]) == [
+        "veth0 is not in set bridge isolation guarded",
+        "veth0 . 02:00:00:00:00:0a is not in set bridge isolation mac",
+        "veth0 . 0xfd770001000000000000000000000002 is not in set bridge isolation nd6",
+        "veth0 . 0x10102000000000a is not in set bridge isolation ndopt",
+        "veth0 . 0x20102000000000a is not in set bridge isolation ndopt",
+        "veth0 . 10.77.1.2 is not in set bridge isolation src4",
+        "veth0 . fd77:1::2 is not in set bridge isolation src6",
     ]
 
 
 def test_isolated_without_a_port_fails_closed():
+    from plugin.backends.ports import ensure_flags
+
     with pytest.raises(CniError) as err:
-        plan({}, [intent_for("br0", "isolated", None)])
+        ensure_flags(intent_for("br0", "isolated", None), [])
     assert err.value.code == 100
 
 
-BRIDGE_TABLE = TableState(True, True, {"ports": {"veth0", "veth1"}})
+def _spoofed(*spoofs) -> TableState:
+    from plugin.backends.nftables import spoof_elements
+
+    return TableState(True, True, spoof_elements(spoofs))
+
+
+SPOOF1 = Spoof("veth1", "02:00:00:00:00:0b", ("10.77.1.3",))
+BRIDGE_TABLE = _spoofed(SPOOF0, SPOOF1)
 RELEASES = {
     "release-one-of-two": ({"inet": intact("br0", "br1")}, Release("br1", True, False, None, True, False)),
     "release-last": ({"inet": intact("br1"), "bridge": BRIDGE_TABLE}, Release("br1", True, True, "veth1", True, True)),
-    "release-port-only": ({"inet": intact("br0"), "bridge": BRIDGE_TABLE}, Release("br0", False, False, "veth1", False, False)),
+    # veth1 leaves: its anti-spoofing elements go, veth0's stay
+    "release-port-only": ({"inet": intact("br0"), "bridge": BRIDGE_TABLE},
+                          Release("br0", False, False, "veth1", False, False, spoof=SPOOF1)),
 }
 
 
@@ -241,3 +264,56 @@ def test_release_never_takes_the_table_while_another_bridge_is_in_it():
     alone = [o for o in LISTING if "brB" not in json.dumps(o)]
     assert release_plan({"inet": TableState.parse(alone, INET)}, r) == [
         {"delete": {"table": {"family": "inet", "name": "isolation"}}}], "with brA alone, the table goes"
+# `nft -j list table bridge isolation` as the kernel printed it for vethA (isolated, so
+# anti-spoofing by default) with SPOOF0's MAC and addresses: the raw-payload sets list as
+# (ifname, integer), their values as integers or hex strings.
+BRIDGE_LISTING = json.loads(r"""[
+ {"table": {"family": "bridge", "name": "isolation", "handle": 2}},
+ {"set": {"family": "bridge", "name": "nd6", "table": "isolation", "type": ["ifname", "integer"], "handle": 1, "elem": [{"concat": ["vethA", "0xfd770001000000000000000000000002"]}]}},
+ {"set": {"family": "bridge", "name": "ndopt", "table": "isolation", "type": ["ifname", "integer"], "handle": 2, "elem": [{"concat": ["vethA", 72341268037894154]}, {"concat": ["vethA", 144398862075822090]}]}},
+ {"set": {"family": "bridge", "name": "guarded", "table": "isolation", "type": "ifname", "handle": 3, "elem": ["vethA"]}},
+ {"set": {"family": "bridge", "name": "mac", "table": "isolation", "type": ["ifname", "ether_addr"], "handle": 4, "elem": [{"concat": ["vethA", "02:00:00:00:00:0a"]}]}},
+ {"set": {"family": "bridge", "name": "src4", "table": "isolation", "type": ["ifname", "ipv4_addr"], "handle": 5, "elem": [{"concat": ["vethA", "10.77.1.2"]}]}},
+ {"set": {"family": "bridge", "name": "src6", "table": "isolation", "type": ["ifname", "ipv6_addr"], "handle": 6, "elem": [{"concat": ["vethA", "fd77:1::2"]}]}},
+ {"chain": {"family": "bridge", "table": "isolation", "name": "prerouting", "handle": 7, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 8, "expr": [{"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "@guarded"}}, {"return": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 9, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ether", "field": "saddr"}}]}, "right": "@mac"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 11, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "ether", "field": "type"}}, "right": {"set": ["ip", "arp", "ip6"]}}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 12, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "arp", "field": "saddr ether"}}]}, "right": "@mac"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 13, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "arp", "field": "saddr ip"}}, "right": "0.0.0.0"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "arp", "field": "saddr ip"}}]}, "right": "@src4"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 14, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ip", "field": "saddr"}}]}, "right": "@src4"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 16, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"set": ["::", {"prefix": {"addr": "fe80::", "len": 64}}]}}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ip6", "field": "saddr"}}]}, "right": "@src6"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 17, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"meta": {"key": "l4proto"}}, "right": "ipv6-icmp"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 19, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-advert", "nd-redirect"]}}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 21, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "nexthdr"}}, "right": "ipv6-icmp"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 24, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": {"set": [24, 32]}}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 26, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-router-solicit"}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": {"set": [8, 16]}}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 27, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-advert"}}, {"match": {"op": "!=", "left": {"payload": {"base": "th", "offset": 64, "len": 64}}, "right": -108086391056891904}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 64, "len": 128}}]}, "right": "@nd6"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 28, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-advert"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 192, "len": 64}}]}, "right": "@ndopt"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 29, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 192, "len": 64}}]}, "right": "@ndopt"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 30, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"payload": {"base": "th", "offset": 192, "len": 16}}, "right": 3585}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 31, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-router-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 16}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 64, "len": 64}}]}, "right": "@ndopt"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}
+]""")
+
+
+def test_listing_of_the_anti_spoofing_table_is_intact_and_its_elements_read_back():
+    from plugin.backends.nftables import bridge_plan, spoof_elements
+
+    state = TableState.parse(BRIDGE_LISTING, BRIDGE)
+    spoof = Spoof("vethA", SPOOF0.mac, SPOOF0.ips)
+    assert state.exists and state.intact
+    assert state.elements == spoof_elements([spoof])
+    assert bridge_plan(state, spoof_elements([spoof]), BRIDGE) == []
+    assert problems({"bridge": state}, [intent_for("brA", "open", "vethA", spoof=spoof)]) == []
+    # another port registered: only its elements are added; one no longer registered goes
+    other = Spoof("vethC", "02:00:00:00:00:0c", ("10.77.1.4",))
+    cmds = bridge_plan(state, spoof_elements([other]), BRIDGE)
+    assert {c["add"]["element"]["name"] for c in cmds if "add" in c} == {"guarded", "mac", "ndopt", "src4"}
+    assert {c["delete"]["element"]["name"] for c in cmds if "delete" in c} == set(spoof_elements([spoof]))
+    # a rule opened by hand: the table is rebuilt (its typeof sets declared by text first)
+    opened = [{"rule": {**o["rule"], "expr": [{"accept": None}]}} if "rule" in o and o["rule"]["handle"] == 9 else o
+              for o in BRIDGE_LISTING]
+    rebuilt = bridge_plan(TableState.parse(opened, BRIDGE), spoof_elements([spoof]), BRIDGE)
+    assert rebuilt[0] == {"text": "delete table bridge isolation\nadd table bridge isolation\n"
+                                  "add set bridge isolation nd6 { typeof iifname . @th,64,128 ; }\n"
+                                  "add set bridge isolation ndopt { typeof iifname . @th,192,64 ; }"}

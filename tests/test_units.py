@@ -100,15 +100,36 @@ def test_release_keeps_what_others_still_need():
     gone = _att("br0", "isolated", "veth0", "c0")
     # another container stays on br0: only the departing port goes
     assert release(gone, [_att("br0", "isolated", "veth1", "c1")]) == Release(
-        "br0", False, False, "veth0", False, False, last_guard=True)
+        "br0", False, False, "veth0", False, False, last_guard=True, last_spoof=True)
     # br0 empties, br1 (same-bridge) stays: br0's rules, its published-port exception and the
     # intra-bridge table go, not everything
     assert release(gone, [_att("br1", "same-bridge", "veth1", "c1")]) == Release(
-        "br0", True, True, "veth0", True, False, published=True, last_guard=True, bridge_done=True)
+        "br0", True, True, "veth0", True, False, published=True, last_guard=True, bridge_done=True, last_spoof=True)
     # only an `open` attachment remains: nothing enforces anything any more
     assert release(gone, [_att("br1", "open", "veth1", "c1")]) == Release(
-        "br0", True, True, "veth0", True, True, published=True, last_guard=True, bridge_done=True)
+        "br0", True, True, "veth0", True, True, published=True, last_guard=True, bridge_done=True, last_spoof=True)
     assert release(_att("br0", "open", None), []).last
+
+
+def test_release_of_anti_spoofing_and_of_the_isolation_flag():
+    """A departing attachment's anti-spoofing elements go with it (the table with the last
+    one); when the last `isolated` attachment leaves a bridge shared with another
+    conflist's attachments, their ports lose the isolation flag."""
+    from plugin.policy import Spoof, intent_of, release
+    from plugin.registry import Attachment
+
+    def att(container, port, policy="isolated", ips=("10.0.0.2",)):
+        return Attachment("net", container, "eth0", "br0", port, policy, "nftables", mac="02:00:00:00:00:01",
+                          spoof=ips)
+
+    gone, stays = att("c0", "veth0"), att("c1", "veth1")
+    assert intent_of(gone).spoof == Spoof("veth0", "02:00:00:00:00:01", ("10.0.0.2",))
+    r = release(gone, [stays])
+    assert r.spoof == Spoof("veth0", "02:00:00:00:00:01", ("10.0.0.2",)) and not r.last_spoof and r.unflag == ()
+    assert release(gone, []).last_spoof
+    mixed = release(gone, [att("c2", "veth2", "same-bridge", None)])
+    assert mixed.unflag == ("veth2",) and mixed.last_spoof
+    assert intent_of(att("c3", "veth3", ips=None)).spoof is None
 
 
 def test_registry_round_trip_and_damage(tmp_path):
@@ -295,7 +316,9 @@ def test_registry_damage_found_by_a_lazy_read_is_marked(tmp_path):
     assert lazy.damaged and os.path.exists(reg.path + ".damaged")
 
 
-def test_shared_needs_collapse_a_bridges_attachments_but_keep_intra_ports():
+def test_shared_needs_collapse_a_bridges_attachments():
+    """Ports and anti-spoofing are each attachment's own (the isolation flag, the anti-spoofing
+    elements): the bridge-wide needs of hundreds of attachments are one per configuration."""
     from plugin.policy import BridgeIntent, Guard, shared_needs
 
     deny = Guard(deny=("10.0.0.0/8",))
@@ -305,8 +328,7 @@ def test_shared_needs_collapse_a_bridges_attachments_but_keep_intra_ports():
                     BridgeIntent("br0", True, True, "vethA", True), BridgeIntent("br0", True, True, "vethB", True)]
     assert shared_needs(mixed) == [BridgeIntent("br0", True, False, None, True),
                                    BridgeIntent("br0", True, False, None, True, guard=deny),
-                                   BridgeIntent("br0", True, True, "vethA", True),
-                                   BridgeIntent("br0", True, True, "vethB", True)]
+                                   BridgeIntent("br0", True, True, None, True)]
 
 
 class _FakeBackend:

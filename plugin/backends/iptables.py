@@ -10,17 +10,25 @@
                             -o BR -j DROP                            (isolate)
                             -j RETURN
     INPUT:                  -j CNI-ISOLATION-HOST               (first; once any bridge has a guard)
-    CNI-ISOLATION-HOST:     -i BR -j CNI-ISOLATION-EGRESS            (denyEgress: the host's addresses too)
-                            -i BR -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN   (hostAccess deny:)
-                            -i BR -p ipv6-icmp -m icmp6 --icmpv6-type 133..137 -j RETURN (IPv6, one each)
+    CNI-ISOLATION-HOST:     -i BR -p ipv6-icmp -m icmp6 --icmpv6-type 133|135|136 -m hl --hl-eq 255 -j RETURN
+                                                                     (IPv6, one each: neighbour discovery)
+                            -i BR -j CNI-ISOLATION-EGRESS            (denyEgress: the host's addresses too)
+                            -i BR -m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY -j RETURN
+                                                                     (hostAccess deny: replies,)
                             -i BR -p tcp -m tcp --dport 53 -j RETURN     (each allowHostPorts entry)
                             -i BR -j DROP
                             -j RETURN
-    CNI-ISOLATION-EGRESS:   -i BR -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
-                            -i BR -p ipv6-icmp -m icmp6 --icmpv6-type 133..137 -j RETURN (IPv6)
+    CNI-ISOLATION-EGRESS:   -i BR -m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY -j RETURN
                             -i BR [-p P] -m conntrack --ctorigdst CIDR [-m P --dport N] -j RETURN  (allowEgress)
                             -i BR -m conntrack --ctorigdst CIDR -j DROP                  (each denyEgress range)
+                            -d CIDR -i BR -m conntrack --ctstate INVALID,UNTRACKED -j DROP   (and untracked)
                             -j RETURN
+
+Neighbour discovery is exempted only on its way to the host (INPUT, hop limit 255): routers
+never forward it. `isolated` between the ports of a bridge is the kernel's bridge-port
+isolation flag (plugin/backends/ports.py), and anti-spoofing lives in nftables' bridge family
+(table bridge isolation-iptables, the same layout as the nftables backend's): neither needs
+br_netfilter, so this backend never touches bridge-nf-call-iptables.
 
 A bridge's rules in one chain form an ordered group (a published-port RETURN above
 its DROP); a group that is incomplete or out of order is re-inserted whole.
@@ -36,11 +44,11 @@ table in between, the transaction fails as a whole and is recomputed.
 import os
 import re
 
-from plugin import bridgenf
+from plugin.backends.ports import ensure_flags, flag_problems, release_flags
 from plugin.record import Factory, record
 from plugin.errors import ENFORCEMENT_FAILED, TRY_AGAIN_LATER, CniError
 from plugin.links import valid_name
-from plugin.policy import ND_TYPES, NO_GUARD, BridgeIntent, Guard, Hole, Release, guards, peers, split_cidr
+from plugin.policy import ND_HOP_LIMIT, ND_TYPES, NO_GUARD, BridgeIntent, Guard, Hole, Release, guards, peers, split_cidr
 from plugin.tools import find, run_all
 
 STAGE1 = "CNI-ISOLATION-STAGE-1"
@@ -147,7 +155,8 @@ DNAT = ["-m", "conntrack", "--ctstate", "DNAT"]
 
 
 VERSION = {"ipv4": 4, "ipv6": 6}
-ESTABLISHED = ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"]
+ESTABLISHED = ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "--ctdir", "REPLY", "-j", "RETURN"]
+UNTRACKED = ["-m", "conntrack", "--ctstate", "INVALID,UNTRACKED"]
 ICMP = {"ipv4": ["-p", "icmp"], "ipv6": ["-p", "ipv6-icmp"]}
 
 
@@ -170,23 +179,32 @@ def _hole(br: str, hole: Hole, family: str) -> list[list[str]]:
     return [["-i", br, *proto, *dest, "-j", "RETURN"]]
 
 
-def _always(br: str, family: str) -> list[list[str]]:
-    """Replies and (IPv6) neighbour discovery: never blocked by a guard."""
-    nd = [["-i", br, "-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", str(t), "-j", "RETURN"] for t in ND_TYPES]
-    return [["-i", br, *ESTABLISHED], *(nd if family == "ipv6" else [])]
+def _neighbour_discovery(br: str, family: str) -> list[list[str]]:
+    """IPv6 neighbour discovery to the host (INPUT): hop limit 255 proves it was not routed."""
+    if family != "ipv6":
+        return []
+    return [["-i", br, "-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", str(t), "-m", "hl", "--hl-eq",
+             str(ND_HOP_LIMIT), "-j", "RETURN"] for t in ND_TYPES]
 
 
 def guard_rules(br: str, guard: Guard, family: str) -> dict[str, list[list[str]]]:
-    """The rules of `br`'s guard in `family`: its group in CNI-ISOLATION-EGRESS and -HOST."""
+    """The rules of `br`'s guard in `family`: its group in CNI-ISOLATION-EGRESS and -HOST.
+    Replies to connections opened toward the container pass (conntrack reply direction);
+    a deny range drops what the container addressed (before DNAT) and, for packets
+    conntrack does not track (invalid, untracked), the packet's own destination."""
     deny = guard.deny_in(VERSION[family])
     egress, host = [], []
     if deny:
-        egress = _always(br, family) + [r for h in guard.allow for r in _hole(br, h, family)]
-        egress += [["-i", br, "-m", "conntrack", "--ctorigdst", _address(c), "-j", "DROP"] for c in deny]
+        egress = [["-i", br, *ESTABLISHED]] + [r for h in guard.allow for r in _hole(br, h, family)]
+        for c in deny:
+            egress.append(["-i", br, "-m", "conntrack", "--ctorigdst", _address(c), "-j", "DROP"])
+            egress.append(["-d", c, "-i", br, *UNTRACKED, "-j", "DROP"])
         host.append(["-i", br, "-j", EGRESS])
     if guard.host_deny:
-        host += _always(br, family) + [r for h in guard.host_ports for r in _hole(br, h, family)]
+        host += [["-i", br, *ESTABLISHED]] + [r for h in guard.host_ports for r in _hole(br, h, family)]
         host.append(["-i", br, "-j", "DROP"])
+    if host:
+        host = _neighbour_discovery(br, family) + host
     return {EGRESS: egress, HOST: host}
 
 
@@ -420,7 +438,7 @@ def release_plan(table: FilterTable, r: Release, family: str = "ipv4", everythin
         elif r.guard is not None:  # None: the bridge's guard is left as it is
             for chain, group in guard_rules(br, r.guard, family).items():
                 rules = table.chains.get(chain, [])
-                mine = [rule for rule in rules if is_ours(rule) and rule[:2] == ["-i", br]]
+                mine = [rule for rule in rules if is_ours(rule) and _in_interface(rule) == br]
                 remove += [(chain, rule) for rule in mine if strip_comment(rule) not in group]
                 if group and group_problem(rules, group):  # rewritten whole: what is left of it goes too
                     remove += [(chain, rule) for rule in mine if strip_comment(rule) in group]
@@ -441,6 +459,11 @@ def mentioned(table: FilterTable, chains=None) -> set[str]:
                 if is_ours(rule):
                     found.update(rule[i + 1] for i, a in enumerate(rule[:-1]) if a in ("-i", "-o"))
     return found
+
+
+def _in_interface(rule: list[str]) -> str | None:
+    """The `-i` interface a rule matches (iptables-save prints `-s`/`-d` before it)."""
+    return rule[rule.index("-i") + 1] if "-i" in rule[:-1] else None
 
 
 def _is_peer_return(spec: list[str]) -> bool:
@@ -502,8 +525,9 @@ class IptablesBackend:
         if not intent.enforces_anything:
             return {}
         others = others() if callable(others) else others
-        if intent.drop_intra:
-            bridgenf.ensure_on(self.families)
+        full = related is None
+        ensure_flags(intent, None if full else related, others if full else ())
+        self._ensure_spoofing([intent, *others])
         created: list[str] = []
         chains: list[str] = []
 
@@ -554,11 +578,37 @@ class IptablesBackend:
                 break
         return failed
 
+    def _ensure_spoofing(self, intents) -> None:
+        """Anti-spoofing for `intents` (every registered attachment on this backend and the new
+        one): nftables' bridge family, in a table of this backend's own (the iptables world's
+        ebtables/arptables are not guaranteed installed, and ebtables-nft is the same
+        nf_tables underneath). The table is read whole: only the attachments asking for
+        anti-spoofing have elements there."""
+        spoofs = [i.spoof for i in intents if i.spoof is not None]
+        if not spoofs:
+            return
+        backend, spec = _spoof_table()
+        if backend.nft is None:
+            raise CniError(ENFORCEMENT_FAILED, "antiSpoofing needs nf_tables' bridge family (libnftables), which is "
+                           "unusable here (set antiSpoofing to false to run without it)", backend.load_error)
+        from plugin.backends.nftables import bridge_plan, spoof_elements
+
+        backend._apply(bridge_plan(backend.read_table(spec), spoof_elements(spoofs), spec),
+                       f"could not apply anti-spoofing ({spec.family} {spec.name})")
+
     def release(self, r: Release, facts: dict) -> None:
         """Remove what `r` frees; after the last, also the filter tables this backend created."""
         failed = self._transact(lambda fam, table: release_plan(table, r, fam))
         if failed:
             raise CniError(ENFORCEMENT_FAILED, f"could not remove the rules of {r.bridge}", failed[0][1].strip())
+        if r.spoof is not None or r.last:  # otherwise nothing there is ours to take (and no libnftables to load)
+            backend, spec = _spoof_table()
+            if backend.nft is not None:
+                from plugin.backends.nftables import bridge_release
+
+                backend._apply(bridge_release(backend.read_table(spec), r, spec),
+                               f"could not remove the anti-spoofing of {r.bridge}")
+        release_flags(r)
         if r.last and (facts.get("created_filter") or facts.get("created_chains")):
             self._drop_created(facts.get("created_filter", []), facts.get("created_chains", []))
 
@@ -586,11 +636,21 @@ class IptablesBackend:
                     drops[bridge] = drops.get(bridge, 0) + int(count[1:].split(":")[0])
         return drops
 
-    def cleanup_commands(self, bridge: str | None, facts: dict) -> list[list[str]]:
+    def cleanup_commands(self, bridge: str | None, facts: dict, ports=()) -> list[list[str]]:
         """Shell commands removing our rules: a bridge's, or (bridge None) all, with our chains
-        and the filter tables we created once pristine (iptables-nft)."""
+        and the filter tables we created once pristine (iptables-nft), and the anti-spoofing
+        elements of `ports` (bridge None: the whole anti-spoofing table)."""
         everything = Release(bridge or "", True, True, None, True, bridge is None, last_guard=bridge is None)
         cmds = []
+        backend, spec = _spoof_table()
+        if backend.nft is not None:
+            from plugin.backends.nftables import spoof_cleanup
+
+            state = backend.read_table(spec)
+            if bridge is None and state.exists:
+                cmds.append(["nft", "delete", "table", spec.family, spec.name])
+            elif state.exists:
+                cmds += spoof_cleanup(state, set(ports), spec)
         for fam, table in self.read().items():
             tool = "iptables" if fam == "ipv4" else "ip6tables"
             lines = release_plan(table, everything, fam, everything=bridge is None)
@@ -607,14 +667,30 @@ class IptablesBackend:
 
     def verify(self, intent: BridgeIntent, same_bridge=()) -> list[str]:
         found = []
+        intents = [intent, *same_bridge]
         for fam, table in self.read().items():
-            found += [f"{fam}: {p}" for p in problems(table, [intent, *same_bridge], fam)]
-            if intent.drop_intra and bridgenf.read(fam) != "1":
-                found.append(f"{fam}: net.bridge.{bridgenf.KEYS[fam]} is not 1, intra-bridge drops are ineffective")
-        return found
+            found += [f"{fam}: {p}" for p in problems(table, intents, fam)]
+        spoofs = [i.spoof for i in intents if i.spoof is not None]
+        if spoofs:
+            backend, spec = _spoof_table()
+            if backend.nft is None:
+                found.append(f"anti-spoofing cannot be read: {backend.load_error}")
+            else:
+                from plugin.backends.nftables import spoof_elements, table_problems
+
+                found += [f"nftables: {p}" for p in table_problems(backend.read_table(spec), spoof_elements(spoofs), spec)]
+        return found + flag_problems(intents)
 
 
 NFT_FAMILY = {"ipv4": "ip", "ipv6": "ip6"}
+SPOOF_TABLE = "isolation-iptables"
+
+
+def _spoof_table():
+    """(an nftables backend object, the spec of this backend's anti-spoofing table)."""
+    from plugin.backends.nftables import NftablesBackend, bridge_spec
+
+    return NftablesBackend(), bridge_spec(SPOOF_TABLE)
 
 
 def _nft_chain(family: str, chain: str) -> bool:

@@ -17,33 +17,40 @@
         iifname . oifname @peers return                   the same isolationGroup
         iifname @isolated oifname @isolated counter drop
       chain input  hook input, priority -5, policy accept
+        icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }
+               ip6 hoplimit 255 return            neighbour discovery to the host (never forwarded)
         iifname vmap @egress                              deny ranges cover the host's addresses too
         iifname vmap @host
-      chain egress-BR                          replies and IPv6 neighbour discovery return; then
-                                               each allowEgress entry returns; then the deny
-                                               ranges (matched on the address the container
-                                               addressed, `ct original ip daddr`) drop
-      chain host-BR                            replies, neighbour discovery and each allowHostPorts
-                                               entry return; everything else drops
+      chain egress-BR                          replies to connections opened toward the container
+                                               return (ct direction reply); each allowEgress entry
+                                               returns; the deny ranges drop what the container
+                                               addressed (`ct original ip daddr`) and, without a
+                                               valid conntrack entry, the packet's own destination
+      chain host-BR                            replies and each allowHostPorts entry return;
+                                               everything else drops
 
-    table bridge isolation                     (only once a network is `isolated`)
-      set ports { type ifname }                host-side ports of `isolated` bridges
-      chain forward  hook forward, priority -205, policy accept
-        iifname @ports counter drop            frames bridged between two ports of such a bridge
+    table bridge isolation                     (only once an attachment has antiSpoofing)
+      sets guarded, mac, src4, src6, nd6, ndopt   per port: its MAC and addresses (see SPOOF_RULES)
+      chain prerouting  hook prerouting, priority -300, policy accept
+        iifname != @guarded return             then every frame from a guarded port is checked
+
+`isolated` between the ports of a bridge is the kernel's bridge-port isolation flag, set on
+the ports (plugin/backends/ports.py); the forward rule above catches what the host routes
+back into the bridge.
 
 Bridges and ports are set elements, so the base rule count is constant and a packet
 costs hash lookups, however many networks exist; a guarded bridge adds a chain whose
 length follows its own configuration, reached through a verdict map. Traffic within one bridge is exempted by
 the `self` set (the diagonal of bridge pairs), because nftables cannot compare
-iifname with oifname directly. Intra-bridge drops match ports, not the bridge name:
-`meta ibrname` needs nft_meta_bridge, which kernels may lack; this also needs no
-br_netfilter. A drop in these tables is final whatever other tables accept, so
-chain order with iptables, firewalld or Docker does not matter.
+iifname with oifname directly. A drop in these tables is final whatever other tables
+accept, so chain order with iptables, firewalld or Docker does not matter.
 
 Each change is one libnftables transaction. When the table is intact, ADD only adds
 elements (kernels make a transaction that deletes or re-declares anything wait ~10 ms
 when its socket closes); a damaged table is deleted and rebuilt in one transaction,
-keeping the elements it still had.
+keeping the elements it still had. (The bridge table's two raw-payload sets can only be
+declared with `typeof`, which libnftables 1.0.6 reads only from text: creating that table
+runs one text command before the JSON transaction.)
 """
 
 import os
@@ -51,8 +58,10 @@ import sys
 
 from plugin.record import Factory, record
 from plugin.errors import ENFORCEMENT_FAILED, CniError
+from plugin.backends.ports import ensure_flags, flag_problems, release_flags
 from plugin.links import valid_name
-from plugin.policy import ND_TYPES, BridgeIntent, Guard, Hole, Release, guards, peers, shared_needs, split_cidr
+from plugin.policy import (ND_HOP_LIMIT, ND_TYPES, BridgeIntent, Guard, Hole, Release, guards, peers, shared_needs,
+                           split_cidr)
 
 TABLE = "isolation"
 LIBRARY = "libnftables.so.1"
@@ -73,6 +82,12 @@ def _eq(left: dict, right) -> dict:
 
 COUNTER = {"counter": {"packets": 0, "bytes": 0}}
 RETURN = {"return": None}
+ND_NAMES = {133: "nd-router-solicit", 134: "nd-router-advert", 135: "nd-neighbor-solicit",
+            136: "nd-neighbor-advert", 137: "nd-redirect"}
+# Neighbour discovery to the host itself (input hook): hop limit 255 proves it was not routed.
+# Forwarded traffic never carries it (routers do not forward ND), so no exemption there.
+NEIGHBOUR_DISCOVERY = [_eq({"payload": {"protocol": "icmpv6", "field": "type"}}, {"set": [ND_NAMES[t] for t in ND_TYPES]}),
+                       _eq({"payload": {"protocol": "ip6", "field": "hoplimit"}}, ND_HOP_LIMIT), RETURN]
 
 
 @record(frozen=True)
@@ -84,17 +99,40 @@ class TableSpec:
     sets: dict
     chains: dict  # name -> (hook, rules)
     maps: dict = Factory(dict)  # name -> key type (values are verdicts)
+    typeof: dict = Factory(dict)  # name -> `typeof` text of sets JSON cannot declare (listed as in `sets`)
+    name: str = TABLE
 
-    def create(self) -> list[dict]:
-        base = {"family": self.family, "table": TABLE}
-        cmds = [{"add": {"table": {"family": self.family, "name": TABLE}}}]
-        cmds += [{"add": {"set": {**base, "name": n, "type": t}}} for n, t in self.sets.items()]
+    def create(self, replace: bool = False) -> list[dict]:
+        """The commands creating the table (`replace`: deleting the existing one first). Sets
+        declared with `typeof` come first as one {"text": ...} command: _apply runs it as its
+        own transaction before the JSON ones."""
+        base = {"family": self.family, "table": self.name}
+        cmds = [{"delete": {"table": {"family": self.family, "name": self.name}}}] if replace else []
+        if self.typeof:
+            text = [f"delete table {self.family} {self.name}"] if replace else []
+            text.append(f"add table {self.family} {self.name}")
+            text += [f"add set {self.family} {self.name} {n} {{ typeof {t} ; }}" for n, t in self.typeof.items()]
+            cmds = [{"text": "\n".join(text)}]
+        cmds.append({"add": {"table": {"family": self.family, "name": self.name}}})
+        cmds += [{"add": {"set": {**base, "name": n, "type": t}}} for n, t in self.sets.items() if n not in self.typeof]
         cmds += [{"add": {"map": {**base, "name": n, "type": t, "map": "verdict"}}} for n, t in self.maps.items()]
         for name, (hook, rules) in self.chains.items():
             chain = {**base, "name": name, "type": "filter", "hook": hook, "prio": self.prio, "policy": "accept"}
             cmds.append({"add": {"chain": chain}})
-            cmds += [{"add": {"rule": {**base, "chain": name, "expr": expr}}} for expr in rules]
+            cmds += [{"add": {"rule": {**base, "chain": name, "expr": _creatable(expr)}}} for expr in rules]
         return cmds
+
+
+def _creatable(expr: list[dict]) -> list[dict]:
+    """A rule as it must be written: a 64-bit raw value with its top bit set lists back as a
+    negative integer, but is only understood written in hex."""
+    def fix(x: dict) -> dict:
+        m = x.get("match")
+        if m and isinstance(m.get("right"), int) and m["right"] < 0:
+            return {"match": {**m, "right": f"0x{m['right'] + (1 << 64):x}"}}
+        return x
+
+    return [fix(x) for x in expr]
 
 
 SAME_BRIDGE = _in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "self")
@@ -119,20 +157,98 @@ INET = TableSpec(
             [_in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "peers"), RETURN],
             [_in_set(_meta("iifname"), "isolated"), _in_set(_meta("oifname"), "isolated"), COUNTER, {"drop": None}],
         ]),
-        "input": ("input", [_vmap("egress"), _vmap("host")]),
+        "input": ("input", [NEIGHBOUR_DISCOVERY, _vmap("egress"), _vmap("host")]),
     },
     {"egress": "ifname", "host": "ifname"},
 )
-BRIDGE = TableSpec("bridge", -205, {"ports": "ifname"},
-                   {"forward": ("forward", [[_in_set(_meta("iifname"), "ports"), COUNTER, {"drop": None}]])})
+
+
+# --- anti-spoofing, in the bridge family: every frame entering the bridge from a guarded port ---
+def _ne(left: dict, right) -> dict:
+    return {"match": {"op": "!=", "left": left, "right": right}}
+
+
+def _p(protocol: str, field: str) -> dict:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _raw(offset: int, length: int) -> dict:
+    return {"payload": {"base": "th", "offset": offset, "len": length}}
+
+
+def _port_and(expr: dict) -> dict:
+    return {"concat": [_meta("iifname"), expr]}
+
+
+DROP = [COUNTER, {"drop": None}]
+ICMP6_TYPE = _p("icmpv6", "type")
+NA, NS, RS = "nd-neighbor-advert", "nd-neighbor-solicit", "nd-router-solicit"
+# Rules in the form the kernel lists them back. ND messages must be bare (no extension
+# header) and of the exact sizes Linux sends, so their first option sits at a known offset:
+# NS/NA 24 bytes (+8 for one option: SLLA/TLLA, or DAD's nonce), RS 8 (+8 for its SLLA).
+SPOOF_RULES = [
+    [_ne(_meta("iifname"), "@guarded"), RETURN],
+    [_ne(_port_and(_p("ether", "saddr")), "@mac"), *DROP],  # another source MAC, any ethertype
+    [_ne(_p("ether", "type"), {"set": ["ip", "arp", "ip6"]}), *DROP],  # VLAN-tagged, non-IP: unverifiable
+    [_ne(_port_and(_p("arp", "saddr ether")), "@mac"), *DROP],
+    [_ne(_p("arp", "saddr ip"), "0.0.0.0"), _ne(_port_and(_p("arp", "saddr ip")), "@src4"), *DROP],
+    [_ne(_port_and(_p("ip", "saddr")), "@src4"), *DROP],
+    [_ne(_p("ip6", "saddr"), {"set": ["::", {"prefix": {"addr": "fe80::", "len": 64}}]}),
+     _ne(_port_and(_p("ip6", "saddr")), "@src6"), *DROP],
+    [_eq(_p("ip6", "saddr"), "::"), _ne(_meta("l4proto"), "ipv6-icmp"), *DROP],  # :: only for DAD and MLD
+    [_eq(ICMP6_TYPE, {"set": ["nd-router-advert", "nd-redirect"]}), *DROP],  # a container is no router
+    [_eq(ICMP6_TYPE, {"set": [RS, NS, NA]}), _ne(_p("ip6", "nexthdr"), "ipv6-icmp"), *DROP],
+    [_eq(ICMP6_TYPE, {"set": [NS, NA]}), _ne(_p("ip6", "length"), {"set": [24, 32]}), *DROP],
+    [_eq(ICMP6_TYPE, RS), _ne(_p("ip6", "length"), {"set": [8, 16]}), *DROP],
+    # an advertisement's target: one of the port's addresses, or link-local
+    [_eq(ICMP6_TYPE, NA), _ne(_raw(64, 64), -0x180000000000000), _ne(_port_and(_raw(64, 128)), "@nd6"), *DROP],
+    # link-layer address options: the port's own MAC
+    [_eq(ICMP6_TYPE, NA), _eq(_p("ip6", "length"), 32), _ne(_port_and(_raw(192, 64)), "@ndopt"), *DROP],
+    [_eq(ICMP6_TYPE, NS), _eq(_p("ip6", "length"), 32), _ne(_p("ip6", "saddr"), "::"),
+     _ne(_port_and(_raw(192, 64)), "@ndopt"), *DROP],
+    [_eq(ICMP6_TYPE, NS), _eq(_p("ip6", "length"), 32), _eq(_p("ip6", "saddr"), "::"), _ne(_raw(192, 16), 0x0E01),
+     *DROP],  # duplicate address detection carries a nonce, never a link-layer address
+    [_eq(ICMP6_TYPE, RS), _eq(_p("ip6", "length"), 16), _ne(_port_and(_raw(64, 64)), "@ndopt"), *DROP],
+]
+SPOOF_SETS = {"guarded": "ifname", "mac": ["ifname", "ether_addr"], "src4": ["ifname", "ipv4_addr"],
+              "src6": ["ifname", "ipv6_addr"], "nd6": ["ifname", "integer"], "ndopt": ["ifname", "integer"]}
+SPOOF_TYPEOF = {"nd6": "iifname . @th,64,128", "ndopt": "iifname . @th,192,64"}
+
+
+def bridge_spec(name: str = TABLE) -> TableSpec:
+    """The anti-spoofing table (the iptables backend keeps its own, under another name)."""
+    return TableSpec("bridge", -300, SPOOF_SETS, {"prerouting": ("prerouting", SPOOF_RULES)}, typeof=SPOOF_TYPEOF,
+                     name=name)
+
+
+def _ipv6_int(addr: str) -> int:
+    import _socket
+
+    return int.from_bytes(_socket.inet_pton(_socket.AF_INET6, addr), "big")
+
+
+def spoof_elements(spoofs) -> dict[str, set]:
+    """The bridge table's elements for `spoofs` (policy.Spoof): name -> elements."""
+    want = {name: set() for name in SPOOF_SETS}
+    for s in spoofs:
+        if not valid_name(s.port):  # defence in depth
+            raise ValueError(f"refusing to render an element for interface name {s.port!r}")
+        mac = int(s.mac.replace(":", ""), 16)
+        want["guarded"].add(s.port)
+        want["mac"].add((s.port, s.mac))
+        want["ndopt"].update({(s.port, (0x0101 << 48) | mac), (s.port, (0x0201 << 48) | mac)})  # SLLA, TLLA
+        want["src4"].update((s.port, a) for a in s.ips_in(4))
+        want["src6"].update((s.port, a) for a in s.ips_in(6))
+        want["nd6"].update((s.port, _ipv6_int(a)) for a in s.ips_in(6))
+    return want
+
+
+BRIDGE = bridge_spec()
 SPECS = {"inet": INET, "bridge": BRIDGE}
 
 # --- per-bridge guard chains, written in the form the kernel lists them back ----------------
-ESTABLISHED = [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, RETURN]
-ND_NAMES = {133: "nd-router-solicit", 134: "nd-router-advert", 135: "nd-neighbor-solicit",
-            136: "nd-neighbor-advert", 137: "nd-redirect"}
-NEIGHBOUR_DISCOVERY = [_eq({"payload": {"protocol": "icmpv6", "field": "type"}},
-                           {"set": [ND_NAMES[t] for t in ND_TYPES]}), RETURN]
+ESTABLISHED = [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+               _eq({"ct": {"key": "direction"}}, "reply"), RETURN]
 ICMP = {4: "icmp", 6: "ipv6-icmp"}
 
 
@@ -171,22 +287,31 @@ def _hole(hole: Hole) -> list[list[dict]]:
     return [head[f] + [RETURN] for f in families]
 
 
+UNTRACKED = {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["invalid", "untracked"]}}
+
+
 def egress_rules(guard: Guard) -> list[list[dict]]:
-    """Chain egress-BR: replies and neighbour discovery pass, then the exceptions, then the
-    deny ranges are dropped, per IP family."""
-    rules = [ESTABLISHED, NEIGHBOUR_DISCOVERY]
+    """Chain egress-BR: replies to connections opened toward the container pass, then the
+    exceptions; then, per IP family, the deny ranges drop what the container addressed (the
+    conntrack original destination, before DNAT) and, for packets conntrack does not track
+    (invalid: a FIN, NULL or XMAS probe, an unsolicited echo reply; untracked), the
+    packet's own destination."""
+    rules = [ESTABLISHED]
     for hole in guard.allow:
         rules += _hole(hole)
     for family in (4, 6):
         cidrs = guard.deny_in(family)
         if cidrs:
-            rules.append([_destination(family, _one_or_set([_address(c) for c in cidrs])), COUNTER, {"drop": None}])
+            ranges = _one_or_set([_address(c) for c in cidrs])
+            rules.append([_destination(family, ranges), COUNTER, {"drop": None}])
+            rules.append([UNTRACKED, _eq(_p("ip" if family == 4 else "ip6", "daddr"), ranges), COUNTER, {"drop": None}])
     return rules
 
 
 def host_rules(guard: Guard) -> list[list[dict]]:
-    """Chain host-BR: replies, neighbour discovery and the allowed host ports pass; the rest drops."""
-    rules = [ESTABLISHED, NEIGHBOUR_DISCOVERY]
+    """Chain host-BR: replies to connections the host opened and the allowed host ports pass;
+    the rest drops (neighbour discovery returned earlier, in the input chain)."""
+    rules = [ESTABLISHED]
     for hole in guard.host_ports:
         rules += _hole(hole)
     return rules + [[COUNTER, {"drop": None}]]
@@ -276,8 +401,8 @@ def _table_of(obj: dict) -> tuple[str, str] | None:
 def _element(e) -> str | tuple:
     if isinstance(e, dict) and "elem" in e:  # an element with attributes
         e = e["elem"]["val"]
-    if isinstance(e, dict) and "concat" in e:
-        return tuple(e["concat"])
+    if isinstance(e, dict) and "concat" in e:  # raw-payload values list as integers or hex
+        return tuple(int(v, 16) if isinstance(v, str) and v.startswith("0x") else v for v in e["concat"])
     return e
 
 
@@ -310,14 +435,9 @@ def wanted(intents) -> dict[str, dict[str, set]]:
                 inet["published"].add(intent.bridge)
             if intent.drop_intra:
                 inet["intra"].add(intent.bridge)
-        if intent.drop_intra:
-            if intent.port is None:
-                raise CniError(
-                    ENFORCEMENT_FAILED,
-                    f"ingressPolicy 'isolated' needs the host-side port of the attachment to {intent.bridge}, "
-                    "and prevResult names none",
-                )
-            want.setdefault("bridge", {"ports": set()})["ports"].add(intent.port)
+    spoofs = [i.spoof for i in intents if i.spoof is not None]
+    if spoofs:
+        want["bridge"] = spoof_elements(spoofs)
     if "inet" in want:
         for chain in guard_chains(intents):
             want["inet"][chain.split("-", 1)[0]].add((chain.split("-", 1)[1], chain))
@@ -326,24 +446,53 @@ def wanted(intents) -> dict[str, dict[str, set]]:
 
 
 def _value(name: str, e):
-    """An element as libnftables JSON: map entries jump to their chain, pairs are concatenations."""
+    """An element as libnftables JSON: map entries jump to their chain, pairs are concatenations
+    (a raw-payload value as hex: JSON integers stop at 64 bits)."""
     if name in GUARD_MAPS:
         return [e[0], {"jump": {"target": e[1]}}]
-    return {"concat": list(e)} if isinstance(e, tuple) else e
+    if isinstance(e, tuple):
+        return {"concat": [f"0x{v:x}" if isinstance(v, int) else v for v in e]}
+    return e
 
 
-def _add_elements(family: str, elements: dict[str, set]) -> list[dict]:
+def _add_elements(family: str, elements: dict[str, set], table: str = TABLE) -> list[dict]:
     cmds = []
     for name, elems in sorted(elements.items()):
         if elems:
             values = [_value(name, e) for e in sorted(elems)]
-            cmds.append({"add": {"element": {"family": family, "table": TABLE, "name": name, "elem": values}}})
+            cmds.append({"add": {"element": {"family": family, "table": table, "name": name, "elem": values}}})
     return cmds
 
 
-def _delete_element(family: str, name: str, elem) -> dict:
+def _delete_element(family: str, name: str, elem, table: str = TABLE) -> dict:
     key = elem[0] if name in GUARD_MAPS else _value(name, elem)  # a map entry goes by its key
-    return {"delete": {"element": {"family": family, "table": TABLE, "name": name, "elem": [key]}}}
+    return {"delete": {"element": {"family": family, "table": table, "name": name, "elem": [key]}}}
+
+
+def bridge_plan(state: "TableState", want: dict[str, set], spec: TableSpec) -> list[dict]:
+    """The commands making the anti-spoofing table hold exactly `want` (every registered
+    attachment's elements): missing ones added, stale ones deleted, a damaged or missing
+    table (re)created."""
+    if state.exists and state.intact:
+        missing = {n: want[n] - state.elements.get(n, set()) for n in want}
+        stale = [_delete_element("bridge", n, e, spec.name) for n in want
+                 for e in sorted(state.elements.get(n, set()) - want[n])]
+        return _add_elements("bridge", missing, spec.name) + stale
+    return spec.create(replace=state.exists) + _add_elements("bridge", want, spec.name)
+
+
+def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dict]:
+    """The commands removing what `r` frees from the anti-spoofing table: the table once no
+    attachment needs it, else the departing port's elements (those present)."""
+    if not state.exists:
+        return []
+    if r.last or r.last_spoof:
+        return [{"delete": {"table": {"family": "bridge", "name": spec.name}}}]
+    if r.spoof is None:
+        return []
+    gone = spoof_elements([r.spoof])
+    return [_delete_element("bridge", n, e, spec.name) for n in sorted(gone) for e in sorted(gone[n])
+            if e in state.elements.get(n, set())]
 
 
 def _converge_chains(state: "TableState", want: dict[str, list], scope) -> tuple[list[dict], list[dict]]:
@@ -365,28 +514,28 @@ def _converge_chains(state: "TableState", want: dict[str, list], scope) -> tuple
 
 def plan(states: dict[str, TableState], intents) -> list[dict]:
     """The libnftables commands (one transaction) that make the kernel enforce `intents`,
-    which are all the registered attachments on this backend (so guard chains of their
-    bridges that none of them needs go; a bridge none of them is on keeps what it has,
-    since a damaged registry may have lost its attachments)."""
+    which are all the registered attachments on this backend (so guard chains and
+    anti-spoofing elements of their bridges that none of them needs go; a bridge none of
+    them is on keeps what it has, since a damaged registry may have lost its attachments)."""
     cmds = []
     intents = list(intents)
     chains = guard_chains(intents)
     known = {i.bridge for i in intents}  # a bridge none of them is on is not theirs to undo
     for family, want in wanted(intents).items():
         spec, state = SPECS[family], states.get(family, TableState())
+        if family == "bridge":
+            cmds += bridge_plan(state, want, spec)
+            continue
         if state.exists and state.intact:
             scope = set(chains) | {c for c in state.chains if c.split("-", 1)[1] in known}
-            first, last = _converge_chains(state, chains, scope) if family == "inet" else ([], [])
+            first, last = _converge_chains(state, chains, scope)
             missing = {n: want[n] - state.elements.get(n, set()) for n in want}
             stale = [_delete_element(family, n, e) for n in GUARD_MAPS if n in want
                      for e in sorted(state.elements.get(n, set()) - want[n]) if e[0] in known]
             cmds += first + _add_elements(family, missing) + stale + last
             continue
-        if state.exists:  # damaged: rebuild, keeping what it still held
-            cmds.append({"delete": {"table": {"family": family, "name": TABLE}}})
-        cmds += spec.create()
-        if family == "inet":
-            cmds += _converge_chains(TableState(), chains, chains)[0]
+        cmds += spec.create(replace=state.exists)  # damaged: rebuilt, keeping what it still held
+        cmds += _converge_chains(TableState(), chains, chains)[0]
         keep = {n: state.elements.get(n, set()) | want.get(n, set()) for n in spec.sets}
         keep |= {n: want.get(n, set()) for n in spec.maps}
         cmds += _add_elements(family, keep)
@@ -442,11 +591,7 @@ def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
             cmds += first + _add_elements("inet", added)
         cmds += [_delete_element("inet", name, elem) for name, elem in gone if elem in inet.elements.get(name, set())]
         cmds += last
-    if bridge.exists and (r.last or r.last_intra):
-        cmds.append(delete("bridge", "table", {"name": TABLE}))
-    elif bridge.exists and r.port and r.port in bridge.elements.get("ports", set()):
-        cmds.append(delete("bridge", "element", {"table": TABLE, "name": "ports", "elem": [r.port]}))
-    return cmds
+    return cmds + bridge_release(bridge, r, BRIDGE)
 
 
 def mentioned(state: TableState) -> set[str]:
@@ -470,22 +615,48 @@ def problems(states: dict[str, TableState], intents) -> list[str]:
     intents = list(intents)
     for family, want in wanted(intents).items():
         state = states.get(family, TableState())
-        if not state.exists:
-            found.append(f"table {family} {TABLE} is missing")
-        elif state.dormant:
-            found.append(f"table {family} {TABLE} is dormant (flags dormant): it enforces nothing")
-        elif not state.intact:
-            found.append(f"table {family} {TABLE} has been altered (its sets, chain or rules differ)")
-        else:
-            for name, elems in sorted(want.items()):
-                for e in sorted(elems - state.elements.get(name, set())):
-                    shown = f"{e[0]} : jump {e[1]}" if name in GUARD_MAPS else " . ".join(e) if isinstance(e, tuple) else e
-                    found.append(f"{shown} is not in {'map' if name in GUARD_MAPS else 'set'} {family} {TABLE} {name}")
+        found += table_problems(state, want, SPECS[family])
+        if state.exists and state.intact:
             if family == "inet":
                 for name, rules in sorted(guard_chains(intents).items()):
                     if state.chains.get(name) != rules:
                         found.append(f"chain inet {TABLE} {name} is {'altered' if name in state.chains else 'missing'}")
     return found
+
+
+def _shown(e) -> str:
+    if isinstance(e, tuple):
+        return " . ".join(f"0x{v:x}" if isinstance(v, int) else v for v in e)
+    return e
+
+
+def table_problems(state: TableState, want: dict[str, set], spec: TableSpec) -> list[str]:
+    """What table `spec` lacks of the elements `want` (or that it is missing or altered)."""
+    where = f"{spec.family} {spec.name}"
+    if not state.exists:
+        return [f"table {where} is missing"]
+    if state.dormant:
+        return [f"table {where} is dormant (flags dormant): it enforces nothing"]
+    if not state.intact:
+        return [f"table {where} has been altered (its sets, chain or rules differ)"]
+    found = []
+    for name, elems in sorted(want.items()):
+        for e in sorted(elems - state.elements.get(name, set())):
+            shown = f"{e[0]} : jump {e[1]}" if name in GUARD_MAPS else _shown(e)
+            found.append(f"{shown} is not in {'map' if name in GUARD_MAPS else 'set'} {where} {name}")
+    return found
+
+
+def spoof_cleanup(state: TableState, ports, spec: TableSpec) -> list[list[str]]:
+    """nft commands deleting the anti-spoofing elements of `ports` from table `spec`."""
+    cmds = []
+    for name in SPOOF_SETS:
+        for e in sorted(state.elements.get(name, set())):
+            if (e[0] if isinstance(e, tuple) else e) in ports:
+                shown = " . ".join(f"0x{v:x}" if isinstance(v, int) else f'"{v}"' if i == 0 else v
+                                   for i, v in enumerate(e)) if isinstance(e, tuple) else f'"{e}"'
+                cmds.append(["nft", "delete", "element", "bridge", spec.name, name, "{", shown, "}"])
+    return cmds
 
 
 def library_path() -> str:
@@ -569,46 +740,43 @@ class NftablesBackend:
         the same however many networks exist: it lists the family's whole ruleset, because
         libnftables (1.0.6) fetches every set element for `list table` even when terse
         (3.7 ms with 1000 bridges), but not for a terse `list ruleset` (0.2 ms)."""
-        states = {}
-        for family in families:
-            if terse:
-                listing = self._terse_ruleset(family)
-                states[family] = TableState.parse(listing, SPECS[family])
-                continue
-            states[family] = TableState.parse(self._table(family), SPECS[family])
-        return states
+        return {family: self.read_table(SPECS[family], terse) for family in families}
 
-    def _table(self, family: str) -> list[dict] | None:
-        """The objects of our table in `family` (None: no such table)."""
-        rc, out, err = self._run([{"list": {"table": {"family": family, "name": TABLE}}}])
+    def read_table(self, spec: TableSpec, terse: bool = False) -> TableState:
+        listing = self._terse_ruleset(spec.family, spec.name) if terse else self._table(spec.family, spec.name)
+        return TableState.parse(listing, spec)
+
+    def _table(self, family: str, table: str = TABLE) -> list[dict] | None:
+        """The objects of table `table` in `family` (None: no such table)."""
+        rc, out, err = self._run([{"list": {"table": {"family": family, "name": table}}}])
         if rc != 0:
             if "No such file or directory" not in err:
-                raise CniError(ENFORCEMENT_FAILED, f"cannot read table {family} {TABLE}", err.strip())
+                raise CniError(ENFORCEMENT_FAILED, f"cannot read table {family} {table}", err.strip())
             return None
         if out is UNPARSEABLE:  # described by its flags only: it counts as altered and is rebuilt
-            return [{"table": {"family": family, "name": TABLE, "flags": self._flags(family)}}]
-        return self._true_flags(out["nftables"], family) if out else None
+            return [{"table": {"family": family, "name": table, "flags": self._flags(family, table)}}]
+        return self._true_flags(out["nftables"], family, table) if out else None
 
-    def _terse_ruleset(self, family: str) -> list[dict] | None:
+    def _terse_ruleset(self, family: str, table: str = TABLE) -> list[dict] | None:
         """The objects of our table in `family`, set elements left out (None: no such table)."""
         rc, out, err = self._run([{"list": {"ruleset": {"family": family}}}], terse=True)
         if rc != 0:
             raise CniError(ENFORCEMENT_FAILED, f"cannot read the {family} ruleset", err.strip())
         if out is UNPARSEABLE:  # some table of the family (ours or not) cannot be listed as JSON
-            return self._table(family)
-        ours = [o for o in out["nftables"] if _table_of(o) == (family, TABLE)]
-        return self._true_flags(ours, family) or None
+            return self._table(family, table)
+        ours = [o for o in out["nftables"] if _table_of(o) == (family, table)]
+        return self._true_flags(ours, family, table) or None
 
-    def _true_flags(self, listing: list[dict], family: str) -> list[dict]:
+    def _true_flags(self, listing: list[dict], family: str, table: str = TABLE) -> list[dict]:
         """`listing` with our table's flags as the text listing gives them: libnftables 1.0.6
         prints a flagged table's `flags` wrongly in JSON (`"inet"`, or cuts the listing short)."""
         for obj in listing:
             if "table" in obj and obj["table"].get("flags"):
-                obj["table"]["flags"] = self._flags(family)
+                obj["table"]["flags"] = self._flags(family, table)
         return listing
 
-    def _flags(self, family: str) -> list[str]:
-        rc, text, _ = self.nft.cmd(f"list table {family} {TABLE}")
+    def _flags(self, family: str, table: str = TABLE) -> list[str]:
+        rc, text, _ = self.nft.cmd(f"list table {family} {table}")
         flags = next((line.split()[1:] for line in text.splitlines() if line.strip().startswith("flags ")), [])
         return [f for word in flags for f in word.split(",") if f] or ["unknown"]
 
@@ -616,7 +784,8 @@ class NftablesBackend:
         """Apply `intent`; `others` are the other registered attachments (a sequence, or a
         function returning one, called only if needed), `related` those of them on the same
         bridge or in the same isolationGroup (derived from `others` when not given).
-        Nothing needs remembering: our tables are wholly ours.
+        Nothing needs remembering: our tables are wholly ours. Without `related` (reconcile,
+        the agent) everything registered is re-applied from a full reading.
 
         When both tables are intact (a terse reading, without elements, tells), only this
         bridge's elements and guard chains are added, with the distinct needs of the
@@ -634,11 +803,16 @@ class NftablesBackend:
         def everyone():
             return others() if callable(others) else others
 
+        full = related is None
         if related is None:
             related = [o for o in everyone() if o.bridge == intent.bridge or (intent.group and o.group == intent.group)]
-        related = shared_needs(related)
-        quick = self.read(SPECS, terse=True)
-        if all(quick[f].exists and quick[f].intact for f in wanted([intent, *related])):
+        ensure_flags(intent, None if full else related, everyone() if full else ())
+        # one anti-spoofed neighbour stands for all of them: its elements are there already
+        # (adding them again is a no-op), and it makes a missing bridge table a reason to rebuild
+        spoofed = next((i for i in related if i.spoof is not None), None)
+        related = shared_needs(related) + ([spoofed] if spoofed else [])
+        quick = self.read(SPECS, terse=True) if not full else {}
+        if not full and all(quick[f].exists and quick[f].intact for f in wanted([intent, *related])):
             cmds = add_only_plan(quick, [intent, *related])
             if cmds is not None:
                 self._apply(cmds, failure)
@@ -649,8 +823,17 @@ class NftablesBackend:
 
     def release(self, r: Release, facts: dict) -> None:
         self._apply(release_plan(self.read(SPECS), r), f"could not remove the isolation of {r.bridge}")
+        release_flags(r)
 
     def _apply(self, cmds: list[dict], failure: str) -> None:
+        """Run `cmds` as one transaction; {"text": ...} commands (declaring `typeof` sets) run
+        first, as their own."""
+        texts = [c["text"] for c in cmds if "text" in c]
+        cmds = [c for c in cmds if "text" not in c]
+        if texts:
+            rc, _, err = self.nft.cmd("\n".join(texts))
+            if rc != 0:
+                raise CniError(ENFORCEMENT_FAILED, f"nftables {failure}", err.strip())
         if cmds:
             rc, _, err = self._run(cmds)
             if rc != 0:
@@ -686,10 +869,7 @@ class NftablesBackend:
                 cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", f'"{bridge}"', "}"])
             if entry[1] in states["inet"].chains:
                 cmds.append(["nft", "delete", "chain", "inet", TABLE, entry[1]])  # a valid name, unquoted
-        for port in ports:
-            if port in states["bridge"].elements.get("ports", set()):
-                cmds.append(["nft", "delete", "element", "bridge", TABLE, "ports", "{", f'"{port}"', "}"])
-        return cmds
+        return cmds + spoof_cleanup(states["bridge"], set(ports), BRIDGE)
 
     def run_command(self, argv: list[str]) -> str | None:
         """Execute one `nft ...` command through libnftables (no nft binary needed)."""
@@ -699,7 +879,8 @@ class NftablesBackend:
     def verify(self, intent: BridgeIntent, same_bridge=()) -> list[str]:
         intents = [intent, *same_bridge]
         want = wanted(intents)
-        return [f"nftables: {p}" for p in problems(self.read(want), intents)] if want else []
+        found = [f"nftables: {p}" for p in problems(self.read(want), intents)] if want else []
+        return found + flag_problems(intents)
 
 
 def table_exists(family: str, name: str) -> bool:
