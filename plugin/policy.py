@@ -199,7 +199,11 @@ def peers(intents) -> dict[str, set[str]]:
 class Release:
     """What one departing attachment takes with it, on the backend that enforced it.
 
-    isolate / drop_intra / published: no remaining attachment of the bridge needs them.
+    isolate / drop_intra: no remaining attachment of the bridge needs them.
+    published: no remaining attachment of the bridge grants published ports (whether or
+          not the departing one did: a grant nobody needs goes).
+    peers: the bridges it still shares an isolationGroup with; its pairs with any other go
+          (a network that left the group keeps none once its older attachments are gone).
     port: this attachment's port leaves the per-port intra-bridge drop (nftables).
     last_intra: no remaining attachment on the backend needs intra-bridge drops at all.
     last: no remaining attachment on the backend enforces anything: every trace goes.
@@ -218,6 +222,7 @@ class Release:
     guard: Guard = NO_GUARD
     last_guard: bool = False
     bridge_done: bool = False
+    peers: frozenset = frozenset()
 
 
 def release(departing, remaining: list) -> Release:
@@ -240,8 +245,9 @@ def release_intent(gone: BridgeIntent, left: list[BridgeIntent]) -> Release:
         port=gone.port if gone.drop_intra and gone.port not in {i.port for i in left if i.drop_intra} else None,
         last_intra=not any(i.drop_intra for i in left),
         last=not any(i.enforces_anything for i in left),
-        published=gone.published and not any(i.published for i in same_bridge),
+        published=not any(i.published for i in same_bridge),
         guard=merge(i.guard for i in same_bridge),
         last_guard=not any(i.guard.active for i in left),
         bridge_done=not any(i.enforces_anything for i in same_bridge),
+        peers=frozenset(peers(left).get(gone.bridge, ())),
     )

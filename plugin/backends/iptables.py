@@ -143,6 +143,11 @@ def is_ours(args: list[str]) -> bool:
 
 
 DNAT = ["-m", "conntrack", "--ctstate", "DNAT"]
+# A published port: the publishing bridge's setting alone decides, for the connection DNAT'd
+# into it (STAGE-2, by -o) and for its replies (STAGE-1, by -i: STAGE-2 holds each bridge's
+# DROP in its own group, and a reply must not meet the client bridge's DROP first).
+PUBLISHED_IN = [*DNAT, "--ctdir", "ORIGINAL", "-j", "RETURN"]
+PUBLISHED_OUT = [*DNAT, "--ctdir", "REPLY", "-j", "RETURN"]
 
 
 VERSION = {"ipv4": 4, "ipv6": 6}
@@ -203,9 +208,11 @@ def bridge_rules(intent: BridgeIntent, group_peers=(), family: str = "ipv4", gua
     if guard.deny_in(VERSION[family]):
         stage1.append(["-i", br, "!", "-o", br, "-j", EGRESS])
     if intent.isolate:
+        if intent.published:
+            stage1.append(["-i", br, "!", "-o", br, *PUBLISHED_OUT])
         stage1.append(["-i", br, "!", "-o", br, "-j", STAGE2])
         if intent.published:
-            stage2.append(["-o", br, *DNAT, "-j", "RETURN"])
+            stage2.append(["-o", br, *PUBLISHED_IN])
         stage2 += [["-i", peer, "-o", br, "-j", "RETURN"] for peer in sorted(group_peers)]
         stage2.append(["-o", br, "-j", "DROP"])
     return {STAGE1: stage1, STAGE2: stage2, **guard_rules(br, guard, family)}
@@ -321,6 +328,7 @@ def plan(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
     if not any(i.enforces_anything for i in intents):
         return []
     chains = wanted(intents, family)
+    registered = {i.bridge for i in intents}
     guard = guard_missing(table)
     needed = [*chains, FIREWALL_CHAIN] if guard else list(chains)
     lines = [f"-N {chain}" for chain in needed if chain not in table.chains]  # before any jump to them
@@ -332,6 +340,8 @@ def plan(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
             keep = {tuple(spec) for g in groups for spec in g} | {("-j", "RETURN")}
             lines += [f"-D {chain} " + " ".join(r) for r in rules
                       if is_ours(r) and tuple(strip_comment(r)) not in keep and all(_SAFE.fullmatch(a) for a in r)]
+        elif chain in (STAGE1, STAGE2):  # grants no registered attachment needs any more
+            lines += [f"-D {chain} " + " ".join(r) for r in surplus_rules(table, chain, groups, registered)]
         index = positions(rules)
         for group in groups:
             _sync_group(rules, chain, group, theirs, ours, lines, index)
@@ -366,6 +376,35 @@ def problems(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
     return found
 
 
+def _interfaces(spec: list[str]) -> set[str]:
+    return {spec[i + 1] for i, a in enumerate(spec[:-1]) if a in ("-i", "-o")}
+
+
+def surplus_rules(table: FilterTable, chain: str, groups, bridges) -> list[list[str]]:
+    """Our RETURNs in `chain` (rules that let something through: a published port, a group
+    peer, a guard's exception) concerning one of `bridges` that no group of `groups` (what
+    the registered attachments need in this chain) holds. Drops and jumps are not grants."""
+    keep = {tuple(spec) for g in groups for spec in g}
+    return [r for r in table.chains.get(chain, []) if is_ours(r) and r[-2:] == ["-j", "RETURN"]
+            and all(_SAFE.fullmatch(a) for a in r) and tuple(strip_comment(r)) not in keep
+            and _interfaces(strip_comment(r)) & set(bridges)]
+
+
+def _grant_kind(chain: str, spec: list[str]) -> str:
+    if _is_peer_return(spec):
+        return "an isolationGroup peer"
+    if "DNAT" in spec:
+        return "a published port"
+    return "a guard's exception" if chain in GUARD_CHAINS else "a return"
+
+
+def surplus(table: FilterTable, intents, bridges, family: str = "ipv4") -> list[tuple[str, list[str]]]:
+    """(chain, rule) of every grant for `bridges` that `intents` (the registered attachments on
+    them and in their isolationGroups) do not need."""
+    chains = wanted(intents, family)
+    return [(c, r) for c in (STAGE1, STAGE2, *GUARD_CHAINS) for r in surplus_rules(table, c, chains.get(c, []), bridges)]
+
+
 def _jumps_to(table: FilterTable, chain: str) -> bool:
     return any(r[i + 1] == chain for rules in table.chains.values() for r in rules for i, a in enumerate(r[:-1])
                if a in ("-j", "-g"))
@@ -392,14 +431,15 @@ def release_plan(table: FilterTable, r: Release, family: str = "ipv4") -> list[s
         if r.drop_intra:
             specs.append((STAGE1, ["-i", br, "-o", br, "-j", "DROP"]))
         if r.published or r.isolate:
-            specs.append((STAGE2, ["-o", br, *DNAT, "-j", "RETURN"]))
+            specs += [(STAGE2, ["-o", br, *PUBLISHED_IN]), (STAGE1, ["-i", br, "!", "-o", br, *PUBLISHED_OUT])]
         if not r.guard.deny_in(VERSION[family]):
             specs.append((STAGE1, ["-i", br, "!", "-o", br, "-j", EGRESS]))
         remove = [(c, rule) for c, spec in specs for rule in table.chains.get(c, [])
                   if is_ours(rule) and strip_comment(rule) == spec]
-        if r.isolate:  # isolationGroup exceptions to or from the bridge
-            remove += [(STAGE2, rule) for rule in table.chains.get(STAGE2, []) if is_ours(rule)
-                       and _is_peer_return(strip_comment(rule)) and br in (rule[1], rule[3])]
+        # isolationGroup exceptions to or from the bridge, but for the groups it is still in
+        remove += [(STAGE2, rule) for rule in table.chains.get(STAGE2, []) if is_ours(rule)
+                   and _is_peer_return(strip_comment(rule)) and br in (rule[1], rule[3])
+                   and (rule[3] if rule[1] == br else rule[1]) not in r.peers]
         if r.last_guard:
             remove += [(c, rule) for c in GUARD_CHAINS for rule in table.chains.get(c, []) if is_ours(rule)]
             remove += [("INPUT", rule) for rule in table.chains.get("INPUT", [])
@@ -554,6 +594,37 @@ class IptablesBackend:
             if created and without_ours(table)[0].pristine():
                 cmds.append(["nft", "delete", "table", NFT_FAMILY[fam], "filter"])
         return cmds
+
+    def surplus(self, bridges, intents) -> dict[str, list[str]]:
+        """Per bridge of `bridges`, the grants (our RETURNs) the kernel holds for it that
+        `intents` (the registered attachments on them and in their isolationGroups) do not need."""
+        intents = list(intents)
+        found: dict[str, list[str]] = {}
+        for fam, table in self.read().items():
+            for chain, r in surplus(table, intents, set(bridges), fam):
+                spec = strip_comment(r)
+                for bridge in sorted(_interfaces(spec) & set(bridges)):
+                    found.setdefault(bridge, []).append(f"{fam}: {chain} rule '{' '.join(spec)}' ({_grant_kind(chain, spec)}) "
+                                                        "lets through what no registered attachment needs")
+        return found
+
+    def revoke(self, intents) -> list[str]:
+        """Remove every grant touching a bridge of `intents` (all registered attachments on this
+        backend) that none of them needs, one transaction per family; returns what went."""
+        intents = list(intents)
+        bridges = {i.bridge for i in intents}
+        gone: list[str] = []
+
+        def planner(fam: str, table: FilterTable) -> list[str]:
+            found = surplus(table, intents, bridges, fam)
+            gone.extend(f"{fam}: {chain} rule '{' '.join(strip_comment(r))}' ({_grant_kind(chain, strip_comment(r))})"
+                        for chain, r in found)
+            return [f"-D {chain} " + " ".join(r) for chain, r in found]
+
+        failed = self._transact(planner)
+        if failed:
+            raise CniError(ENFORCEMENT_FAILED, "could not remove grants no attachment needs", failed[0][1].strip())
+        return list(dict.fromkeys(gone))
 
     def verify(self, intent: BridgeIntent, same_bridge=()) -> list[str]:
         found = []

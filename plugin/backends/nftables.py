@@ -13,7 +13,8 @@
                                                           through the host, or bridged via br_netfilter)
         iifname . oifname @self return                    within one bridge: nothing else applies
         iifname vmap @egress                              the bridge's deny list
-        ct status dnat oifname @published return          a published port: isolation does not apply
+        ct direction original ct status dnat oifname @published return   a published port (the
+        ct direction reply ct status dnat iifname @published return      publisher decides, replies too)
         iifname . oifname @peers return                   the same isolationGroup
         iifname @isolated oifname @isolated counter drop
       chain input  hook input, priority -5, policy accept
@@ -98,6 +99,14 @@ class TableSpec:
 
 
 SAME_BRIDGE = _in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "self")
+DNAT = {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}
+# A published port: the publishing bridge's setting alone decides, for the connection DNAT'd
+# into it (original direction, out of oifname) and for its replies (reply direction, in by
+# iifname); the client's own allowPublishedPorts never matters.
+PUBLISHED_PORTS = [
+    [_eq({"ct": {"key": "direction"}}, "original"), DNAT, _in_set(_meta("oifname"), "published"), RETURN],
+    [_eq({"ct": {"key": "direction"}}, "reply"), DNAT, _in_set(_meta("iifname"), "published"), RETURN],
+]
 
 
 def _vmap(name: str) -> list[dict]:
@@ -114,8 +123,7 @@ INET = TableSpec(
             [_in_set(_meta("iifname"), "intra"), SAME_BRIDGE, COUNTER, {"drop": None}],
             [SAME_BRIDGE, RETURN],
             _vmap("egress"),
-            [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
-             _in_set(_meta("oifname"), "published"), RETURN],
+            *PUBLISHED_PORTS,
             [_in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "peers"), RETURN],
             [_in_set(_meta("iifname"), "isolated"), _in_set(_meta("oifname"), "isolated"), COUNTER, {"drop": None}],
         ]),
@@ -361,6 +369,7 @@ def plan(states: dict[str, TableState], intents) -> list[dict]:
     cmds = []
     intents = list(intents)
     chains = guard_chains(intents)
+    registered = {i.bridge for i in intents}  # grants touching them that they do not need go
     for family, want in wanted(intents).items():
         spec, state = SPECS[family], states.get(family, TableState())
         if state.exists and state.intact:
@@ -368,14 +377,17 @@ def plan(states: dict[str, TableState], intents) -> list[dict]:
             missing = {n: want[n] - state.elements.get(n, set()) for n in want}
             stale = [_delete_element(family, n, e) for n in GUARD_MAPS if n in want
                      for e in sorted(state.elements.get(n, set()) - want[n])]
+            stale += [_delete_element(family, n, e) for n in GRANT_SETS if n in want
+                      for e in sorted(state.elements.get(n, set()) - want[n]) if _touches(e, registered)]
             cmds += first + _add_elements(family, missing) + stale + last
             continue
-        if state.exists:  # damaged: rebuild, keeping what it still held
+        if state.exists:  # damaged: rebuild, keeping what it still held (but no stale grant)
             cmds.append({"delete": {"table": {"family": family, "name": TABLE}}})
         cmds += spec.create()
         if family == "inet":
             cmds += _converge_chains(TableState(), chains, chains)[0]
-        keep = {n: state.elements.get(n, set()) | want.get(n, set()) for n in spec.sets}
+        keep = {n: {e for e in state.elements.get(n, set()) if n not in GRANT_SETS or not _touches(e, registered)}
+                | want.get(n, set()) for n in spec.sets}
         keep |= {n: want.get(n, set()) for n in spec.maps}
         cmds += _add_elements(family, keep)
     return cmds
@@ -415,7 +427,8 @@ def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
         gone += [("self", (r.bridge, r.bridge))] if (r.isolate and not r.guard.active) or r.bridge_done else []
         gone += [("published", r.bridge)] if r.published or r.isolate else []
         gone += [("intra", r.bridge)] if r.drop_intra or r.isolate else []
-        gone += [("peers", pair) for pair in sorted(inet.elements.get("peers", set())) if r.isolate and r.bridge in pair]
+        gone += [("peers", pair) for pair in sorted(inet.elements.get("peers", set()))
+                 if r.bridge in pair and _other(pair, r.bridge) not in r.peers]
         want = bridge_chains(r.bridge, r.guard)
         first, last = _converge_chains(inet, want, [f"{m}-{r.bridge}" for m in GUARD_MAPS])
         entries = {m: (r.bridge, f"{m}-{r.bridge}") for m in GUARD_MAPS}
@@ -429,6 +442,91 @@ def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
     elif bridge.exists and r.port and r.port in bridge.elements.get("ports", set()):
         cmds.append(delete("bridge", "element", {"table": TABLE, "name": "ports", "elem": [r.port]}))
     return cmds
+
+
+def _other(pair: tuple, bridge: str) -> str:
+    return pair[1] if pair[0] == bridge else pair[0]
+
+
+GRANT_SETS = ("peers", "published")  # elements that open a path; the other sets close one
+
+
+def _touches(elem, bridges) -> bool:
+    return any(b in bridges for b in (elem if isinstance(elem, tuple) else (elem,)))
+
+
+def surplus(state: TableState, intents, bridges) -> list[tuple[str, list[dict]]]:
+    """What the inet table grants for `bridges` beyond what `intents` (every registered
+    attachment that could grant anything to them) need: (description, commands removing it).
+
+    Grants are the peers and published elements, and the returns of a guard chain (its
+    exceptions); extra drops (an `isolated` element, a guard nobody needs any more) are not
+    grants: they close more than configured, never less."""
+    if not state.exists or not state.intact:
+        return []
+    intents = list(intents)
+    want = wanted(intents).get("inet", {})
+    found = []
+    for pair in sorted(state.elements.get("peers", set()) - want.get("peers", set())):
+        if _touches(pair, bridges):
+            found.append((f"{pair[0]} . {pair[1]} is in set inet {TABLE} peers ({pair[0]} reaches {pair[1]}) "
+                          "though no registered attachment puts both in one isolationGroup",
+                          [_delete_element("inet", "peers", pair)]))
+    for bridge in sorted(state.elements.get("published", set()) - want.get("published", set())):
+        if bridge in bridges:
+            found.append((f"{bridge} is in set inet {TABLE} published though no registered attachment of it "
+                          "has allowPublishedPorts", [_delete_element("inet", "published", bridge)]))
+    for name, rules in sorted(guard_chains(intents).items()):
+        have = state.chains.get(name)
+        if name.split("-", 1)[1] not in bridges or have is None or have == rules:
+            continue
+        extra = [r for r in have if r not in rules and r and r[-1] == RETURN]
+        if extra:
+            shown = "; ".join(describe(r) for r in extra)
+            found.append((f"chain inet {TABLE} {name} lets through what no registered attachment allows: {shown}",
+                          _converge_chains(state, {name: rules}, [name])[0]))
+    return found
+
+
+def _bridges_of(cmds: list[dict], text: str, bridges) -> list[str]:
+    """The bridges of `bridges` a surplus grant (its removal `cmds`, its `text`) concerns."""
+    elems = [e for c in cmds for e in c.get("delete", {}).get("element", {}).get("elem", [])]
+    names = {n for e in elems for n in (e["concat"] if isinstance(e, dict) else [e])}
+    names |= {c[k]["chain"]["name"].split("-", 1)[1] for c in cmds for k in ("add", "flush") if "chain" in c.get(k, {})}
+    return [b for b in bridges if b in names]
+
+
+def describe(expr: list[dict]) -> str:
+    """A rule as text, near enough to `nft list` to name it in a message."""
+    def value(v) -> str:
+        if isinstance(v, dict):
+            if "set" in v:
+                return "{ " + ", ".join(value(x) for x in v["set"]) + " }"
+            if "prefix" in v:
+                return f"{v['prefix']['addr']}/{v['prefix']['len']}"
+            if "range" in v:
+                return "-".join(value(x) for x in v["range"])
+            if "meta" in v:
+                return v["meta"]["key"]
+            if "payload" in v:
+                return f"{v['payload']['protocol']} {v['payload']['field']}"
+            if "ct" in v:
+                return " ".join(x for x in ("ct", v["ct"].get("dir", ""), v["ct"]["key"]) if x)
+            if "concat" in v:
+                return " . ".join(value(x) for x in v["concat"])
+        if isinstance(v, list):
+            return ", ".join(value(x) for x in v)
+        return str(v)
+
+    parts = []
+    for x in expr:
+        if "match" in x:
+            m = x["match"]
+            op = "" if m["op"] in ("==", "in") else f" {m['op']}"
+            parts.append(f"{value(m['left'])}{op} {value(m['right'])}")
+        else:
+            parts += [f"{k} {v['target']}" if k in ("jump", "goto") else k for k, v in x.items()]
+    return " ".join(parts)
 
 
 def problems(states: dict[str, TableState], intents) -> list[str]:
@@ -637,6 +735,23 @@ class NftablesBackend:
         intents = [intent, *same_bridge]
         want = wanted(intents)
         return [f"nftables: {p}" for p in problems(self.read(want), intents)] if want else []
+
+    def surplus(self, bridges, intents) -> dict[str, list[str]]:
+        """Per bridge of `bridges`, the grants the kernel holds for it that `intents` (the
+        registered attachments on them and in their isolationGroups) do not need."""
+        found: dict[str, list[str]] = {}
+        for text, cmds in surplus(self.read(["inet"])["inet"], intents, set(bridges)):
+            for bridge in _bridges_of(cmds, text, bridges):
+                found.setdefault(bridge, []).append(f"nftables: {text}")
+        return found
+
+    def revoke(self, intents) -> list[str]:
+        """Remove every grant touching a bridge of `intents` (all registered attachments on this
+        backend) that none of them needs, in one transaction; returns what went."""
+        intents = list(intents)
+        found = surplus(self.read(["inet"])["inet"], intents, {i.bridge for i in intents})
+        self._apply([c for _, cmds in found for c in cmds], "could not remove grants no attachment needs")
+        return [f"nftables: {text}" for text, _ in found]
 
 
 def table_exists(family: str, name: str) -> bool:
