@@ -248,3 +248,28 @@ def test_the_agent_removes_a_stale_grant(lab, backend):
     with open(log) as f:
         assert a.network.bridge in f.read()
     _checks_pass(lab, a, b, c)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_attachment_added_again_with_another_configuration_loses_its_old_grants(lab, backend):
+    """The runtime re-runs ADD for a running container after its conflist changed (the same
+    network, container and interface): what only the earlier configuration granted goes at once."""
+    a_net, b_net = (lab.network(["bridge", "isolation"], isolation={"backend": backend, "isolationGroup": "g"})
+                    for _ in range(2))
+    a, b = lab.add(a_net), lab.add(b_net)
+    assert not _probe(lab, {(b.name, a.ipv4, 8080): True, (a.name, b.ipv4, 8080): True})
+    _reconfigure(a_net, backend=backend)
+    entry = next(p for p in a_net.plugins if p["type"] == "isolation")
+    conf = {"cniVersion": "1.0.0", "name": a_net.name, **entry, "prevResult": lab.cache[(a_net.name, a.id)]}
+    rc, out, err = lab.exec_plugin("isolation", "ADD", conf, lab._env(a))
+    assert rc == 0, (out, err)
+    wrong = _probe(lab, {
+        (b.name, a.ipv4, 8080): False,
+        (b.name, a.ipv6, 8080): False,
+        (a.name, b.ipv4, 8080): False,
+        (b.name, OUTSIDE[0], 8080): True,
+        (a.name, OUTSIDE[1], 8080): True,
+    })
+    assert not wrong, "\n".join(wrong)
+    assert _peer_pairs(lab, a_net.bridge) == []
+    _checks_pass(lab, a, b)
