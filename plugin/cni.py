@@ -155,15 +155,14 @@ def cmd_check(inv: Invocation) -> None:
         reg = Registry.load(state_dir())
         on_bridge = reg.on_bridge(intent.bridge, backend.name)
         neighbours = [intent_of(a) for a in on_bridge if a.key != inv.key]
-        found = backend.verify(intent, neighbours)
-        if reg.get(inv.key) is None:
-            found.append(f"attachment {inv.network}/{inv.env['CNI_CONTAINERID']}/{inv.env['CNI_IFNAME']} "
-                         "is not registered (no successful ADD)")
         # what may grant this bridge anything: its attachments and the members of their groups
         related = {a.key: a for a in on_bridge}
         for group in sorted({a.group for a in on_bridge if a.group}):
             related |= {a.key: a for a in reg.matching(intent.bridge, group) if a.backend == backend.name}
-        extra = backend.surplus([intent.bridge], [intent_of(a) for a in related.values()]).get(intent.bridge, [])
+        found, extra = backend.audit(intent, neighbours, [intent_of(a) for a in related.values()])
+        if reg.get(inv.key) is None:
+            found.append(f"attachment {inv.network}/{inv.env['CNI_CONTAINERID']}/{inv.env['CNI_IFNAME']} "
+                         "is not registered (no successful ADD)")
     if found or extra:
         what = [f"isolation of bridge {intent.bridge} is not in place"] if found else []
         what += [f"the kernel grants bridge {intent.bridge} more than its registered attachments need"] if extra else []

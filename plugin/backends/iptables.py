@@ -398,6 +398,11 @@ def _grant_kind(chain: str, spec: list[str]) -> str:
     return "a guard's exception" if chain in GUARD_CHAINS else "a return"
 
 
+def _surplus_text(family: str, chain: str, spec: list[str]) -> str:
+    return (f"{family}: {chain} rule '{' '.join(spec)}' ({_grant_kind(chain, spec)}) lets through what no registered "
+            "attachment needs")
+
+
 def surplus(table: FilterTable, intents, bridges, family: str = "ipv4") -> list[tuple[str, list[str]]]:
     """(chain, rule) of every grant for `bridges` that `intents` (the registered attachments on
     them and in their isolationGroups) do not need."""
@@ -604,8 +609,7 @@ class IptablesBackend:
             for chain, r in surplus(table, intents, set(bridges), fam):
                 spec = strip_comment(r)
                 for bridge in sorted(_interfaces(spec) & set(bridges)):
-                    found.setdefault(bridge, []).append(f"{fam}: {chain} rule '{' '.join(spec)}' ({_grant_kind(chain, spec)}) "
-                                                        "lets through what no registered attachment needs")
+                    found.setdefault(bridge, []).append(_surplus_text(fam, chain, spec))
         return found
 
     def revoke(self, intents) -> list[str]:
@@ -627,12 +631,20 @@ class IptablesBackend:
         return list(dict.fromkeys(gone))
 
     def verify(self, intent: BridgeIntent, same_bridge=()) -> list[str]:
-        found = []
+        return self.audit(intent, same_bridge)[0]
+
+    def audit(self, intent: BridgeIntent, same_bridge=(), related=()) -> tuple[list[str], list[str]]:
+        """CHECK's question in one reading: (what is missing for `intent` given the other
+        attachments on its bridge, the grants the kernel holds for the bridge that `related`,
+        the registered attachments on it and in its isolationGroups, do not need)."""
+        missing, extra = [], []
+        related = list(related)
         for fam, table in self.read().items():
-            found += [f"{fam}: {p}" for p in problems(table, [intent, *same_bridge], fam)]
+            missing += [f"{fam}: {p}" for p in problems(table, [intent, *same_bridge], fam)]
             if intent.drop_intra and bridgenf.read(fam) != "1":
-                found.append(f"{fam}: net.bridge.{bridgenf.KEYS[fam]} is not 1, intra-bridge drops are ineffective")
-        return found
+                missing.append(f"{fam}: net.bridge.{bridgenf.KEYS[fam]} is not 1, intra-bridge drops are ineffective")
+            extra += [_surplus_text(fam, chain, strip_comment(r)) for chain, r in surplus(table, related, {intent.bridge}, fam)]
+        return missing, extra
 
 
 NFT_FAMILY = {"ipv4": "ip", "ipv6": "ip6"}

@@ -736,6 +736,16 @@ class NftablesBackend:
         want = wanted(intents)
         return [f"nftables: {p}" for p in problems(self.read(want), intents)] if want else []
 
+    def audit(self, intent: BridgeIntent, same_bridge=(), related=()) -> tuple[list[str], list[str]]:
+        """CHECK's question in one reading: (what verify() finds missing, the grants the kernel
+        holds for the bridge that `related`, the registered attachments on it and in its
+        isolationGroups, do not need)."""
+        intents = [intent, *same_bridge]
+        want = wanted(intents)
+        states = self.read(sorted(set(want) | {"inet"}))
+        missing = [f"nftables: {p}" for p in problems(states, intents)] if want else []
+        return missing, [f"nftables: {t}" for t, _ in surplus(states["inet"], related, {intent.bridge})]
+
     def surplus(self, bridges, intents) -> dict[str, list[str]]:
         """Per bridge of `bridges`, the grants the kernel holds for it that `intents` (the
         registered attachments on them and in their isolationGroups) do not need."""
