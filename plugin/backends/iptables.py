@@ -3,9 +3,11 @@
     FORWARD:                -j CNI-ISOLATION-STAGE-1            (always first)
     CNI-ISOLATION-STAGE-1:  -i BR -o BR -j DROP                      (drop_intra)
                             -i BR ! -o BR -j CNI-ISOLATION-EGRESS    (denyEgress in this family)
+                            -i BR ! -o BR -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN
+                                                                     (published: the replies)
                             -i BR ! -o BR -j CNI-ISOLATION-STAGE-2   (isolate)
                             -j RETURN
-    CNI-ISOLATION-STAGE-2:  -o BR -m conntrack --ctstate DNAT -j RETURN        (published)
+    CNI-ISOLATION-STAGE-2:  -o BR -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN (published)
                             -i PEER -o BR -j RETURN                  (each bridge of its isolationGroup)
                             -o BR -j DROP                            (isolate)
                             -j RETURN
@@ -23,7 +25,9 @@
                             -j RETURN
 
 A bridge's rules in one chain form an ordered group (a published-port RETURN above
-its DROP); a group that is incomplete or out of order is re-inserted whole.
+its DROP); a group that is incomplete or out of order is re-inserted whole. A RETURN
+of ours (a grant) that no registered attachment needs any more goes with the next
+ADD, DEL, or `isolation reconcile`.
 
 The chains are shared with the firewall plugin's `ingressPolicy`: a rule that
 matches the same packets already (whatever its comment) is not added twice, and
