@@ -52,6 +52,10 @@ def status() -> dict:
         for att in reg.attachments.values():
             groups.setdefault((att.bridge, att.backend), []).append(att)
         enforced = {name: b.enforced() for name, b in usable.items()}
+        surplus = {}  # backend -> bridge -> grants no registered attachment needs
+        for name, backend in usable.items():
+            intents = [intent_of(a) for a in reg.on_backend(name)]
+            surplus[name] = backend.surplus({i.bridge for i in intents}, intents) if intents else {}
         for (bridge, backend_name), atts in sorted(groups.items()):
             entry = {
                 "bridge": bridge,
@@ -70,6 +74,7 @@ def status() -> dict:
             else:
                 intents = [intent_of(a) for a in atts]  # one check covers the bridge's attachments
                 entry["problems"] += backend.verify(intents[0], intents[1:])
+                entry["problems"] += surplus.get(backend_name, {}).get(bridge, [])
             entry["problems"] = sorted(set(entry["problems"]))
             report["bridges"].append(entry)
             report["problems"] += [f"{bridge}: {p}" for p in entry["problems"]]

@@ -193,13 +193,20 @@ def cmd_check(inv: Invocation) -> None:
     _, backend, intent, _ = _engine(inv)
     with HostLock(deadline=inv.deadline):  # never look at a half-finished ADD (one transaction per family on iptables)
         reg = Registry.load(state_dir())
-        neighbours = [intent_of(a) for a in reg.on_bridge(intent.bridge, backend.name) if a.key != inv.key]
-        found = backend.verify(intent, neighbours)
+        on_bridge = reg.on_bridge(intent.bridge, backend.name)
+        neighbours = [intent_of(a) for a in on_bridge if a.key != inv.key]
+        # what may grant this bridge anything: its attachments and the members of their groups
+        related = {a.key: a for a in on_bridge}
+        for group in sorted({a.group for a in on_bridge if a.group}):
+            related |= {a.key: a for a in reg.matching(intent.bridge, group) if a.backend == backend.name}
+        found, extra = backend.audit(intent, neighbours, [intent_of(a) for a in related.values()])
         if reg.get(inv.key) is None:
             found.append(f"attachment {inv.network}/{inv.env['CNI_CONTAINERID']}/{inv.env['CNI_IFNAME']} "
                          "is not registered (no successful ADD)")
-    if found:
-        raise CniError(CHECK_FAILED, f"isolation of bridge {intent.bridge} is not in place", "; ".join(found))
+    if found or extra:
+        what = [f"isolation of bridge {intent.bridge} is not in place"] if found else []
+        what += [f"the kernel grants bridge {intent.bridge} more than its registered attachments need"] if extra else []
+        raise CniError(CHECK_FAILED, ", and ".join(what), "; ".join(found + extra))
     return None
 
 

@@ -27,6 +27,7 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
         return [policy.intent_of(a) for a in atts if a.backend == backend.name and a.key != attachment.key]
 
     related = others(reg.matching(intent.bridge, intent.group))  # all an intact ruleset needs: O(1)
+    previous = reg.get(attachment.key)
     try:
         facts = backend.ensure(intent, lambda: others(reg.attachments.values()), related)
     except CniError as err:
@@ -46,6 +47,22 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
     reg.put(attachment)
     _remember(reg, backend.name, facts)
     reg.save()
+    if previous is not None and (previous.backend, policy.intent_of(previous)) != (backend.name, intent):
+        _replaced(reg, previous)
+
+
+def _replaced(reg: Registry, previous: Attachment) -> None:
+    """The same attachment was ADDed again with another configuration (a conflist edited, then
+    the container re-attached): what only its earlier configuration granted goes, as if that
+    earlier attachment had been DELeted. Fails closed: when that cannot be done, ADD fails."""
+    from plugin.backends import make
+
+    backend = make(previous.backend)
+    try:
+        backend.release(policy.release(previous, reg.on_backend(previous.backend)), reg.backends.get(previous.backend, {}))
+    except CniError as err:
+        raise CniError(err.code, f"could not remove what the earlier configuration of this attachment granted: {err.msg}",
+                       err.details) from None
 
 
 def _undo(backend, release: policy.Release, facts: dict, err: CniError) -> None:
@@ -190,6 +207,7 @@ def reconcile() -> list[str]:
             done.append(f"{name}: restored the isolation of {len(intents)} attachment(s): {'; '.join(missing[:4])}"
                         + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""))
     done += _remove_orphans(reg)
+    done += _revoke(reg)
     from plugin.config import prune
 
     prune({a.network for a in reg.attachments.values()})  # the verdicts of networks with no attachment left
@@ -203,6 +221,28 @@ def reconcile() -> list[str]:
         reg.clear_damage()
         done.append(f"rebuilt the damaged registry from {len(reg.attachments)} readable attachment(s) still "
                     f"in place ({damaged})")
+    return done
+
+
+def _revoke(reg: Registry) -> list[str]:
+    """Remove what the kernel grants registered bridges beyond what their attachments need
+    (a group left, a published port turned off, an exception removed, when the DEL that
+    should have taken it crashed half-way, or a rule added by hand). Removing a grant only
+    closes: bridges nothing registered holds are left to _remove_orphans."""
+    from plugin.backends import make
+
+    done = []
+    for name in sorted({a.backend for a in reg.attachments.values()}):
+        backend = make(name)
+        if backend.unavailable_reason():
+            continue
+        try:
+            gone = backend.revoke([policy.intent_of(a) for a in reg.on_backend(name)])
+        except CniError as err:
+            done.append(f"{name}: could not remove grants no registered attachment needs: {err.msg}: {err.details}")
+            continue
+        if gone:
+            done.append(f"{name}: removed grants no registered attachment needs: {'; '.join(gone)}")
     return done
 
 

@@ -230,7 +230,11 @@ def peers(intents) -> dict[str, set[str]]:
 class Release:
     """What one departing attachment takes with it, on the backend that enforced it.
 
-    isolate / drop_intra / published: no remaining attachment of the bridge needs them.
+    isolate / drop_intra: no remaining attachment of the bridge needs them.
+    published: no remaining attachment of the bridge grants published ports (whether or
+          not the departing one did: a grant nobody needs goes).
+    peers: the bridges it still shares an isolationGroup with; its pairs with any other go
+          (a network that left the group keeps none once its older attachments are gone).
     port: this attachment's port leaves the per-port intra-bridge drop (nftables).
     last_intra: no remaining attachment on the backend needs intra-bridge drops at all.
     last: no remaining attachment on the backend enforces anything: every trace goes.
@@ -258,18 +262,22 @@ class Release:
     spoof: Spoof | None = None
     last_spoof: bool = False
     unflag: tuple[str, ...] = ()
+    peers: frozenset | None = frozenset()  # the group peers the bridge keeps (None: left as they are)
 
     @property
     def frees_bridge(self) -> bool:
-        """Whether this takes away anything of the bridge beyond the departing port."""
-        return self.isolate or self.drop_intra or self.published or self.bridge_done or self.last or self.guard != NO_GUARD
+        """Whether this may take away anything of the bridge beyond the departing port (its
+        group peers are recomputed from the remaining attachments on every release)."""
+        return (self.isolate or self.drop_intra or self.published or self.bridge_done or self.last
+                or self.guard != NO_GUARD or self.peers is not None or bool(self.unflag) or self.last_spoof)
 
 
 def port_only(r: Release) -> Release:
-    """`r` cut down to what provably belonged to the departing attachment alone (its port):
-    the bridge's rules, its Guard and every table stay, because attachments the registry
-    does not know of (a damaged registry) may still need them."""
-    return Release(r.bridge, False, False, r.port, False, False, guard=None)
+    """`r` cut down to what provably belonged to the departing attachment alone (its port and
+    its anti-spoofing elements): the bridge's rules, Guard, group peers, isolation flags and
+    every table stay, because attachments the registry does not know of (a damaged
+    registry) may still need them."""
+    return Release(r.bridge, False, False, r.port, False, False, guard=None, spoof=r.spoof, peers=None)
 
 
 def release(departing, remaining: list) -> Release:
@@ -292,7 +300,7 @@ def release_intent(gone: BridgeIntent, left: list[BridgeIntent]) -> Release:
         port=gone.port if gone.drop_intra and gone.port not in {i.port for i in left if i.drop_intra} else None,
         last_intra=not any(i.drop_intra for i in left),
         last=not any(i.enforces_anything for i in left),
-        published=gone.published and not any(i.published for i in same_bridge),
+        published=not any(i.published for i in same_bridge),
         guard=merge(i.guard for i in same_bridge),
         last_guard=not any(i.guard.active for i in left),
         bridge_done=not any(i.enforces_anything for i in same_bridge),
@@ -300,4 +308,5 @@ def release_intent(gone: BridgeIntent, left: list[BridgeIntent]) -> Release:
         last_spoof=not any(i.spoof for i in left),
         unflag=tuple(sorted({i.port for i in same_bridge if i.port})) if gone.drop_intra
         and not any(i.drop_intra for i in same_bridge) else (),
+        peers=frozenset(peers(left).get(gone.bridge, ())),
     )

@@ -91,6 +91,11 @@ def as_dict(obj) -> dict:
     return {n: getattr(obj, n) for n in obj.__record_fields__}
 
 
+def replace(obj, **changes):
+    """A copy of the record `obj` with `changes` applied (its other fields as they are)."""
+    return from_dict(type(obj), {**as_dict(obj), **changes})
+
+
 def from_dict(cls, values: dict):
     """An instance from a dict of field values, without __init__'s argument handling: for
     trusted data read in bulk (the registry). Unknown fields raise TypeError; missing ones

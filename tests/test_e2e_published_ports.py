@@ -58,3 +58,35 @@ def test_allow_published_ports_must_be_a_boolean(lab):
     rc, out, _ = lab.exec_plugin("isolation", "ADD", conf, lab._env(c))
     assert rc != 0 and out["code"] == 7 and "allowPublishedPorts" in out["msg"]
     assert lab.ruleset() == before
+
+
+@pytest.mark.parametrize("bridge_nf", [0, 1])
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_the_publishing_network_alone_decides(make_lab, backend, bridge_nf):
+    """Mixed settings: network A (allowPublishedPorts true) publishes 18080, network P (false)
+    publishes 18081; client networks C (false) and D (true). The publisher decides, for the
+    connection and its replies: C and D both reach 18080 and neither reaches 18081, while the
+    outside reaches both (the ports are published) and nobody reaches the containers' own
+    addresses."""
+    lab = make_lab(bridge_nf=bridge_nf)
+    net_a = lab.network(["bridge", PORTMAP, "isolation"], isolation={"backend": backend, "allowPublishedPorts": True})
+    net_p = lab.network(["bridge", PORTMAP, "isolation"], isolation={"backend": backend, "allowPublishedPorts": False})
+    net_c = lab.network(["bridge", "isolation"], isolation={"backend": backend, "allowPublishedPorts": False})
+    net_d = lab.network(["bridge", "isolation"], isolation={"backend": backend, "allowPublishedPorts": True})
+    a = lab.add(net_a, port_mappings=PUBLISHED)
+    p = lab.add(net_p, port_mappings=[{"hostPort": 18081, "containerPort": 8080, "protocol": "tcp"}])
+    c, d = lab.add(net_c), lab.add(net_d)
+
+    want = {(lab.outside, HOST[0], 18080): True, (lab.outside, HOST[0], 18081): True,
+            (lab.outside, HOST[1], 18081): True}
+    for client in (c, d):
+        want |= {(client.name, HOST[0], 18080): True, (client.name, HOST[1], 18080): True,
+                 (client.name, HOST[0], 18081): False, (client.name, HOST[1], 18081): False,
+                 (client.name, a.ipv4, 8080): False, (client.name, p.ipv6, 8080): False}
+    with ThreadPoolExecutor(max_workers=len(want)) as pool:
+        got = dict(zip(want, pool.map(lambda k: lab.tcp(*k), want)))
+    wrong = [f"{src} -> [{addr}]:{port}: expected {'reach' if want[(src, addr, port)] else 'blocked'}"
+             for (src, addr, port), ok in got.items() if ok != want[(src, addr, port)]]
+    assert not wrong, "\n".join(wrong)
+    for x in (a, p, c, d):
+        assert all(rc == 0 for _, rc, _ in lab.check(x))

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from plugin.backends.iptables import SPOOF_TABLE, FilterTable, plan, problems, release_plan, split_rule
+from plugin.backends.iptables import SPOOF_TABLE, FilterTable, plan, problems, release_plan, split_rule, strip_comment
 from plugin.backends.nftables import TableState, bridge_plan, bridge_release, bridge_spec, spoof_elements
 from plugin.policy import Guard, Hole, Release, Spoof, intent_for
 
@@ -45,17 +45,20 @@ def test_fully_enforced_table_has_no_problems():
     table = FilterTable.parse(read("two-bridges.before"))
     assert problems(table, [intent_for("br0", "same-bridge")]) == []
     assert problems(table, [intent_for("br2", "same-bridge")]) == [
-        "CNI-ISOLATION-STAGE-1 lacks '-i br2 ! -o br2 -j CNI-ISOLATION-STAGE-2'",
-        "CNI-ISOLATION-STAGE-2 lacks '-o br2 -m conntrack --ctstate DNAT -j RETURN', '-o br2 -j DROP'",
+        "CNI-ISOLATION-STAGE-1 lacks '-i br2 ! -o br2 -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN', "
+        "'-i br2 ! -o br2 -j CNI-ISOLATION-STAGE-2'",
+        "CNI-ISOLATION-STAGE-2 lacks '-o br2 -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN', '-o br2 -j DROP'",
     ]
 
 
 def test_a_published_port_exception_below_its_drop_is_a_problem():
     text = read("two-bridges.before")
-    dnat = "-A CNI-ISOLATION-STAGE-2 -o br0 -m conntrack --ctstate DNAT -m comment --comment isolation-plugin -j RETURN\n"
+    dnat = ("-A CNI-ISOLATION-STAGE-2 -o br0 -m conntrack --ctstate DNAT --ctdir ORIGINAL -m comment --comment "
+            "isolation-plugin -j RETURN\n")
     swapped = FilterTable.parse(text.replace(dnat, "").replace("-A CNI-ISOLATION-STAGE-2 -m comment", dnat + "-A CNI-ISOLATION-STAGE-2 -m comment"))
     assert problems(swapped, [intent_for("br0", "same-bridge")]) == [
-        "CNI-ISOLATION-STAGE-2 holds '-o br0 -m conntrack --ctstate DNAT -j RETURN', '-o br0 -j DROP' out of order"
+        "CNI-ISOLATION-STAGE-2 holds '-o br0 -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN', '-o br0 -j DROP' "
+        "out of order"
     ]
     assert problems(swapped, [intent_for("br0", "same-bridge", published=False)]) == []
 
@@ -190,12 +193,14 @@ def test_registered_bridges_missing_from_the_table_are_restored():
     c = "-m comment --comment isolation-plugin"
     assert got == [
         f"-I CNI-ISOLATION-STAGE-1 1 -i br2 ! -o br2 {c} -j CNI-ISOLATION-STAGE-2",
+        f"-I CNI-ISOLATION-STAGE-1 1 -i br2 ! -o br2 -m conntrack --ctstate DNAT --ctdir REPLY {c} -j RETURN",
         f"-I CNI-ISOLATION-STAGE-1 1 -i br3 ! -o br3 {c} -j CNI-ISOLATION-STAGE-2",
+        f"-I CNI-ISOLATION-STAGE-1 1 -i br3 ! -o br3 -m conntrack --ctstate DNAT --ctdir REPLY {c} -j RETURN",
         f"-I CNI-ISOLATION-STAGE-1 1 -i br3 -o br3 {c} -j DROP",
         f"-I CNI-ISOLATION-STAGE-2 1 -o br2 {c} -j DROP",
-        f"-I CNI-ISOLATION-STAGE-2 1 -o br2 -m conntrack --ctstate DNAT {c} -j RETURN",
+        f"-I CNI-ISOLATION-STAGE-2 1 -o br2 -m conntrack --ctstate DNAT --ctdir ORIGINAL {c} -j RETURN",
         f"-I CNI-ISOLATION-STAGE-2 1 -o br3 {c} -j DROP",
-        f"-I CNI-ISOLATION-STAGE-2 1 -o br3 -m conntrack --ctstate DNAT {c} -j RETURN",
+        f"-I CNI-ISOLATION-STAGE-2 1 -o br3 -m conntrack --ctstate DNAT --ctdir ORIGINAL {c} -j RETURN",
     ]
 
 
@@ -205,16 +210,16 @@ def test_group_peers_return_above_the_drop_and_leave_with_their_bridge():
     got = plan(table, [intent_for("br0", "same-bridge", group="a"), intent_for("br1", "same-bridge", group="a")])
     # each bridge's STAGE-2 group gains a RETURN for its peer: re-inserted whole, in order
     assert got == [
-        f"-D CNI-ISOLATION-STAGE-2 -o br0 -m conntrack --ctstate DNAT {c} -j RETURN",
+        f"-D CNI-ISOLATION-STAGE-2 -o br0 -m conntrack --ctstate DNAT --ctdir ORIGINAL {c} -j RETURN",
         f"-D CNI-ISOLATION-STAGE-2 -o br0 {c} -j DROP",
         f"-I CNI-ISOLATION-STAGE-2 1 -o br0 {c} -j DROP",
         f"-I CNI-ISOLATION-STAGE-2 1 -i br1 -o br0 {c} -j RETURN",
-        f"-I CNI-ISOLATION-STAGE-2 1 -o br0 -m conntrack --ctstate DNAT {c} -j RETURN",
-        f"-D CNI-ISOLATION-STAGE-2 -o br1 -m conntrack --ctstate DNAT {c} -j RETURN",
+        f"-I CNI-ISOLATION-STAGE-2 1 -o br0 -m conntrack --ctstate DNAT --ctdir ORIGINAL {c} -j RETURN",
+        f"-D CNI-ISOLATION-STAGE-2 -o br1 -m conntrack --ctstate DNAT --ctdir ORIGINAL {c} -j RETURN",
         f"-D CNI-ISOLATION-STAGE-2 -o br1 {c} -j DROP",
         f"-I CNI-ISOLATION-STAGE-2 1 -o br1 {c} -j DROP",
         f"-I CNI-ISOLATION-STAGE-2 1 -i br0 -o br1 {c} -j RETURN",
-        f"-I CNI-ISOLATION-STAGE-2 1 -o br1 -m conntrack --ctstate DNAT {c} -j RETURN",
+        f"-I CNI-ISOLATION-STAGE-2 1 -o br1 -m conntrack --ctstate DNAT --ctdir ORIGINAL {c} -j RETURN",
     ]
     grouped = FilterTable.parse(read("two-bridges.before").replace(
         f"-A CNI-ISOLATION-STAGE-2 -o br1 {c} -j DROP", f"-A CNI-ISOLATION-STAGE-2 -i br0 -o br1 {c} -j RETURN\n"
@@ -249,6 +254,8 @@ def test_a_full_plan_never_undoes_guard_rules_of_a_bridge_no_intent_is_on():
     lines = plan(table, [intent_for("br1", "same-bridge", guard=Guard(("10.0.0.0/8",)))], "ipv4")
     assert any(line.startswith("-I CNI-ISOLATION-EGRESS 1 -i br1") for line in lines), lines
     assert not [line for line in lines if line.startswith("-D ") and "br0" in line], lines
+
+
 SPOOF = Spoof("veth0", "02:00:00:00:00:0a", ("10.77.1.2", "fd77:1::2"))
 
 
@@ -268,5 +275,62 @@ def test_anti_spoofing_table_matches_golden():
     state = TableState(True, True, spoof_elements([SPOOF, other]))
     gone = Release("br0", False, False, "veth0", False, False, spoof=SPOOF)
     assert bridge_release(state, gone, spec) == _jsonl("spoof-release-veth0.jsonl")
-    assert bridge_release(state, Release("br0", False, False, "veth0", False, False, last_spoof=True), spec) == [
-        {"delete": {"table": {"family": "bridge", "name": "isolation-iptables"}}}]
+    alone = TableState(True, True, spoof_elements([SPOOF]))
+    assert bridge_release(alone, Release("br0", False, False, "veth0", False, False, spoof=SPOOF, last_spoof=True),
+                          spec) == [{"delete": {"table": {"family": "bridge", "name": "isolation-iptables"}}}]
+    # the last registered one leaves while the table still protects veth1 (lost by a damaged
+    # registry): the table stays, only veth0's elements go
+    assert bridge_release(state, Release("br0", False, False, "veth0", False, False, spoof=SPOOF, last_spoof=True),
+                          spec) == _jsonl("spoof-release-veth0.jsonl")
+def test_an_upgrade_replaces_the_direction_blind_published_port_rule():
+    """Before issue 14 the published-port RETURN matched both directions by -o; the next ADD
+    (which knows every attachment) removes it as a grant nobody needs and puts the
+    per-direction pair in, one transaction per family."""
+    table = FilterTable.parse(read("two-bridges-old-dnat.before"))
+    got = plan(table, [intent_for("br0", "same-bridge"), intent_for("br1", "same-bridge")])
+    assert got == read("upgrade-old-dnat.plan").splitlines()
+
+
+def _with_peers(text: str, *pairs) -> str:
+    """two-bridges.before with group RETURNs (src, dst) inserted above dst's DROP."""
+    c = "-m comment --comment isolation-plugin"
+    for src, dst in pairs:
+        text = text.replace(f"-A CNI-ISOLATION-STAGE-2 -o {dst} {c} -j DROP",
+                            f"-A CNI-ISOLATION-STAGE-2 -i {src} -o {dst} {c} -j RETURN\n-A CNI-ISOLATION-STAGE-2 -o {dst} {c} -j DROP")
+    return text
+
+
+def test_a_group_left_loses_its_peer_returns_once_its_old_attachments_leave():
+    from plugin.backends.iptables import surplus
+
+    c = "-m comment --comment isolation-plugin"
+    table = FilterTable.parse(_with_peers(read("two-bridges.before"), ("br1", "br0"), ("br0", "br1")))
+    peer_lines = [f"-D CNI-ISOLATION-STAGE-2 -i br1 -o br0 {c} -j RETURN", f"-D CNI-ISOLATION-STAGE-2 -i br0 -o br1 {c} -j RETURN"]
+    # br0's last attachment of group "a" leaves; br0 stays (a newer attachment, no group)
+    left = release_plan(table, Release("br0", False, False, None, False, False))
+    assert sorted(left) == sorted(peer_lines)
+    # an old attachment of the group remains on br0: the pair stays
+    assert release_plan(table, Release("br0", False, False, None, False, False, peers=frozenset({"br1"}))) == []
+    # the same grants left behind (a crash between forgetting and removing) are named, then go on the next ADD
+    ungrouped = [intent_for("br0", "same-bridge"), intent_for("br1", "same-bridge")]
+    assert [(ch, " ".join(strip_comment(r))) for ch, r in surplus(table, ungrouped, {"br0"})] == [
+        ("CNI-ISOLATION-STAGE-2", "-i br0 -o br1 -j RETURN"), ("CNI-ISOLATION-STAGE-2", "-i br1 -o br0 -j RETURN")]
+    assert surplus(table, ungrouped, {"br9"}) == []
+    assert sorted(plan(table, ungrouped)) == sorted(peer_lines)
+    grouped = [intent_for("br0", "same-bridge", group="a"), intent_for("br1", "same-bridge", group="a")]
+    assert surplus(table, grouped, {"br0", "br1"}) == [] and plan(table, grouped) == []
+
+
+def test_a_published_port_turned_off_loses_its_returns():
+    from plugin.backends.iptables import surplus
+
+    c = "-m comment --comment isolation-plugin"
+    table = FilterTable.parse(read("two-bridges.before"))
+    intents = [intent_for("br0", "same-bridge", published=False), intent_for("br1", "same-bridge")]
+    expected = [f"-D CNI-ISOLATION-STAGE-1 -i br0 ! -o br0 -m conntrack --ctstate DNAT --ctdir REPLY {c} -j RETURN",
+                f"-D CNI-ISOLATION-STAGE-2 -o br0 -m conntrack --ctstate DNAT --ctdir ORIGINAL {c} -j RETURN"]
+    assert [" ".join(strip_comment(r)) for _, r in surplus(table, intents, {"br0", "br1"})] == [
+        "-i br0 ! -o br0 -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN",
+        "-o br0 -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN"]
+    assert plan(table, intents) == expected
+    assert release_plan(table, Release("br0", False, False, None, False, False, published=True)) == expected[::-1]

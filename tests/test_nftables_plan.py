@@ -53,7 +53,9 @@ def test_plan_matches_golden(name):
 # `nft -j list table inet isolation` as the kernel printed it (kernel 6.18, nftables 1.0.6) for brA (isolated, with
 # denyEgress 10.98.0.0/16 but UDP 53 to 10.98.0.53, and hostAccess deny) and brB (same-bridge,
 # allowPublishedPorts false), both in isolationGroup "g"; its text form matched the module
-# docstring. One drop counter has moved, as it does on a live host.
+# docstring. One drop counter has moved, as it does on a live host. The published-port rules
+# became one per conntrack direction (issue 14): rule 12 gained `ct direction original` and
+# rule 31 is the reply rule, both in the form `nft -j list` prints them (checked on nft 1.0.6).
 GUARD = Guard(("10.98.0.0/16",), (Hole("udp", ("53",), "10.98.0.53/32"),), True, (Hole("tcp", ("53",)), Hole("udp", ("53",))))
 LISTING = json.loads(r"""[
  {"table": {"family": "inet", "name": "isolation", "handle": 1}},
@@ -71,7 +73,8 @@ LISTING = json.loads(r"""[
  {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 9, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@intra"}}, {"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 10, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"return": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 11, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@egress"}}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 12, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@published"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 12, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "original"}}, {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@published"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 31, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}, {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@published"}}, {"return": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 13, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@peers"}}, {"return": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 14, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@isolated"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@isolated"}}, {"counter": {"packets": 12, "bytes": 1008}}, {"drop": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 17, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "hoplimit"}}, "right": 255}}, {"return": null}]}},
@@ -120,7 +123,10 @@ def test_an_altered_guard_chain_is_named_and_rewritten():
     assert problems({"inet": opened}, intents) == ["chain inet isolation host-brA is altered"]
     cmds = plan({"inet": opened}, intents)
     assert cmds[0] == {"flush": {"chain": {"family": "inet", "table": "isolation", "name": "host-brA"}}}
-    assert [c["add"]["rule"]["expr"] for c in cmds[1:]] == TableState.parse(LISTING, INET).chains["host-brA"]
+    assert [c["add"]["rule"]["expr"] for c in cmds[1:] if "add" in c] == TableState.parse(LISTING, INET).chains["host-brA"]
+    # brB is not registered here: brA's pairs with it are grants nobody needs, and go too
+    assert [c["delete"]["element"]["elem"] for c in cmds if "delete" in c] == [
+        [{"concat": ["brA", "brB"]}], [{"concat": ["brB", "brA"]}]]
 
 
 def test_problems_name_what_is_missing():
@@ -164,7 +170,12 @@ SPOOF1 = Spoof("veth1", "02:00:00:00:00:0b", ("10.77.1.3",))
 BRIDGE_TABLE = _spoofed(SPOOF0, SPOOF1)
 RELEASES = {
     "release-one-of-two": ({"inet": intact("br0", "br1")}, Release("br1", True, False, None, True, False)),
-    "release-last": ({"inet": intact("br1"), "bridge": BRIDGE_TABLE}, Release("br1", True, True, "veth1", True, True)),
+    "release-last": ({"inet": intact("br1"), "bridge": _spoofed(SPOOF1)},
+                     Release("br1", True, True, "veth1", True, True, spoof=SPOOF1)),
+    # the last registered attachment leaves, but the anti-spoofing table still protects veth0
+    # (an attachment a damaged registry lost): only veth1's elements go
+    "release-last-other-port-held": ({"inet": intact("br1"), "bridge": BRIDGE_TABLE},
+                                     Release("br1", True, True, "veth1", True, True, spoof=SPOOF1)),
     # veth1 leaves: its anti-spoofing elements go, veth0's stay
     "release-port-only": ({"inet": intact("br0"), "bridge": BRIDGE_TABLE},
                           Release("br0", False, False, "veth1", False, False, spoof=SPOOF1)),
@@ -317,3 +328,69 @@ def test_listing_of_the_anti_spoofing_table_is_intact_and_its_elements_read_back
     assert rebuilt[0] == {"text": "delete table bridge isolation\nadd table bridge isolation\n"
                                   "add set bridge isolation nd6 { typeof iifname . @th,64,128 ; }\n"
                                   "add set bridge isolation ndopt { typeof iifname . @th,192,64 ; }"}
+def _grouped(*bridges: str) -> TableState:
+    state = intact(*bridges)
+    state.elements["peers"] = {(a, b) for a in bridges for b in bridges if a != b}
+    return state
+
+
+def test_a_group_left_loses_its_pairs_once_its_old_attachments_leave():
+    """brA, brB and brC share a group; brA's last attachment of that configuration leaves
+    while a newer one (no group) stays: brA's pairs go, brB . brC stays. With brA still in
+    a group with brC (another old attachment, say), only the pairs with brB go."""
+    state = _grouped("brA", "brB", "brC")
+    pair = golden("release-group-left")
+    with_c = [{"delete": {"element": {"family": "inet", "table": "isolation", "name": "peers",
+                                      "elem": [{"concat": list(p)}]}}} for p in (("brA", "brC"), ("brC", "brA"))]
+    assert release_plan({"inet": state}, Release("brA", False, False, None, False, False)) == [
+        pair[0], with_c[0], pair[1], with_c[1]]
+    kept_c = Release("brA", False, False, None, False, False, peers=frozenset({"brC"}))
+    assert release_plan({"inet": state}, kept_c) == golden("release-group-left")
+
+
+def test_grants_nobody_needs_are_named_and_go():
+    from plugin.backends.nftables import surplus
+
+    state = _grouped("brA", "brB")  # both published, paired
+    intents = [intent_for("brA", "same-bridge", published=False), intent_for("brB", "same-bridge")]
+    found = surplus(state, intents, {"brA"})
+    assert [text for text, _ in found] == [
+        "brA . brB is in set inet isolation peers (brA reaches brB) though no registered attachment puts both "
+        "in one isolationGroup",
+        "brB . brA is in set inet isolation peers (brB reaches brA) though no registered attachment puts both "
+        "in one isolationGroup",
+        "brA is in set inet isolation published though no registered attachment of it has allowPublishedPorts",
+    ]
+    assert [c for _, cmds in found for c in cmds] == [
+        {"delete": {"element": {"family": "inet", "table": "isolation", "name": "peers", "elem": [{"concat": ["brA", "brB"]}]}}},
+        {"delete": {"element": {"family": "inet", "table": "isolation", "name": "peers", "elem": [{"concat": ["brB", "brA"]}]}}},
+        {"delete": {"element": {"family": "inet", "table": "isolation", "name": "published", "elem": ["brA"]}}},
+    ]
+    assert surplus(state, intents, {"brX"}) == []
+    grouped = [intent_for("brA", "same-bridge", group="g"), intent_for("brB", "same-bridge", group="g")]
+    assert surplus(state, grouped, {"brA", "brB"}) == []
+    # a full ADD (every attachment known) removes them; grants of unregistered bridges stay
+    state.elements["peers"] |= {("brX", "brY"), ("brY", "brX")}
+    deleted = [c["delete"]["element"] for c in plan({"inet": state}, intents) if "delete" in c]
+    assert [(d["name"], d["elem"]) for d in deleted] == [
+        ("peers", [{"concat": ["brA", "brB"]}]), ("peers", [{"concat": ["brB", "brA"]}]), ("published", ["brA"])]
+    damaged = TableState(True, False, state.elements)
+    rebuilt = {c["add"]["element"]["name"]: c["add"]["element"]["elem"] for c in plan({"inet": damaged}, intents)
+               if "element" in c.get("add", {})}
+    assert rebuilt["peers"] == [{"concat": ["brX", "brY"]}, {"concat": ["brY", "brX"]}]
+    assert rebuilt["published"] == ["brB"]
+
+
+def test_an_exception_nobody_allows_is_named_by_its_rule():
+    from plugin.backends.nftables import surplus
+
+    extra = [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}}, {"return": None}]
+    at = next(n for n, o in enumerate(LISTING) if "rule" in o and o["rule"]["chain"] == "host-brA" and o["rule"]["handle"] == 29)
+    added = {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 32, "expr": extra}}
+    state = TableState.parse([*LISTING[:at + 1], added, *LISTING[at + 1:]], INET)
+    intents = [intent_for("brA", "isolated", "vethA", group="g", guard=GUARD),
+               intent_for("brB", "same-bridge", "vethB", published=False, group="g")]
+    found = surplus(state, intents, {"brA"})
+    assert [text for text, _ in found] == [
+        "chain inet isolation host-brA lets through what no registered attachment allows: tcp dport 22 return"]
+    assert found[0][1][0] == {"flush": {"chain": {"family": "inet", "table": "isolation", "name": "host-brA"}}}

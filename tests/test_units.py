@@ -130,6 +130,29 @@ def test_release_of_anti_spoofing_and_of_the_isolation_flag():
     mixed = release(gone, [att("c2", "veth2", "same-bridge", None)])
     assert mixed.unflag == ("veth2",) and mixed.last_spoof
     assert intent_of(att("c3", "veth3", ips=None)).spoof is None
+def test_release_takes_the_grants_no_remaining_attachment_needs():
+    """Issue 14: a network that left its isolationGroup, or turned allowPublishedPorts off,
+    keeps the old grant only while an attachment of the old configuration remains."""
+    from plugin.policy import release
+    from plugin.registry import Attachment
+
+    def att(bridge, container, group=None, published=True):
+        return Attachment("net", container, "eth0", bridge, None, "same-bridge", "nftables", (), published, group)
+
+    old_a = att("brA", "old", group="g")
+    b, d = att("brB", "b", group="g"), att("brD", "d", group="g")
+    # A's conflist dropped the group; its new container stays, its old one leaves
+    r = release(old_a, [att("brA", "new"), b, d])
+    assert (r.isolate, r.peers) == (False, frozenset())
+    # while another old-configuration container remains, the pairs stay
+    assert release(old_a, [att("brA", "old2", group="g"), b, d]).peers == {"brB", "brD"}
+    # A moved to group h, where brE is: only the pair with brE is still needed
+    assert release(old_a, [att("brA", "new", group="h"), b, att("brE", "e", group="h")]).peers == {"brE"}
+    # allowPublishedPorts turned off: the departing attachment was published, no remaining one is
+    assert release(att("brA", "old"), [att("brA", "new", published=False)]).published
+    assert not release(att("brA", "old"), [att("brA", "new")]).published
+    # the departing one did not publish but nobody remaining does either: nothing to keep
+    assert release(att("brA", "old", published=False), [att("brA", "new", published=False)]).published
 
 
 def test_registry_round_trip_and_damage(tmp_path):

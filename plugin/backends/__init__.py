@@ -9,6 +9,13 @@ Every backend offers the same small surface:
   verify(intent, same_bridge)
                             what is missing for `intent` to be enforced, given the other
                             attachments on its bridge (their Guards merge); empty: all good
+  audit(intent, same_bridge, related)
+                            CHECK's reading: (verify's findings, the grants the kernel holds
+                            for the bridge beyond what `related` need: group peers, published
+                            ports, guard exceptions); one read of the rules
+  surplus(bridges, intents) per bridge, the grants beyond what `intents` need (status)
+  revoke(intents)           remove every grant touching a bridge of `intents` (all registered
+                            attachments on the backend) that none needs (reconcile, agent)
 """
 
 from plugin.errors import BACKEND_UNAVAILABLE, IO_FAILURE, CniError

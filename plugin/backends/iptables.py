@@ -3,9 +3,11 @@
     FORWARD:                -j CNI-ISOLATION-STAGE-1            (always first)
     CNI-ISOLATION-STAGE-1:  -i BR -o BR -j DROP                      (drop_intra)
                             -i BR ! -o BR -j CNI-ISOLATION-EGRESS    (denyEgress in this family)
+                            -i BR ! -o BR -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN
+                                                                     (published: the replies)
                             -i BR ! -o BR -j CNI-ISOLATION-STAGE-2   (isolate)
                             -j RETURN
-    CNI-ISOLATION-STAGE-2:  -o BR -m conntrack --ctstate DNAT -j RETURN        (published)
+    CNI-ISOLATION-STAGE-2:  -o BR -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN (published)
                             -i PEER -o BR -j RETURN                  (each bridge of its isolationGroup)
                             -o BR -j DROP                            (isolate)
                             -j RETURN
@@ -31,7 +33,9 @@ isolation flag (plugin/backends/ports.py), and anti-spoofing lives in nftables' 
 br_netfilter, so this backend never touches bridge-nf-call-iptables.
 
 A bridge's rules in one chain form an ordered group (a published-port RETURN above
-its DROP); a group that is incomplete or out of order is re-inserted whole.
+its DROP); a group that is incomplete or out of order is re-inserted whole. A RETURN
+of ours (a grant) that no registered attachment needs any more goes with the next
+ADD, DEL, or `isolation reconcile`.
 
 The chains are shared with the firewall plugin's `ingressPolicy`: a rule that
 matches the same packets already (whatever its comment) is not added twice, and
@@ -45,7 +49,7 @@ import os
 import re
 
 from plugin.backends.ports import ensure_flags, flag_problems, release_flags
-from plugin.record import Factory, record
+from plugin.record import Factory, record, replace
 from plugin.errors import ENFORCEMENT_FAILED, TRY_AGAIN_LATER, CniError
 from plugin.links import valid_name
 from plugin.policy import ND_HOP_LIMIT, ND_TYPES, NO_GUARD, BridgeIntent, Guard, Hole, Release, guards, peers, split_cidr
@@ -152,6 +156,11 @@ def is_ours(args: list[str]) -> bool:
 
 
 DNAT = ["-m", "conntrack", "--ctstate", "DNAT"]
+# A published port: the publishing bridge's setting alone decides, for the connection DNAT'd
+# into it (STAGE-2, by -o) and for its replies (STAGE-1, by -i: STAGE-2 holds each bridge's
+# DROP in its own group, and a reply must not meet the client bridge's DROP first).
+PUBLISHED_IN = [*DNAT, "--ctdir", "ORIGINAL", "-j", "RETURN"]
+PUBLISHED_OUT = [*DNAT, "--ctdir", "REPLY", "-j", "RETURN"]
 
 
 VERSION = {"ipv4": 4, "ipv6": 6}
@@ -222,9 +231,11 @@ def bridge_rules(intent: BridgeIntent, group_peers=(), family: str = "ipv4", gua
     if guard.deny_in(VERSION[family]):
         stage1.append(["-i", br, "!", "-o", br, "-j", EGRESS])
     if intent.isolate:
+        if intent.published:
+            stage1.append(["-i", br, "!", "-o", br, *PUBLISHED_OUT])
         stage1.append(["-i", br, "!", "-o", br, "-j", STAGE2])
         if intent.published:
-            stage2.append(["-o", br, *DNAT, "-j", "RETURN"])
+            stage2.append(["-o", br, *PUBLISHED_IN])
         stage2 += [["-i", peer, "-o", br, "-j", "RETURN"] for peer in sorted(group_peers)]
         stage2.append(["-o", br, "-j", "DROP"])
     return {STAGE1: stage1, STAGE2: stage2, **guard_rules(br, guard, family)}
@@ -356,6 +367,8 @@ def plan(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
             keep = {tuple(spec) for g in groups for spec in g} | {("-j", "RETURN")}
             lines += [f"-D {chain} " + " ".join(r) for r in rules if is_ours(r) and tuple(strip_comment(r)) not in keep
                       and r[:1] == ["-i"] and r[1] in known and all(_SAFE.fullmatch(a) for a in r)]
+        elif chain in (STAGE1, STAGE2):  # grants no registered attachment needs any more
+            lines += [f"-D {chain} " + " ".join(r) for r in surplus_rules(table, chain, groups, known)]
         index = positions(rules)
         for group in groups:
             _sync_group(rules, chain, group, theirs, ours, lines, index)
@@ -390,6 +403,40 @@ def problems(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
     return found
 
 
+def _interfaces(spec: list[str]) -> set[str]:
+    return {spec[i + 1] for i, a in enumerate(spec[:-1]) if a in ("-i", "-o")}
+
+
+def surplus_rules(table: FilterTable, chain: str, groups, bridges) -> list[list[str]]:
+    """Our RETURNs in `chain` (rules that let something through: a published port, a group
+    peer, a guard's exception) concerning one of `bridges` that no group of `groups` (what
+    the registered attachments need in this chain) holds. Drops and jumps are not grants."""
+    keep = {tuple(spec) for g in groups for spec in g}
+    return [r for r in table.chains.get(chain, []) if is_ours(r) and r[-2:] == ["-j", "RETURN"]
+            and all(_SAFE.fullmatch(a) for a in r) and tuple(strip_comment(r)) not in keep
+            and _interfaces(strip_comment(r)) & set(bridges)]
+
+
+def _grant_kind(chain: str, spec: list[str]) -> str:
+    if _is_peer_return(spec):
+        return "an isolationGroup peer"
+    if "DNAT" in spec:
+        return "a published port"
+    return "a guard's exception" if chain in GUARD_CHAINS else "a return"
+
+
+def _surplus_text(family: str, chain: str, spec: list[str]) -> str:
+    return (f"{family}: {chain} rule '{' '.join(spec)}' ({_grant_kind(chain, spec)}) lets through what no registered "
+            "attachment needs")
+
+
+def surplus(table: FilterTable, intents, bridges, family: str = "ipv4") -> list[tuple[str, list[str]]]:
+    """(chain, rule) of every grant for `bridges` that `intents` (the registered attachments on
+    them and in their isolationGroups) do not need."""
+    chains = wanted(intents, family)
+    return [(c, r) for c in (STAGE1, STAGE2, *GUARD_CHAINS) for r in surplus_rules(table, c, chains.get(c, []), bridges)]
+
+
 def _jumps_to(table: FilterTable, chain: str) -> bool:
     return any(r[i + 1] == chain for rules in table.chains.values() for r in rules for i, a in enumerate(r[:-1])
                if a in ("-j", "-g"))
@@ -412,8 +459,7 @@ def release_plan(table: FilterTable, r: Release, family: str = "ipv4", everythin
     others = set() if everything else mentioned(table) - {br}
     if others:  # rules the registry does not account for (lost or damaged): they stay
         guarded = {b for b in others if b in mentioned(table, GUARD_CHAINS)}
-        r = Release(br, r.isolate, r.drop_intra, r.port, r.last_intra, False, r.published, r.guard,
-                    r.last_guard and not guarded, r.bridge_done)
+        r = replace(r, last=False, last_guard=r.last_guard and not guarded)
     if r.last:
         remove = [(c, rule) for c, rules in table.chains.items() for rule in rules if is_ours(rule)]
     else:
@@ -423,14 +469,15 @@ def release_plan(table: FilterTable, r: Release, family: str = "ipv4", everythin
         if r.drop_intra:
             specs.append((STAGE1, ["-i", br, "-o", br, "-j", "DROP"]))
         if r.published or r.isolate:
-            specs.append((STAGE2, ["-o", br, *DNAT, "-j", "RETURN"]))
+            specs += [(STAGE2, ["-o", br, *PUBLISHED_IN]), (STAGE1, ["-i", br, "!", "-o", br, *PUBLISHED_OUT])]
         if r.guard is not None and not r.guard.deny_in(VERSION[family]):
             specs.append((STAGE1, ["-i", br, "!", "-o", br, "-j", EGRESS]))
         remove = [(c, rule) for c, spec in specs for rule in table.chains.get(c, [])
                   if is_ours(rule) and strip_comment(rule) == spec]
-        if r.isolate:  # isolationGroup exceptions to or from the bridge
-            remove += [(STAGE2, rule) for rule in table.chains.get(STAGE2, []) if is_ours(rule)
-                       and _is_peer_return(strip_comment(rule)) and br in (rule[1], rule[3])]
+        # isolationGroup exceptions to or from the bridge, but for the groups it is still in
+        remove += [(STAGE2, rule) for rule in table.chains.get(STAGE2, []) if is_ours(rule)
+                   and _is_peer_return(strip_comment(rule)) and br in (rule[1], rule[3])
+                   and r.peers is not None and (rule[3] if rule[1] == br else rule[1]) not in r.peers]
         if r.last_guard:
             remove += [(c, rule) for c in GUARD_CHAINS for rule in table.chains.get(c, []) if is_ours(rule)]
             remove += [("INPUT", rule) for rule in table.chains.get("INPUT", [])
@@ -665,21 +712,59 @@ class IptablesBackend:
                          if f == fam and not after.chains.get(chain) and after.policies.get(chain) == "ACCEPT"]
         return cmds
 
-    def verify(self, intent: BridgeIntent, same_bridge=()) -> list[str]:
-        found = []
-        intents = [intent, *same_bridge]
+    def surplus(self, bridges, intents) -> dict[str, list[str]]:
+        """Per bridge of `bridges`, the grants (our RETURNs) the kernel holds for it that
+        `intents` (the registered attachments on them and in their isolationGroups) do not need."""
+        intents = list(intents)
+        found: dict[str, list[str]] = {}
         for fam, table in self.read().items():
-            found += [f"{fam}: {p}" for p in problems(table, intents, fam)]
+            for chain, r in surplus(table, intents, set(bridges), fam):
+                spec = strip_comment(r)
+                for bridge in sorted(_interfaces(spec) & set(bridges)):
+                    found.setdefault(bridge, []).append(_surplus_text(fam, chain, spec))
+        return found
+
+    def revoke(self, intents) -> list[str]:
+        """Remove every grant touching a bridge of `intents` (all registered attachments on this
+        backend) that none of them needs, one transaction per family; returns what went."""
+        intents = list(intents)
+        bridges = {i.bridge for i in intents}
+        gone: list[str] = []
+
+        def planner(fam: str, table: FilterTable) -> list[str]:
+            found = surplus(table, intents, bridges, fam)
+            gone.extend(f"{fam}: {chain} rule '{' '.join(strip_comment(r))}' ({_grant_kind(chain, strip_comment(r))})"
+                        for chain, r in found)
+            return [f"-D {chain} " + " ".join(r) for chain, r in found]
+
+        failed = self._transact(planner)
+        if failed:
+            raise CniError(ENFORCEMENT_FAILED, "could not remove grants no attachment needs", failed[0][1].strip())
+        return list(dict.fromkeys(gone))
+
+    def verify(self, intent: BridgeIntent, same_bridge=()) -> list[str]:
+        return self.audit(intent, same_bridge)[0]
+
+    def audit(self, intent: BridgeIntent, same_bridge=(), related=()) -> tuple[list[str], list[str]]:
+        """CHECK's question in one reading: (what is missing for `intent` given the other
+        attachments on its bridge, the grants the kernel holds for the bridge that `related`,
+        the registered attachments on it and in its isolationGroups, do not need)."""
+        missing, extra = [], []
+        intents, related = [intent, *same_bridge], list(related)
+        for fam, table in self.read().items():
+            missing += [f"{fam}: {p}" for p in problems(table, intents, fam)]
+            extra += [_surplus_text(fam, chain, strip_comment(r)) for chain, r in surplus(table, related, {intent.bridge}, fam)]
         spoofs = [i.spoof for i in intents if i.spoof is not None]
         if spoofs:
             backend, spec = _spoof_table()
             if backend.nft is None:
-                found.append(f"anti-spoofing cannot be read: {backend.load_error}")
+                missing.append(f"anti-spoofing cannot be read: {backend.load_error}")
             else:
                 from plugin.backends.nftables import spoof_elements, table_problems
 
-                found += [f"nftables: {p}" for p in table_problems(backend.read_table(spec), spoof_elements(spoofs), spec)]
-        return found + flag_problems(intents)
+                missing += [f"nftables: {p}" for p in table_problems(backend.read_table(spec), spoof_elements(spoofs),
+                                                                     spec)]
+        return missing + flag_problems(intents), extra
 
 
 NFT_FAMILY = {"ipv4": "ip", "ipv6": "ip6"}

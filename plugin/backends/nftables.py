@@ -13,7 +13,8 @@
                                                           through the host, or bridged via br_netfilter)
         iifname . oifname @self return                    within one bridge: nothing else applies
         iifname vmap @egress                              the bridge's deny list
-        ct status dnat oifname @published return          a published port: isolation does not apply
+        ct direction original ct status dnat oifname @published return   a published port (the
+        ct direction reply ct status dnat iifname @published return      publisher decides, replies too)
         iifname . oifname @peers return                   the same isolationGroup
         iifname @isolated oifname @isolated counter drop
       chain input  hook input, priority -5, policy accept
@@ -56,7 +57,7 @@ runs one text command before the JSON transaction.)
 import os
 import sys
 
-from plugin.record import Factory, record
+from plugin.record import Factory, record, replace
 from plugin.errors import ENFORCEMENT_FAILED, CniError
 from plugin.backends.ports import ensure_flags, flag_problems, release_flags
 from plugin.links import valid_name
@@ -136,6 +137,14 @@ def _creatable(expr: list[dict]) -> list[dict]:
 
 
 SAME_BRIDGE = _in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "self")
+DNAT = {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}
+# A published port: the publishing bridge's setting alone decides, for the connection DNAT'd
+# into it (original direction, out of oifname) and for its replies (reply direction, in by
+# iifname); the client's own allowPublishedPorts never matters.
+PUBLISHED_PORTS = [
+    [_eq({"ct": {"key": "direction"}}, "original"), DNAT, _in_set(_meta("oifname"), "published"), RETURN],
+    [_eq({"ct": {"key": "direction"}}, "reply"), DNAT, _in_set(_meta("iifname"), "published"), RETURN],
+]
 
 
 def _vmap(name: str) -> list[dict]:
@@ -152,8 +161,7 @@ INET = TableSpec(
             [_in_set(_meta("iifname"), "intra"), SAME_BRIDGE, COUNTER, {"drop": None}],
             [SAME_BRIDGE, RETURN],
             _vmap("egress"),
-            [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
-             _in_set(_meta("oifname"), "published"), RETURN],
+            *PUBLISHED_PORTS,
             [_in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "peers"), RETURN],
             [_in_set(_meta("iifname"), "isolated"), _in_set(_meta("oifname"), "isolated"), COUNTER, {"drop": None}],
         ]),
@@ -483,10 +491,13 @@ def bridge_plan(state: "TableState", want: dict[str, set], spec: TableSpec) -> l
 
 def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dict]:
     """The commands removing what `r` frees from the anti-spoofing table: the table once no
-    attachment needs it, else the departing port's elements (those present)."""
+    attachment needs it and it holds no other port (a damaged registry may have lost the
+    attachments of ports it still protects), else the departing port's elements."""
     if not state.exists:
         return []
-    if r.last or r.last_spoof:
+    own = {r.port, r.spoof.port if r.spoof else None}
+    held = {e[0] if isinstance(e, tuple) else e for elems in state.elements.values() for e in elems}
+    if (r.last or r.last_spoof) and held <= own:
         return [{"delete": {"table": {"family": "bridge", "name": spec.name}}}]
     if r.spoof is None:
         return []
@@ -520,7 +531,8 @@ def plan(states: dict[str, TableState], intents) -> list[dict]:
     cmds = []
     intents = list(intents)
     chains = guard_chains(intents)
-    known = {i.bridge for i in intents}  # a bridge none of them is on is not theirs to undo
+    # a bridge none of them is on is not theirs to undo; grants touching theirs that they do not need go
+    known = {i.bridge for i in intents}
     for family, want in wanted(intents).items():
         spec, state = SPECS[family], states.get(family, TableState())
         if family == "bridge":
@@ -532,11 +544,14 @@ def plan(states: dict[str, TableState], intents) -> list[dict]:
             missing = {n: want[n] - state.elements.get(n, set()) for n in want}
             stale = [_delete_element(family, n, e) for n in GUARD_MAPS if n in want
                      for e in sorted(state.elements.get(n, set()) - want[n]) if e[0] in known]
+            stale += [_delete_element(family, n, e) for n in GRANT_SETS if n in want
+                      for e in sorted(state.elements.get(n, set()) - want[n]) if _touches(e, known)]
             cmds += first + _add_elements(family, missing) + stale + last
             continue
-        cmds += spec.create(replace=state.exists)  # damaged: rebuilt, keeping what it still held
+        cmds += spec.create(replace=state.exists)  # damaged: rebuilt, keeping what it still held (no stale grant)
         cmds += _converge_chains(TableState(), chains, chains)[0]
-        keep = {n: state.elements.get(n, set()) | want.get(n, set()) for n in spec.sets}
+        keep = {n: {e for e in state.elements.get(n, set()) if n not in GRANT_SETS or not _touches(e, known)}
+                | want.get(n, set()) for n in spec.sets}
         keep |= {n: want.get(n, set()) for n in spec.maps}
         cmds += _add_elements(family, keep)
     return cmds
@@ -571,8 +586,7 @@ def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
     inet, bridge = states.get("inet", TableState()), states.get("bridge", TableState())
     others = mentioned(inet) - {r.bridge}
     if others:  # rules the registry does not account for (lost or damaged): they stay
-        r = Release(r.bridge, r.isolate, r.drop_intra, r.port, r.last_intra and not inet.elements.get("intra", set())
-                    - {r.bridge}, False, r.published, r.guard, r.last_guard, r.bridge_done)
+        r = replace(r, last=False, last_intra=r.last_intra and not inet.elements.get("intra", set()) - {r.bridge})
     if inet.exists and r.last:
         cmds.append(delete("inet", "table", {"name": TABLE}))
     elif inet.exists:
@@ -580,7 +594,8 @@ def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
         gone += [("self", (r.bridge, r.bridge))] if (r.isolate and not r.guard.active) or r.bridge_done else []
         gone += [("published", r.bridge)] if r.published or r.isolate else []
         gone += [("intra", r.bridge)] if r.drop_intra or r.isolate else []
-        gone += [("peers", pair) for pair in sorted(inet.elements.get("peers", set())) if r.isolate and r.bridge in pair]
+        gone += [("peers", pair) for pair in sorted(inet.elements.get("peers", set()))
+                 if r.peers is not None and r.bridge in pair and _other(pair, r.bridge) not in r.peers]
         first, last = [], []
         if r.guard is not None:  # None: the bridge's guard is left as it is
             want = bridge_chains(r.bridge, r.guard)
@@ -607,6 +622,91 @@ def mentioned(state: TableState) -> set[str]:
                 found.add(e)
     found.update(c.split("-", 1)[1] for c in state.chains)
     return found
+
+
+def _other(pair: tuple, bridge: str) -> str:
+    return pair[1] if pair[0] == bridge else pair[0]
+
+
+GRANT_SETS = ("peers", "published")  # elements that open a path; the other sets close one
+
+
+def _touches(elem, bridges) -> bool:
+    return any(b in bridges for b in (elem if isinstance(elem, tuple) else (elem,)))
+
+
+def surplus(state: TableState, intents, bridges) -> list[tuple[str, list[dict]]]:
+    """What the inet table grants for `bridges` beyond what `intents` (every registered
+    attachment that could grant anything to them) need: (description, commands removing it).
+
+    Grants are the peers and published elements, and the returns of a guard chain (its
+    exceptions); extra drops (an `isolated` element, a guard nobody needs any more) are not
+    grants: they close more than configured, never less."""
+    if not state.exists or not state.intact:
+        return []
+    intents = list(intents)
+    want = wanted(intents).get("inet", {})
+    found = []
+    for pair in sorted(state.elements.get("peers", set()) - want.get("peers", set())):
+        if _touches(pair, bridges):
+            found.append((f"{pair[0]} . {pair[1]} is in set inet {TABLE} peers ({pair[0]} reaches {pair[1]}) "
+                          "though no registered attachment puts both in one isolationGroup",
+                          [_delete_element("inet", "peers", pair)]))
+    for bridge in sorted(state.elements.get("published", set()) - want.get("published", set())):
+        if bridge in bridges:
+            found.append((f"{bridge} is in set inet {TABLE} published though no registered attachment of it "
+                          "has allowPublishedPorts", [_delete_element("inet", "published", bridge)]))
+    for name, rules in sorted(guard_chains(intents).items()):
+        have = state.chains.get(name)
+        if name.split("-", 1)[1] not in bridges or have is None or have == rules:
+            continue
+        extra = [r for r in have if r not in rules and r and r[-1] == RETURN]
+        if extra:
+            shown = "; ".join(describe(r) for r in extra)
+            found.append((f"chain inet {TABLE} {name} lets through what no registered attachment allows: {shown}",
+                          _converge_chains(state, {name: rules}, [name])[0]))
+    return found
+
+
+def _bridges_of(cmds: list[dict], text: str, bridges) -> list[str]:
+    """The bridges of `bridges` a surplus grant (its removal `cmds`, its `text`) concerns."""
+    elems = [e for c in cmds for e in c.get("delete", {}).get("element", {}).get("elem", [])]
+    names = {n for e in elems for n in (e["concat"] if isinstance(e, dict) else [e])}
+    names |= {c[k]["chain"]["name"].split("-", 1)[1] for c in cmds for k in ("add", "flush") if "chain" in c.get(k, {})}
+    return [b for b in bridges if b in names]
+
+
+def describe(expr: list[dict]) -> str:
+    """A rule as text, near enough to `nft list` to name it in a message."""
+    def value(v) -> str:
+        if isinstance(v, dict):
+            if "set" in v:
+                return "{ " + ", ".join(value(x) for x in v["set"]) + " }"
+            if "prefix" in v:
+                return f"{v['prefix']['addr']}/{v['prefix']['len']}"
+            if "range" in v:
+                return "-".join(value(x) for x in v["range"])
+            if "meta" in v:
+                return v["meta"]["key"]
+            if "payload" in v:
+                return f"{v['payload']['protocol']} {v['payload']['field']}"
+            if "ct" in v:
+                return " ".join(x for x in ("ct", v["ct"].get("dir", ""), v["ct"]["key"]) if x)
+            if "concat" in v:
+                return " . ".join(value(x) for x in v["concat"])
+        if isinstance(v, list):
+            return ", ".join(value(x) for x in v)
+        return str(v)
+
+    parts = []
+    for x in expr:
+        if "match" in x:
+            m = x["match"]
+            op = "" if m["op"] in ("==", "in") else f" {m['op']}"
+            parts.append(f"{value(m['left'])}{op} {value(m['right'])}")
+        else:
+            parts += [f"{k} {v['target']}" if k in ("jump", "goto") else k for k, v in x.items()]
+    return " ".join(parts)
 
 
 def problems(states: dict[str, TableState], intents) -> list[str]:
@@ -881,6 +981,34 @@ class NftablesBackend:
         want = wanted(intents)
         found = [f"nftables: {p}" for p in problems(self.read(want), intents)] if want else []
         return found + flag_problems(intents)
+
+    def audit(self, intent: BridgeIntent, same_bridge=(), related=()) -> tuple[list[str], list[str]]:
+        """CHECK's question in one reading: (what verify() finds missing, the grants the kernel
+        holds for the bridge that `related`, the registered attachments on it and in its
+        isolationGroups, do not need)."""
+        intents = [intent, *same_bridge]
+        want = wanted(intents)
+        states = self.read(sorted(set(want) | {"inet"}))
+        missing = [f"nftables: {p}" for p in problems(states, intents)] if want else []
+        missing += flag_problems(intents)
+        return missing, [f"nftables: {t}" for t, _ in surplus(states["inet"], related, {intent.bridge})]
+
+    def surplus(self, bridges, intents) -> dict[str, list[str]]:
+        """Per bridge of `bridges`, the grants the kernel holds for it that `intents` (the
+        registered attachments on them and in their isolationGroups) do not need."""
+        found: dict[str, list[str]] = {}
+        for text, cmds in surplus(self.read(["inet"])["inet"], intents, set(bridges)):
+            for bridge in _bridges_of(cmds, text, bridges):
+                found.setdefault(bridge, []).append(f"nftables: {text}")
+        return found
+
+    def revoke(self, intents) -> list[str]:
+        """Remove every grant touching a bridge of `intents` (all registered attachments on this
+        backend) that none of them needs, in one transaction; returns what went."""
+        intents = list(intents)
+        found = surplus(self.read(["inet"])["inet"], intents, {i.bridge for i in intents})
+        self._apply([c for _, cmds in found for c in cmds], "could not remove grants no attachment needs")
+        return [f"nftables: {text}" for text, _ in found]
 
 
 def table_exists(family: str, name: str) -> bool:
