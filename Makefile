@@ -13,7 +13,7 @@ VERSION     := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' plugin/__init__.p
 BUILD_ID    ?= $(shell find dist/isolation -type f -print0 2>/dev/null | LC_ALL=C sort -z | xargs -0r sha256sum | sha256sum | cut -c1-12)
 SOURCES     := $(shell find plugin -name '*.py') build.spec
 
-.PHONY: all deps build install deb uninstall test unit e2e demo bench bench-latency bench-scale clean
+.PHONY: all deps build install deb image uninstall test unit e2e demo bench bench-latency bench-scale clean
 
 all: build
 
@@ -43,6 +43,11 @@ DEB_VERSION ?= $(VERSION)
 DEB_DIR     ?= dist
 deb: build
 	sh hack/build-deb.sh dist/isolation $(DEB_VERSION) $(DEB_DIR)
+
+# The Kubernetes DaemonSet's image (deploy/Containerfile), built offline with podman.
+IMAGE ?= localhost/isolation:$(VERSION)
+image: build
+	sh hack/build-image.sh dist/isolation $(IMAGE)
 
 uninstall:
 	if [ -L $(DESTDIR)$(CNI_BIN_DIR)/isolation ]; then rm -f $(DESTDIR)$(CNI_BIN_DIR)/isolation; fi
