@@ -100,22 +100,28 @@ def test_deb_installs_upgrades_and_purges_cleanly(tmp_path, pristine_root, isola
     from plugin import __version__
 
     v1, v2 = __version__, __version__ + "+upgrade1"
+    started = time.monotonic()
     debs = [build_deb(v, str(tmp_path)) for v in (v1, v2)]
     lint = subprocess.run(["lintian", "--fail-on", "error,warning", debs[0]], capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+    print(f"built and linted in {time.monotonic() - started:.0f} s")
 
-    root = pristine_root()
+    started = time.monotonic()
+    root = pristine_root()  # the session's debootstrap, made by the first test that needs it
     for deb in debs:
         subprocess.run(["cp", deb, root + "/root/"], check=True)
     with open(root + "/root/scenario.sh", "w") as f:
         f.write(SCENARIO)
+    print(f"root ready in {time.monotonic() - started:.0f} s")
     started = time.monotonic()
     deps = run_inside(root, f'in_root "apt-get update -qq && apt-get install -y -qq --no-install-recommends '
                             f'{DEPENDENCIES} >/dev/null"', timeout=600)
     assert deps.returncode == 0, deps.stdout[-3000:] + deps.stderr[-3000:]
     print(f"dependencies fetched in {time.monotonic() - started:.0f} s")
     before = file_list(root)
+    started = time.monotonic()
     run = run_inside(root, f'in_root "unshare --net bash /root/scenario.sh {v1} {v2}"', timeout=600)
+    print(f"install, upgrade, remove, purge in {time.monotonic() - started:.0f} s")
     out = run.stdout + run.stderr
     assert run.returncode == 0 and "=== done" in out, out[-4000:]
     after = file_list(root)
