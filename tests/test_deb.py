@@ -90,8 +90,9 @@ def file_list(root: str) -> set[str]:
 
 
 def build_deb(version: str, out: str) -> str:
+    # gzip rather than the default xz: 4 times faster here, and the same package otherwise
     proc = subprocess.run(["make", "-s", "deb", f"DEB_VERSION={version}", f"DEB_DIR={out}"], cwd=REPO,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env={**os.environ, "DEB_COMPRESS": "gzip"})
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().splitlines()[-1]
 
