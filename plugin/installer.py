@@ -200,8 +200,8 @@ def patch_conf_dir(conf_dir: str, entry: dict | None) -> str:
     data = _read(path)
     conflist = as_conflist(data, path)
     new = patched(conflist, entry)
-    target = path if path.endswith((".conflist", ".json")) and "plugins" in data else \
-        os.path.splitext(path)[0] + ".conflist"
+    # libcni reads only `.conflist` files as lists (`.conf` and `.json` as one plugin each)
+    target = path if path.endswith(".conflist") else os.path.splitext(path)[0] + ".conflist"
     if new == data and target == path:
         return f"{path}: up to date"
     _write_atomically(target, new, os.stat(path).st_mode & 0o777)

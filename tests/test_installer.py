@@ -117,10 +117,11 @@ def test_an_invalid_conflist_is_rejected_untouched(isolation_bin, host):
     assert bad_option.returncode == 1 and "ingressPolicy" in bad_option.stderr, bad_option.stderr
 
 
-def test_a_conf_becomes_a_conflist(isolation_bin, host):
+@pytest.mark.parametrize("suffix", [".conf", ".json"])
+def test_a_conf_becomes_a_conflist(isolation_bin, host, suffix):
     os.unlink(host / "etc/cni/net.d/10-calico.conflist")
     flannel = {"cniVersion": "0.3.1", "name": "cbr0", "type": "flannel", "delegate": {"isDefaultGateway": True}}
-    (host / "etc/cni/net.d/10-flannel.conf").write_text(json.dumps(flannel))
+    (host / f"etc/cni/net.d/10-flannel{suffix}").write_text(json.dumps(flannel))
     install(isolation_bin, host)
     assert sorted(os.listdir(host / "etc/cni/net.d")) == ["10-flannel.conflist", "99-loopback.conf"]
     assert conflist(host, "10-flannel.conflist") == {"cniVersion": "0.3.1", "name": "cbr0", "plugins": [
