@@ -188,7 +188,10 @@ def test_twenty_upgrades_under_load_fail_no_invocation(tmp_path, lab):
     try:
         for i in range(1, 21):
             make_install(tmp_path, f"BUILD_ID=up{i}")
-            time.sleep(0.1)
+            adds = counts["ADD"]  # the next upgrade only once an ADD ran on this one
+            deadline = time.monotonic() + 30
+            while counts["ADD"] == adds and time.monotonic() < deadline and not failures:
+                time.sleep(0.02)
     finally:
         done.set()
         for w in workers:
