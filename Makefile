@@ -7,9 +7,13 @@ CNI_BIN_DIR ?= /opt/cni/bin
 SBINDIR     ?= $(PREFIX)/sbin
 DESTDIR     ?=
 BIN         := dist/isolation/isolation
+VERSION     := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' plugin/__init__.py)
+# Names the bundle's directory: the same build installs into the same one (idempotent),
+# another build into a new one. `make install BUILD_ID=x` overrides it.
+BUILD_ID    ?= $(shell find dist/isolation -type f -print0 2>/dev/null | LC_ALL=C sort -z | xargs -0r sha256sum | sha256sum | cut -c1-12)
 SOURCES     := $(shell find plugin -name '*.py') build.spec
 
-.PHONY: all deps build install uninstall test unit e2e demo bench bench-latency bench-scale clean
+.PHONY: all deps build install deb image uninstall test unit e2e demo bench bench-latency bench-scale clean
 
 all: build
 
@@ -24,25 +28,29 @@ $(BIN): $(SOURCES) | $(PY)
 
 build: $(BIN)
 
-# The onedir bundle goes to $(LIBDIR); $(CNI_BIN_DIR)/isolation is a relative symlink
-# to it, so the same tree works under any DESTDIR. The bundle is swapped in by rename
-# so a plugin run during an upgrade never sees a half-copied bundle.
+# The onedir bundle goes to $(LIBDIR)/<version>-<build id>/ and $(LIBDIR)/current links to
+# it; $(CNI_BIN_DIR)/isolation and $(SBINDIR)/isolation (the admin commands on root's PATH)
+# are relative symlinks to current/isolation, so the same tree works under any DESTDIR.
+# An upgrade swaps `current` by rename: a plugin started at any moment finds a whole bundle,
+# and the previous one stays until the next upgrade (hack/install-bundle.sh). A file of
+# another's in place of a link is never replaced.
 install: build
-	install -d $(DESTDIR)$(dir $(LIBDIR)) $(DESTDIR)$(CNI_BIN_DIR)
-	rm -rf $(DESTDIR)$(LIBDIR).new $(DESTDIR)$(LIBDIR).old
-	cp -a dist/isolation $(DESTDIR)$(LIBDIR).new
-	if [ -e $(DESTDIR)$(LIBDIR) ]; then mv $(DESTDIR)$(LIBDIR) $(DESTDIR)$(LIBDIR).old; fi
-	mv $(DESTDIR)$(LIBDIR).new $(DESTDIR)$(LIBDIR)
-	rm -rf $(DESTDIR)$(LIBDIR).old
-	ln -sfnr $(DESTDIR)$(LIBDIR)/isolation $(DESTDIR)$(CNI_BIN_DIR)/isolation
-	@# the admin commands (`isolation status`, ...) on root's PATH; never over a file of another's
-	install -d $(DESTDIR)$(SBINDIR)
-	@if [ -e $(DESTDIR)$(SBINDIR)/isolation ] && [ ! -L $(DESTDIR)$(SBINDIR)/isolation ]; then \
-	  echo "install: $(DESTDIR)$(SBINDIR)/isolation exists and is not our link; left as it is" >&2; exit 1; fi
-	ln -sfnr $(DESTDIR)$(LIBDIR)/isolation $(DESTDIR)$(SBINDIR)/isolation
+	sh hack/install-bundle.sh dist/isolation $(DESTDIR)$(LIBDIR) $(VERSION)-$(BUILD_ID) \
+	  $(DESTDIR)$(CNI_BIN_DIR)/isolation $(DESTDIR)$(SBINDIR)/isolation
+
+# A Debian package of the bundle (hack/build-deb.sh); DEB_VERSION overrides the version.
+DEB_VERSION ?= $(VERSION)
+DEB_DIR     ?= dist
+deb: build
+	sh hack/build-deb.sh dist/isolation $(DEB_VERSION) $(DEB_DIR)
+
+# The Kubernetes DaemonSet's image (deploy/Containerfile), built offline with podman.
+IMAGE ?= localhost/isolation:$(VERSION)
+image: build
+	sh hack/build-image.sh dist/isolation $(IMAGE)
 
 uninstall:
-	rm -f $(DESTDIR)$(CNI_BIN_DIR)/isolation
+	if [ -L $(DESTDIR)$(CNI_BIN_DIR)/isolation ]; then rm -f $(DESTDIR)$(CNI_BIN_DIR)/isolation; fi
 	if [ -L $(DESTDIR)$(SBINDIR)/isolation ]; then rm -f $(DESTDIR)$(SBINDIR)/isolation; fi
 	rm -rf $(DESTDIR)$(LIBDIR)
 

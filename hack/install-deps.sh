@@ -6,7 +6,7 @@
 # (and python3-jsonschema, which the schema tests use). Podman, containerd, runc and
 # busybox-static serve the Podman and containerd end-to-end tests (which start a
 # containerd of their own and never use the packaged service); debootstrap the
-# fresh-machine test of the quick start.
+# fresh-machine and package tests of the quick start and `make deb`, lintian the latter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -23,7 +23,8 @@ apt-get install -y -qq --no-install-recommends \
   iproute2 iputils-ping procps kmod util-linux \
   containernetworking-plugins \
   podman containerd runc busybox-static python3-jsonschema \
-  python3 python3-venv python3-pip binutils make debootstrap git ca-certificates >/dev/null
+  python3 python3-venv python3-pip python3-yaml python3-attr binutils make debootstrap git ca-certificates \
+  lintian >/dev/null
 # PyInstaller bundles the interpreter's shared library, which Debian ships apart from
 # python3 (nothing else in this list pulls it in on a minimal system).
 pyver=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')

@@ -31,6 +31,17 @@ network namespace, e.g. from conf-examples/isolation-agent.service.
 examples:
   isolation agent                          log to stderr (journald under systemd)
   isolation agent --log-file /var/log/isolation-agent.log""",
+    "install": """Copies this bundle into each bin dir of a host root (BIN_DIR/.isolation-bundle/<version>/,
+BIN_DIR/isolation a link swapped by rename; a file there that is not ours is never replaced)
+and appends {"type": "isolation", ...} to the primary network configuration of CONF_DIR (the
+first file in lexical order, as libcni picks it; a .conf becomes a .conflist). Made for a
+Kubernetes DaemonSet (deploy/kubernetes/).
+examples:
+  isolation install --host-root /host
+  isolation install --host-root /host --bin-dir /opt/cni/bin --bin-dir /usr/lib/cni \\
+      --option ingressPolicy=isolated --option 'denyEgress=["169.254.169.254/32"]'
+  isolation install --host-root /host --watch     keep the entry in when the main CNI rewrites it
+  isolation install --host-root /host --uninstall""",
 }
 
 
@@ -40,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
         description="Admin commands of the isolation CNI plugin (run by a runtime with CNI_COMMAND set, "
         "it is the plugin itself). They act on the network namespace they run in.",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{status,cleanup,prune,reconcile,agent}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{status,cleanup,prune,reconcile,agent,install}")
     fmt = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser("status", help="show backends, isolated bridges and inconsistencies",
                        epilog=EPILOG["status"], formatter_class=fmt)
@@ -57,11 +68,28 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("agent", help="run the resident agent (warm engine, self-healing)", epilog=EPILOG["agent"],
                        formatter_class=fmt)
     a.add_argument("--log-file", metavar="PATH", help="also append the agent's log lines to PATH")
+    i = sub.add_parser("install", help="install this bundle on a node and chain the plugin into its CNI config",
+                       epilog=EPILOG["install"], formatter_class=fmt)
+    i.add_argument("--host-root", default="/", metavar="DIR", help="where the node's / is mounted (default /)")
+    i.add_argument("--bin-dir", action="append", metavar="DIR",
+                   help="CNI bin dir on the node, repeatable (default /opt/cni/bin)")
+    i.add_argument("--conf-dir", default="/etc/cni/net.d", metavar="DIR", help="CNI config dir on the node")
+    i.add_argument("--options-file", metavar="PATH", help="JSON object: the options of the isolation entry")
+    i.add_argument("--option", action="append", metavar="KEY=VALUE", help="one option (VALUE as JSON if it is)")
+    i.add_argument("--skip-conf", action="store_true", help="only install the binary")
+    i.add_argument("--watch", action="store_true", help="then re-insert the entry whenever it goes, until stopped")
+    i.add_argument("--interval", type=float, default=2.0, metavar="S", help="--watch polling interval")
+    i.add_argument("--uninstall", action="store_true", help="remove the entry, the links and the bundles")
+    i.add_argument("--bundle", metavar="DIR", help=argparse.SUPPRESS)  # tests: install another bundle
     return p
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    if args.command == "install":  # touches no firewall: none of the engine is imported
+        from plugin import installer
+
+        return installer.run(args)
     from plugin import admin
     from plugin.errors import CniError
     from plugin.links import require_name
