@@ -63,6 +63,24 @@ def end_process(proc: subprocess.Popen, timeout: float) -> None:
         proc.wait()
 
 
+def tcp_connect(netns: str, addr: str, port: int = TCP_PORT, timeout: float = PROBE_TIMEOUT_S,
+                source: str | None = None) -> bool:
+    """Whether a TCP connection from `netns` (from its address `source`, if given) to
+    addr:port completes within `timeout` seconds."""
+    def connect():
+        with socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            try:
+                if source:
+                    s.bind((source, 0))
+                s.connect((addr, port))
+                return True
+            except OSError:
+                return False
+
+    return in_netns(netns, connect)
+
+
 def in_netns(netns: str, fn, *args):
     """Run fn(*args) on a fresh thread that has entered `netns`; sockets made there stay there."""
     box = {}
@@ -435,18 +453,7 @@ class Lab:
         return m
 
     def tcp(self, src_netns: str, addr: str, port: int = TCP_PORT) -> bool:
-        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-
-        def connect():
-            with socket.socket(family, socket.SOCK_STREAM) as s:
-                s.settimeout(PROBE_TIMEOUT_S)
-                try:
-                    s.connect((addr, port))
-                    return True
-                except OSError:
-                    return False
-
-        return in_netns(src_netns, connect)
+        return tcp_connect(src_netns, addr, port)
 
     def ping(self, src_netns: str, addr: str) -> bool:
         flag = "-6" if ":" in addr else "-4"

@@ -5,12 +5,11 @@ and isolates with `denyEgress` of the cluster range plus `allowEgress` of its ow
 A to A across nodes reaches, A to B across nodes is blocked (on the sending node), and a
 reply to a connection opened from inside the denied range passes. Both backends."""
 
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from netlab import IP, TCP_PORT, in_netns, sh
+from netlab import IP, TCP_PORT, sh, tcp_connect
 
 pytestmark = pytest.mark.e2e
 
@@ -41,17 +40,7 @@ def link_nodes(n1, n2) -> None:
 
 def tcp_from(netns: str, src: str, dst: str) -> bool:
     """TCP to dst:8080 from the address src of netns (the host's own, not the routed one)."""
-    def connect():
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.settimeout(2.0)
-            s.bind((src, 0))
-            try:
-                s.connect((dst, TCP_PORT))
-                return True
-            except OSError:
-                return False
-
-    return in_netns(netns, connect)
+    return tcp_connect(netns, dst, TCP_PORT, 2.0, source=src)
 
 
 @pytest.mark.parametrize("backend", ["nftables", "iptables"])

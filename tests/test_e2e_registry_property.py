@@ -8,7 +8,6 @@ Bounded (15 examples of up to 7 steps: about a minute on an idle 2-core machine)
 is reproducible; ISOLATION_PROPERTY_EXAMPLES raises the count for a longer hunt."""
 
 import os
-import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netlab import Lab, PluginError, in_netns
+from netlab import Lab, PluginError, tcp_connect
 
 pytestmark = pytest.mark.e2e
 POLICIES = ("same-bridge", "isolated", "same-bridge")
@@ -24,16 +23,7 @@ PROBE_S = 0.4  # a local TCP handshake takes well under a millisecond; a drop wa
 
 
 def _tcp(lab, src: str, addr: str, port: int = 8080) -> bool:
-    def connect():
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.settimeout(PROBE_S)
-            try:
-                s.connect((addr, port))
-                return True
-            except OSError:
-                return False
-
-    return in_netns(src, connect)
+    return tcp_connect(src, addr, port, PROBE_S)
 
 
 def _assert_isolated(lab, live) -> None:

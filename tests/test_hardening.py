@@ -82,14 +82,20 @@ def test_directories_refused(root, which, damage, words):
     state = hoststate.state_dir()  # the positive control: made and accepted
     hoststate.state_dir.cache_clear()
     path = root if which == "root" else state
+    spoil(path, damage, int(damage.split()[1], 8) if damage.startswith("chmod ") else 0)
+    refused(hoststate.state_dir, path, *words)
+
+
+def spoil(path: str, damage: str, mode: int) -> None:
+    """What a local attacker would do to a state path: swap in a symlink, give it away, or
+    open its mode (to `mode`)."""
     if damage == "symlink":
         os.rename(path, path + ".real")
         os.symlink(path + ".real", path)
     elif damage == "chown":
         os.chown(path, OTHER, OTHER)
     else:
-        os.chmod(path, int(damage.split()[1], 8))
-    refused(hoststate.state_dir, path, *words)
+        os.chmod(path, mode)
 
 
 @pytest.mark.parametrize("name", ["registry.json", "lock", "config-file", "deferred-del"])
@@ -110,13 +116,7 @@ def test_files_refused(root, name, damage):
     }
     path, use = uses[name]
     use()  # positive control: as made, it is used
-    if damage == "symlink":
-        os.rename(path, path + ".real")
-        os.symlink(path + ".real", path)
-    elif damage == "chown":
-        os.chown(path, OTHER, OTHER)
-    else:
-        os.chmod(path, 0o722 if os.path.isdir(path) else 0o622)
+    spoil(path, damage, 0o722 if os.path.isdir(path) else 0o622)
     refused(use, path, {"symlink": "symbolic link", "chown": f"owned by uid {OTHER}", "chmod": "writable by"}[damage])
 
 
