@@ -28,6 +28,8 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
 
     related = others(reg.matching(intent.bridge, intent.group))  # all an intact ruleset needs: O(1)
     previous = reg.get(attachment.key)
+    if previous is not None and (previous.spoof, previous.mac) != (attachment.spoof, attachment.mac):
+        related = None  # new addresses on the same port: the full path also drops the old ones
     try:
         facts = backend.ensure(intent, lambda: others(reg.attachments.values()), related)
     except CniError as err:
@@ -58,8 +60,9 @@ def _replaced(reg: Registry, previous: Attachment) -> None:
     from plugin.backends import make
 
     backend = make(previous.backend)
-    try:
-        backend.release(policy.release(previous, reg.on_backend(previous.backend)), reg.backends.get(previous.backend, {}))
+    try:  # as its DEL would: with a damaged registry, only what provably was its alone
+        release = _release_for(reg, previous, reg.on_backend(previous.backend))
+        backend.release(release, reg.backends.get(previous.backend, {}))
     except CniError as err:
         raise CniError(err.code, f"could not remove what the earlier configuration of this attachment granted: {err.msg}",
                        err.details) from None

@@ -249,3 +249,29 @@ def test_auto_decided_as_iptables_stays_iptables(lab):
     assert "table inet isolation" not in lab.nft("list", "ruleset")
     assert _blocked(lab, a, b) and _reaches_outside(lab, a) and _reaches_outside(lab, b)
     assert open(os.path.join(lab.state_dir(), "backend")).read() == "iptables\n"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_damaged_registry_keeps_what_lost_attachments_need(lab, backend):
+    """Found in review after the merge of issues 14 and 15: with c2's line torn, (1) re-ADDing
+    c1 with its conflist relaxed to `open` released its earlier configuration as if the
+    registry were whole, and c3 reached c2; (2) the next ADD elsewhere rewrote the
+    anti-spoofing table to the registered ports only, dropping c2's. Both now keep what a
+    lost attachment may need."""
+    iso = {"backend": backend, "ingressPolicy": "isolated"}
+    n1, n3 = (lab.network(["bridge", "isolation"], isolation=iso) for _ in range(2))
+    c1, c2, c3 = lab.add(n1), lab.add(n1), lab.add(n3)
+    table = "isolation-iptables" if backend == "iptables" else "isolation"
+
+    def guarded() -> str:
+        return lab.nft("list", "set", "bridge", table, "guarded")
+
+    assert _blocked(lab, c3, c2) and _port(lab, c2) in guarded()
+    _tear_line(lab, c2)
+    rc, out = _plugin(lab, "ADD", c1, backend=backend, ingressPolicy="open")
+    assert rc == 0, out
+    assert _blocked(lab, c3, c2) and _isolates(lab, backend, n1.bridge)
+    assert _port(lab, c2) in guarded(), "c2's anti-spoofing stays while its line is lost"
+    c4 = lab.add(lab.network(["bridge", "isolation"], isolation=iso))  # an ADD elsewhere
+    assert _port(lab, c2) in guarded() and _port(lab, c4) in guarded()
+    assert _blocked(lab, c3, c2) and _reaches_outside(lab, c2)  # positive control: c2 is alive

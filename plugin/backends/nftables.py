@@ -478,15 +478,25 @@ def _delete_element(family: str, name: str, elem, table: str = TABLE) -> dict:
 
 
 def bridge_plan(state: "TableState", want: dict[str, set], spec: TableSpec) -> list[dict]:
-    """The commands making the anti-spoofing table hold exactly `want` (every registered
-    attachment's elements): missing ones added, stale ones deleted, a damaged or missing
-    table (re)created."""
+    """The commands making the anti-spoofing table hold `want` (every registered attachment's
+    elements): missing ones added, stale ones of registered ports deleted, a damaged or
+    missing table (re)created. Elements of ports no registered attachment names stay, also
+    through a rebuild: a damaged registry may have lost the attachments they protect (their
+    DEL, or cleanup, takes them)."""
+    known = {_port_of(e) for elems in want.values() for e in elems}
     if state.exists and state.intact:
         missing = {n: want[n] - state.elements.get(n, set()) for n in want}
         stale = [_delete_element("bridge", n, e, spec.name) for n in want
-                 for e in sorted(state.elements.get(n, set()) - want[n])]
+                 for e in sorted(state.elements.get(n, set()) - want[n]) if _port_of(e) in known]
         return _add_elements("bridge", missing, spec.name) + stale
-    return spec.create(replace=state.exists) + _add_elements("bridge", want, spec.name)
+    kept = {n: {e for e in state.elements.get(n, set()) if _port_of(e) not in known} | want.get(n, set())
+            for n in set(want) | set(state.elements)}
+    return spec.create(replace=state.exists) + _add_elements("bridge", kept, spec.name)
+
+
+def _port_of(elem) -> str:
+    """The port an anti-spoofing element belongs to (its first field, or itself)."""
+    return elem[0] if isinstance(elem, tuple) else elem
 
 
 def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dict]:
@@ -496,7 +506,7 @@ def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dic
     if not state.exists:
         return []
     own = {r.port, r.spoof.port if r.spoof else None}
-    held = {e[0] if isinstance(e, tuple) else e for elems in state.elements.values() for e in elems}
+    held = {_port_of(e) for elems in state.elements.values() for e in elems}
     if (r.last or r.last_spoof) and held <= own:
         return [{"delete": {"table": {"family": "bridge", "name": spec.name}}}]
     if r.spoof is None:
@@ -963,6 +973,9 @@ class NftablesBackend:
             if raw in states["inet"].elements.get(name, set()):
                 shown = f'"{bridge}" . "{bridge}"' if name == "self" else f'"{bridge}"'
                 cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", shown, "}"])
+        for pair in sorted(states["inet"].elements.get("peers", set())):  # its group's grants, both ways
+            if bridge in pair:
+                cmds.append(["nft", "delete", "element", "inet", TABLE, "peers", "{", f'"{pair[0]}" . "{pair[1]}"', "}"])
         for name in GUARD_MAPS:
             entry = (bridge, f"{name}-{bridge}")
             if entry in states["inet"].elements.get(name, set()):
