@@ -221,10 +221,30 @@ def reconcile() -> list[str]:
         # may be alive) until then. Later teardowns never remove those (plugin.backends
         # count what the kernel holds, detach the bridges' ports).
         reg.save()
-        reg.clear_damage()
-        done.append(f"rebuilt the damaged registry from {len(reg.attachments)} readable attachment(s) still "
-                    f"in place ({damaged})")
+        lost = _unaccounted_ports(reg)
+        if lost:  # a DEL trusting this registry could take rules those containers still need
+            done.append(f"rebuilt the registry from {len(reg.attachments)} readable attachment(s); it stays marked "
+                        f"damaged while ports no attachment accounts for remain on their bridges: "
+                        + ", ".join(lost[:8]) + (f" (+{len(lost) - 8} more)" if len(lost) > 8 else ""))
+        else:
+            reg.clear_damage()
+            done.append(f"rebuilt the damaged registry from {len(reg.attachments)} readable attachment(s) still "
+                        f"in place ({damaged})")
     return done
+
+
+def _unaccounted_ports(reg: Registry) -> list[str]:
+    """Ports plugged into a bridge of the registered attachments that none of them accounts
+    for: containers whose registry lines were lost (unknown when the links cannot be read)."""
+    from plugin.links import ports_of_masters
+
+    try:
+        ports = ports_of_masters()
+    except OSError:
+        return ["(the bridges' ports cannot be read)"]
+    known = {a.port for a in reg.attachments.values()}
+    return sorted(f"{p} on {b}" for b in {a.bridge for a in reg.attachments.values()}
+                  for p in ports.get(b, ()) if p not in known)
 
 
 def _revoke(reg: Registry) -> list[str]:

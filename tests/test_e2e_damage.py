@@ -117,6 +117,30 @@ def test_a_torn_line_on_the_same_bridge_keeps_the_bridge_isolated(lab, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_reconcile_keeps_the_damage_while_a_lost_container_is_plugged_in(lab, backend):
+    """Found in review: reconcile rebuilt the registry from its readable lines and cleared
+    the damage while a2 (line lost) was still plugged into its bridge; the next DEL of a1,
+    trusting the registry again, took the bridge's isolation and b reached a2. The damage
+    now stays (status fails, DELs take only their port) until no such port is left."""
+    nets = [lab.network(["bridge", "isolation"], isolation={"backend": backend}) for _ in range(2)]
+    a1, a2, b = lab.add(nets[0]), lab.add(nets[0]), lab.add(nets[1])
+    _tear_line(lab, a2)
+    out = _cli(lab, "reconcile")
+    assert out.returncode == 0 and f"{_port(lab, a2)} on {nets[0].bridge}" in out.stdout, out
+    rc, report = _status(lab)
+    assert rc == 1 and report["damaged"], report
+    assert [rc for _, rc in lab.delete(a1)] == [0, 0]
+    assert _blocked(lab, a2, b) and _reaches_outside(lab, a2) and _reaches_outside(lab, b)
+    assert [rc for _, rc in lab.delete(a2)] == [0, 0]  # the runtime unplugs it: nothing unknown is left
+    out = _cli(lab, "reconcile")
+    assert out.returncode == 0 and "rebuilt the damaged registry" in out.stdout, out
+    rc, report = _status(lab)
+    assert rc == 0 and report["damaged"] is None, report
+    c = lab.add(nets[0])
+    assert _blocked(lab, c, b) and _reaches_outside(lab, c)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_orphan_removal_with_nothing_registered_keeps_bridges_with_ports(lab, backend):
     """Item 1, orphan removal (what `reconcile` and the agent run). Before the fix: with
     nothing registered, removing the rules of one port-less orphan bridge deleted the whole
