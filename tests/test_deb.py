@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO
 from debroot import run_inside
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.chroot]
 
 # Not compared: what apt and dpkg log, the mounts of the private namespace, our own files.
 VOLATILE = ("proc", "sys", "dev", "run", "tmp", "root", "var/log", "var/cache", "var/lib/apt")

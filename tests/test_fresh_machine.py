@@ -18,7 +18,7 @@ from conftest import REPO
 from debroot import run_inside
 from test_demo import assert_demo_table
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.chroot]
 
 CLONE = "/root/isolation"  # where root clones things: its home is 0700
 # Run inside: the uid-65534 test (it cannot enter /root), the install layout and the admin
