@@ -2,6 +2,7 @@
 they fail loudly (never skip), because CI runs as root and must prove every claim."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -129,3 +130,22 @@ def pristine_root(pristine_roots):
     yield make
     for root in made:
         remove(root)
+
+
+def _own_firewall() -> str:
+    """Our tables and rules in the namespace the test process itself runs in (the root one
+    in CI): tests must only ever touch namespaces they made."""
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    rules = "".join(subprocess.run([tool], capture_output=True, text=True).stdout
+                    for tool in ("iptables-save", "ip6tables-save") if shutil.which(tool))
+    return "\n".join([*(t for t in tables.splitlines() if "isolation" in t),
+                      *(r for r in rules.splitlines() if "isolation" in r.lower() or "CNI-" in r)])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def root_namespace_untouched():
+    """Fails the run when a test left our rules in the test process's own namespace."""
+    before = _own_firewall()
+    yield
+    after = _own_firewall()
+    assert after == before, f"a test changed the firewall of the test process's own namespace:\n{after}"

@@ -496,9 +496,15 @@ def test_damage_in_a_line_not_yet_decoded_is_seen_by_status_and_reconcile(tmp_pa
     text = open(reg.path).read()
     with open(reg.path, "w") as f:
         f.write(text.replace('"container":"c1"', '"container":c1'))
+    import plugin.backends as backends
+    import plugin.links as links
+
     monkeypatch.setattr(lifecycle, "state_dir", lambda: str(tmp_path))
     monkeypatch.setattr(lifecycle, "departed", lambda atts: ([], []))
     monkeypatch.setattr(lifecycle, "_remove_orphans", lambda reg: [])
+    # never the real firewall: this process runs in the root network namespace
+    monkeypatch.setattr(backends, "make", lambda name: _Fake(name, "not here"))
+    monkeypatch.setattr(links, "ports_of_masters", lambda: {})
     done = lifecycle.reconcile()
     assert any("rebuilt the damaged registry" in line for line in done), done
     assert Registry.load(str(tmp_path)).damaged is None
