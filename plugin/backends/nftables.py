@@ -817,9 +817,15 @@ class Library:
                 if terse:
                     self.nft.set_terse_output(False)
 
-    def cmd(self, text: str) -> tuple[int, str, str]:
+    def cmd(self, text: str, terse: bool = False) -> tuple[int, str, str]:
         with self.lock:
-            return self.nft.cmd(text)
+            if terse:
+                self.nft.set_terse_output(True)
+            try:
+                return self.nft.cmd(text)
+            finally:
+                if terse:
+                    self.nft.set_terse_output(False)
 
 
 class NftablesBackend:
@@ -856,8 +862,28 @@ class NftablesBackend:
         listing = self._terse_ruleset(spec.family, spec.name) if terse else self._table(spec.family, spec.name)
         return TableState.parse(listing, spec)
 
+    def _flagged(self, family: str) -> dict[str, list[str]]:
+        """The tables of `family` that carry flags (e.g. dormant) -> their flags, from a terse
+        text listing. libnftables 1.0.6 prints a flagged table's `flags` in JSON from a stale
+        pointer ("inet", its release name, or garbage that makes it abort the process), so
+        no table with flags is ever listed in JSON."""
+        rc, text, err = self.nft.cmd(f"list ruleset {family}", terse=True)
+        if rc != 0:
+            raise CniError(ENFORCEMENT_FAILED, f"cannot read the {family} ruleset", err.strip())
+        found, current = {}, None
+        for line in text.splitlines():
+            words = line.split()
+            if line.startswith("table ") and len(words) >= 3:
+                current = words[2]
+            elif line.startswith("\tflags ") and current:  # the table's own (a set's is indented twice)
+                found[current] = [f for word in words[1:] for f in word.split(",") if f] or ["unknown"]
+        return found
+
     def _table(self, family: str, table: str = TABLE) -> list[dict] | None:
         """The objects of table `table` in `family` (None: no such table)."""
+        flagged = self._flagged(family)
+        if table in flagged:  # it counts as altered and is rebuilt
+            return [{"table": {"family": family, "name": table, "flags": flagged[table]}}]
         rc, out, err = self._run([{"list": {"table": {"family": family, "name": table}}}])
         if rc != 0:
             if "No such file or directory" not in err:
@@ -869,6 +895,8 @@ class NftablesBackend:
 
     def _terse_ruleset(self, family: str, table: str = TABLE) -> list[dict] | None:
         """The objects of our table in `family`, set elements left out (None: no such table)."""
+        if self._flagged(family):  # never a JSON listing with a flagged table in it
+            return self._table(family, table)
         rc, out, err = self._run([{"list": {"ruleset": {"family": family}}}], terse=True)
         if rc != 0:
             raise CniError(ENFORCEMENT_FAILED, f"cannot read the {family} ruleset", err.strip())
