@@ -7,7 +7,10 @@ Expected verdicts come from the policy definitions, not from the plugin:
   isolated    like same-bridge, and same-bridge pairs are blocked too
 and in every case a container reaches its own gateway and a host beyond the host.
 The expectations do not depend on the backend, nor on whether the resident agent serves
-the invocations (mode "agent": every ADD and CHECK must have been served by it).
+the invocations (mode "agent": every ADD and CHECK must have been served by it). The agent
+runs the same engine as the plugin, and what bridge-nf-call changes is the path packets
+take, not what the engine does: the agent cells run with bridge-nf-call 1 only (the 36
+plain cells cover 0 and 1), which keeps the matrix at 54 cells (about 7 minutes).
 """
 
 import pytest
@@ -32,8 +35,7 @@ def expected(policy: str, same_bridge: bool) -> bool:
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
 @pytest.mark.parametrize("policy", ["open", "same-bridge", "isolated"])
 @pytest.mark.parametrize("chain", list(CHAINS))
-@pytest.mark.parametrize("bridge_nf", [0, 1])
-@pytest.mark.parametrize("mode", ["exec", "agent"])
+@pytest.mark.parametrize("mode,bridge_nf", [("exec", 0), ("exec", 1), ("agent", 1)])
 def test_matrix(make_lab, policy, chain, bridge_nf, backend, mode):
     lab = make_lab(bridge_nf=bridge_nf)
     agent_log = lab.start_agent() if mode == "agent" else None
