@@ -56,12 +56,17 @@ uninstall:
 
 # The whole suite: unit tests and end-to-end tests against the frozen binary (root).
 # The pristine-root tests run beside the rest (hack/run-tests.sh). TESTS narrows it
-# (pytest node ids), e.g. make test TESTS=tests/test_demo.py
+# (pytest node ids), e.g. make test TESTS=tests/e2e/test_demo.py
 test: build
 	PY=$(PY) bash hack/run-tests.sh $(TESTS)
 
+# tests/unit alone: in-process, no kernel, no frozen binary, seconds.
 unit: | $(PY)
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest tests/unit
+
+# tests/e2e alone, the pristine-root tests beside the rest as in `make test`.
+e2e: build
+	PY=$(PY) SUITE=tests/e2e bash hack/run-tests.sh
 
 demo: deps
 	$(MAKE) install

@@ -39,7 +39,7 @@ Why it is built this way:
   ADD for every container, then CHECK for every one, VERSION a few dozen times, then
   DEL for every one. The grid (bridge + host-local ADDs) is built before the ADD phase
   so that the measured ADDs follow each other without setup in between.
-* The grid is set up here rather than with tests/netlab.py's Lab, which also builds an
+* The grid is set up here rather than with tests/lab/netlab.py's Lab, which also builds an
   "outside" peer, a TCP listener thread per container and bridge-nf settings that a
   latency run does not need, and which is the tests' helper to change as they need.
   Only its bridge_plugin() conf is reused (through bench/harness.py), so the bridge

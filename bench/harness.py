@@ -37,7 +37,7 @@ Why it works this way:
   each our own child, by pid. Then it deletes the namespaces, the state directories our
   plugin made for them (named by the cookie each worker read inside its namespace), and
   the temp dir, and warns about any namespace with the prefix left behind.
-* The upstream bridge plugin's conf is tests/netlab.py's bridge_plugin() (imported, not
+* The upstream bridge plugin's conf is tests/lab/netlab.py's bridge_plugin() (imported, not
   copied), so the benchmarks attach containers exactly as the end-to-end tests do.
 * Statistics: median, and p95 by the nearest-rank method (of 50 samples: the 48th
   smallest; of 10: the largest).
@@ -61,7 +61,7 @@ from multiprocessing import Pipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # the plugin package
-sys.path.append(os.path.join(REPO, "tests"))  # tests/netlab.py, imported as the tests import it
+sys.path.append(os.path.join(REPO, "tests", "lab"))  # tests/lab/netlab.py, imported as the tests import it
 from netlab import bridge_plugin  # noqa: E402
 from plugin.hoststate import STATE_ROOT, netns_key  # noqa: E402  (where the plugin keeps its state)
 

@@ -56,7 +56,7 @@ Why it is built this way:
 * Table 2 reuses the largest size's hosts of table 1 (re-registering 1000 bridges per
   backend would double the run time), so "other bridges" is what they hold: the largest
   size plus the 10 new bridges timed there. The two containers are real: upstream bridge + host-local
-  from /usr/lib/cni (conf: tests/netlab.py's bridge_plugin(), as in the end-to-end
+  from /usr/lib/cni (conf: tests/lab/netlab.py's bridge_plugin(), as in the end-to-end
   tests), our plugin chained after bridge with its result as prevResult.
   bridge-nf-call-iptables/ip6tables is set to 1 in each host namespace, so bridged
   IPv4 traffic traverses the forward hooks where the per-packet cost lies: every

@@ -1,12 +1,12 @@
 """Stress runs for the reliability claims, at the sizes issue 8 names (the test suite runs
-small variants of each: tests/test_stress.py).
+small variants of each: tests/e2e/test_stress.py).
 
     sudo .venv/bin/python bench/stress.py parallel [--invocations 64] [--bridges 16] [--rounds 4] [--host-filter] [--backend B]
     sudo .venv/bin/python bench/stress.py crash    [--calls 200] [--backend B]
     sudo .venv/bin/python bench/stress.py churn    [--cycles 1000] [--bridges 10] [--backend B] [--agent]
     sudo .venv/bin/python bench/stress.py fuzz     [--cases 10000]
 
-Each builds a lab of network namespaces (tests/netlab.py: real bridge and host-local
+Each builds a lab of network namespaces (tests/lab/netlab.py: real bridge and host-local
 plugins, our frozen binary, nothing in the root namespace), runs, checks, prints one
 JSON line of figures and exits non-zero when a check fails. `--backend both` (the
 default) runs iptables and nftables one after the other.
@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
 sys.path.insert(0, REPO)
 
 from netlab import Lab  # noqa: E402
@@ -232,7 +232,7 @@ def fuzz(cases: int) -> dict:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
-        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, os.path.join(REPO, "tests", "fuzz_cni.py"),
+        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, os.path.join(REPO, "tests", "lab", "fuzz_cni.py"),
                                "--cases", str(cases)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise Failed(proc.stdout[-4000:] + proc.stderr[-4000:])

@@ -14,7 +14,7 @@
 set -eu
 bundle=$1 version=$2 out=$3
 here=$(cd "$(dirname "$0")/.." && pwd)
-glibc_floor=$(sed -n 's/^GLIBC_FLOOR = "\([0-9.]*\)".*/\1/p' "$here/tests/test_glibc_floor.py")
+glibc_floor=$(sed -n 's/^GLIBC_FLOOR = "\([0-9.]*\)".*/\1/p' "$here/tests/e2e/test_glibc_floor.py")
 stage=$(mktemp -d "${TMPDIR:-/tmp}/isolation-deb-XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 root=$stage/root

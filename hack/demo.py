@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path[:0] = [os.path.join(REPO, "tests"), REPO]  # the test lab, and the plugin package it names state with
+sys.path[:0] = [os.path.join(REPO, "tests", "lab"), REPO]  # the test lab, and the plugin package it names state with
 from netlab import CommandFailed, Lab  # noqa: E402
 
 BIN = os.environ.get("ISOLATION_BIN", "/opt/cni/bin/isolation")

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Write conf-examples/isolation.schema.json from the pydantic model (run after changing it;
-tests/test_schema.py fails while the committed file and the model disagree)."""
+tests/unit/test_schema.py fails while the committed file and the model disagree)."""
 
 import json
 import os

@@ -4,6 +4,8 @@
 # waiting on the network and the disk, ~6 minutes) run beside everything else, so the suite
 # takes about as long as the rest alone. Their output follows the main run's, and the last
 # line counts both. With arguments (pytest node ids), just those, in one ordinary run.
+# SUITE narrows the two runs to a directory (make e2e: SUITE=tests/e2e); by default, the
+# testpaths of pyproject.toml (tests/unit and tests/e2e).
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -13,9 +15,9 @@ fi
 beside_log=$(mktemp /tmp/isolation-tests-chroot.XXXXXX)
 main_log=$(mktemp /tmp/isolation-tests-main.XXXXXX)
 trap 'rm -f "$beside_log" "$main_log"' EXIT
-"$PY" -m pytest -m chroot -p no:cacheprovider >"$beside_log" 2>&1 &
+"$PY" -m pytest -m chroot -p no:cacheprovider ${SUITE:-} >"$beside_log" 2>&1 &
 beside=$!
-"$PY" -m pytest -m "not chroot" 2>&1 | tee "$main_log"
+"$PY" -m pytest -m "not chroot" ${SUITE:-} 2>&1 | tee "$main_log"
 main=${PIPESTATUS[0]}
 wait "$beside"
 chroot=$?

@@ -1,5 +1,7 @@
-"""Shared fixtures. End-to-end tests need root and network namespaces: without them
-they fail loudly (never skip), because CI runs as root and must prove every claim."""
+"""Shared fixtures for tests/unit and tests/e2e. End-to-end tests need root and network
+namespaces: without them they fail loudly (never skip), because CI runs as root and must
+prove every claim. The lab (tests/lab/: netlab, podman, containerd, debroot) is put on
+sys.path here, so test modules import it by its plain module names."""
 
 import os
 import shutil
@@ -11,7 +13,8 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+LAB = os.path.join(HERE, "lab")
+sys.path.insert(0, LAB)
 
 from netlab import Lab  # noqa: E402
 
@@ -101,6 +104,15 @@ class ModuleProgress:
         self.module = None
 
 
+def pytest_collection_modifyitems(items):
+    """Every test under tests/e2e carries the marker `e2e`, so the marker and the directory
+    always agree (a new module that forgets its pytestmark included)."""
+    e2e = os.path.join(HERE, "e2e") + os.sep
+    for item in items:
+        if str(item.path).startswith(e2e):
+            item.add_marker(pytest.mark.e2e)
+
+
 def pytest_configure(config):
     if config.option.verbose >= 0 and not config.option.collectonly:
         config.pluginmanager.register(ModuleProgress(config), "module-progress")
@@ -108,7 +120,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def pristine_roots(can_netns):
-    """Pristine Debian 12 roots (tests/debroot.py): debootstrapped once per session."""
+    """Pristine Debian 12 roots (tests/lab/debroot.py): debootstrapped once per session."""
     from debroot import PristineRoots
 
     roots = PristineRoots()

@@ -1,5 +1,5 @@
 """`make deb` as a Debian 12 user meets it (issue 20): lintian passes; then in a pristine
-Debian 12 root (tests/debroot.py) apt installs the package, the plugin answers VERSION
+Debian 12 root (tests/lab/debroot.py) apt installs the package, the plugin answers VERSION
 through both links and isolates a container (ADD/CHECK/DEL, with Debian's bridge plugin),
 an upgrade to a higher version keeps the container's rules, removal while a container is
 attached keeps its rules (fail closed), purge cleans up, and the root's file list is then

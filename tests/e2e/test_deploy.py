@@ -51,7 +51,7 @@ def test_daemonset_says_what_the_issue_asks():
 
 @pytest.fixture
 def podman_env(tmp_path):
-    """A private podman: its own storage and settings (as tests/podman.py), nothing pulled."""
+    """A private podman: its own storage and settings (as tests/lab/podman.py), nothing pulled."""
     root = tmp_path / "podman"
     for d in ("storage", "run", "tmp"):
         (root / d).mkdir(parents=True)

@@ -1,7 +1,7 @@
 """The resident agent: a root-only socket, hostile requests, death mid-request, and
 self-healing after firewall reloads and deleted bridges, proven with real packets.
 
-(The whole isolation matrix also runs with the agent serving: tests/test_e2e_matrix.py.)
+(The whole isolation matrix also runs with the agent serving: tests/e2e/test_e2e_matrix.py.)
 """
 
 import json

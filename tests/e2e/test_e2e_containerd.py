@@ -1,4 +1,4 @@
-"""containerd end to end: real containerd 1.6 and `ctr run --cni` (tests/containerd.py) start
+"""containerd end to end: real containerd 1.6 and `ctr run --cni` (tests/lab/containerd.py) start
 busybox containers on conflists that chain our frozen binary after `bridge`; traffic is
 checked with real packets from inside the containers, on both backends.
 

@@ -1,7 +1,7 @@
 """The README's quick start on a pristine Debian 12, as a new user meets it (issue 13).
 
 A `debootstrap --variant=minbase` root with only git, make and ca-certificates added
-(tests/debroot.py) gets this checkout cloned into /root, where root's 0700 home keeps
+(tests/lab/debroot.py) gets this checkout cloned into /root, where root's 0700 home keeps
 other users out. There, as root, the README's first command installs everything and
 shows the demo's table; then a short subset of the suite runs the same way, with the test
 that runs the plugin as uid 65534. Anything the machine the suite runs on happens to have
@@ -23,8 +23,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.chroot]
 CLONE = "/root/isolation"  # where root clones things: its home is 0700
 # Run inside: the uid-65534 test (it cannot enter /root), the install layout and the admin
 # command on PATH, the protocol's decoding errors, and the demo through pytest.
-SUBSET = ("tests/test_e2e_reliability.py::test_state_is_root_only_and_nobody_else_can_change_rules "
-          "tests/test_install.py tests/test_demo.py tests/test_protocol.py::test_undecodable_input")
+SUBSET = ("tests/e2e/test_e2e_reliability.py::test_state_is_root_only_and_nobody_else_can_change_rules "
+          "tests/e2e/test_install.py tests/e2e/test_demo.py tests/e2e/test_protocol.py::test_undecodable_input")
 QUICK_START = f"""
 echo "=== make demo"
 in_root "cd {CLONE} && make demo"

@@ -1,5 +1,5 @@
 """Hostile and broken input (issue 8): a few hundred property-based cases per run of the
-suite (tests/fuzz_cni.py; `bench/stress.py fuzz` runs 10,000 and more), in a network
+suite (tests/lab/fuzz_cni.py; `bench/stress.py fuzz` runs 10,000 and more), in a network
 namespace of their own."""
 
 import glob
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import HERE
+from conftest import LAB
 from netlab import IP, STATE_ROOT, in_netns, netns_key, sh
 
 pytestmark = pytest.mark.e2e
@@ -26,7 +26,7 @@ def test_fuzzed_invocations_never_crash_and_change_nothing(can_netns):
     try:
         sh(IP, "link", "set", "lo", "up", netns=ns)
         state = os.path.join(STATE_ROOT, in_netns(ns, netns_key))
-        proc = subprocess.run([IP, "netns", "exec", ns, sys.executable, os.path.join(HERE, "fuzz_cni.py"),
+        proc = subprocess.run([IP, "netns", "exec", ns, sys.executable, os.path.join(LAB, "fuzz_cni.py"),
                                "--cases", "400"], capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         summary = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -11,12 +11,12 @@ import subprocess
 
 import pytest
 
+from conftest import REPO
 from netlab import IP, firewall_shared_networks, sh
 
 pytestmark = pytest.mark.e2e
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hack",
-                      "show-commands-to-delete-isolation-rules.sh")
+SCRIPT = os.path.join(REPO, "hack", "show-commands-to-delete-isolation-rules.sh")
 STAGE1, STAGE2 = "CNI-ISOLATION-STAGE-1", "CNI-ISOLATION-STAGE-2"
 OLD_COMMENT = "CNI isolation plugin rules"  # AkihiroSuda/cni-isolation's comment
 TOOLS = ("iptables", "ip6tables")

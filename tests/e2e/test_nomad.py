@@ -1,7 +1,7 @@
 """Nomad's `network { mode = "cni/isolated" }` with conf-examples/nomad.conflist (cniVersion
 0.4.0; loopback, bridge, firewall with Nomad's admin chain, portmap, then ours), every
 plugin invoked with the CNI_ARGS Nomad's client passes: the same traffic checks as every
-example (tests/test_conf_examples.py), which runs it with plain CNI_ARGS too."""
+example (tests/e2e/test_conf_examples.py), which runs it with plain CNI_ARGS too."""
 
 import pytest
 

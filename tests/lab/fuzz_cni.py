@@ -1,8 +1,8 @@
 """Property-based fuzzing of the plugin's CNI entry point, in-process (hypothesis).
 
-    ip netns exec NS python tests/fuzz_cni.py --cases N [--seed S]
+    ip netns exec NS python tests/lab/fuzz_cni.py --cases N [--seed S]
 
-Run by tests/test_fuzz.py (a few hundred cases, in the default suite) and by
+Run by tests/e2e/test_fuzz.py (a few hundred cases, in the default suite) and by
 bench/stress.py (10,000 and more), always inside a network namespace made for it,
 never in the root namespace: generated configurations may be valid. Generated inputs:
 stdin (well-formed configurations with hostile values, and arbitrary bytes), prevResult
@@ -28,7 +28,7 @@ import struct
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

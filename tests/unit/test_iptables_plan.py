@@ -14,7 +14,7 @@ from plugin.backends.iptables import SPOOF_TABLE, FilterTable, plan, problems, r
 from plugin.backends.nftables import TableState, bridge_plan, bridge_release, bridge_spec, spoof_elements
 from plugin.policy import Guard, Hole, Release, Spoof, intent_for
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "iptables")
+GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "golden", "iptables")
 
 SCENARIOS = [
     # (plan file, before file, bridge, ingressPolicy)

@@ -14,7 +14,7 @@ from plugin.backends.nftables import BRIDGE, INET, TableState, add_only_plan, pl
 from plugin.errors import CniError
 from plugin.policy import Guard, Hole, Release, Spoof, intent_for
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "nftables")
+GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "golden", "nftables")
 
 
 def intact(*bridges: str) -> TableState:
