@@ -9,7 +9,6 @@ traffic is checked against what the example's own keys define:
   to the own gateway, with hostAccess deny: TCP 8080 blocked, TCP 53 open iff allowHostPorts
                     (default: TCP and UDP 53) lists it."""
 
-import copy
 import ipaddress
 import json
 import os
@@ -17,22 +16,10 @@ import os
 import pytest
 
 from conftest import REPO
-from netlab import bridge_plugin
+from netlab import localise
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = sorted(f for f in os.listdir(os.path.join(REPO, "conf-examples")) if f.endswith(".conflist"))
-
-
-def localise(lab, conflist: dict, index: int) -> list[dict]:
-    """The example's plugins, with the bridge plugin pointed at lab-owned names and ranges."""
-    plugins = copy.deepcopy(conflist["plugins"])
-    for i, p in enumerate(plugins):
-        if p["type"] == "bridge":
-            mine = bridge_plugin(f"{lab.prefix}b{index}", index, os.path.join(lab.tmp, "ipam"))
-            if p.get("isDefaultGateway"):  # the bridge plugin adds the default routes itself
-                mine["ipam"]["routes"] = []
-            plugins[i] = {**p, "bridge": mine["bridge"], "ipMasq": False, "ipam": mine["ipam"]}
-    return plugins
 
 
 @pytest.mark.parametrize("example", EXAMPLES)

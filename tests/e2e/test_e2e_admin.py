@@ -12,25 +12,15 @@ pytestmark = pytest.mark.e2e
 BACKENDS = ["iptables", "nftables"]
 
 
-def cli(lab, *args):
-    proc = subprocess.run(lab.isolation_argv(*args), capture_output=True, text=True)
-    assert "Traceback" not in proc.stdout + proc.stderr
-    return proc
-
-
-def status(lab) -> dict:
-    return json.loads(cli(lab, "status", "--json").stdout)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_status_reports_bridges_and_what_is_wrong(lab, backend):
     nets = [lab.network(["bridge", "isolation"], isolation={"backend": backend, "ingressPolicy": p})
             for p in ("same-bridge", "isolated")]
     a, b, _ = lab.add(nets[0]), lab.add(nets[1]), lab.add(nets[1])
     assert lab.reach([(a.name, b.ipv4)]) == {("icmp", a.name, b.ipv4): False, ("tcp", a.name, b.ipv4): False}
-    proc = cli(lab, "status")
+    proc = lab.cli("status")
     assert proc.returncode == 0, proc.stdout
-    report = status(lab)
+    report = lab.status()
     assert report["problems"] == []
     assert report["backends"][backend]["usable"]
     rows = {r["bridge"]: r for r in report["bridges"]}
@@ -46,9 +36,9 @@ def test_status_reports_bridges_and_what_is_wrong(lab, backend):
     else:
         sh("nft", "flush", "chain", "inet", "isolation", "forward", netns=lab.host)
     sh(IP, "link", "del", nets[1].bridge, netns=lab.host)
-    proc = cli(lab, "status")
+    proc = lab.cli("status")
     assert proc.returncode == 1
-    problems = status(lab)["problems"]
+    problems = lab.status()["problems"]
     assert any(nets[1].bridge in p and "no longer exists" in p for p in problems), problems
     assert any(nets[0].bridge in p and ("lacks" in p or "altered" in p) for p in problems), problems
 
@@ -56,7 +46,7 @@ def test_status_reports_bridges_and_what_is_wrong(lab, backend):
 def test_status_warns_about_mixed_backends(lab):
     lab.add(lab.network(["bridge", "isolation"], isolation={"backend": "iptables"}))
     lab.add(lab.network(["bridge", "isolation"], isolation={"backend": "nftables"}))
-    assert any("different backends" in p for p in status(lab)["problems"])
+    assert any("different backends" in p for p in lab.status()["problems"])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -65,9 +55,9 @@ def test_prune_forgets_attachments_of_deleted_bridges(lab, backend):
     lab.add(nets[0])
     c2 = lab.add(nets[1])
     sh(IP, "link", "del", nets[0].bridge, netns=lab.host)
-    proc = cli(lab, "prune")
+    proc = lab.cli("prune")
     assert proc.returncode == 0 and "pruned 1 attachment" in proc.stdout
-    report = status(lab)
+    report = lab.status()
     assert [r["bridge"] for r in report["bridges"]] == [nets[1].bridge] and report["problems"] == []
     assert all(rc == 0 for _, rc, _ in lab.check(c2))
 
@@ -79,26 +69,26 @@ def test_cleanup_leaves_the_baseline(lab, mode):
     lab.add(lab.network(["bridge", "isolation"], isolation={"backend": "nftables", "ingressPolicy": "isolated"}))
     assert lab.ruleset() != baseline
     if mode == "cleanup":
-        proc = cli(lab, "cleanup")
+        proc = lab.cli("cleanup")
         assert proc.returncode == 0, proc.stderr
     else:
-        script = cli(lab, "cleanup", "--dry-run").stdout
+        script = lab.cli("cleanup", "--dry-run").stdout
         assert "nft delete table inet isolation" in script and "iptables -w -t filter -X" in script
         proc = subprocess.run([IP, "netns", "exec", lab.host, "sh", "-e"], input=script, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
     assert lab.ruleset() == baseline
-    report = status(lab)
+    report = lab.status()
     assert report["bridges"] == [] and report["problems"] == []
 
 
 def test_cleanup_of_one_bridge(lab):
     nets = [lab.network(["bridge", "isolation"], isolation={"backend": "nftables"}) for _ in range(2)]
     lab.add(nets[0]), lab.add(nets[1])
-    proc = cli(lab, "cleanup", "--bridge", nets[0].bridge)
+    proc = lab.cli("cleanup", "--bridge", nets[0].bridge)
     assert proc.returncode == 0, proc.stderr
-    assert [r["bridge"] for r in status(lab)["bridges"]] == [nets[1].bridge]
+    assert [r["bridge"] for r in lab.status()["bridges"]] == [nets[1].bridge]
     assert f'"{nets[0].bridge}"' not in lab.nft("list", "set", "inet", "isolation", "isolated")
-    assert cli(lab, "cleanup", "--bridge", "bad name").returncode == 1
+    assert lab.cli("cleanup", "--bridge", "bad name").returncode == 1
 
 
 def test_help_has_examples(isolation_bin):

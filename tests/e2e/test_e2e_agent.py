@@ -27,11 +27,6 @@ def _isolated_pair(lab, backend):
     return nets, [lab.add(n) for n in nets]
 
 
-def _blocked(lab, a, b) -> bool:
-    got = lab.reach([(a.name, b.ipv4), (a.name, b.ipv6), (b.name, a.ipv4)])
-    return not any(got.values())
-
-
 def _until(predicate, deadline=DEADLINE_S) -> bool:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -133,7 +128,7 @@ def test_agent_killed_mid_request_falls_back(lab):
         conf = {"cniVersion": "1.0.0", "name": c.network.name, "type": "isolation",
                 "prevResult": lab.cache[(c.network.name, c.id)]}
         assert lab.exec_plugin("isolation", "CHECK", conf, lab._env(c))[0] == 0
-    assert _blocked(lab, *cs)
+    assert lab.blocked(*cs)
 
 
 @pytest.mark.parametrize("backend,wipe", [
@@ -144,11 +139,11 @@ def test_agent_killed_mid_request_falls_back(lab):
 def test_agent_heals_a_wiped_firewall(lab, backend, wipe):
     nets, (a, b) = _isolated_pair(lab, backend)
     log = lab.start_agent()
-    assert _blocked(lab, a, b)
+    assert lab.blocked(a, b)
     for argv in wipe:
         sh(*argv, netns=lab.host)
     assert _until(lambda: "repaired:" in _log(log)), _log(log)
-    assert _blocked(lab, a, b), "isolation is back, proven with packets"
+    assert lab.blocked(a, b), "isolation is back, proven with packets"
     assert all(rc == 0 for c in (a, b) for _, rc, _ in lab.check(c))
 
 
@@ -158,8 +153,7 @@ def test_agent_forgets_a_deleted_bridge(lab):
     sh(IP, "link", "del", nets[0].bridge, netns=lab.host)
 
     def forgotten():
-        out = subprocess.run(lab.isolation_argv("status", "--json"), capture_output=True, text=True).stdout
-        return [x["bridge"] for x in json.loads(out)["bridges"]] == [nets[1].bridge]
+        return [x["bridge"] for x in lab.status()["bridges"]] == [nets[1].bridge]
 
     assert _until(forgotten), _log(log)
     assert f'"{nets[0].bridge}"' not in lab.nft("list", "ruleset")
@@ -173,8 +167,8 @@ def test_agent_restart_loses_nothing(lab):
     log = lab.start_agent()
     c = lab.add(nets[0])
     assert "served ADD" in _log(log)
-    out = subprocess.run(lab.isolation_argv("status", "--json"), capture_output=True, text=True)
+    out = lab.cli("status", "--json")
     report = json.loads(out.stdout)
     assert out.returncode == 0 and report["problems"] == []
     assert sorted(x["attachments"] for x in report["bridges"]) == [1, 2]
-    assert _blocked(lab, c, b)
+    assert lab.blocked(c, b)

@@ -17,7 +17,6 @@ Every "blocked" expectation has a positive control in the same probe batch.
 """
 
 import json
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -227,17 +226,17 @@ def test_check_names_a_stale_grant_and_reconcile_removes_it(lab, backend):
     assert rc != 0 and a.network.bridge in out["details"], out
     _checks_pass(lab, c)  # an unrelated network's CHECK is unaffected
 
-    status = subprocess.run(lab.isolation_argv("status", "--json"), capture_output=True, text=True)
+    status = lab.cli("status", "--json")
     assert status.returncode == 1 and any("no registered attachment" in p
                                           for p in json.loads(status.stdout)["problems"]), status.stdout
 
-    out = subprocess.run(lab.isolation_argv("reconcile"), capture_output=True, text=True)
+    out = lab.cli("reconcile")
     assert out.returncode == 0 and "removed" in out.stdout and a.network.bridge in out.stdout, out
     wrong = _stale_gone(lab, a, b, c)
     assert not wrong, "\n".join(wrong)
     assert _peer_pairs(lab, a.network.bridge) == []
     _checks_pass(lab, a, b, c)
-    again = subprocess.run(lab.isolation_argv("reconcile"), capture_output=True, text=True)
+    again = lab.cli("reconcile")
     assert again.returncode == 0 and "removed" not in again.stdout, again
 
 

@@ -35,8 +35,7 @@ import pytest
 
 from conftest import REPO
 from containerd import Containerd, mount_points, real_dirs_snapshot
-from netlab import IP, TCP_PORT, Lab, Network, sh
-from test_conf_examples import localise
+from netlab import IP, TCP_PORT, Lab, Network, localise, sh
 
 pytestmark = pytest.mark.e2e
 HOST = ("10.99.0.1", "fd99::1")  # the host's uplink addresses, where portmap publishes
@@ -68,7 +67,7 @@ class Env:
             return re.findall(rf"\]: (\w+) container={re.escape(cni_id)} ", f.read())
 
     def isolation(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(self.lab.isolation_argv(*args), capture_output=True, text=True, timeout=60)
+        return self.lab.cli(*args)
 
     def status(self) -> dict:
         return json.loads(self.isolation("status", "--json").stdout)

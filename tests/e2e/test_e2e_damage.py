@@ -4,7 +4,6 @@ with real packets wherever isolation is the question."""
 
 import json
 import os
-import subprocess
 
 import pytest
 
@@ -14,36 +13,15 @@ pytestmark = pytest.mark.e2e
 BACKENDS = ["iptables", "nftables"]
 
 
-def _conf(lab, c, **extra) -> dict:
-    return {"cniVersion": "1.0.0", "name": c.network.name, "type": "isolation",
-            "prevResult": lab.cache[(c.network.name, c.id)], **extra}
-
-
-def _cli(lab, *args) -> subprocess.CompletedProcess:
-    proc = subprocess.run(lab.isolation_argv(*args), capture_output=True, text=True)
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-    return proc
-
-
 def _status(lab) -> tuple[int, dict]:
-    proc = _cli(lab, "status", "--json")
+    """`isolation status --json`: its exit code (1: problems found) and its report."""
+    proc = lab.cli("status", "--json")
     return proc.returncode, json.loads(proc.stdout)
-
-
-def _blocked(lab, a, b) -> bool:
-    """Neither a -> b (ICMP, TCP, v4 and v6) nor b -> a gets through."""
-    return not any(lab.reach([(a.name, b.ipv4), (a.name, b.ipv6), (b.name, a.ipv4)]).values())
 
 
 def _reaches_outside(lab, c) -> bool:
     """Positive control: the container reaches the lab's outside peer through the host."""
     return all(lab.reach([(c.name, "10.99.0.2")]).values())
-
-
-def _port(lab, c) -> str:
-    """The container's host-side veth, from its cached prevResult."""
-    prev = lab.cache[(c.network.name, c.id)]
-    return next(i["name"] for i in prev["interfaces"] if "sandbox" not in i and i["name"] != c.network.bridge)
 
 
 def _tear_line(lab, c) -> None:
@@ -57,7 +35,7 @@ def _tear_line(lab, c) -> None:
 
 
 def _plugin(lab, command, c, **extra) -> tuple[int, dict | None]:
-    rc, out, _ = lab.exec_plugin("isolation", command, _conf(lab, c, **extra), lab._env(c))
+    rc, out, _ = lab.exec_plugin("isolation", command, lab.isolation_conf(c, **extra), lab._env(c))
     return rc, out
 
 
@@ -79,22 +57,22 @@ def test_a_torn_registry_line_never_opens_isolation(lab, backend):
     iso = {"backend": backend}
     nets = [lab.network(["bridge", "isolation"], isolation=iso) for _ in range(3)]
     a, b, other = lab.add(nets[0]), lab.add(nets[1]), lab.add(nets[2])
-    assert _blocked(lab, a, b) and _reaches_outside(lab, a) and _reaches_outside(lab, b)
+    assert lab.blocked(a, b) and _reaches_outside(lab, a) and _reaches_outside(lab, b)
     _tear_line(lab, a)
     assert [rc for _, rc in lab.delete(other)] == [0, 0]
     again = lab.add(nets[2])
-    assert _blocked(lab, again, a), "ADD still enforces its own network"
+    assert lab.blocked(again, a), "ADD still enforces its own network"
     assert [rc for _, rc in lab.delete(again)] == [0, 0]
-    assert _blocked(lab, a, b), "a damaged registry opened isolation"
+    assert lab.blocked(a, b), "a damaged registry opened isolation"
     assert _reaches_outside(lab, a) and _reaches_outside(lab, b)
     assert not _isolates(lab, backend, nets[2].bridge), "the departing network's own rules did go"
     rc, report = _status(lab)
     assert rc == 1 and report["damaged"] and any("registry is damaged" in p for p in report["problems"]), report
     assert os.path.exists(os.path.join(lab.state_dir(), "registry.json.damaged")), "kept for inspection"
 
-    out = _cli(lab, "reconcile")
+    out = lab.cli("reconcile")
     assert out.returncode == 0 and "rebuilt the damaged registry" in out.stdout, out
-    assert _blocked(lab, a, b) and _reaches_outside(lab, a)
+    assert lab.blocked(a, b) and _reaches_outside(lab, a)
     rc, report = _status(lab)
     assert report["damaged"] is None and not any("damaged" in p for p in report["problems"]), report
     # a's line was lost: its rules stay, named, while its port is plugged in
@@ -102,7 +80,7 @@ def test_a_torn_registry_line_never_opens_isolation(lab, backend):
     assert [rc for _, rc in lab.delete(b)] == [0, 0]
     assert _isolates(lab, backend, nets[0].bridge), "b's DEL (the last registered) kept a's rules"
     c = lab.add(nets[1])
-    assert _blocked(lab, a, c) and _reaches_outside(lab, c)
+    assert lab.blocked(a, c) and _reaches_outside(lab, c)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -113,7 +91,7 @@ def test_a_torn_line_on_the_same_bridge_keeps_the_bridge_isolated(lab, backend):
     a1, a2, b = lab.add(nets[0]), lab.add(nets[0]), lab.add(nets[1])
     _tear_line(lab, a2)
     assert [rc for _, rc in lab.delete(a1)] == [0, 0]
-    assert _blocked(lab, a2, b) and _reaches_outside(lab, a2) and _reaches_outside(lab, b)
+    assert lab.blocked(a2, b) and _reaches_outside(lab, a2) and _reaches_outside(lab, b)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -125,19 +103,19 @@ def test_reconcile_keeps_the_damage_while_a_lost_container_is_plugged_in(lab, ba
     nets = [lab.network(["bridge", "isolation"], isolation={"backend": backend}) for _ in range(2)]
     a1, a2, b = lab.add(nets[0]), lab.add(nets[0]), lab.add(nets[1])
     _tear_line(lab, a2)
-    out = _cli(lab, "reconcile")
-    assert out.returncode == 0 and f"{_port(lab, a2)} on {nets[0].bridge}" in out.stdout, out
+    out = lab.cli("reconcile")
+    assert out.returncode == 0 and f"{lab.host_port(a2)} on {nets[0].bridge}" in out.stdout, out
     rc, report = _status(lab)
     assert rc == 1 and report["damaged"], report
     assert [rc for _, rc in lab.delete(a1)] == [0, 0]
-    assert _blocked(lab, a2, b) and _reaches_outside(lab, a2) and _reaches_outside(lab, b)
+    assert lab.blocked(a2, b) and _reaches_outside(lab, a2) and _reaches_outside(lab, b)
     assert [rc for _, rc in lab.delete(a2)] == [0, 0]  # the runtime unplugs it: nothing unknown is left
-    out = _cli(lab, "reconcile")
+    out = lab.cli("reconcile")
     assert out.returncode == 0 and "rebuilt the damaged registry" in out.stdout, out
     rc, report = _status(lab)
     assert rc == 0 and report["damaged"] is None, report
     c = lab.add(nets[0])
-    assert _blocked(lab, c, b) and _reaches_outside(lab, c)
+    assert lab.blocked(c, b) and _reaches_outside(lab, c)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -150,12 +128,12 @@ def test_orphan_removal_with_nothing_registered_keeps_bridges_with_ports(lab, ba
     os.remove(os.path.join(lab.state_dir(), "registry.json"))
     rc, _, _ = lab.exec_plugin("bridge", "DEL", lab._conf(nets[2], nets[2].plugins[0], None), lab._env(x))
     assert rc == 0  # x unplugged: its bridge has no port left
-    out = _cli(lab, "reconcile")
+    out = lab.cli("reconcile")
     assert out.returncode == 0 and f"removed the rules of {nets[2].bridge}" in out.stdout, out
     assert "removed the rules of " + nets[0].bridge not in out.stdout
     assert not _isolates(lab, backend, nets[2].bridge)
     assert _isolates(lab, backend, nets[0].bridge) and _isolates(lab, backend, nets[1].bridge)
-    assert _blocked(lab, a, b) and _reaches_outside(lab, a) and _reaches_outside(lab, b)
+    assert lab.blocked(a, b) and _reaches_outside(lab, a) and _reaches_outside(lab, b)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -166,21 +144,21 @@ def test_attachments_whose_port_vanished_are_reported_and_pruned(lab, backend):
     and the rules only they needed go; other networks keep theirs (by packets)."""
     nets = [lab.network(["bridge", "isolation"], isolation={"backend": backend}) for _ in range(3)]
     a1, a2, b, c = lab.add(nets[0]), lab.add(nets[0]), lab.add(nets[1]), lab.add(nets[2])
-    assert _blocked(lab, a2, c) and _blocked(lab, b, c)
+    assert lab.blocked(a2, c) and lab.blocked(b, c)
     for gone in (a1, b):
-        sh(IP, "link", "del", _port(lab, gone), netns=lab.host)
+        sh(IP, "link", "del", lab.host_port(gone), netns=lab.host)
     rc, report = _status(lab)
     vanished = [p for p in report["problems"] if "has vanished" in p]
-    assert rc == 1 and len(vanished) == 2 and any(_port(lab, a1) in p for p in vanished), report
-    out = _cli(lab, "prune")
+    assert rc == 1 and len(vanished) == 2 and any(lab.host_port(a1) in p for p in vanished), report
+    out = lab.cli("prune")
     assert out.returncode == 0 and "pruned 2 attachment" in out.stdout, out
     assert not _isolates(lab, backend, nets[1].bridge), "b was its network's last: its rules went"
     assert _isolates(lab, backend, nets[0].bridge) and _isolates(lab, backend, nets[2].bridge)
-    assert _blocked(lab, a2, c) and _reaches_outside(lab, a2) and _reaches_outside(lab, c)
+    assert lab.blocked(a2, c) and _reaches_outside(lab, a2) and _reaches_outside(lab, c)
     rc, report = _status(lab)
     assert rc == 0 and report["problems"] == [], report
     assert all(rc == 0 for _, rc, _ in lab.check(a2))
-    assert _cli(lab, "prune").stdout.startswith("pruned 0 "), "nothing vanished twice"
+    assert lab.cli("prune").stdout.startswith("pruned 0 "), "nothing vanished twice"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -190,16 +168,16 @@ def test_a_port_recreated_under_its_name_has_vanished_and_reconcile_prunes(lab, 
     into the bridge, so the bridge keeps its rules (fail closed) until it goes too."""
     nets = [lab.network(["bridge", "isolation"], isolation={"backend": backend}) for _ in range(2)]
     a, b = lab.add(nets[0]), lab.add(nets[1])
-    port = _port(lab, a)
+    port = lab.host_port(a)
     sh(IP, "link", "del", port, netns=lab.host)
     sh(IP, "link", "add", port, "type", "veth", "peer", "name", f"{lab.prefix}ns", netns=lab.host)
     sh(IP, "link", "set", port, "master", nets[0].bridge, netns=lab.host)
-    out = _cli(lab, "reconcile")
+    out = lab.cli("reconcile")
     assert out.returncode == 0 and f"forgot 1 attachment(s) whose host-side interface vanished: {port}" in out.stdout
     assert _isolates(lab, backend, nets[0].bridge), "something is plugged in: the rules stay"
     assert [r["bridge"] for r in _status(lab)[1]["bridges"]] == [nets[1].bridge]
     sh(IP, "link", "del", port, netns=lab.host)
-    out = _cli(lab, "reconcile")
+    out = lab.cli("reconcile")
     assert out.returncode == 0 and f"removed the rules of {nets[0].bridge}" in out.stdout, out
     assert not _isolates(lab, backend, nets[0].bridge) and _isolates(lab, backend, nets[1].bridge)
     assert _reaches_outside(lab, b)
@@ -210,13 +188,13 @@ def test_an_unknown_port_is_never_pruned(lab):
     told vanished, and is kept."""
     net = lab.network(["bridge", "isolation"], isolation={"backend": "nftables"})
     c = lab.add(net)
-    conf = _conf(lab, c, backend="nftables")
+    conf = lab.isolation_conf(c, backend="nftables")
     conf["prevResult"] = {**conf["prevResult"],
                           "interfaces": [i for i in conf["prevResult"]["interfaces"] if i["name"] == net.bridge]}
     env = {**lab._env(c), "CNI_CONTAINERID": c.id + "-noport"}
     rc, out, _ = lab.exec_plugin("isolation", "ADD", conf, env)
     assert rc == 0, out
-    out = _cli(lab, "prune")
+    out = lab.cli("prune")
     assert out.stdout.startswith("pruned 0 "), out
     assert [r["attachments"] for r in _status(lab)[1]["bridges"]] == [2]
 
@@ -242,18 +220,17 @@ def test_auto_stays_on_nftables_and_fails_103_when_it_breaks(lab):
     normal = lab.isolation_argv
     lab.isolation_argv = _without_libnftables(lab)
     try:
-        probe = subprocess.run(lab.isolation_argv("status", "--json"), capture_output=True, text=True)
-        assert not json.loads(probe.stdout)["backends"]["nftables"]["usable"], "the hiding works"
+        assert not lab.status()["backends"]["nftables"]["usable"], "the hiding works"
         before = lab.ruleset()
         rc, out = _plugin(lab, "ADD", b)
         assert rc != 0 and out["code"] == 103 and "nftables" in out["msg"], out
         assert lab.ruleset() == before and "CNI-ISOLATION" not in lab.save("ipv4")
     finally:
         lab.isolation_argv = normal
-    assert not _blocked(lab, a, b), "precondition: b is not isolated yet"
+    assert not lab.blocked(a, b), "precondition: b is not isolated yet"
     rc, out = _plugin(lab, "ADD", b)  # positive control: with nftables usable again, the same ADD works
     assert rc == 0, out
-    assert _blocked(lab, a, b) and _reaches_outside(lab, b)
+    assert lab.blocked(a, b) and _reaches_outside(lab, b)
     assert {r["backend"] for r in _status(lab)[1]["bridges"]} == {"nftables"}
     assert open(os.path.join(lab.state_dir(), "backend")).read() == "nftables\n"
 
@@ -271,7 +248,7 @@ def test_auto_decided_as_iptables_stays_iptables(lab):
     b = lab.add(nets[1])
     assert {r["backend"] for r in _status(lab)[1]["bridges"]} == {"iptables"}
     assert "table inet isolation" not in lab.nft("list", "ruleset")
-    assert _blocked(lab, a, b) and _reaches_outside(lab, a) and _reaches_outside(lab, b)
+    assert lab.blocked(a, b) and _reaches_outside(lab, a) and _reaches_outside(lab, b)
     assert open(os.path.join(lab.state_dir(), "backend")).read() == "iptables\n"
 
 
@@ -290,12 +267,12 @@ def test_a_damaged_registry_keeps_what_lost_attachments_need(lab, backend):
     def guarded() -> str:
         return lab.nft("list", "set", "bridge", table, "guarded")
 
-    assert _blocked(lab, c3, c2) and _port(lab, c2) in guarded()
+    assert lab.blocked(c3, c2) and lab.host_port(c2) in guarded()
     _tear_line(lab, c2)
     rc, out = _plugin(lab, "ADD", c1, backend=backend, ingressPolicy="open")
     assert rc == 0, out
-    assert _blocked(lab, c3, c2) and _isolates(lab, backend, n1.bridge)
-    assert _port(lab, c2) in guarded(), "c2's anti-spoofing stays while its line is lost"
+    assert lab.blocked(c3, c2) and _isolates(lab, backend, n1.bridge)
+    assert lab.host_port(c2) in guarded(), "c2's anti-spoofing stays while its line is lost"
     c4 = lab.add(lab.network(["bridge", "isolation"], isolation=iso))  # an ADD elsewhere
-    assert _port(lab, c2) in guarded() and _port(lab, c4) in guarded()
-    assert _blocked(lab, c3, c2) and _reaches_outside(lab, c2)  # positive control: c2 is alive
+    assert lab.host_port(c2) in guarded() and lab.host_port(c4) in guarded()
+    assert lab.blocked(c3, c2) and _reaches_outside(lab, c2)  # positive control: c2 is alive

@@ -59,10 +59,6 @@ def failed_add(lab, net) -> PluginError:
     return err.value
 
 
-def admin(lab, *args):
-    return subprocess.run(lab.isolation_argv(*args), capture_output=True, text=True, timeout=60)
-
-
 # --- item 2: the state directory ---------------------------------------------------------------
 def cache_key(lab, net) -> tuple[str, dict]:
     """The cache file name our binary uses for `net`'s isolation entry, and the verdict it stores
@@ -268,15 +264,15 @@ def test_rules_that_enforce_nothing_count_as_missing(lab, damage):
     assert check == [("isolation", 1)]
     rc, out, _ = run(lab, "CHECK", a1)
     assert out["code"] == 102, out
-    status = admin(lab, "status", "--json")
+    status = lab.cli("status", "--json")
     assert status.returncode == 1, status.stdout + status.stderr  # problems found (it was 104 when dormant)
     problems = json.loads(status.stdout)["problems"]
     assert problems and all(net_a.bridge in p or net_b.bridge in p for p in problems), problems
-    fixed = admin(lab, "reconcile")
+    fixed = lab.cli("reconcile")
     assert fixed.returncode == 0 and "restored" in fixed.stdout, fixed.stdout + fixed.stderr
     assert blocked(lab, b1, a1) and blocked(lab, a1, b1) and lab.tcp(a1.name, net_a.gateway4)
     assert [rc for kind, rc, _ in lab.check(a1) if kind == "isolation"] == [0]
-    assert admin(lab, "status").returncode == 0
+    assert lab.cli("status").returncode == 0
     break_it()  # and the next ADD, on any network, re-creates it
     b2 = lab.add(net_b)
     assert blocked(lab, b2, a1) and blocked(lab, b1, a1) and blocked(lab, a1, b1)
@@ -312,7 +308,7 @@ def test_the_last_iptables_del_leaves_the_ruleset_it_found(lab, host, end):
         lab.delete(a1)
         lab.delete(b1)
     else:
-        out = admin(lab, "cleanup")
+        out = lab.cli("cleanup")
         assert out.returncode == 0, out.stdout + out.stderr
     assert lab.ruleset() == baseline
 

@@ -54,10 +54,6 @@ def isolated_ports(lab) -> set[str]:
     return {link["ifname"] for link in links if link.get("isolated")}
 
 
-def host_port(lab, c) -> str:
-    return next(i["name"] for i in lab.cache[(c.network.name, c.id)]["interfaces"][1:] if not i.get("sandbox"))
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_teardown_by_reference_count(lab, backend):
     baseline = lab.ruleset()
@@ -71,7 +67,7 @@ def test_teardown_by_reference_count(lab, backend):
         alive.remove(c)
         used = {x.network.bridge for x in alive}
         assert enforced_bridges(lab, backend) == used, f"after DEL {step + 1} (seed {seed})"
-        ports = {host_port(lab, x) for x in alive if x.network is nets[1]}
+        ports = {lab.host_port(x) for x in alive if x.network is nets[1]}
         assert guarded_ports(lab, backend) == ports, f"after DEL {step + 1} (seed {seed})"
         assert isolated_ports(lab) == ports, f"after DEL {step + 1} (seed {seed})"
         if len(alive) >= 2 and step % 2 == 0:  # the survivors keep their verdicts
@@ -195,8 +191,8 @@ def test_add_rebuilds_a_missing_table_that_a_neighbour_on_its_bridge_needs(make_
     assert "table bridge isolation" not in lab.nft("list", "tables")
     assert [rc for kind, rc, _ in lab.check(a1) if kind == "isolation"] != [0]
     s = lab.add(second)
-    assert guarded_ports(lab, "nftables") == {host_port(lab, a1), host_port(lab, a2)}
-    assert isolated_ports(lab) == {host_port(lab, c) for c in (a1, a2, s)}
+    assert guarded_ports(lab, "nftables") == {lab.host_port(a1), lab.host_port(a2)}
+    assert isolated_ports(lab) == {lab.host_port(c) for c in (a1, a2, s)}
     got = lab.reach([(a1.name, a2.ipv4), (a1.name, a2.ipv6), (s.name, a1.ipv4), (s.name, a1.ipv6)])
     assert not any(got.values()), got
     assert all(rc == 0 for _, rc, _ in lab.check(a1))

@@ -16,9 +16,7 @@ Podman runs VERSION on every plugin when it loads a conflist and silently drops 
 whose plugin fails it: the log of our binary must show an ADD for every container.
 """
 
-import json
 import re
-import subprocess
 
 import pytest
 
@@ -111,5 +109,5 @@ def test_podman_failed_add_leaves_nothing(lab, podman):
     assert proc.returncode != 0, "the container must not start unprotected"
     assert "denyEgress" in proc.stderr and re.search(r"10\.0\.0\.0/33", proc.stderr), proc.stderr
     assert lab.ours_mentioning(bridge) == []
-    status = json.loads(subprocess.run(lab.isolation_argv("status", "--json"), capture_output=True, text=True).stdout)
+    status = lab.status()
     assert [b for b in status["bridges"] if b["bridge"] == bridge] == []

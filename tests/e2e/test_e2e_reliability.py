@@ -17,20 +17,6 @@ from netlab import IP, sh
 pytestmark = pytest.mark.e2e
 
 
-def _conf(lab, c, **extra) -> dict:
-    return {"cniVersion": "1.0.0", "name": c.network.name, "type": "isolation",
-            "prevResult": lab.cache[(c.network.name, c.id)], **extra}
-
-
-def _status(lab) -> dict:
-    out = subprocess.run(lab.isolation_argv("status", "--json"), capture_output=True, text=True)
-    return json.loads(out.stdout)
-
-
-def _blocked(lab, a, b) -> bool:
-    return not any(lab.reach([(a.name, b.ipv4), (a.name, b.ipv6), (b.name, a.ipv4)]).values())
-
-
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_busy_lock_fails_add_closed_and_defers_del(lab, backend):
     """With the host-wide lock held elsewhere, ADD fails with 11 and isolates nothing (the
@@ -45,20 +31,20 @@ def test_busy_lock_fails_add_closed_and_defers_del(lab, backend):
     fd = os.open(os.path.join(lab.state_dir(), "lock"), os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        rc, out, _ = lab.exec_plugin("isolation", "ADD", _conf(lab, newcomer, backend=backend),
+        rc, out, _ = lab.exec_plugin("isolation", "ADD", lab.isolation_conf(newcomer, backend=backend),
                                      {**lab._env(newcomer), **env_short})
         assert rc != 0 and out["code"] == 11, out
         assert lab.ruleset() == before, "a failed ADD changes nothing"
-        rc, out, _ = lab.exec_plugin("isolation", "DEL", _conf(lab, gone, backend=backend),
+        rc, out, _ = lab.exec_plugin("isolation", "DEL", lab.isolation_conf(gone, backend=backend),
                                      {**lab._env(gone), **env_short})
         assert rc == 0 and out is None, out
         assert os.listdir(os.path.join(lab.state_dir(), "deferred-del")), "the DEL is recorded"
     finally:
         os.close(fd)
     # The next locked run (here another container's DEL) carries the deferred DEL out.
-    rc, _, _ = lab.exec_plugin("isolation", "DEL", _conf(lab, newcomer, backend=backend), lab._env(newcomer))
+    rc, _, _ = lab.exec_plugin("isolation", "DEL", lab.isolation_conf(newcomer, backend=backend), lab._env(newcomer))
     assert rc == 0
-    assert [b["attachments"] for b in _status(lab)["bridges"]] == [1], "only `kept` is registered"
+    assert [b["attachments"] for b in lab.status()["bridges"]] == [1], "only `kept` is registered"
     assert not os.listdir(os.path.join(lab.state_dir(), "deferred-del"))
     assert all(rc == 0 for _, rc, _ in lab.check(kept))
 
@@ -72,17 +58,17 @@ def test_reconcile_restores_a_wiped_firewall(lab, backend, wipe):
     `isolation reconcile` puts isolation back, proven with packets."""
     nets = [lab.network(["bridge", "isolation"], isolation={"backend": backend}) for _ in range(2)]
     a, b = lab.add(nets[0]), lab.add(nets[1])
-    assert _blocked(lab, a, b)
+    assert lab.blocked(a, b)
     for argv in wipe:
         sh(*argv, netns=lab.host)
-    assert not _blocked(lab, a, b), "the wipe really opened the way (else this test proves nothing)"
+    assert not lab.blocked(a, b), "the wipe really opened the way (else this test proves nothing)"
     assert any(rc != 0 for kind, rc, _ in lab.check(a) if kind == "isolation")
-    report = _status(lab)
+    report = lab.status()
     assert report["problems"] and all(any(p.startswith(n.bridge) for p in report["problems"]) for n in nets)
-    out = subprocess.run(lab.isolation_argv("reconcile"), capture_output=True, text=True)
+    out = lab.cli("reconcile")
     assert out.returncode == 0 and "restored" in out.stdout, out
-    assert _blocked(lab, a, b)
-    assert _status(lab)["problems"] == []
+    assert lab.blocked(a, b)
+    assert lab.status()["problems"] == []
     assert all(rc == 0 for c in (a, b) for _, rc, _ in lab.check(c))
 
 
@@ -111,7 +97,7 @@ def test_state_is_root_only_and_nobody_else_can_change_rules(lab):
     before = lab.ruleset()
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     env = {"CNI_COMMAND": "ADD", "CNI_PATH": "/usr/lib/cni", **lab._env(other)}
-    conf = json.dumps({**_conf(lab, other), "name": other.network.name})
+    conf = json.dumps({**lab.isolation_conf(other), "name": other.network.name})
     with world_readable_copy(lab.isolation_bin) as binary:
         argv = lab.isolation_argv()
         at = argv.index(lab.isolation_bin)
@@ -135,15 +121,14 @@ def test_isolated_fails_closed_when_the_port_cannot_be_isolated(make_lab, backen
     lab = make_lab(bridge_nf=0)
     net = lab.network(["bridge"])
     c = lab.add(net)
-    port = next(i["name"] for i in lab.cache[(net.name, c.id)]["interfaces"] if i["name"] != net.bridge
-                and not i.get("sandbox"))
+    port = lab.host_port(c)
     sh(IP, "link", "set", port, "nomaster", netns=lab.host)
     before = lab.ruleset()
-    rc, out, _ = lab.exec_plugin("isolation", "ADD", _conf(lab, c, ingressPolicy="isolated", backend=backend),
+    rc, out, _ = lab.exec_plugin("isolation", "ADD", lab.isolation_conf(c, ingressPolicy="isolated", backend=backend),
                                  lab._env(c))
     assert rc != 0 and out["code"] == 100 and "isolation flag" in out["msg"], out
     assert lab.ruleset() == before and lab.bridge_nf() == "0"
-    rc, _, _ = lab.exec_plugin("isolation", "DEL", _conf(lab, c, ingressPolicy="isolated", backend=backend),
+    rc, _, _ = lab.exec_plugin("isolation", "DEL", lab.isolation_conf(c, ingressPolicy="isolated", backend=backend),
                                lab._env(c))
     assert rc == 0
 
@@ -175,21 +160,21 @@ def test_iptables_add_refused_by_one_family_leaves_nothing_applied(lab):
     before = saved()
     attempts = [(newcomer, {}), (a2, {"denyEgress": [f"{newcomer.ipv4}/32", f"{newcomer.ipv6}/128"]})]
     for c, extra in attempts:
-        conf = {**_conf(lab, c, backend="iptables"), **extra}
+        conf = {**lab.isolation_conf(c, backend="iptables"), **extra}
         rc, out, _ = lab.exec_plugin("isolation", "ADD", conf, {**lab._env(c), **broken})
         assert rc != 0 and out["code"] == 100 and "ip6tables-restore" in out["msg"], out
         assert "nothing was left applied" in out["details"], out
         # iptables-save, not the nft listing: iptables-nft creates a built-in chain (here INPUT,
         # for the guard's jump) on first use and keeps it, empty, like after any DEL
         assert saved() == before, f"IPv4 kept part of a failed ADD ({extra or 'first on its bridge'})"
-        assert _status(lab)["problems"] == []
+        assert lab.status()["problems"] == []
         rc, out, _ = lab.exec_plugin("isolation", "DEL", conf, {**lab._env(c), **broken})
         assert rc == 0 and out is None, out
     assert saved() == before
     assert all(lab.reach([(a.name, newcomer.ipv4), (a.name, newcomer.ipv6)]).values()), "the failed ADD isolated nothing"
-    rc, out, _ = lab.exec_plugin("isolation", "ADD", _conf(lab, newcomer, backend="iptables"), lab._env(newcomer))
+    rc, out, _ = lab.exec_plugin("isolation", "ADD", lab.isolation_conf(newcomer, backend="iptables"), lab._env(newcomer))
     assert rc == 0, out
-    assert _blocked(lab, a, newcomer) and _blocked(lab, newcomer, a)
+    assert lab.blocked(a, newcomer) and lab.blocked(newcomer, a)
 
 
 def test_half_failed_teardown_is_named_and_reconciled(lab):
@@ -201,12 +186,12 @@ def test_half_failed_teardown_is_named_and_reconciled(lab):
     baseline = lab.ruleset()
     net = lab.network(["bridge", "isolation"], isolation={"backend": "iptables"})
     c = lab.add(net)
-    conf = _conf(lab, c, backend="iptables")
+    conf = lab.isolation_conf(c, backend="iptables")
     rc, out, _ = lab.exec_plugin("isolation", "DEL", conf, {**lab._env(c), **_broken_ip6tables_restore(lab)})
     assert rc == 0 and out is None, out
     assert f"-o {net.bridge} " in lab.save("ipv6") and f"-o {net.bridge} " not in lab.save("ipv4")
-    assert _status(lab)["problems"] == [f"{net.bridge}: iptables rules with no registered attachment"]
-    reconcile = lambda: subprocess.run(lab.isolation_argv("reconcile"), capture_output=True, text=True)  # noqa: E731
+    assert lab.status()["problems"] == [f"{net.bridge}: iptables rules with no registered attachment"]
+    reconcile = lambda: lab.cli("reconcile")  # noqa: E731
     out = reconcile()
     assert out.returncode == 0 and "removed" not in out.stdout and f"-o {net.bridge} " in lab.save("ipv6"), out
     rc, _, _ = lab.exec_plugin("bridge", "DEL", lab._conf(net, net.plugins[0], None), lab._env(c))
@@ -214,7 +199,7 @@ def test_half_failed_teardown_is_named_and_reconciled(lab):
     out = reconcile()
     assert out.returncode == 0 and f"removed the rules of {net.bridge}" in out.stdout, out
     assert lab.ruleset() == baseline
-    assert _status(lab)["problems"] == []
+    assert lab.status()["problems"] == []
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
@@ -226,8 +211,8 @@ def test_a_lost_registry_never_opens_isolation(lab, backend):
     a, b = lab.add(nets[0]), lab.add(nets[1])
     os.remove(os.path.join(lab.state_dir(), "registry.json"))
     before = lab.ruleset()
-    out = subprocess.run(lab.isolation_argv("reconcile"), capture_output=True, text=True)
+    out = lab.cli("reconcile")
     assert out.returncode == 0 and "removed" not in out.stdout, out
-    assert lab.ruleset() == before and _blocked(lab, a, b) and _blocked(lab, b, a)
-    assert sorted(_status(lab)["problems"]) == sorted(f"{n.bridge}: {backend} rules with no registered attachment"
+    assert lab.ruleset() == before and lab.blocked(a, b) and lab.blocked(b, a)
+    assert sorted(lab.status()["problems"]) == sorted(f"{n.bridge}: {backend} rules with no registered attachment"
                                                        for n in nets)

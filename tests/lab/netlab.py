@@ -6,6 +6,7 @@ per-lab random prefix so parallel runs cannot collide, and close() removes
 everything the lab made, also after a failure.
 """
 
+import copy
 import ctypes
 import glob
 import ipaddress
@@ -146,6 +147,19 @@ def bridge_plugin(bridge: str, index: int, datadir: str) -> dict:
             "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
         },
     }
+
+
+def localise(lab: "Lab", conflist: dict, index: int) -> list[dict]:
+    """A conflist's plugins (conf-examples/), its bridge plugin pointed at lab-owned names and
+    ranges: the examples run unchanged otherwise, in the end-to-end tests and with containerd."""
+    plugins = copy.deepcopy(conflist["plugins"])
+    for i, p in enumerate(plugins):
+        if p["type"] == "bridge":
+            mine = bridge_plugin(f"{lab.prefix}b{index}", index, os.path.join(lab.tmp, "ipam"))
+            if p.get("isDefaultGateway"):  # the bridge plugin adds the default routes itself
+                mine["ipam"]["routes"] = []
+            plugins[i] = {**p, "bridge": mine["bridge"], "ipMasq": False, "ipam": mine["ipam"]}
+    return plugins
 
 
 class Lab:
@@ -303,6 +317,17 @@ class Lab:
         libnftables hidden."""
         return self.without_system_libnftables([IP, "netns", "exec", self.host, self.isolation_bin, *args])
 
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Our command line (`status`, `prune`, `reconcile`...) run as isolation_argv runs
+        it; whatever it answers, it never answers with a Python traceback."""
+        proc = subprocess.run(self.isolation_argv(*args), capture_output=True, text=True, timeout=timeout)
+        assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        return proc
+
+    def status(self) -> dict:
+        """`isolation status --json`, parsed (its exit code says only whether problems exist)."""
+        return json.loads(self.cli("status", "--json").stdout)
+
     def without_system_libnftables(self, argv: list[str]) -> list[str]:
         """`argv` in a private mount namespace where the system's libnftables is an empty file.
 
@@ -322,6 +347,19 @@ class Lab:
         if prev is not None:
             conf["prevResult"] = prev
         return conf
+
+    def isolation_conf(self, c: Container, **extra) -> dict:
+        """A bare configuration of our plugin for `c` (its cached prevResult), with `extra`
+        keys: for running our plugin alone, outside the network's chain."""
+        return {"cniVersion": "1.0.0", "name": c.network.name, "type": "isolation",
+                "prevResult": self.cache[(c.network.name, c.id)], **extra}
+
+    def host_port(self, c: Container) -> str:
+        """`c`'s host-side veth (its bridge port), from its cached prevResult: the bridge plugin
+        lists the bridge first (not always c.network.bridge: a network may share another's),
+        then this veth, then the container's end (with a sandbox)."""
+        interfaces = self.cache[(c.network.name, c.id)]["interfaces"]
+        return next(i["name"] for i in interfaces[1:] if not i.get("sandbox"))
 
     def _env(self, c: Container, with_netns: bool = True) -> dict:
         env = {"CNI_CONTAINERID": c.id, "CNI_IFNAME": "eth0", "CNI_ARGS": "IgnoreUnknown=1"}
@@ -468,6 +506,10 @@ class Lab:
         with ThreadPoolExecutor(max_workers=32) as pool:
             results = pool.map(lambda j: (self.ping if j[0] == "icmp" else self.tcp)(j[1], j[2]), jobs)
             return dict(zip(jobs, results))
+
+    def blocked(self, a: Container, b: Container) -> bool:
+        """Neither a -> b (ICMP and TCP, IPv4 and IPv6) nor b -> a (IPv4) gets through."""
+        return not any(self.reach([(a.name, b.ipv4), (a.name, b.ipv6), (b.name, a.ipv4)]).values())
 
     # --- firewall state ---------------------------------------------------------------------
     def ruleset(self) -> str:
