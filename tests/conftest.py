@@ -15,10 +15,25 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 LAB = os.path.join(HERE, "lab")
 sys.path.insert(0, LAB)
+pytest.register_assert_rewrite("golden")  # its comparisons show the difference, as a test's do
 
 from netlab import Lab  # noqa: E402
 
 DEFAULT_BIN = os.path.join(REPO, "dist", "isolation", "isolation")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="write what the planners render into tests/golden/ instead of comparing; "
+                          "review the change with `git diff tests/golden`")
+
+
+@pytest.fixture(scope="session")
+def golden(request):
+    """Compares a rendering with its golden file, or rewrites the file (--update-golden)."""
+    from golden import Golden
+
+    return Golden(request.config.getoption("update_golden"))
 
 
 @pytest.fixture(scope="session")

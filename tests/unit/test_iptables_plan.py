@@ -1,20 +1,17 @@
 """Golden files: the exact iptables-restore lines the planner emits for each scenario.
 
-The .before files are iptables-save output; the .plan files were written by hand
-from the layout documented in plugin/backends/iptables.py (upstream's STAGE-1/2).
-A rendering change shows up here as a reviewable diff.
+The .before files are iptables-save output; the .plan files were first written by hand
+from the layout documented in plugin/backends/iptables.py (upstream's STAGE-1/2). A
+rendering change is regenerated with `pytest tests/unit --update-golden` and reviewed as
+`git diff tests/golden`.
 """
-
-import json
-import os
 
 import pytest
 
 from plugin.backends.iptables import SPOOF_TABLE, FilterTable, plan, problems, release_plan, split_rule, strip_comment
 from plugin.backends.nftables import TableState, bridge_plan, bridge_release, bridge_spec, spoof_elements
 from plugin.policy import Guard, Hole, Release, Spoof, intent_for
-
-GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "golden", "iptables")
+from golden import read as read_golden
 
 SCENARIOS = [
     # (plan file, before file, bridge, ingressPolicy)
@@ -30,15 +27,14 @@ SCENARIOS = [
 
 
 def read(name: str) -> str:
-    with open(os.path.join(GOLDEN, name)) as f:
-        return f.read()
+    return read_golden("iptables/" + name)
 
 
 @pytest.mark.parametrize("plan_file,before,bridge,policy", SCENARIOS, ids=[s[0] for s in SCENARIOS])
-def test_plan_matches_golden(plan_file, before, bridge, policy):
+def test_plan_matches_golden(plan_file, before, bridge, policy, golden):
     table = FilterTable.parse(read(before + ".before"))
     got = plan(table, [intent_for(bridge, policy)])
-    assert got == read(plan_file + ".plan").splitlines()
+    golden.check(f"iptables/{plan_file}.plan", got)
 
 
 def test_fully_enforced_table_has_no_problems():
@@ -94,11 +90,11 @@ GUARD = Guard(("10.98.0.0/16", "fd98::/32"), (Hole("tcp", ("53", "8000-8100"), "
 
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_guarded_plan_matches_golden(family):
+def test_guarded_plan_matches_golden(family, golden):
     """Each family gets its own deny ranges and exceptions; IPv6 also neighbour discovery."""
     table = FilterTable.parse(read("empty.before"))
     got = plan(table, [intent_for("br0", "same-bridge", guard=GUARD)], family)
-    assert got == read(f"empty-guarded-{family}.plan").splitlines()
+    golden.check(f"iptables/empty-guarded-{family}.plan", got)
 
 
 def test_guarded_table_read_back_has_no_problems_and_needs_nothing():
@@ -121,9 +117,9 @@ GUARD_RELEASES = [
 
 
 @pytest.mark.parametrize("plan_file,release", GUARD_RELEASES, ids=[r[0] for r in GUARD_RELEASES])
-def test_guard_release_matches_golden(plan_file, release):
+def test_guard_release_matches_golden(plan_file, release, golden):
     table = FilterTable.parse(read("guarded-ipv4.before"))
-    assert release_plan(table, release, "ipv4") == read(plan_file + ".plan").splitlines()
+    golden.check(f"iptables/{plan_file}.plan", release_plan(table, release, "ipv4"))
 
 
 def test_stale_guard_rules_go_on_the_next_add():
@@ -156,9 +152,9 @@ RELEASES = [
 
 
 @pytest.mark.parametrize("plan_file,before,release", RELEASES, ids=[r[0] for r in RELEASES])
-def test_release_matches_golden(plan_file, before, release):
+def test_release_matches_golden(plan_file, before, release, golden):
     table = FilterTable.parse(read(before + ".before"))
-    assert release_plan(table, release) == read(plan_file + ".plan").splitlines()
+    golden.check(f"iptables/{plan_file}.plan", release_plan(table, release))
 
 
 @pytest.mark.parametrize(
@@ -178,12 +174,12 @@ def test_split_rule_reads_iptables_save_as_it_is_printed(line, args):
     assert split_rule(line) == args
 
 
-def test_foreign_rules_with_hostile_names_do_not_break_planning():
+def test_foreign_rules_with_hostile_names_do_not_break_planning(golden):
     text = read("two-bridges.before").replace(
         "COMMIT", "-A FORWARD -i x'y -o a\"b -j ACCEPT\n-A FORWARD -i q\\ -j ACCEPT\nCOMMIT")
     table = FilterTable.parse(text)
     assert table.chains["FORWARD"][1:] == [["-i", "x'y", "-o", 'a"b', "-j", "ACCEPT"], ["-i", "q\\", "-j", "ACCEPT"]]
-    assert plan(table, [intent_for("br2", "same-bridge")]) == read("two-bridges-third.plan").splitlines()
+    golden.check("iptables/two-bridges-third.plan", plan(table, [intent_for("br2", "same-bridge")]))
 
 
 def test_registered_bridges_missing_from_the_table_are_restored():
@@ -259,36 +255,32 @@ def test_a_full_plan_never_undoes_guard_rules_of_a_bridge_no_intent_is_on():
 SPOOF = Spoof("veth0", "02:00:00:00:00:0a", ("10.77.1.2", "fd77:1::2"))
 
 
-def _jsonl(name: str) -> list[dict]:
-    return [json.loads(line) for line in read(name).splitlines() if line.strip()]
-
-
-def test_anti_spoofing_table_matches_golden():
+def test_anti_spoofing_table_matches_golden(golden):
     """The iptables backend keeps anti-spoofing in nftables' bridge family (ebtables and
     arptables are not guaranteed installed), in a table of its own with the nftables
     backend's layout: created with the port's MAC and addresses, and emptied of them when
     the port leaves while another port stays."""
     spec = bridge_spec(SPOOF_TABLE)
     assert spec.name == "isolation-iptables"
-    assert bridge_plan(TableState(), spoof_elements([SPOOF]), spec) == _jsonl("spoof-fresh.jsonl")
+    golden.check("iptables/spoof-fresh.jsonl", bridge_plan(TableState(), spoof_elements([SPOOF]), spec))
     other = Spoof("veth1", "02:00:00:00:00:0b", ("10.77.1.3",))
     state = TableState(True, True, spoof_elements([SPOOF, other]))
     gone = Release("br0", False, False, "veth0", False, False, spoof=SPOOF)
-    assert bridge_release(state, gone, spec) == _jsonl("spoof-release-veth0.jsonl")
+    golden.check("iptables/spoof-release-veth0.jsonl", bridge_release(state, gone, spec))
     alone = TableState(True, True, spoof_elements([SPOOF]))
     assert bridge_release(alone, Release("br0", False, False, "veth0", False, False, spoof=SPOOF, last_spoof=True),
                           spec) == [{"delete": {"table": {"family": "bridge", "name": "isolation-iptables"}}}]
     # the last registered one leaves while the table still protects veth1 (lost by a damaged
     # registry): the table stays, only veth0's elements go
-    assert bridge_release(state, Release("br0", False, False, "veth0", False, False, spoof=SPOOF, last_spoof=True),
-                          spec) == _jsonl("spoof-release-veth0.jsonl")
-def test_an_upgrade_replaces_the_direction_blind_published_port_rule():
+    golden.check("iptables/spoof-release-veth0.jsonl", bridge_release(
+        state, Release("br0", False, False, "veth0", False, False, spoof=SPOOF, last_spoof=True), spec))
+def test_an_upgrade_replaces_the_direction_blind_published_port_rule(golden):
     """Before issue 14 the published-port RETURN matched both directions by -o; the next ADD
     (which knows every attachment) removes it as a grant nobody needs and puts the
     per-direction pair in, one transaction per family."""
     table = FilterTable.parse(read("two-bridges-old-dnat.before"))
     got = plan(table, [intent_for("br0", "same-bridge"), intent_for("br1", "same-bridge")])
-    assert got == read("upgrade-old-dnat.plan").splitlines()
+    golden.check("iptables/upgrade-old-dnat.plan", got)
 
 
 def _with_peers(text: str, *pairs) -> str:

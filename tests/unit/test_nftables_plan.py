@@ -1,20 +1,19 @@
 """Golden files: the exact libnftables JSON transaction the nftables planner emits.
 
-The .jsonl files (one command per line) were written by hand from `nft -j list` of
-the ruleset documented in plugin/backends/nftables.py. One inet table covers IPv4
-and IPv6 alike, so there is no separate IPv6 rendering to pin.
+The .jsonl files (one command per line) were first written by hand from `nft -j list` of
+the ruleset documented in plugin/backends/nftables.py; a rendering change is regenerated
+with `pytest tests/unit --update-golden` and reviewed as `git diff tests/golden`. One inet
+table covers IPv4 and IPv6 alike, so there is no separate IPv6 rendering to pin.
 """
 
 import json
-import os
 
 import pytest
 
 from plugin.backends.nftables import BRIDGE, INET, TableState, add_only_plan, plan, problems, release_plan
 from plugin.errors import CniError
 from plugin.policy import Guard, Hole, Release, Spoof, intent_for
-
-GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "golden", "nftables")
+from golden import load
 
 
 def intact(*bridges: str) -> TableState:
@@ -39,15 +38,10 @@ SCENARIOS = {
 }
 
 
-def golden(name: str) -> list[dict]:
-    with open(os.path.join(GOLDEN, name + ".jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_plan_matches_golden(name):
+def test_plan_matches_golden(name, golden):
     states, intent = SCENARIOS[name]
-    assert plan(states, [intent]) == golden(name)
+    golden.check(f"nftables/{name}.jsonl", plan(states, [intent]))
 
 
 # `nft -j list table inet isolation` as the kernel printed it (kernel 6.18, nftables 1.0.6) for brA (isolated, with
@@ -183,16 +177,16 @@ RELEASES = {
 
 
 @pytest.mark.parametrize("name", list(RELEASES))
-def test_release_matches_golden(name):
+def test_release_matches_golden(name, golden):
     states, release = RELEASES[name]
-    assert release_plan(states, release) == golden(name)
+    golden.check(f"nftables/{name}.jsonl", release_plan(states, release))
 
 
-def test_release_of_a_guarded_bridge_matches_golden():
+def test_release_of_a_guarded_bridge_matches_golden(golden):
     """brA (isolated, guarded, grouped with brB) loses its last attachment; brB stays: its
     elements, map entries and then its guard chains go, in one transaction."""
     r = Release("brA", True, True, "vethA", True, False, published=True, last_guard=True, bridge_done=True)
-    assert release_plan({"inet": TableState.parse(LISTING, INET)}, r) == golden("release-guarded")
+    golden.check("nftables/release-guarded.jsonl", release_plan({"inet": TableState.parse(LISTING, INET)}, r))
 
 
 def test_release_rewrites_a_guard_the_remaining_attachments_relax():
@@ -340,18 +334,18 @@ def _grouped(*bridges: str) -> TableState:
     return state
 
 
-def test_a_group_left_loses_its_pairs_once_its_old_attachments_leave():
+def test_a_group_left_loses_its_pairs_once_its_old_attachments_leave(golden):
     """brA, brB and brC share a group; brA's last attachment of that configuration leaves
     while a newer one (no group) stays: brA's pairs go, brB . brC stays. With brA still in
     a group with brC (another old attachment, say), only the pairs with brB go."""
     state = _grouped("brA", "brB", "brC")
-    pair = golden("release-group-left")
+    pair = load("nftables/release-group-left.jsonl")
     with_c = [{"delete": {"element": {"family": "inet", "table": "isolation", "name": "peers",
                                       "elem": [{"concat": list(p)}]}}} for p in (("brA", "brC"), ("brC", "brA"))]
     assert release_plan({"inet": state}, Release("brA", False, False, None, False, False)) == [
         pair[0], with_c[0], pair[1], with_c[1]]
     kept_c = Release("brA", False, False, None, False, False, peers=frozenset({"brC"}))
-    assert release_plan({"inet": state}, kept_c) == golden("release-group-left")
+    golden.check("nftables/release-group-left.jsonl", release_plan({"inet": state}, kept_c))
 
 
 def test_grants_nobody_needs_are_named_and_go():
