@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from podman import private_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -51,23 +52,8 @@ def test_daemonset_says_what_the_issue_asks():
 
 @pytest.fixture
 def podman_env(tmp_path):
-    """A private podman: its own storage and settings (as tests/lab/podman.py), nothing pulled."""
-    root = tmp_path / "podman"
-    for d in ("storage", "run", "tmp"):
-        (root / d).mkdir(parents=True)
-    (root / "containers.conf").write_text(f"""[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "{root}/events.log"
-runtime = "runc"
-tmp_dir = "{root}/tmp"
-""")
-    (root / "storage.conf").write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{root}/storage"\n'
-                                       f'runroot = "{root}/run"\n')
-    env = {**os.environ, "CONTAINERS_CONF": str(root / "containers.conf"),
-           "CONTAINERS_STORAGE_CONF": str(root / "storage.conf")}
+    """A private podman: its own storage and settings (those of tests/lab/podman.py), nothing pulled."""
+    env = private_settings(str(tmp_path / "podman"))
     yield env
     subprocess.run(["podman", "rmi", "-a", "-f"], env=env, capture_output=True)
     subprocess.run(["podman", "system", "reset", "-f"], env=env, capture_output=True)

@@ -21,6 +21,27 @@ IMAGE = "localhost/isolation-test-busybox:latest"
 CNI_STATE = "/var/lib/cni"  # libcni's cache (podman offers no setting for it): cleaned per network
 
 
+def private_settings(root: str, network: str = "") -> dict:
+    """The environment of a podman confined to `root` (created): its own containers.conf (with
+    `network`, a [network] section, appended) and storage.conf, storage, run and tmp."""
+    for name in ("storage", "run", "tmp"):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+    conf, storage = os.path.join(root, "containers.conf"), os.path.join(root, "storage.conf")
+    with open(conf, "w") as f:
+        f.write(f"""[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{root}/events.log"
+runtime = "runc"
+tmp_dir = "{root}/tmp"
+{network}""")
+    with open(storage, "w") as f:
+        f.write(f'[storage]\ndriver = "vfs"\ngraphroot = "{root}/storage"\nrunroot = "{root}/run"\n')
+    return {**os.environ, "CONTAINERS_CONF": conf, "CONTAINERS_STORAGE_CONF": storage}
+
+
 class PodmanError(RuntimeError):
     pass
 
@@ -30,31 +51,18 @@ class Podman:
         self.lab = lab
         self.root = os.path.join(lab.tmp, "podman")
         self.networks: list[str] = []
-        d = {name: os.path.join(self.root, name) for name in ("cni-conf", "cni-bin", "storage", "run", "tmp", "ipam")}
+        d = {name: os.path.join(self.root, name) for name in ("cni-conf", "cni-bin", "ipam")}
         for path in d.values():
             os.makedirs(path)
         for plugin in glob.glob(os.path.join(CNI_DIR, "*")):
             os.symlink(plugin, os.path.join(d["cni-bin"], os.path.basename(plugin)))
         os.symlink(lab.isolation_bin, os.path.join(d["cni-bin"], "isolation"))
         self.conf_dir, self.ipam_dir = d["cni-conf"], d["ipam"]
-        with open(os.path.join(self.root, "containers.conf"), "w") as f:
-            f.write(f"""[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "{self.root}/events.log"
-runtime = "runc"
-tmp_dir = "{d['tmp']}"
-[network]
+        self.env = private_settings(self.root, f"""[network]
 network_backend = "cni"
 network_config_dir = "{d['cni-conf']}"
 cni_plugin_dirs = ["{d['cni-bin']}"]
 """)
-        with open(os.path.join(self.root, "storage.conf"), "w") as f:
-            f.write(f'[storage]\ndriver = "vfs"\ngraphroot = "{d["storage"]}"\nrunroot = "{d["run"]}"\n')
-        self.env = {**os.environ, "CONTAINERS_CONF": os.path.join(self.root, "containers.conf"),
-                    "CONTAINERS_STORAGE_CONF": os.path.join(self.root, "storage.conf")}
         self._import_image()
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
