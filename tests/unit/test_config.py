@@ -1,0 +1,36 @@
+"""The configuration model: defaults, canonical values, and errors that name their field."""
+
+import pytest
+
+from plugin.errors import CniError
+from plugin.model import parse
+
+
+def test_config_defaults():
+    conf = parse({"cniVersion": "1.0.0", "type": "isolation", "name": "n", "runtimeConfig": {}})
+    assert (conf.ingressPolicy, conf.backend) == ("same-bridge", "auto")
+
+
+@pytest.mark.parametrize(
+    "raw,field",
+    [
+        ({"type": "isolation", "ingressPolicy": "Same-Bridge"}, "ingressPolicy"),
+        ({"type": "isolation", "backend": "nft"}, "backend"),
+        ({"ingressPolicy": "open"}, "type"),
+    ],
+)
+def test_config_errors_name_the_field(raw, field):
+    with pytest.raises(CniError) as err:
+        parse(raw)
+    assert err.value.code == 7 and err.value.msg.startswith(f"invalid configuration: {field}:")
+
+
+def test_egress_values_are_canonicalised():
+    conf = parse({"type": "isolation", "denyEgress": ["10.1.2.3/8", "10.0.0.0/9", "192.168.1.7", "fd00::1/8"],
+                  "allowEgress": [{"cidr": "10.0.0.53", "protocol": "udp", "ports": [53, "50-60", "8000-8100", 8101]}],
+                  "hostAccess": "deny"})
+    assert conf.denyEgress == ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]  # merged, host bits cleared
+    assert conf.allowEgress[0].cidr == "10.0.0.53/32"
+    assert conf.allowEgress[0].ports == ["50-60", "8000-8101"]  # 53 lies in 50-60; 8101 extends the range
+    assert [(h.protocol, h.port) for h in conf.allowHostPorts] == [("tcp", "53"), ("udp", "53")]  # the default
+    assert parse({"type": "isolation"}).allowHostPorts is not None
