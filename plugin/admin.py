@@ -8,11 +8,10 @@ import os
 import shutil
 import subprocess
 
-from plugin import bridgenf
+from plugin import bridgenf, topology
 from plugin.backends import make
 from plugin.hoststate import HostLock, state_dir
 from plugin.lifecycle import departed, detach
-from plugin.links import is_bridge
 from plugin.policy import intent_of
 from plugin.registry import Registry
 from plugin.tools import find
@@ -44,7 +43,8 @@ def status() -> dict:
                                       "reconcile` rebuilds it, teardown removes only what provably belongs to "
                                       "the departing attachment")
         report["damaged"] = reg.damaged
-        _, vanished = departed(atts.values())
+        links = topology.read()  # one rtnetlink dump (pyroute2) answers every question about links below
+        _, vanished = departed(atts.values(), links)
         for att in vanished:
             report["problems"].append(f"{att.bridge}: attachment {att.network}/{att.container}/{att.ifname}: its "
                                       f"host-side interface {att.port} has vanished (`isolation prune` forgets it)")
@@ -62,7 +62,7 @@ def status() -> dict:
                 "backend": backend_name,
                 "policies": sorted({a.policy for a in atts}),
                 "attachments": len(atts),
-                "exists": is_bridge(bridge),
+                "exists": bridge in links.bridges,
                 "drops": enforced.get(backend_name, {}).get(bridge),
                 "problems": [],
             }
@@ -108,8 +108,6 @@ def prune() -> tuple[int, list[str]]:
 def cleanup_commands(bridge: str | None) -> list[list[str]]:
     """The shell commands that remove what the plugin made: a bridge's rules and registry
     entries, or (bridge None) everything, state directory included."""
-    from plugin.links import port_isolated
-
     reg = Registry.load(state_dir())
     cmds = []
     for name in BACKENDS:
@@ -124,8 +122,8 @@ def cleanup_commands(bridge: str | None) -> list[list[str]]:
     # the bridge-port isolation flag of the ports of `isolated` attachments
     flagged = {a.port for a in reg.attachments.values() if a.port and (bridge is None or a.bridge == bridge)
                and a.policy == "isolated"}
-    cmds += [["bridge", "link", "set", "dev", port, "isolated", "off"] for port in sorted(flagged)
-             if port_isolated(port)]
+    isolated = topology.read().isolated if flagged else frozenset()
+    cmds += [["bridge", "link", "set", "dev", port, "isolated", "off"] for port in sorted(flagged & isolated)]
     if bridge is None:
         cmds.append(["rm", "-rf", "--", os.path.dirname(reg.path)])
     return cmds
@@ -150,10 +148,8 @@ def _execute(argv: list[str]) -> str | None:
     if argv[0] == "nft":  # through libnftables: the host may have no nft binary
         return make("nftables").run_command(argv)
     if argv[:3] == ["bridge", "link", "set"]:  # over rtnetlink: the host may have no `bridge` tool
-        from plugin.links import set_port_isolated
-
         try:
-            set_port_isolated(argv[4], argv[6] == "on")
+            topology.set_isolated(argv[4], argv[6] == "on")
             return None
         except OSError as exc:
             return f"{' '.join(argv)}: {exc}"

@@ -7,10 +7,11 @@ to it when it answers and otherwise does the work itself; every change is still 
 transaction under the HostLock and the registry on disk stays the truth, so an
 agent that dies mid-request costs a retry, never a half-applied rule set.
 
-The agent also heals: it listens for nf_tables changes (any `nft` or iptables-nft
-change, a firewall reload, `nft flush ruleset`) and checks every few seconds anyway
+The agent also heals: it listens for link changes (a bridge or a container's veth created
+or deleted) and nf_tables changes (any `nft` or iptables-nft change, a firewall reload,
+`nft flush ruleset`) through pyroute2 (plugin.watch), and checks every few seconds anyway
 (iptables-legacy has no events); when the kernel lacks what the registry says is
-enforced, or a registered bridge has vanished, it reconciles and logs the repair.
+enforced, or a registered bridge or port has vanished, it reconciles and logs the repair.
 
 Wire format, both ways: a 4-byte big-endian length, then JSON. Request
 {"env": {CNI_*...}, "stdin": "<latin-1 text of the raw bytes>", "deadline": T}; reply
@@ -38,7 +39,7 @@ CLIENT_TIMEOUT_S = 60.0  # ADD waits up to 30 s for the lock, then applies; ISOL
 REQUEST_READ_TIMEOUT_S = 5.0
 FORWARDED = ("CNI_", "ISOLATION_LOG_")
 WARM = ("plugin.cni", "plugin.config", "plugin.model", "plugin.lifecycle", "plugin.registry",
-        "plugin.backends.iptables", "plugin.backends.nftables", "nftables")
+        "plugin.backends.iptables", "plugin.backends.nftables", "nftables", "plugin.topology", "pyroute2")
 
 
 def socket_path() -> str:
@@ -122,12 +123,13 @@ class Agent:
     """Serves plugin requests and keeps the kernel in step with the registry."""
 
     CHECK_EVERY_S = 3.0  # full check without an event (iptables-legacy changes send none)
-    SETTLE_S = 0.05  # after an nf_tables event, let a burst of changes finish first
+    SETTLE_S = 0.05  # after an event, let a burst of changes finish first
 
-    def __init__(self, log_file: str | None = None):
+    def __init__(self, log_file: str | None = None, check_every_s: float | None = None):
         import threading
 
         self.log_file = log_file
+        self.check_every_s = check_every_s or self.CHECK_EVERY_S
         self.stop = threading.Event()
         self.served = 0
         self.repairs = 0
@@ -226,32 +228,31 @@ class Agent:
             self._slots.release()
 
     def _watch(self) -> None:
-        """Reconcile after every nf_tables change (settled) and every CHECK_EVERY_S."""
-        import socket
-        import time
+        """Reconcile at start, after every link or nf_tables change (settled: a burst of
+        changes costs one reconcile) and every check_every_s without one."""
+        from plugin.watch import Changes
 
-        events = _nftables_events()
-        next_full = 0.0
+        changes = Changes()
+        sources = changes.start()
+        for name, why in sources.items():
+            if why:
+                self.log(f"no {name} events ({why}): relying on the check every {self.check_every_s:g} s")
+        self._reconcile("start")
+        listening = " and ".join(name for name, why in sources.items() if why is None) or "no"
+        self.log(f"watching {listening} events; a full check every {self.check_every_s:g} s")
+        next_full = time.monotonic() + self.check_every_s
         while not self.stop.is_set():
-            changed = False
-            if events is not None:
-                events.settimeout(0.25)
-                try:
-                    events.recv(1 << 16)
-                    changed = True
-                    time.sleep(self.SETTLE_S)
-                    _drain(events)
-                except socket.timeout:
-                    pass
-                except OSError:  # ENOBUFS: events were lost, so look anyway
-                    changed = True
+            if changes.wait(0.25):
+                time.sleep(self.SETTLE_S)
+                trigger = " and ".join(sorted(changes.take())) + " event"
+            elif time.monotonic() >= next_full:
+                trigger = "periodic check"
             else:
-                time.sleep(0.25)
-            if changed or time.monotonic() >= next_full:
-                next_full = time.monotonic() + self.CHECK_EVERY_S
-                self._reconcile()
+                continue
+            next_full = time.monotonic() + self.check_every_s
+            self._reconcile(trigger)
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, trigger: str) -> None:
         from plugin.hoststate import HostLock
         from plugin.lifecycle import reconcile
 
@@ -263,45 +264,19 @@ class Agent:
             return
         for line in done:
             self.repairs += 1
-            self.log(f"repaired: {line}")
-
-
-NETLINK_NETFILTER = 12
-NFNLGRP_NFTABLES = 7
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
-
-
-def _nftables_events():
-    """A netlink socket receiving every nf_tables change in this namespace, or None."""
-    import socket
-
-    try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-        sock.bind((0, 0))
-        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        return sock
-    except OSError:
-        return None
-
-
-def _drain(sock) -> None:
-    sock.setblocking(False)
-    try:
-        while True:
-            sock.recv(1 << 16)
-    except OSError:
-        pass
-    finally:
-        sock.setblocking(True)
+            self.log(f"repaired: {line} (after: {trigger})")
 
 
 def serve(log_file: str | None = None) -> int:
-    """`isolation agent`: run until SIGTERM or SIGINT."""
+    """`isolation agent`: run until SIGTERM or SIGINT. ISOLATION_AGENT_CHECK_EVERY_S sets
+    the interval of the full check made without any event (default 3 s)."""
     import signal
 
-    agent = Agent(log_file)
+    try:
+        every = float(os.environ.get("ISOLATION_AGENT_CHECK_EVERY_S", Agent.CHECK_EVERY_S))
+    except ValueError:
+        every = Agent.CHECK_EVERY_S
+    agent = Agent(log_file, every if every > 0 else Agent.CHECK_EVERY_S)
 
     def stop(*_):
         agent.stop.set()

@@ -92,10 +92,10 @@ def _release_for(reg: Registry, att: Attachment, remaining: list, ports: dict | 
     if not release.frees_bridge or not (reg.damaged or strict):
         return release
     if ports is None:
-        from plugin.links import ports_of_masters
+        from plugin import topology  # pyroute2: only a damaged registry's DEL pays its import
 
         try:
-            ports = ports_of_masters()
+            ports = topology.read().ports
         except OSError:
             return policy.port_only(release)  # cannot tell: keep the bridge's rules
     known = {a.port for a in remaining if a.bridge == att.bridge}
@@ -133,10 +133,10 @@ def detach(reg: Registry, attachments: list[Attachment], strict: bool = False) -
     for i, att in enumerate(leaving):
         remaining = reg.on_backend(att.backend) + [a for a in leaving[i + 1:] if a.backend == att.backend]
         if ports is None and (reg.damaged or strict) and policy.release(att, remaining).frees_bridge:
-            from plugin.links import ports_of_masters
+            from plugin import topology  # pyroute2: only a damaged registry's DEL pays its import
 
             try:
-                ports = ports_of_masters()
+                ports = topology.read().ports
             except OSError:
                 ports = None
         release = _release_for(reg, att, remaining, ports, strict)
@@ -236,10 +236,10 @@ def reconcile() -> list[str]:
 def _unaccounted_ports(reg: Registry) -> list[str]:
     """Ports plugged into a bridge of the registered attachments that none of them accounts
     for: containers whose registry lines were lost (unknown when the links cannot be read)."""
-    from plugin.links import ports_of_masters
+    from plugin import topology
 
     try:
-        ports = ports_of_masters()
+        ports = topology.read().ports
     except OSError:
         return ["(the bridges' ports cannot be read)"]
     known = {a.port for a in reg.attachments.values()}
@@ -269,23 +269,24 @@ def _revoke(reg: Registry) -> list[str]:
     return done
 
 
-def departed(attachments) -> tuple[list[Attachment], list[Attachment]]:
+def departed(attachments, links=None) -> tuple[list[Attachment], list[Attachment]]:
     """(attachments whose bridge is gone, those whose host-side port vanished): the runtime
     never sent DEL (`ctr run -d`, a killed runtime). Fail closed: an attachment without a
     known port, or whose port exists with the index recorded at ADD (or none recorded),
-    is not counted; a port deleted and re-created under its name has vanished."""
-    from plugin.links import interfaces, is_bridge
+    is not counted; a port deleted and re-created under its name has vanished.
+    `links`: a topology.Links already read, else one is."""
+    from plugin import topology
 
     attachments = list(attachments)
     if not attachments:
         return [], []
     try:
-        present = interfaces()
+        links = links or topology.read()
     except OSError:
         return [], []
-    bridges = {a.bridge: is_bridge(a.bridge) for a in attachments}
-    gone = [a for a in attachments if not bridges[a.bridge]]
-    vanished = [a for a in attachments if bridges[a.bridge] and a.port is not None and (
+    present = links.interfaces
+    gone = [a for a in attachments if a.bridge not in links.bridges]
+    vanished = [a for a in attachments if a.bridge in links.bridges and a.port is not None and (
         a.port not in present or (a.portindex is not None and present[a.port] != a.portindex))]
     return gone, vanished
 
@@ -297,8 +298,8 @@ def _remove_orphans(reg: Registry) -> list[str]:
     its containers may be alive and the registry lost or damaged, and removing their
     isolation would fail open (`isolation status` names them; `isolation cleanup
     --bridge` removes them by hand)."""
+    from plugin import topology
     from plugin.backends import make
-    from plugin.links import ports_of_masters
 
     done = []
     in_use = None
@@ -308,7 +309,7 @@ def _remove_orphans(reg: Registry) -> list[str]:
             continue
         registered = reg.on_backend(name)
         for bridge in sorted(set(backend.enforced()) - {a.bridge for a in registered}):
-            in_use = ports_of_masters() if in_use is None else in_use
+            in_use = topology.read().ports if in_use is None else in_use
             if in_use.get(bridge):
                 continue
             try:

@@ -137,14 +137,14 @@ def test_damage_in_a_line_not_yet_decoded_is_seen_by_status_and_reconcile(tmp_pa
     with open(reg.path, "w") as f:
         f.write(text.replace('"container":"c1"', '"container":c1'))
     import plugin.backends as backends
-    import plugin.links as links
+    from plugin import topology
 
     monkeypatch.setattr(lifecycle, "state_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(lifecycle, "departed", lambda atts: ([], []))
+    monkeypatch.setattr(lifecycle, "departed", lambda atts, links=None: ([], []))
     monkeypatch.setattr(lifecycle, "_remove_orphans", lambda reg: [])
     # never the real firewall: this process runs in the root network namespace
     monkeypatch.setattr(backends, "make", lambda name: FakeBackend(name, "not here"))
-    monkeypatch.setattr(links, "ports_of_masters", lambda: {})
+    monkeypatch.setattr(topology, "read", lambda: topology.Links())
     done = lifecycle.reconcile()
     assert any("rebuilt the damaged registry" in line for line in done), done
     assert Registry.load(str(tmp_path)).damaged is None
@@ -153,8 +153,8 @@ def test_damage_in_a_line_not_yet_decoded_is_seen_by_status_and_reconcile(tmp_pa
     monkeypatch.setattr(admin, "state_dir", lambda: str(tmp_path))
     monkeypatch.setattr(hoststate, "state_dir", lambda: str(tmp_path))
     monkeypatch.setattr(admin, "make", lambda name: FakeBackend(name, "not here"))
-    monkeypatch.setattr(admin, "departed", lambda atts: ([], []))
+    monkeypatch.setattr(admin, "departed", lambda atts, links=None: ([], []))
     monkeypatch.setattr(admin.bridgenf, "read", lambda fam: "1")
-    monkeypatch.setattr(admin, "is_bridge", lambda name: True)
+    monkeypatch.setattr(topology, "read", lambda: topology.Links(bridges=frozenset({"br0"})))
     report = admin.status()
     assert report["damaged"] and any("registry is damaged" in p for p in report["problems"]), report
