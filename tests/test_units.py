@@ -95,19 +95,21 @@ def _att(bridge, policy, port, container="c"):
 
 
 def test_release_keeps_what_others_still_need():
-    from plugin.policy import Release, release
+    from plugin.policy import NO_GUARD, Release, release
 
     gone = _att("br0", "isolated", "veth0", "c0")
-    # another container stays on br0: only the departing port goes
+    # another container stays on br0: nothing of the bridge goes
     assert release(gone, [_att("br0", "isolated", "veth1", "c1")]) == Release(
-        "br0", False, False, "veth0", False, False, last_guard=True, last_spoof=True)
+        bridge="br0", peers=frozenset(), guard=NO_GUARD, last_guard=True, last_spoof=True)
     # br0 empties, br1 (same-bridge) stays: br0's rules, its published-port exception and the
     # intra-bridge table go, not everything
     assert release(gone, [_att("br1", "same-bridge", "veth1", "c1")]) == Release(
-        "br0", True, True, "veth0", True, False, published=True, last_guard=True, bridge_done=True, last_spoof=True)
+        bridge="br0", isolate=True, drop_intra=True, within=True, published=True, peers=frozenset(), guard=NO_GUARD,
+        last_guard=True, last_spoof=True)
     # only an `open` attachment remains: nothing enforces anything any more
     assert release(gone, [_att("br1", "open", "veth1", "c1")]) == Release(
-        "br0", True, True, "veth0", True, True, published=True, last_guard=True, bridge_done=True, last_spoof=True)
+        bridge="br0", isolate=True, drop_intra=True, within=True, published=True, peers=frozenset(), guard=NO_GUARD,
+        last=True, last_guard=True, last_spoof=True)
     assert release(_att("br0", "open", None), []).last
 
 
@@ -125,7 +127,7 @@ def test_release_of_anti_spoofing_and_of_the_isolation_flag():
     gone, stays = att("c0", "veth0"), att("c1", "veth1")
     assert intent_of(gone).spoof == Spoof("veth0", "02:00:00:00:00:01", ("10.0.0.2",))
     r = release(gone, [stays])
-    assert r.spoof == Spoof("veth0", "02:00:00:00:00:01", ("10.0.0.2",)) and not r.last_spoof and r.unflag == ()
+    assert r.spoofs == (Spoof("veth0", "02:00:00:00:00:01", ("10.0.0.2",)),) and not r.last_spoof and r.unflag == ()
     assert release(gone, []).last_spoof
     mixed = release(gone, [att("c2", "veth2", "same-bridge", None)])
     assert mixed.unflag == ("veth2",) and mixed.last_spoof
@@ -241,15 +243,15 @@ def test_log_to_syslog_socket(tmp_path, monkeypatch):
 def test_record_behaves_like_the_dataclasses_it_replaces():
     import pytest as _pytest
 
-    from plugin.record import Factory, as_dict, record
+    from plugin.record import Factory, as_dict, value_class
 
-    @record(frozen=True, unhashed=("note",))
+    @value_class(frozen=True, unhashed=("note",))
     class Point:
         x: int
         y: int = 0
         note: dict | None = None
 
-    @record
+    @value_class
     class Bag:
         items: dict = Factory(dict)
 
@@ -388,7 +390,7 @@ def test_detaching_many_attachments_writes_the_registry_once(tmp_path, monkeypat
     assert detach(reg, doomed) == []
     assert reg.writes == 1, f"{reg.writes} registry writes for 50 attachments"
     assert list(Registry.load(str(tmp_path)).attachments) == [kept.key]
-    assert len(log) == 50 and all(r.port == f"veth{i}" for i, r in enumerate(log))
+    assert len(log) == 50 and all(r.bridge == "br0" for r in log)
     # the bridge's rules go once, with the last of them; never everything (br1 remains)
     assert [r.isolate for r in log] == [False] * 49 + [True] and not any(r.last for r in log)
 
@@ -420,7 +422,7 @@ def test_damaged_registry_detach_keeps_the_bridge_while_unknown_ports_remain(tmp
     reg.put(a)
     monkeypatch.setattr(links, "ports_of_masters", lambda: {"br0": ["veth0"]})  # c1 has gone since
     assert detach(reg, [a]) == []
-    assert log[-1].isolate and log[-1].bridge_done
+    assert log[-1].isolate and log[-1].within
 
 
 @pytest.mark.parametrize("field,value", [("policy", "opne"), ("bridge", "b r"), ("backend", "pf"),
