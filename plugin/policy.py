@@ -388,9 +388,7 @@ def released(before: Desired, after: Desired, bridge: str) -> Release:
     (or no Guard, or no anti-spoofing), what all bridges shared."""
     was, now = before.get(bridge), after.get(bridge)
     protected = {s.port for s in after.spoofs}
-    unflag = ()
-    if was.drop_intra and not now.drop_intra:
-        unflag = tuple(sorted(now.ports))
+    unflag = set(was.flagged) & (set(now.ports) - set(now.flagged))  # flagged before, still there, not after
     return Release(
         bridge=bridge,
         isolate=was.isolate and not now.isolate,
@@ -400,7 +398,7 @@ def released(before: Desired, after: Desired, bridge: str) -> Release:
         peers=now.peers,
         guard=now.guard,
         spoofs=tuple(s for s in was.spoofs if s.port not in protected),
-        unflag=unflag,
+        unflag=tuple(sorted(unflag)),
         last=not after.enforces_anything,
         last_guard=not after.guarded,
         last_spoof=not after.spoofs,

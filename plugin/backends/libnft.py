@@ -54,23 +54,21 @@ class Library:
     def json_cmd(self, cmds: list[dict], terse: bool = False) -> tuple[int, object, str]:
         """(rc, output, error); output is UNPARSEABLE when libnftables printed broken JSON
         (1.0.6 cuts a listing short at a table's `flags`, e.g. a dormant table's)."""
-        with self.lock:
-            if terse:
-                self.nft.set_terse_output(True)
-            try:
-                return self.nft.json_cmd({"nftables": cmds})
-            except ValueError:  # the binding's json.loads; the context is left as it was
-                return 0, UNPARSEABLE, "libnftables printed a listing it cannot parse"
-            finally:
-                if terse:
-                    self.nft.set_terse_output(False)
+        try:
+            return self._run(lambda: self.nft.json_cmd({"nftables": cmds}), terse)
+        except ValueError:  # the binding's json.loads; the context is left as it was
+            return 0, UNPARSEABLE, "libnftables printed a listing it cannot parse"
 
     def cmd(self, text: str, terse: bool = False) -> tuple[int, str, str]:
+        return self._run(lambda: self.nft.cmd(text), terse)
+
+    def _run(self, call, terse: bool):
+        """call(), alone on the context, with terse output (set elements left out) if asked."""
         with self.lock:
             if terse:
                 self.nft.set_terse_output(True)
             try:
-                return self.nft.cmd(text)
+                return call()
             finally:
                 if terse:
                     self.nft.set_terse_output(False)
