@@ -583,7 +583,7 @@ class IptablesBackend(Backend):
         missing = [TOOLS[fam][i] for fam, paths in self.tools.items() for i, p in enumerate(paths) if p is None]
         return f"not found: {', '.join(missing)}" if missing else None
 
-    def read(self) -> dict[str, FilterTable]:
+    def _read(self) -> dict[str, FilterTable]:
         results = run_all([([self.tools[fam][0], "-t", "filter"], None) for fam in self.families])
         tables = {}
         for fam, (rc, out, err) in zip(self.families, results):
@@ -641,7 +641,7 @@ class IptablesBackend(Backend):
         """
         failed = []
         for attempt in range(ATTEMPTS):
-            tables = self.read()
+            tables = self._read()
             if before and attempt == 0:
                 before(tables)
             jobs = []
@@ -695,7 +695,7 @@ class IptablesBackend(Backend):
         """A filter table we created and that is pristine again goes too, and so does a built-in
         chain our use created in a table that was there, once empty and accepting (iptables-nft
         only: there they are nftables objects; legacy tables and chains cannot be removed)."""
-        tables = self.read()
+        tables = self._read()
         doomed = [fam for fam in families if fam in tables and tables[fam].nft_variant and tables[fam].pristine()]
         libnft.delete_tables([(NFT_FAMILY[fam], "filter") for fam in doomed])
         emptied = []
@@ -742,7 +742,7 @@ class IptablesBackend(Backend):
                 cmds.append(["nft", "delete", "table", spec.family, spec.name])
             elif state.exists:
                 cmds += spoof_cleanup(state, set(ports), spec)
-        for fam, table in self.read().items():
+        for fam, table in self._read().items():
             tool = "iptables" if fam == "ipv4" else "ip6tables"
             lines = release_plan(table, everything, fam, everything=bridge is None)
             cmds += [[tool, "-w", "-t", "filter", *line.split(" ")] for line in lines]
@@ -759,7 +759,7 @@ class IptablesBackend(Backend):
     def surplus(self, desired: Desired) -> dict[str, list[str]]:
         bridges = set(desired.bridges)
         found: dict[str, list[str]] = {}
-        for fam, table in self.read().items():
+        for fam, table in self._read().items():
             for chain, r in surplus(table, desired, bridges, fam):
                 spec = strip_comment(r)
                 for bridge in sorted(_interfaces(spec) & bridges):
@@ -782,10 +782,10 @@ class IptablesBackend(Backend):
         return list(dict.fromkeys(gone))
 
     def verify(self, desired: Desired) -> list[str]:
-        return self._missing(self.read(), desired)
+        return self._missing(self._read(), desired)
 
     def audit(self, desired: Desired, granted: Desired) -> tuple[list[str], list[str]]:
-        tables = self.read()
+        tables = self._read()
         extra = [_surplus_text(fam, chain, strip_comment(r)) for fam, table in tables.items()
                  for chain, r in surplus(table, granted, set(desired.bridges), fam)]
         return self._missing(tables, desired), extra

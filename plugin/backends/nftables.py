@@ -786,7 +786,7 @@ class NftablesBackend(Backend):
             return f"the kernel refuses nftables: {err.details or err.msg}"
         return None
 
-    def read(self, families, terse: bool = False) -> dict[str, TableState]:
+    def _read(self, families, terse: bool = False) -> dict[str, TableState]:
         """Our tables of `families` as the kernel holds them (`terse`: without elements)."""
         return {family: read_table(self.lib, SPECS[family], terse) for family in families}
 
@@ -798,7 +798,7 @@ class NftablesBackend(Backend):
         want = wanted(addition)
         if not want:
             return True
-        quick = self.read(SPECS, terse=True)
+        quick = self._read(SPECS, terse=True)
         if not all(quick[f].exists and quick[f].intact for f in want):
             return False
         cmds = add_only_plan(quick, addition)
@@ -810,41 +810,41 @@ class NftablesBackend(Backend):
     def apply(self, desired: Desired) -> dict:
         """A full reading, then one transaction: a missing or altered table is rebuilt with
         every element it still held. Nothing needs remembering: our tables are wholly ours."""
-        self._apply(plan(self.read(wanted(desired)), desired), f"could not apply isolation for {first_bridge(desired)}")
+        self._apply(plan(self._read(wanted(desired)), desired), f"could not apply isolation for {first_bridge(desired)}")
         return {}
 
     def release(self, change: Release, facts: dict) -> None:
-        self._apply(release_plan(self.read(SPECS), change), f"could not remove the isolation of {change.bridge}")
+        self._apply(release_plan(self._read(SPECS), change), f"could not remove the isolation of {change.bridge}")
 
     def _apply(self, cmds: list[dict], failure: str) -> None:
         apply(self.lib, cmds, failure)
 
     def verify(self, desired: Desired) -> list[str]:
         want = wanted(desired)
-        return [f"nftables: {p}" for p in problems(self.read(want), desired)] if want else []
+        return [f"nftables: {p}" for p in problems(self._read(want), desired)] if want else []
 
     def audit(self, desired: Desired, granted: Desired) -> tuple[list[str], list[str]]:
         want = wanted(desired)
-        states = self.read(sorted(set(want) | {"inet"}))
+        states = self._read(sorted(set(want) | {"inet"}))
         missing = [f"nftables: {p}" for p in problems(states, desired)] if want else []
         return missing, [f"nftables: {t}" for t, _ in surplus(states["inet"], granted, set(desired.bridges))]
 
     def surplus(self, desired: Desired) -> dict[str, list[str]]:
         bridges = set(desired.bridges)
         found: dict[str, list[str]] = {}
-        for text, cmds in surplus(self.read(["inet"])["inet"], desired, bridges):
+        for text, cmds in surplus(self._read(["inet"])["inet"], desired, bridges):
             for bridge in _bridges_of(cmds, text, bridges):
                 found.setdefault(bridge, []).append(f"nftables: {text}")
         return found
 
     def revoke(self, desired: Desired) -> list[str]:
-        found = surplus(self.read(["inet"])["inet"], desired, set(desired.bridges))
+        found = surplus(self._read(["inet"])["inet"], desired, set(desired.bridges))
         self._apply([c for _, cmds in found for c in cmds], "could not remove grants no attachment needs")
         return [f"nftables: {text}" for text, _ in found]
 
     def enforced(self) -> set[str]:
         """The bridges in our `isolated` set."""
-        return set(self.read(["inet"])["inet"].elements.get("isolated", set()))
+        return set(self._read(["inet"])["inet"].elements.get("isolated", set()))
 
     def drops(self) -> tuple[int, dict[str, int]]:
         """What the inet table's forward drops counted, all bridges together (one rule each)."""
@@ -854,7 +854,7 @@ class NftablesBackend(Backend):
     def cleanup_commands(self, bridge: str | None, facts: dict, ports: list[str]) -> list[list[str]]:
         """nft commands removing our tables, or (bridge given) that bridge's elements and the
         anti-spoofing elements of `ports`. No facts are kept on this backend."""
-        states = self.read(SPECS)
+        states = self._read(SPECS)
         if bridge is None:
             return [["nft", "delete", "table", f, TABLE] for f in SPECS if states[f].exists]
         cmds = []
