@@ -148,11 +148,11 @@ def _vmap(name: str) -> list[dict]:
 
 
 INET = TableSpec(
-    "inet",
-    -5,
-    {"isolated": "ifname", "self": ["ifname", "ifname"], "published": "ifname", "intra": "ifname",
-     "peers": ["ifname", "ifname"]},
-    {
+    family="inet",
+    prio=-5,
+    sets={"isolated": "ifname", "self": ["ifname", "ifname"], "published": "ifname", "intra": "ifname",
+          "peers": ["ifname", "ifname"]},
+    chains={
         "forward": ("forward", [
             [_in_set(_meta("iifname"), "intra"), SAME_BRIDGE, COUNTER, {"drop": None}],
             [SAME_BRIDGE, RETURN],
@@ -163,7 +163,7 @@ INET = TableSpec(
         ]),
         "input": ("input", [NEIGHBOUR_DISCOVERY, _vmap("egress"), _vmap("host")]),
     },
-    {"egress": "ifname", "host": "ifname"},
+    maps={"egress": "ifname", "host": "ifname"},
 )
 
 
@@ -221,8 +221,8 @@ SPOOF_TYPEOF = {"nd6": "iifname . @th,64,128", "ndopt": "iifname . @th,192,64"}
 
 def bridge_spec(name: str = TABLE) -> TableSpec:
     """The anti-spoofing table (the iptables backend keeps its own, under another name)."""
-    return TableSpec("bridge", -300, SPOOF_SETS, {"prerouting": ("prerouting", SPOOF_RULES)}, typeof=SPOOF_TYPEOF,
-                     name=name)
+    return TableSpec(family="bridge", prio=-300, sets=SPOOF_SETS, chains={"prerouting": ("prerouting", SPOOF_RULES)},
+                     typeof=SPOOF_TYPEOF, name=name)
 
 
 def _ipv6_int(addr: str) -> int:
@@ -388,7 +388,7 @@ class TableState:
         )
         elements = {n: elems for n, (t, elems) in sets.items() if spec.sets.get(n) == t}
         elements |= {n: elems for n, ((t, _), elems) in maps.items() if spec.maps.get(n) == t}
-        return cls(True, intact, elements, guard, dormant)
+        return cls(exists=True, intact=intact, elements=elements, chains=guard, dormant=dormant)
 
 
 def _element(e) -> str | tuple:
