@@ -33,8 +33,9 @@ def status(lab) -> tuple[int, dict]:
 
 
 def check(lab, c) -> tuple[int, dict | None]:
-    """CHECK's answer of our plugin for container `c`."""
-    return next((rc, out) for kind, rc, out in lab.check(c) if kind == "isolation")
+    """CHECK's answer of our plugin for container `c`: (0, None) or (the CNI error code, the error)."""
+    rc, out = next((rc, out) for kind, rc, out in lab.check(c) if kind == "isolation")
+    return (out["code"] if rc else 0), out
 
 
 def verdicts(lab, *pairs) -> list[bool]:
