@@ -3,7 +3,7 @@
 The original imports ctypes at every start (loading _ctypes and libffi, ~3 ms per
 container start) only to make ctypes.CDLL("libname") search the bundle. The plugin
 loads its one shared library, libnftables, by absolute path (see
-plugin.backends.nftables.library_path) and only in the verbs that need it, so there
+plugin.backends.libnft.library_path) and only in the verbs that need it, so there
 is nothing to redirect.
 """
 

@@ -10,9 +10,10 @@ import subprocess
 
 from plugin import bridgenf, topology
 from plugin.backends import make
+from plugin.backends.ports import flag_problems
 from plugin.hoststate import HostLock, state_dir
 from plugin.lifecycle import departed, detach
-from plugin.policy import intent_of
+from plugin.policy import desired, intent_of
 from plugin.registry import Registry
 from plugin.tools import find
 
@@ -52,10 +53,12 @@ def status() -> dict:
         for att in reg.attachments.values():
             groups.setdefault((att.bridge, att.backend), []).append(att)
         enforced = {name: b.enforced() for name, b in usable.items()}
+        drops = {}  # backend -> bridge -> packets its isolation dropped, where the backend counts them apart
         surplus = {}  # backend -> bridge -> grants no registered attachment needs
         for name, backend in usable.items():
+            report["backends"][name]["drops"], drops[name] = backend.drops()
             intents = [intent_of(a) for a in reg.on_backend(name)]
-            surplus[name] = backend.surplus({i.bridge for i in intents}, intents) if intents else {}
+            surplus[name] = backend.surplus(desired(intents)) if intents else {}
         for (bridge, backend_name), atts in sorted(groups.items()):
             entry = {
                 "bridge": bridge,
@@ -63,7 +66,7 @@ def status() -> dict:
                 "policies": sorted({a.policy for a in atts}),
                 "attachments": len(atts),
                 "exists": bridge in links.bridges,
-                "drops": enforced.get(backend_name, {}).get(bridge),
+                "drops": drops.get(backend_name, {}).get(bridge),
                 "problems": [],
             }
             if not entry["exists"]:
@@ -73,13 +76,11 @@ def status() -> dict:
                 entry["problems"].append(f"backend {backend_name} is not usable here")
             else:
                 intents = [intent_of(a) for a in atts]  # one check covers the bridge's attachments
-                entry["problems"] += backend.verify(intents[0], intents[1:])
+                entry["problems"] += backend.verify(desired(intents)) + flag_problems(intents)
                 entry["problems"] += surplus.get(backend_name, {}).get(bridge, [])
             entry["problems"] = sorted(set(entry["problems"]))
             report["bridges"].append(entry)
             report["problems"] += [f"{bridge}: {p}" for p in entry["problems"]]
-        if "nftables" in usable:
-            report["backends"]["nftables"]["drops"] = usable["nftables"].drops()
         in_use = sorted({n for (_, n) in groups})
         if len(in_use) > 1:
             report["problems"].append(
@@ -115,10 +116,7 @@ def cleanup_commands(bridge: str | None) -> list[list[str]]:
         if backend.unavailable_reason() is not None:
             continue
         ports = [a.port for a in reg.attachments.values() if a.bridge == bridge and a.port and a.backend == name]
-        if name == "iptables":
-            cmds += backend.cleanup_commands(bridge, reg.backends.get(name, {}), ports)
-        else:
-            cmds += backend.cleanup_commands(bridge, ports)
+        cmds += backend.cleanup_commands(bridge, reg.backends.get(name, {}), ports)
     # the bridge-port isolation flag of the ports of `isolated` attachments
     flagged = {a.port for a in reg.attachments.values() if a.port and (bridge is None or a.bridge == bridge)
                and a.policy == "isolated"}
@@ -146,7 +144,9 @@ def cleanup(bridge: str | None, dry_run: bool) -> tuple[list[list[str]], list[st
 
 def _execute(argv: list[str]) -> str | None:
     if argv[0] == "nft":  # through libnftables: the host may have no nft binary
-        return make("nftables").run_command(argv)
+        from plugin.backends.libnft import run_command
+
+        return run_command(argv)
     if argv[:3] == ["bridge", "link", "set"]:  # over rtnetlink: the host may have no `bridge` tool
         try:
             topology.set_isolated(argv[4], argv[6] == "on")

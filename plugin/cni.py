@@ -186,8 +186,9 @@ def cmd_add(inv: Invocation) -> dict:
 
 
 def cmd_check(inv: Invocation) -> None:
+    from plugin.backends.ports import flag_problems
     from plugin.hoststate import HostLock, state_dir
-    from plugin.policy import intent_of
+    from plugin.policy import desired, intent_of
     from plugin.registry import Registry
 
     _, backend, intent, _ = _engine(inv)
@@ -199,7 +200,8 @@ def cmd_check(inv: Invocation) -> None:
         related = {a.key: a for a in on_bridge}
         for group in sorted({a.group for a in on_bridge if a.group}):
             related |= {a.key: a for a in reg.matching(intent.bridge, group) if a.backend == backend.name}
-        found, extra = backend.audit(intent, neighbours, [intent_of(a) for a in related.values()])
+        found, extra = backend.audit(desired([intent, *neighbours]), desired(intent_of(a) for a in related.values()))
+        found += flag_problems([intent, *neighbours])
         if reg.get(inv.key) is None:
             found.append(f"attachment {inv.network}/{inv.env['CNI_CONTAINERID']}/{inv.env['CNI_IFNAME']} "
                          "is not registered (no successful ADD)")

@@ -8,9 +8,17 @@ Ordering is chosen so that a crash between two steps leaves garbage, never a gap
 ADD applies the rules before recording the attachment; a detach forgets the
 attachment before removing rules. Rules without an attachment are harmless and
 `isolation status` reports them.
+
+The backends (plugin.backends.base) only render and apply: which attachments a change
+concerns, whether the backend's add-only path is enough or the desired state of every
+registered attachment must be re-applied, and what a departing attachment frees (the
+difference of the desired state with and without it, policy.release) are decided here,
+and so is the ports' bridge-port isolation flag (plugin.backends.ports), the same on
+both backends.
 """
 
 from plugin import policy
+from plugin.backends.ports import ensure_all_flags, ensure_flags, flag_problems, release_flags
 from plugin.errors import CniError
 from plugin.hoststate import state_dir
 from plugin.registry import Attachment, Registry, deferred_deletes
@@ -22,16 +30,10 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
     next ADD on any network restores isolation for all of them."""
     reg = Registry.load(state_dir())
     settle_deferred(reg)
-
-    def others(atts):
-        return [policy.intent_of(a) for a in atts if a.backend == backend.name and a.key != attachment.key]
-
-    related = others(reg.matching(intent.bridge, intent.group))  # all an intact ruleset needs: O(1)
     previous = reg.get(attachment.key)
-    if previous is not None and (previous.spoof, previous.mac) != (attachment.spoof, attachment.mac):
-        related = None  # new addresses on the same port: the full path also drops the old ones
+    readdressed = previous is not None and (previous.spoof, previous.mac) != (attachment.spoof, attachment.mac)
     try:
-        facts = backend.ensure(intent, lambda: others(reg.attachments.values()), related)
+        facts = _enforce(backend, reg, intent, attachment.key, readdressed)
     except CniError as err:
         # against everything registered, the attachment's own earlier ADD included: it stays
         release = _release_for(reg, attachment, reg.on_backend(backend.name))
@@ -53,6 +55,32 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
         _replaced(reg, previous)
 
 
+def _enforce(backend, reg: Registry, intent: policy.BridgeIntent, key: tuple, readdressed: bool) -> dict:
+    """Make the kernel enforce `intent` (the attachment with `key`); returns the backend's facts.
+
+    First the backend's add-only path, with the attachments on the same bridge or in the
+    same isolationGroup (all an intact ruleset needs: the registry decodes only their
+    lines). When the backend reports that this is not enough (its ruleset is missing or
+    damaged, or it has no such path), the desired state of every attachment registered on
+    it is applied, this one first. `readdressed`: the attachment was registered with other
+    addresses, which only the full path removes."""
+    if not intent.enforces_anything:
+        return {}
+
+    def others(atts) -> list[policy.BridgeIntent]:
+        return [policy.intent_of(a) for a in atts if a.backend == backend.name and a.key != key]
+
+    if readdressed:
+        everyone = others(reg.attachments.values())
+        ensure_all_flags([intent, *everyone], required=intent)
+        return backend.apply(policy.desired([intent, *everyone]))
+    related = others(reg.matching(intent.bridge, intent.group))
+    ensure_flags(intent, related)
+    if backend.ensure(policy.addition(intent, related)):
+        return {}
+    return backend.apply(policy.desired([intent, *others(reg.attachments.values())]))
+
+
 def _replaced(reg: Registry, previous: Attachment) -> None:
     """The same attachment was ADDed again with another configuration (a conflist edited, then
     the container re-attached): what only its earlier configuration granted goes, as if that
@@ -62,10 +90,17 @@ def _replaced(reg: Registry, previous: Attachment) -> None:
     backend = make(previous.backend)
     try:  # as its DEL would: with a damaged registry, only what provably was its alone
         release = _release_for(reg, previous, reg.on_backend(previous.backend))
-        backend.release(release, reg.backends.get(previous.backend, {}))
+        _release(backend, release, reg.backends.get(previous.backend, {}))
     except CniError as err:
         raise CniError(err.code, f"could not remove what the earlier configuration of this attachment granted: {err.msg}",
                        err.details) from None
+
+
+def _release(backend, release: policy.Release, facts: dict) -> None:
+    """Remove what `release` frees: the backend's rules, then the isolation flag of the ports
+    it names (best effort: a port may be gone). Raises the backend's CniError."""
+    backend.release(release, facts)
+    release_flags(release)
 
 
 def _undo(backend, release: policy.Release, facts: dict, err: CniError) -> None:
@@ -74,7 +109,7 @@ def _undo(backend, release: policy.Release, facts: dict, err: CniError) -> None:
     exactly what DEL of the attachment would remove. Best effort: `err` stays the answer,
     and its details say whether the undo succeeded."""
     try:
-        backend.release(release, facts)
+        _release(backend, release, facts)
         err.details = f"{err.details}; nothing was left applied".lstrip("; ")
     except CniError as undo:
         err.details = f"{err.details}; undoing the partial change failed too: {undo.msg}: {undo.details}".lstrip("; ")
@@ -83,13 +118,13 @@ def _undo(backend, release: policy.Release, facts: dict, err: CniError) -> None:
 def _release_for(reg: Registry, att: Attachment, remaining: list, ports: dict | None = None,
                  strict: bool = False) -> policy.Release:
     """What `att` takes with it, given the attachments still on its backend. With the
-    registry damaged (or `strict`), only its port when the bridge keeps ports nothing
-    registered accounts for: containers whose lines the registry lost may still need the
-    bridge's rules. (An intact registry is trusted on the DEL path: there a neighbour's
+    registry damaged (or `strict`), only what was its port's own (policy.port_only) when
+    the bridge keeps ports nothing registered accounts for: containers whose lines the
+    registry lost may still need the bridge's rules. (An intact registry is trusted on the DEL path: there a neighbour's
     port still waiting for its own DEL or ADD is normal under concurrency.)
     `ports`: bridge -> its ports, read from the kernel when not given."""
     release = policy.release(att, remaining)
-    if not release.frees_bridge or not (reg.damaged or strict):
+    if not (reg.damaged or strict):
         return release
     if ports is None:
         from plugin import topology  # pyroute2: only a damaged registry's DEL pays its import
@@ -132,7 +167,7 @@ def detach(reg: Registry, attachments: list[Attachment], strict: bool = False) -
     errors, ports, dropped = [], None, False
     for i, att in enumerate(leaving):
         remaining = reg.on_backend(att.backend) + [a for a in leaving[i + 1:] if a.backend == att.backend]
-        if ports is None and (reg.damaged or strict) and policy.release(att, remaining).frees_bridge:
+        if ports is None and (reg.damaged or strict):
             from plugin import topology  # pyroute2: only a damaged registry's DEL pays its import
 
             try:
@@ -145,7 +180,7 @@ def detach(reg: Registry, attachments: list[Attachment], strict: bool = False) -
             reason = backend.unavailable_reason()
             if reason:
                 raise CniError(0, f"backend {att.backend} is not usable: {reason}")
-            backend.release(release, reg.backends.get(att.backend, {}))
+            _release(backend, release, reg.backends.get(att.backend, {}))
         except CniError as err:
             errors.append(f"{att.network}/{att.container}/{att.ifname} on {att.bridge}: {err.msg}")
             continue
@@ -202,9 +237,11 @@ def reconcile() -> list[str]:
             done.append(f"{name}: cannot restore isolation: {reason}")
             continue
         intents = [policy.intent_of(a) for a in reg.on_backend(name)]
-        missing = backend.verify(intents[0], intents[1:])
+        desired = policy.desired(intents)
+        missing = backend.verify(desired) + flag_problems(intents)
         if missing:
-            facts = backend.ensure(intents[0], intents[1:])
+            ensure_all_flags(intents)
+            facts = backend.apply(desired)
             _remember(reg, name, facts)
             reg.save()
             done.append(f"{name}: restored the isolation of {len(intents)} attachment(s): {'; '.join(missing[:4])}"
@@ -260,7 +297,7 @@ def _revoke(reg: Registry) -> list[str]:
         if backend.unavailable_reason():
             continue
         try:
-            gone = backend.revoke([policy.intent_of(a) for a in reg.on_backend(name)])
+            gone = backend.revoke(policy.desired(policy.intent_of(a) for a in reg.on_backend(name)))
         except CniError as err:
             done.append(f"{name}: could not remove grants no registered attachment needs: {err.msg}: {err.details}")
             continue
@@ -308,12 +345,13 @@ def _remove_orphans(reg: Registry) -> list[str]:
         if backend.unavailable_reason():
             continue
         registered = reg.on_backend(name)
-        for bridge in sorted(set(backend.enforced()) - {a.bridge for a in registered}):
+        desired = policy.desired(policy.intent_of(a) for a in registered)
+        for bridge in sorted(backend.enforced() - {a.bridge for a in registered}):
             in_use = topology.read().ports if in_use is None else in_use
             if in_use.get(bridge):
                 continue
             try:
-                backend.release(policy.orphan_release(bridge, registered), reg.backends.get(name, {}))
+                _release(backend, policy.orphan_release(bridge, desired), reg.backends.get(name, {}))
                 done.append(f"{name}: removed the rules of {bridge}, which no registered attachment needs")
             except CniError as err:
                 done.append(f"{name}: could not remove the unregistered rules of {bridge}: {err.msg}")

@@ -1,10 +1,15 @@
-"""The pure policy layer: what isolation one bridge needs, independent of any backend.
+"""The pure policy layer: what isolation the attachments need, independent of any backend.
 
-A backend renders a BridgeIntent into its own rules; nothing here touches the host,
-so every decision can be unit-tested and pinned in golden files.
+Each attachment asks for a BridgeIntent (its network's configuration, on its bridge).
+desired() turns the intents of a set of attachments into the one value the backends
+render: a Desired, holding per bridge what it needs (BridgeNeeds). What a departing
+attachment frees is the difference between the desired state with and without it
+(released()). Nothing here touches the host, so every decision can be unit-tested and
+pinned in golden files.
 """
 
-from plugin.record import record
+from plugin.links import valid_name
+from plugin.record import value_class
 
 # Neighbour discovery a container sends its host: router and neighbour solicitation, neighbour
 # advertisement. Router advertisements and redirects come from routers, never from a container.
@@ -20,10 +25,10 @@ def family_of(cidr: str) -> int:
 def split_cidr(cidr: str) -> tuple[str, int, bool]:
     """(address, prefix length, whether it is a single address) of a canonical CIDR."""
     addr, _, length = cidr.partition("/")
-    return addr, int(length), int(length) == (128 if ":" in addr else 32)  # IPv6 router/neighbour solicitation and advertisement, redirect
+    return addr, int(length), int(length) == (128 if ":" in addr else 32)
 
 
-@record(frozen=True)
+@value_class(frozen=True)
 class Hole:
     """A destination containers may open connections to despite a deny: an `allowEgress`
     entry (cidr set) or an `allowHostPorts` entry (cidr empty: any host address).
@@ -38,7 +43,7 @@ class Hole:
         return family_of(self.cidr) if self.cidr else None
 
 
-@record(frozen=True)
+@value_class(frozen=True)
 class Guard:
     """Where containers of one bridge may open connections, besides other bridges.
 
@@ -76,8 +81,9 @@ class Guard:
     def from_json(cls, data: dict | None) -> "Guard":
         if not data:
             return NO_GUARD
-        return cls(tuple(data["deny"]), tuple(Hole(p, tuple(ports), c) for c, p, ports in data["allow"]),
-                   bool(data["hostDeny"]), tuple(Hole(p, tuple(ports)) for p, ports in data["hostPorts"]))
+        return cls(deny=tuple(data["deny"]), allow=tuple(Hole(p, tuple(ports), c) for c, p, ports in data["allow"]),
+                   host_deny=bool(data["hostDeny"]),
+                   host_ports=tuple(Hole(p, tuple(ports)) for p, ports in data["hostPorts"]))
 
 
 NO_GUARD = Guard()
@@ -86,13 +92,13 @@ NO_GUARD = Guard()
 def guard_for(conf) -> Guard:
     """The Guard a validated configuration (plugin.model.NetConf, dumped) asks for."""
     host_deny = conf.hostAccess == "deny"
-    return Guard(
-        deny=tuple(conf.denyEgress),
-        allow=tuple(Hole(e["protocol"], tuple(e["ports"]), e["cidr"]) for e in conf.allowEgress) if conf.denyEgress else (),
-        host_deny=host_deny,
-        host_ports=tuple(Hole(h["protocol"], (h["port"],) if h["port"] else ()) for h in conf.allowHostPorts)
-        if host_deny else (),
-    )
+    allow = ()
+    if conf.denyEgress:
+        allow = tuple(Hole(e["protocol"], tuple(e["ports"]), e["cidr"]) for e in conf.allowEgress)
+    host_ports = ()
+    if host_deny:
+        host_ports = tuple(Hole(h["protocol"], (h["port"],) if h["port"] else ()) for h in conf.allowHostPorts)
+    return Guard(deny=tuple(conf.denyEgress), allow=allow, host_deny=host_deny, host_ports=host_ports)
 
 
 def merge(guards) -> Guard:
@@ -111,22 +117,20 @@ def merge(guards) -> Guard:
     nets = [ipaddress.ip_network(c) for g in distinct for c in g.deny]
     deny = tuple(str(n) for v in (4, 6) for n in ipaddress.collapse_addresses(x for x in nets if x.version == v))
     deniers = [g for g in distinct if g.deny]
-    allow = tuple(h for h in deniers[0].allow if all(h in g.allow for g in deniers)) if deniers else ()
+    allow = _shared_by([g.allow for g in deniers])
     closers = [g for g in distinct if g.host_deny]
-    ports = tuple(h for h in closers[0].host_ports if all(h in g.host_ports for g in closers)) if closers else ()
-    return Guard(deny, allow, bool(closers), ports)
+    ports = _shared_by([g.host_ports for g in closers])
+    return Guard(deny=deny, allow=allow, host_deny=bool(closers), host_ports=ports)
 
 
-def guards(intents) -> dict[str, Guard]:
-    """Each bridge's merged Guard, for the bridges that have an active one."""
-    by_bridge: dict[str, list[Guard]] = {}
-    for i in intents:
-        by_bridge.setdefault(i.bridge, []).append(i.guard)
-    merged = {b: merge(gs) for b, gs in by_bridge.items()}
-    return {b: g for b, g in merged.items() if g.active}
+def _shared_by(lists: list[tuple]) -> tuple:
+    """The items of the first of `lists` that every one of them holds (none: nothing)."""
+    if not lists:
+        return ()
+    return tuple(h for h in lists[0] if all(h in other for other in lists))
 
 
-@record(frozen=True)
+@value_class(frozen=True)
 class Spoof:
     """Anti-spoofing for one attachment: frames entering the bridge from its host-side `port`
     must come from `mac` (the container interface's, from prevResult), and their IPv4/IPv6
@@ -141,9 +145,9 @@ class Spoof:
         return tuple(a for a in self.ips if (6 if ":" in a else 4) == family)
 
 
-@record(frozen=True)
+@value_class(frozen=True)
 class BridgeIntent:
-    """The isolation wanted for one bridge.
+    """The isolation one attachment asks for on its bridge.
 
     isolate: traffic forwarded from this bridge into another isolated bridge is dropped
              (Docker's inter-network isolation; `same-bridge` and `isolated`).
@@ -178,8 +182,8 @@ def intent_for(bridge: str, ingress_policy: str, port: str | None = None, publis
     if ingress_policy not in ("open", "same-bridge", "isolated"):
         raise ValueError(f"unknown ingressPolicy {ingress_policy!r}")
     isolate = ingress_policy != "open"
-    return BridgeIntent(bridge, isolate, ingress_policy == "isolated", port, published and isolate,
-                        group if isolate else None, guard, spoof)
+    return BridgeIntent(bridge=bridge, isolate=isolate, drop_intra=ingress_policy == "isolated", port=port,
+                        published=published and isolate, group=group if isolate else None, guard=guard, spoof=spoof)
 
 
 def anti_spoofing(setting: bool | None, ingress_policy: str) -> bool:
@@ -193,9 +197,10 @@ def shared_needs(intents) -> list[BridgeIntent]:
     of one network has a single need."""
     distinct = {}
     for i in intents:
-        key = (i.bridge, i.isolate, i.drop_intra, None, i.published, i.group, i.guard)
+        key = (i.bridge, i.isolate, i.drop_intra, i.published, i.group, i.guard)
         if key not in distinct:
-            distinct[key] = BridgeIntent(*key)
+            distinct[key] = BridgeIntent(bridge=i.bridge, isolate=i.isolate, drop_intra=i.drop_intra,
+                                         published=i.published, group=i.group, guard=i.guard)
     return list(distinct.values())
 
 
@@ -212,7 +217,7 @@ def intent_of(att) -> BridgeIntent:
                       spoof_of(att))
 
 
-def peers(intents) -> dict[str, set[str]]:
+def group_peers(intents) -> dict[str, set[str]]:
     """For each isolating bridge, the other bridges of its isolationGroup (it may reach them)."""
     members: dict[str, set[str]] = {}
     for i in intents:
@@ -226,87 +231,200 @@ def peers(intents) -> dict[str, set[str]]:
     return found
 
 
-@record(frozen=True)
-class Release:
-    """What one departing attachment takes with it, on the backend that enforced it.
+# --- the desired state: what the kernel must hold, per bridge --------------------------------
+@value_class(frozen=True, keywords=True)
+class BridgeNeeds:
+    """What one bridge needs enforced, from every attachment on it (see desired()).
 
-    isolate / drop_intra: no remaining attachment of the bridge needs them.
-    published: no remaining attachment of the bridge grants published ports (whether or
-          not the departing one did: a grant nobody needs goes).
-    peers: the bridges it still shares an isolationGroup with; its pairs with any other go
-          (a network that left the group keeps none once its older attachments are gone).
-    port: this attachment's port leaves the per-port intra-bridge drop (nftables).
-    last_intra: no remaining attachment on the backend needs intra-bridge drops at all.
-    last: no remaining attachment on the backend enforces anything: every trace goes.
-    guard: the bridge's Guard as its remaining attachments need it (NO_GUARD: none; None:
-           left as it is, when what others need of it is not known).
-    last_guard: no remaining attachment on the backend has an active Guard.
-    bridge_done: no remaining attachment of the bridge enforces anything.
-    spoof: the departing attachment's anti-spoofing, when no remaining attachment on the
-           backend uses its port with anti-spoofing: its elements go.
-    last_spoof: no remaining attachment on the backend has anti-spoofing: the table goes.
-    unflag: ports whose isolation flag comes off: those of the bridge's remaining
-           attachments, once none of them is `isolated`.
+    isolate / drop_intra: some attachment isolates the bridge / drops traffic between its
+          ports (the stricter policy holds for the whole bridge);
+    published: some isolating attachment lets published ports through (allowPublishedPorts);
+    peers: the other bridges of its isolationGroups: they reach each other;
+    guard: its attachments' Guards merged (the strictest combination, see merge());
+    spoofs: its attachments' anti-spoofing, one per port;
+    ports: its attachments' host-side ports; while the bridge drops intra-bridge traffic
+          each carries the bridge-port isolation flag (`flagged`).
     """
 
     bridge: str
-    isolate: bool
-    drop_intra: bool
-    port: str | None
-    last_intra: bool
-    last: bool
+    isolate: bool = False
+    drop_intra: bool = False
     published: bool = False
-    guard: Guard | None = NO_GUARD
-    last_guard: bool = False
-    bridge_done: bool = False
-    spoof: Spoof | None = None
-    last_spoof: bool = False
-    unflag: tuple[str, ...] = ()
-    peers: frozenset | None = frozenset()  # the group peers the bridge keeps (None: left as they are)
+    peers: frozenset = frozenset()
+    guard: Guard = NO_GUARD
+    spoofs: tuple[Spoof, ...] = ()
+    ports: tuple[str, ...] = ()
 
     @property
-    def frees_bridge(self) -> bool:
-        """Whether this may take away anything of the bridge beyond the departing port (its
-        group peers are recomputed from the remaining attachments on every release)."""
-        return (self.isolate or self.drop_intra or self.published or self.bridge_done or self.last
-                or self.guard != NO_GUARD or self.peers is not None or bool(self.unflag) or self.last_spoof)
+    def enforces_anything(self) -> bool:
+        return self.isolate or self.drop_intra or self.guard.active or bool(self.spoofs)
+
+    @property
+    def within(self) -> bool:
+        """Whether traffic within the bridge needs exempting (from the inter-bridge drop and
+        the guard): only ingressPolicy governs it, and only while something isolates or
+        guards the bridge does anything need exempting."""
+        return self.isolate or self.guard.active
+
+    @property
+    def flagged(self) -> tuple[str, ...]:
+        """The ports that carry the bridge-port isolation flag (the intra-bridge drop)."""
+        return self.ports if self.drop_intra else ()
 
 
-def port_only(r: Release) -> Release:
-    """`r` cut down to what provably belonged to the departing attachment alone (its port and
-    its anti-spoofing elements): the bridge's rules, Guard, group peers, isolation flags and
-    every table stay, because attachments the registry does not know of (a damaged
-    registry) may still need them."""
-    return Release(r.bridge, False, False, r.port, False, False, guard=None, spoof=r.spoof, peers=None)
+class Desired:
+    """The desired state of a set of attachments: per bridge, its BridgeNeeds, in the order
+    the attachments came (renderings list bridges in that order). Built by desired()."""
+
+    __slots__ = ("bridges",)
+
+    def __init__(self, bridges: dict[str, BridgeNeeds]) -> None:
+        self.bridges = bridges
+
+    def __iter__(self):
+        return iter(self.bridges.values())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Desired) and self.bridges == other.bridges
+
+    def __repr__(self) -> str:
+        return f"Desired({list(self.bridges.values())!r})"
+
+    def get(self, bridge: str) -> BridgeNeeds:
+        """What `bridge` needs (nothing, for a bridge none of the attachments is on)."""
+        return self.bridges.get(bridge) or BridgeNeeds(bridge=bridge)
+
+    @property
+    def enforces_anything(self) -> bool:
+        return any(b.enforces_anything for b in self)
+
+    @property
+    def guarded(self) -> bool:
+        return any(b.guard.active for b in self)
+
+    @property
+    def spoofs(self) -> tuple[Spoof, ...]:
+        return tuple(s for b in self for s in b.spoofs)
+
+
+def desired(intents) -> Desired:
+    """The one desired state of the attachments asking for `intents`: per bridge, what its
+    attachments need together, its isolationGroup peers among them, its merged Guard.
+    Every interface name is checked here, once, before any backend renders it (defence in
+    depth: the protocol layer and the registry validated them already)."""
+    intents = list(intents)
+    by_bridge: dict[str, list[BridgeIntent]] = {}
+    for i in intents:
+        for name in (i.bridge, i.port):
+            if name is not None and not valid_name(name):
+                raise ValueError(f"refusing to render rules for interface name {name!r}")
+        by_bridge.setdefault(i.bridge, []).append(i)
+    peers = group_peers(intents)
+    return Desired({bridge: BridgeNeeds(
+        bridge=bridge,
+        isolate=any(i.isolate for i in its),
+        drop_intra=any(i.drop_intra for i in its),
+        published=any(i.isolate and i.published for i in its),
+        peers=frozenset(peers.get(bridge, ())),
+        guard=merge(i.guard for i in its),
+        spoofs=tuple(dict.fromkeys(i.spoof for i in its if i.spoof is not None)),
+        ports=tuple(dict.fromkeys(i.port for i in its if i.port)),
+    ) for bridge, its in by_bridge.items()})
+
+
+def addition(intent: BridgeIntent, related) -> Desired:
+    """What an ADD of `intent` needs the kernel to hold, for a backend's add-only path:
+    `related` are the other attachments on its bridge or in its isolationGroup. Their
+    distinct bridge-wide needs count once (ports and anti-spoofing are each attachment's
+    own: a network of hundreds of containers is one need), plus one anti-spoofed
+    neighbour: its elements are there already, and it makes a missing anti-spoofing table
+    a reason for the full path."""
+    related = list(related)
+    spoofed = next((i for i in related if i.spoof is not None), None)
+    return desired([intent, *shared_needs(related), *([spoofed] if spoofed else [])])
+
+
+# --- what a change of the desired state frees ------------------------------------------------
+@value_class(frozen=True, keywords=True)
+class Release:
+    """What one bridge's rules on a backend lose when the desired state goes from `before`
+    to `after` (see released()). The defaults take nothing away.
+
+    isolate / drop_intra: the bridge isolated (dropped traffic between its ports) before
+          and no longer does: that drop goes. A drop goes only with what brought it.
+    within: traffic within the bridge needed exempting before and no longer does.
+    published: nothing after lets published ports into the bridge: that grant goes, whoever
+          made it (a grant nobody needs is never kept).
+    peers: the bridges it shares an isolationGroup with after: its pairs with any other
+          go. None: left as they are.
+    guard: the bridge's merged Guard after (NO_GUARD: its guard rules go). None: left as it is.
+    spoofs: the anti-spoofing of ports under none after: their elements go.
+    unflag: ports of the bridge whose isolation flag comes off (it stopped dropping traffic
+          between its ports; these are the ports still on it).
+    last / last_guard / last_spoof: after, nothing on the backend enforces anything / has a
+          Guard / has anti-spoofing: what all bridges share (tables, chains, jumps; the
+          guard's; the anti-spoofing table) goes too, unless the kernel holds rules of a
+          bridge the desired state does not know (the backends check).
+    """
+
+    bridge: str
+    isolate: bool = False
+    drop_intra: bool = False
+    within: bool = False
+    published: bool = False
+    peers: frozenset | None = None
+    guard: Guard | None = None
+    spoofs: tuple[Spoof, ...] = ()
+    unflag: tuple[str, ...] = ()
+    last: bool = False
+    last_guard: bool = False
+    last_spoof: bool = False
+
+
+def released(before: Desired, after: Desired, bridge: str) -> Release:
+    """What `bridge` loses when the desired state goes from `before` to `after` (only its
+    part of `before` matters): drops and exemptions that were needed and no longer are,
+    grants that nothing after needs, and when `after` needs nothing at all on the backend
+    (or no Guard, or no anti-spoofing), what all bridges shared."""
+    was, now = before.get(bridge), after.get(bridge)
+    protected = {s.port for s in after.spoofs}
+    unflag = set(was.flagged) & (set(now.ports) - set(now.flagged))  # flagged before, still there, not after
+    return Release(
+        bridge=bridge,
+        isolate=was.isolate and not now.isolate,
+        drop_intra=was.drop_intra and not now.drop_intra,
+        within=was.within and not now.within,
+        published=not now.published,
+        peers=now.peers,
+        guard=now.guard,
+        spoofs=tuple(s for s in was.spoofs if s.port not in protected),
+        unflag=tuple(sorted(unflag)),
+        last=not after.enforces_anything,
+        last_guard=not after.guarded,
+        last_spoof=not after.spoofs,
+    )
 
 
 def release(departing, remaining: list) -> Release:
-    """The Release for `departing` (an Attachment) given the attachments still on its backend."""
-    return release_intent(intent_of(departing), [intent_of(a) for a in remaining])
+    """What `departing` (an Attachment) frees, given the attachments still on its backend:
+    the difference between the desired state with it and without it."""
+    left = [intent_of(a) for a in remaining]
+    gone = intent_of(departing)
+    before = desired([i for i in left if i.bridge == gone.bridge] + [gone])  # released() reads its bridge only
+    return released(before, desired(left), gone.bridge)
 
 
-def orphan_release(bridge: str, remaining: list) -> Release:
-    """The Release removing every rule of `bridge` that no registered attachment accounts for
-    (a crash between applying rules and recording them), given the attachments on its backend."""
-    return release_intent(intent_for(bridge, "isolated"), [intent_of(a) for a in remaining])
+def port_only(r: Release) -> Release:
+    """`r` cut down to what provably belonged to the departing attachment alone: the
+    anti-spoofing elements of its port. The bridge's rules, Guard, group peers, isolation
+    flags and every table stay, because attachments the registry does not know of (a
+    damaged registry) may still need them."""
+    return Release(bridge=r.bridge, spoofs=r.spoofs)
 
 
-def release_intent(gone: BridgeIntent, left: list[BridgeIntent]) -> Release:
-    same_bridge = [i for i in left if i.bridge == gone.bridge]
-    return Release(
-        bridge=gone.bridge,
-        isolate=gone.isolate and not any(i.isolate for i in same_bridge),
-        drop_intra=gone.drop_intra and not any(i.drop_intra for i in same_bridge),
-        port=gone.port if gone.drop_intra and gone.port not in {i.port for i in left if i.drop_intra} else None,
-        last_intra=not any(i.drop_intra for i in left),
-        last=not any(i.enforces_anything for i in left),
-        published=not any(i.published for i in same_bridge),
-        guard=merge(i.guard for i in same_bridge),
-        last_guard=not any(i.guard.active for i in left),
-        bridge_done=not any(i.enforces_anything for i in same_bridge),
-        spoof=gone.spoof if gone.spoof and gone.spoof.port not in {i.spoof.port for i in left if i.spoof} else None,
-        last_spoof=not any(i.spoof for i in left),
-        unflag=tuple(sorted({i.port for i in same_bridge if i.port})) if gone.drop_intra
-        and not any(i.drop_intra for i in same_bridge) else (),
-        peers=frozenset(peers(left).get(gone.bridge, ())),
-    )
+def orphan_release(bridge: str, after: Desired) -> Release:
+    """Every rule of `bridge`, which none of the registered attachments (their desired state:
+    `after`) is on, as far as what they need allows: the kernel may hold any kind of rule
+    for it (a crash between applying rules and recording them), so before, it held all."""
+    held = BridgeNeeds(bridge=bridge, isolate=True, drop_intra=True, published=True)
+    return released(Desired({bridge: held}), after, bridge)

@@ -2,13 +2,13 @@
 
 Importing `dataclasses` pulls in `inspect` (and ast, dis, tokenize), and decorating a
 class compiles code for it: together ~7 ms on every container start, for nine small
-classes. `record` gives them what they use of dataclasses, generically: an __init__
+classes. `value_class` gives them what they use of dataclasses, generically: an __init__
 taking fields by position or keyword with defaults (a Factory makes a fresh default
 per instance), value equality, a readable repr, and for frozen records immutability
 and a hash (fields named in `unhashed` left out of it).
 """
 
-__all__ = ["Factory", "as_dict", "from_dict", "record"]
+__all__ = ["Factory", "as_dict", "from_dict", "value_class"]
 
 
 class Factory:
@@ -20,7 +20,10 @@ class Factory:
         self.make = make
 
 
-def record(cls=None, *, frozen: bool = False, unhashed: tuple = ()):
+def value_class(cls=None, *, frozen: bool = False, unhashed: tuple = (), keywords: bool = False):
+    """Make `cls` (its annotated fields, with their defaults) a value class: see the module.
+    `keywords`: its fields can only be given by name (records of many fields of one type,
+    where `Release("br0", True, False, None, True)` says nothing to a reader)."""
     def wrap(cls):
         names = tuple(cls.__dict__.get("__annotations__", {}))
         defaults = {n: cls.__dict__[n] for n in names if n in cls.__dict__}
@@ -31,6 +34,8 @@ def record(cls=None, *, frozen: bool = False, unhashed: tuple = ()):
         values_of, hashed_of = _getter(names), _getter(hashed)  # C-level: records are compared and hashed in bulk
 
         def __init__(self, *args, **kwargs):
+            if args and keywords:
+                raise TypeError(f"{cls.__name__}() takes its fields by name only")
             if not kwargs and len(args) == len(names):
                 self.__dict__.update(zip(names, args))
                 return

@@ -21,7 +21,7 @@ from plugin.errors import IO_FAILURE, CniError
 from plugin.hoststate import private_dir, read_private, refuse
 from plugin.links import valid_name as _valid_name  # loaded on every verb anyway (plugin.result)
 from plugin.policy import Guard
-from plugin.record import as_dict, from_dict, record
+from plugin.record import as_dict, from_dict, value_class
 
 FILENAME = "registry.json"
 DEFERRED = "deferred-del"  # DELs that could not take the lock: done by the next locked run
@@ -31,7 +31,7 @@ POLICIES = ("open", "same-bridge", "isolated")
 BACKENDS = ("nftables", "iptables")
 
 
-@record(frozen=True, unhashed=("guard",))
+@value_class(frozen=True, unhashed=("guard",))
 class Attachment:
     network: str
     container: str

@@ -11,10 +11,10 @@ ADD, CHECK, DEL and GC read single links with plugin.links' ioctls. Only a DEL f
 damaged registry, a rare recovery path, pays the import here (README, Performance).
 """
 
-from plugin.record import Factory, record
+from plugin.record import Factory, value_class
 
 
-@record(frozen=True, unhashed=("interfaces", "ports"))
+@value_class(frozen=True, unhashed=("interfaces", "ports"))
 class Links:
     """One snapshot of this namespace's links (the defaults: a namespace with none)."""
 

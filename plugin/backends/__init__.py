@@ -1,21 +1,12 @@
-"""Firewall backends: each renders BridgeIntents into its own rules and applies them atomically.
+"""Firewall backends: each renders the policy layer's desired state into its own rules and
+applies it atomically. The contract they keep, method by method, is base.Backend;
+select() and make() give the one to use.
 
-Every backend offers the same small surface:
-  name                      shown to users ("iptables" or "nftables")
-  unavailable_reason()      None when usable here, else why not
-  ensure(intent)            make the host enforce `intent`; idempotent; raises CniError;
-                            returns facts to keep in the registry for this backend
-  release(release, facts)   remove what a departing attachment frees (policy.Release)
-  verify(intent, same_bridge)
-                            what is missing for `intent` to be enforced, given the other
-                            attachments on its bridge (their Guards merge); empty: all good
-  audit(intent, same_bridge, related)
-                            CHECK's reading: (verify's findings, the grants the kernel holds
-                            for the bridge beyond what `related` need: group peers, published
-                            ports, guard exceptions); one read of the rules
-  surplus(bridges, intents) per bridge, the grants beyond what `intents` need (status)
-  revoke(intents)           remove every grant touching a bridge of `intents` (all registered
-                            attachments on the backend) that none needs (reconcile, agent)
+  base.py       the contract (an abstract class), documented once
+  nftables.py   the default: tables of our own through libnftables (libnft.py)
+  iptables.py   the upstream CNI-ISOLATION chains in the filter table
+  libnft.py     libnftables in-process: both backends use it
+  ports.py      the bridge-port isolation flag (`isolated`), the same on both
 """
 
 from plugin.errors import BACKEND_UNAVAILABLE, IO_FAILURE, CniError

@@ -48,11 +48,11 @@ table in between, the transaction fails as a whole and is recomputed.
 import os
 import re
 
-from plugin.backends.ports import ensure_flags, flag_problems, release_flags
-from plugin.record import Factory, record, replace
+from plugin.backends import libnft
+from plugin.backends.base import Backend, first_bridge
 from plugin.errors import ENFORCEMENT_FAILED, TRY_AGAIN_LATER, CniError
-from plugin.links import valid_name
-from plugin.policy import ND_HOP_LIMIT, ND_TYPES, NO_GUARD, BridgeIntent, Guard, Hole, Release, guards, peers, split_cidr
+from plugin.policy import ND_HOP_LIMIT, ND_TYPES, NO_GUARD, BridgeNeeds, Desired, Guard, Hole, Release, split_cidr
+from plugin.record import Factory, replace, value_class
 from plugin.tools import find, run_all
 
 STAGE1 = "CNI-ISOLATION-STAGE-1"
@@ -73,7 +73,7 @@ BUILTIN = ("INPUT", "FORWARD", "OUTPUT")
 HOOKED = ("FORWARD", "INPUT")  # the built-in chains our jumps sit in
 
 
-@record
+@value_class
 class FilterTable:
     """The filter table as iptables-save prints it: chain -> list of rule argument lists."""
 
@@ -217,41 +217,34 @@ def guard_rules(br: str, guard: Guard, family: str) -> dict[str, list[list[str]]
     return {EGRESS: egress, HOST: host}
 
 
-def bridge_rules(intent: BridgeIntent, group_peers=(), family: str = "ipv4", guard: Guard = NO_GUARD
-                 ) -> dict[str, list[list[str]]]:
-    """Per chain, the matches-and-targets `intent` needs in `family`, top to bottom (comments
-    left out); `group_peers` are the bridges of its isolationGroup, which may reach it, and
-    `guard` the bridge's merged Guard."""
-    br = intent.bridge
-    if not valid_name(br):  # defence in depth: the protocol layer validated it already
-        raise ValueError(f"refusing to render rules for interface name {br!r}")
+def bridge_rules(needs: BridgeNeeds, family: str = "ipv4") -> dict[str, list[list[str]]]:
+    """Per chain, the matches-and-targets one bridge needs in `family`, top to bottom
+    (comments left out): the bridges of its isolationGroups may reach it, and its merged
+    Guard gives its rules in the guard chains."""
+    br = needs.bridge
     stage1, stage2 = [], []
-    if intent.drop_intra:  # published or not: within an `isolated` bridge nothing passes
+    if needs.drop_intra:  # published or not: within an `isolated` bridge nothing passes
         stage1.append(["-i", br, "-o", br, "-j", "DROP"])
-    if guard.deny_in(VERSION[family]):
+    if needs.guard.deny_in(VERSION[family]):
         stage1.append(["-i", br, "!", "-o", br, "-j", EGRESS])
-    if intent.isolate:
-        if intent.published:
+    if needs.isolate:
+        if needs.published:
             stage1.append(["-i", br, "!", "-o", br, *PUBLISHED_OUT])
         stage1.append(["-i", br, "!", "-o", br, "-j", STAGE2])
-        if intent.published:
+        if needs.published:
             stage2.append(["-o", br, *PUBLISHED_IN])
-        stage2 += [["-i", peer, "-o", br, "-j", "RETURN"] for peer in sorted(group_peers)]
+        stage2 += [["-i", peer, "-o", br, "-j", "RETURN"] for peer in sorted(needs.peers)]
         stage2.append(["-o", br, "-j", "DROP"])
-    return {STAGE1: stage1, STAGE2: stage2, **guard_rules(br, guard, family)}
+    return {STAGE1: stage1, STAGE2: stage2, **guard_rules(br, needs.guard, family)}
 
 
-def wanted(intents, family: str = "ipv4") -> dict[str, list[list[list[str]]]]:
-    """Per chain, the ordered groups of rules `intents` need: one group per bridge. The guard
+def wanted(desired: Desired, family: str = "ipv4") -> dict[str, list[list[list[str]]]]:
+    """Per chain, the ordered groups of rules `desired` needs: one group per bridge. The guard
     chains appear only when some bridge needs them in `family`."""
     chains: dict[str, list[list[list[str]]]] = {STAGE1: [], STAGE2: [], EGRESS: [], HOST: []}
-    intents = list(intents)
-    group_peers = peers(intents)
-    merged = guards(intents)
-    for intent in intents:
-        rules = bridge_rules(intent, group_peers.get(intent.bridge, ()), family, merged.get(intent.bridge, NO_GUARD))
-        for chain, group in rules.items():
-            if group and group not in chains[chain]:
+    for needs in desired:
+        for chain, group in bridge_rules(needs, family).items():
+            if group:
                 chains[chain].append(group)
     return {c: groups for c, groups in chains.items() if groups or c in (STAGE1, STAGE2)}
 
@@ -291,8 +284,9 @@ def _is_jump(spec: list[str], target: str = STAGE1) -> bool:
     return spec == ["-j", target]
 
 
-def guard_missing(table: FilterTable) -> bool:
-    """True unless CNI-FORWARD sends packets to STAGE-1 before any of its ACCEPT rules."""
+def firewall_chain_lacks_jump(table: FilterTable) -> bool:
+    """True unless the firewall plugin's CNI-FORWARD sends packets to STAGE-1 before any of
+    its ACCEPT rules (our jump there guards isolation against them)."""
     rules = table.chains.get(FIREWALL_CHAIN)
     if rules is None:
         return True
@@ -307,7 +301,7 @@ def forward_problem(table: FilterTable) -> str | None:
         spec = strip_comment(rule)
         if _is_jump(spec):
             return None
-        if spec == ["-j", FIREWALL_CHAIN] and not guard_missing(table):
+        if spec == ["-j", FIREWALL_CHAIN] and not firewall_chain_lacks_jump(table):
             return None
         return f"FORWARD rule {n} ({' '.join(rule)}) comes before the jump to {STAGE1}"
     return f"FORWARD has no jump to {STAGE1}"
@@ -341,9 +335,9 @@ def _sync_group(rules: list[list[str]], chain: str, group: list[list[str]], thei
             lines.append(f"-I {chain} 1 " + " ".join(_tagged(spec)))
 
 
-def plan(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
-    """The iptables-restore lines (between *filter and COMMIT) that make `table` enforce `intents`,
-    which are all the attachments on this backend.
+def plan(table: FilterTable, desired: Desired, family: str = "ipv4") -> list[str]:
+    """The iptables-restore lines (between *filter and COMMIT) that make `table` enforce `desired`,
+    the desired state of all the attachments on this backend.
 
     Besides the FORWARD jump, a jump sits atop the firewall plugin's CNI-FORWARD
     (created if absent): when `firewall` runs after `isolation` it inserts its
@@ -352,12 +346,12 @@ def plan(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
     more is deleted (a bridge none of them is on keeps its rules: a damaged registry
     may have lost its attachments).
     """
-    if not any(i.enforces_anything for i in intents):
+    if not desired.enforces_anything:
         return []
-    chains = wanted(intents, family)
-    known = {i.bridge for i in intents}  # a bridge none of them is on is not theirs to undo
-    guard = guard_missing(table)
-    needed = [*chains, FIREWALL_CHAIN] if guard else list(chains)
+    chains = wanted(desired, family)
+    known = set(desired.bridges)  # a bridge none of them is on is not theirs to undo
+    lacks_jump = firewall_chain_lacks_jump(table)
+    needed = [*chains, FIREWALL_CHAIN] if lacks_jump else list(chains)
     lines = [f"-N {chain}" for chain in needed if chain not in table.chains]  # before any jump to them
     for chain, groups in chains.items():
         rules = table.chains.get(chain, [])
@@ -374,7 +368,7 @@ def plan(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
             _sync_group(rules, chain, group, theirs, ours, lines, index)
         if ("-j", "RETURN") not in theirs | ours:
             lines.append(f"-A {chain} " + " ".join(_tagged(["-j", "RETURN"])))
-    if guard:
+    if lacks_jump:
         _move_to_top(table, FIREWALL_CHAIN, lines)
     if forward_problem(table):
         _move_to_top(table, "FORWARD", lines)
@@ -383,13 +377,13 @@ def plan(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
     return lines
 
 
-def problems(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
-    """What `table` lacks to enforce `intents` (one attachment and the others on its bridge)."""
-    intents = list(intents)
-    if not any(i.enforces_anything for i in intents):
+def problems(table: FilterTable, desired: Desired, family: str = "ipv4") -> list[str]:
+    """What `table` lacks to enforce `desired`."""
+    if not desired.enforces_anything:
         return []
     found = []
-    for chain, groups in wanted(intents, family).items():
+    chains = wanted(desired, family)
+    for chain, groups in chains.items():
         if chain not in table.chains:
             found.append(f"chain {chain} is missing")
             continue
@@ -398,7 +392,7 @@ def problems(table: FilterTable, intents, family: str = "ipv4") -> list[str]:
     reason = forward_problem(table)
     if reason:
         found.append(reason)
-    if HOST in wanted(intents, family) and input_problem(table):
+    if HOST in chains and input_problem(table):
         found.append(input_problem(table))
     return found
 
@@ -430,10 +424,10 @@ def _surplus_text(family: str, chain: str, spec: list[str]) -> str:
             "attachment needs")
 
 
-def surplus(table: FilterTable, intents, bridges, family: str = "ipv4") -> list[tuple[str, list[str]]]:
-    """(chain, rule) of every grant for `bridges` that `intents` (the registered attachments on
-    them and in their isolationGroups) do not need."""
-    chains = wanted(intents, family)
+def surplus(table: FilterTable, desired: Desired, bridges, family: str = "ipv4") -> list[tuple[str, list[str]]]:
+    """(chain, rule) of every grant for `bridges` that `desired` (of the registered attachments
+    on them and in their isolationGroups) does not need."""
+    chains = wanted(desired, family)
     return [(c, r) for c in (STAGE1, STAGE2, *GUARD_CHAINS) for r in surplus_rules(table, c, chains.get(c, []), bridges)]
 
 
@@ -453,48 +447,80 @@ def release_plan(table: FilterTable, r: Release, family: str = "ipv4", everythin
     `everything` (`isolation cleanup`), `last` and `last_guard` hold only while our rules
     name no other bridge: rules a damaged registry lost track of are never swept along.
     """
-    br = r.bridge
-    remove: list[tuple[str, list[str]]] = []
-    insert: list[str] = []
-    others = set() if everything else mentioned(table) - {br}
+    others = set() if everything else mentioned(table) - {r.bridge}
     if others:  # rules the registry does not account for (lost or damaged): they stay
-        guarded = {b for b in others if b in mentioned(table, GUARD_CHAINS)}
+        guarded = others & mentioned(table, GUARD_CHAINS)
         r = replace(r, last=False, last_guard=r.last_guard and not guarded)
+    insert: list[str] = []
     if r.last:
         remove = [(c, rule) for c, rules in table.chains.items() for rule in rules if is_ours(rule)]
     else:
-        specs = []
-        if r.isolate:
-            specs += [(STAGE1, ["-i", br, "!", "-o", br, "-j", STAGE2]), (STAGE2, ["-o", br, "-j", "DROP"])]
-        if r.drop_intra:
-            specs.append((STAGE1, ["-i", br, "-o", br, "-j", "DROP"]))
-        if r.published or r.isolate:
-            specs += [(STAGE2, ["-o", br, *PUBLISHED_IN]), (STAGE1, ["-i", br, "!", "-o", br, *PUBLISHED_OUT])]
-        if r.guard is not None and not r.guard.deny_in(VERSION[family]):
-            specs.append((STAGE1, ["-i", br, "!", "-o", br, "-j", EGRESS]))
-        remove = [(c, rule) for c, spec in specs for rule in table.chains.get(c, [])
+        remove = [(c, rule) for c, spec in _released_specs(r, family) for rule in table.chains.get(c, [])
                   if is_ours(rule) and strip_comment(rule) == spec]
-        # isolationGroup exceptions to or from the bridge, but for the groups it is still in
-        remove += [(STAGE2, rule) for rule in table.chains.get(STAGE2, []) if is_ours(rule)
-                   and _is_peer_return(strip_comment(rule)) and br in (rule[1], rule[3])
-                   and r.peers is not None and (rule[3] if rule[1] == br else rule[1]) not in r.peers]
+        remove += _released_peer_returns(table, r)
         if r.last_guard:
             remove += [(c, rule) for c in GUARD_CHAINS for rule in table.chains.get(c, []) if is_ours(rule)]
             remove += [("INPUT", rule) for rule in table.chains.get("INPUT", [])
                        if is_ours(rule) and _is_jump(strip_comment(rule), HOST)]
         elif r.guard is not None:  # None: the bridge's guard is left as it is
-            for chain, group in guard_rules(br, r.guard, family).items():
-                rules = table.chains.get(chain, [])
-                mine = [rule for rule in rules if is_ours(rule) and _in_interface(rule) == br]
-                remove += [(chain, rule) for rule in mine if strip_comment(rule) not in group]
-                if group and group_problem(rules, group):  # rewritten whole: what is left of it goes too
-                    remove += [(chain, rule) for rule in mine if strip_comment(rule) in group]
-                    insert += [f"-I {chain} 1 " + " ".join(_tagged(spec)) for spec in reversed(group)]
+            rewritten, insert = _guard_rewrite(table, r.bridge, r.guard, family)
+            remove += rewritten
     lines = [f"-D {chain} " + " ".join(rule) for chain, rule in remove if all(_SAFE.fullmatch(a) for a in rule)]
     lines += insert
     if r.last or r.last_guard:
         lines += [f"-X {chain}" for chain in without_ours(table, r.last)[1]]
     return lines
+
+
+def _released_specs(r: Release, family: str) -> list[tuple[str, list[str]]]:
+    """(chain, rule without comment) of each of the bridge's rules in STAGE-1/2 that `r` frees."""
+    br = r.bridge
+    specs = []
+    if r.isolate:
+        specs.append((STAGE1, ["-i", br, "!", "-o", br, "-j", STAGE2]))
+        specs.append((STAGE2, ["-o", br, "-j", "DROP"]))
+    if r.drop_intra:
+        specs.append((STAGE1, ["-i", br, "-o", br, "-j", "DROP"]))
+    if r.published or r.isolate:
+        specs.append((STAGE2, ["-o", br, *PUBLISHED_IN]))
+        specs.append((STAGE1, ["-i", br, "!", "-o", br, *PUBLISHED_OUT]))
+    if r.guard is not None and not r.guard.deny_in(VERSION[family]):
+        specs.append((STAGE1, ["-i", br, "!", "-o", br, "-j", EGRESS]))
+    return specs
+
+
+def _released_peer_returns(table: FilterTable, r: Release) -> list[tuple[str, list[str]]]:
+    """Our isolationGroup RETURNs between the bridge and each bridge it shares no group with
+    any more (none when `r.peers` is None: they are left as they are)."""
+    if r.peers is None:
+        return []
+    found = []
+    for rule in table.chains.get(STAGE2, []):
+        if not is_ours(rule) or not _is_peer_return(strip_comment(rule)):
+            continue
+        source, destination = rule[1], rule[3]
+        if r.bridge not in (source, destination):
+            continue
+        other = destination if source == r.bridge else source
+        if other not in r.peers:
+            found.append((STAGE2, rule))
+    return found
+
+
+def _guard_rewrite(table: FilterTable, br: str, guard: Guard, family: str
+                   ) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """(rules of ours to delete, lines inserting rules) making the bridge's groups in the guard
+    chains what `guard` needs: rules it no longer needs go; a group out of order or
+    incomplete is rewritten whole (what is left of it goes too)."""
+    remove, insert = [], []
+    for chain, group in guard_rules(br, guard, family).items():
+        rules = table.chains.get(chain, [])
+        mine = [rule for rule in rules if is_ours(rule) and _in_interface(rule) == br]
+        remove += [(chain, rule) for rule in mine if strip_comment(rule) not in group]
+        if group and group_problem(rules, group):
+            remove += [(chain, rule) for rule in mine if strip_comment(rule) in group]
+            insert += [f"-I {chain} 1 " + " ".join(_tagged(spec)) for spec in reversed(group)]
+    return remove, insert
 
 
 def mentioned(table: FilterTable, chains=None) -> set[str]:
@@ -543,7 +569,10 @@ def families() -> list[str]:
     return ["ipv4", "ipv6"] if os.path.isdir("/proc/sys/net/ipv6") else ["ipv4"]
 
 
-class IptablesBackend:
+class IptablesBackend(Backend):
+    """The filter table of both IP families, each change one iptables-restore per family (see
+    the module); anti-spoofing in an nftables bridge-family table of its own."""
+
     name = "iptables"
 
     def __init__(self) -> None:
@@ -554,7 +583,7 @@ class IptablesBackend:
         missing = [TOOLS[fam][i] for fam, paths in self.tools.items() for i, p in enumerate(paths) if p is None]
         return f"not found: {', '.join(missing)}" if missing else None
 
-    def read(self) -> dict[str, FilterTable]:
+    def _read(self) -> dict[str, FilterTable]:
         results = run_all([([self.tools[fam][0], "-t", "filter"], None) for fam in self.families])
         tables = {}
         for fam, (rc, out, err) in zip(self.families, results):
@@ -563,18 +592,19 @@ class IptablesBackend:
             tables[fam] = FilterTable.parse(out)
         return tables
 
-    def ensure(self, intent: BridgeIntent, others=(), related=None) -> dict:
-        """Apply `intent`, and re-apply `others` (the registered attachments, or a function
-        returning them) if anything of theirs is missing: the table is read whole anyway.
-        Returns facts for the registry: what of iptables-nft this made exist (the filter
-        tables, or built-in chains of tables that were there), for the last DEL to remove.
-        A failed ADD carries them too (CniError.facts): its undo may leave them behind."""
-        if not intent.enforces_anything:
+    def ensure(self, addition: Desired) -> bool:
+        """No add-only path: every change is planned from a whole reading of the table (one
+        iptables-save per family, whatever the change), and that reading re-applies what any
+        registered attachment lacks, so it needs them all: always the full path."""
+        return False
+
+    def apply(self, desired: Desired) -> dict:
+        """Returns what of iptables-nft this made exist (the filter tables, or built-in chains
+        of tables that were there), for the last DEL to remove. A failed ADD carries them too
+        (CniError.facts): its undo may leave them behind."""
+        if not desired.enforces_anything:
             return {}
-        others = others() if callable(others) else others
-        full = related is None
-        ensure_flags(intent, None if full else related, others if full else ())
-        self._ensure_spoofing([intent, *others])
+        self._ensure_spoofing(desired)
         created: list[str] = []
         chains: list[str] = []
 
@@ -587,16 +617,17 @@ class IptablesBackend:
                     continue
                 # iptables-save shows every built-in chain: ask nftables only about those this
                 # ADD is about to jump from while they hold nothing (a host's first ADD)
-                lines = plan(t, [intent, *others], fam)
+                lines = plan(t, desired, fam)
                 chains.extend(f"{fam}:{c}" for c in HOOKED if not t.chains.get(c)
                               and any(line.startswith(f"-I {c} ") for line in lines) and not _nft_chain(fam, c))
 
-        failed = self._transact(lambda fam, table: plan(table, [intent, *others], fam), before=note_created)
+        failed = self._transact(lambda fam, table: plan(table, desired, fam), before=note_created)
         facts = {k: v for k, v in (("created_filter", created), ("created_chains", chains)) if v}
         if failed:
             fam, err = failed[0]
             code = TRY_AGAIN_LATER if "lock" in err else ENFORCEMENT_FAILED
-            error = CniError(code, f"{TOOLS[fam][1]} could not apply isolation rules for {intent.bridge}", err.strip())
+            error = CniError(code, f"{TOOLS[fam][1]} could not apply isolation rules for {first_bridge(desired)}",
+                             err.strip())
             error.facts = facts
             raise error
         return facts
@@ -610,7 +641,7 @@ class IptablesBackend:
         """
         failed = []
         for attempt in range(ATTEMPTS):
-            tables = self.read()
+            tables = self._read()
             if before and attempt == 0:
                 before(tables)
             jobs = []
@@ -625,55 +656,58 @@ class IptablesBackend:
                 break
         return failed
 
-    def _ensure_spoofing(self, intents) -> None:
-        """Anti-spoofing for `intents` (every registered attachment on this backend and the new
+    def _ensure_spoofing(self, desired: Desired) -> None:
+        """Anti-spoofing for `desired` (every registered attachment on this backend and the new
         one): nftables' bridge family, in a table of this backend's own (the iptables world's
         ebtables/arptables are not guaranteed installed, and ebtables-nft is the same
         nf_tables underneath). The table is read whole: only the attachments asking for
         anti-spoofing have elements there."""
-        spoofs = [i.spoof for i in intents if i.spoof is not None]
+        spoofs = desired.spoofs
         if not spoofs:
             return
-        backend, spec = _spoof_table()
-        if backend.nft is None:
+        lib, reason = libnft.load()
+        if lib is None:
             raise CniError(ENFORCEMENT_FAILED, "antiSpoofing needs nf_tables' bridge family (libnftables), which is "
-                           "unusable here (set antiSpoofing to false to run without it)", backend.load_error)
-        from plugin.backends.nftables import bridge_plan, spoof_elements
+                           "unusable here (set antiSpoofing to false to run without it)", reason)
+        from plugin.backends.nftables import bridge_plan, read_table, spoof_elements
 
-        backend._apply(bridge_plan(backend.read_table(spec), spoof_elements(spoofs), spec),
-                       f"could not apply anti-spoofing ({spec.family} {spec.name})")
+        spec = _spoof_spec()
+        libnft.apply(lib, bridge_plan(read_table(lib, spec), spoof_elements(spoofs), spec),
+                     f"could not apply anti-spoofing ({spec.family} {spec.name})")
 
-    def release(self, r: Release, facts: dict) -> None:
-        """Remove what `r` frees; after the last, also the filter tables this backend created."""
-        failed = self._transact(lambda fam, table: release_plan(table, r, fam))
+    def release(self, change: Release, facts: dict) -> None:
+        """Remove what `change` frees; after the last, also the filter tables this backend created."""
+        failed = self._transact(lambda fam, table: release_plan(table, change, fam))
         if failed:
-            raise CniError(ENFORCEMENT_FAILED, f"could not remove the rules of {r.bridge}", failed[0][1].strip())
-        if r.spoof is not None or r.last:  # otherwise nothing there is ours to take (and no libnftables to load)
-            backend, spec = _spoof_table()
-            if backend.nft is not None:
-                from plugin.backends.nftables import bridge_release
+            raise CniError(ENFORCEMENT_FAILED, f"could not remove the rules of {change.bridge}", failed[0][1].strip())
+        if change.spoofs or change.last:  # otherwise nothing there is ours to take (and no libnftables to load)
+            lib = libnft.load()[0]
+            if lib is not None:
+                from plugin.backends.nftables import bridge_release, read_table
 
-                backend._apply(bridge_release(backend.read_table(spec), r, spec),
-                               f"could not remove the anti-spoofing of {r.bridge}")
-        release_flags(r)
-        if r.last and (facts.get("created_filter") or facts.get("created_chains")):
+                spec = _spoof_spec()
+                libnft.apply(lib, bridge_release(read_table(lib, spec), change, spec),
+                             f"could not remove the anti-spoofing of {change.bridge}")
+        if change.last and (facts.get("created_filter") or facts.get("created_chains")):
             self._drop_created(facts.get("created_filter", []), facts.get("created_chains", []))
 
     def _drop_created(self, families: list[str], chains: list[str]) -> None:
         """A filter table we created and that is pristine again goes too, and so does a built-in
         chain our use created in a table that was there, once empty and accepting (iptables-nft
         only: there they are nftables objects; legacy tables and chains cannot be removed)."""
-        from plugin.backends.nftables import delete_empty_chains, delete_tables
-
-        tables = self.read()
+        tables = self._read()
         doomed = [fam for fam in families if fam in tables and tables[fam].nft_variant and tables[fam].pristine()]
-        delete_tables([(NFT_FAMILY[fam], "filter") for fam in doomed])
-        delete_empty_chains([(NFT_FAMILY[fam], "filter", chain) for fam, _, chain in (c.partition(":") for c in chains)
-                             if fam in tables and fam not in doomed and tables[fam].nft_variant
-                             and not tables[fam].chains.get(chain) and tables[fam].policies.get(chain) == "ACCEPT"])
+        libnft.delete_tables([(NFT_FAMILY[fam], "filter") for fam in doomed])
+        emptied = []
+        for fam, _, chain in (c.partition(":") for c in chains):
+            table = tables.get(fam)
+            if table is not None and fam not in doomed and table.nft_variant and not table.chains.get(chain) \
+                    and table.policies.get(chain) == "ACCEPT":
+                emptied.append((NFT_FAMILY[fam], "filter", chain))
+        libnft.delete_empty_chains(emptied)
 
-    def enforced(self) -> dict[str, int]:
-        """Bridges our rules isolate in either family -> packets our DROP rules dropped for them."""
+    def _drop_counts(self) -> dict[str, int]:
+        """Bridges our STAGE-2 DROP isolates, in either family -> packets it dropped for them."""
         drops: dict[str, int] = {}
         for rc, out, _ in run_all([([self.tools[fam][0], "-c", "-t", "filter"], None) for fam in self.families]):
             for line in out.splitlines():
@@ -683,22 +717,32 @@ class IptablesBackend:
                     drops[bridge] = drops.get(bridge, 0) + int(count[1:].split(":")[0])
         return drops
 
-    def cleanup_commands(self, bridge: str | None, facts: dict, ports=()) -> list[list[str]]:
+    def enforced(self) -> set[str]:
+        """The bridges our STAGE-2 DROP isolates, in either family."""
+        return set(self._drop_counts())
+
+    def drops(self) -> tuple[int, dict[str, int]]:
+        counts = self._drop_counts()
+        return sum(counts.values()), counts
+
+    def cleanup_commands(self, bridge: str | None, facts: dict, ports: list[str]) -> list[list[str]]:
         """Shell commands removing our rules: a bridge's, or (bridge None) all, with our chains
         and the filter tables we created once pristine (iptables-nft), and the anti-spoofing
         elements of `ports` (bridge None: the whole anti-spoofing table)."""
-        everything = Release(bridge or "", True, True, None, True, bridge is None, last_guard=bridge is None)
+        everything = Release(bridge=bridge or "", isolate=True, drop_intra=True, published=True, peers=frozenset(),
+                             guard=NO_GUARD, last=bridge is None, last_guard=bridge is None)
         cmds = []
-        backend, spec = _spoof_table()
-        if backend.nft is not None:
-            from plugin.backends.nftables import spoof_cleanup
+        lib = libnft.load()[0]
+        if lib is not None:
+            from plugin.backends.nftables import read_table, spoof_cleanup
 
-            state = backend.read_table(spec)
+            spec = _spoof_spec()
+            state = read_table(lib, spec)
             if bridge is None and state.exists:
                 cmds.append(["nft", "delete", "table", spec.family, spec.name])
             elif state.exists:
                 cmds += spoof_cleanup(state, set(ports), spec)
-        for fam, table in self.read().items():
+        for fam, table in self._read().items():
             tool = "iptables" if fam == "ipv4" else "ip6tables"
             lines = release_plan(table, everything, fam, everything=bridge is None)
             cmds += [[tool, "-w", "-t", "filter", *line.split(" ")] for line in lines]
@@ -712,27 +756,22 @@ class IptablesBackend:
                          if f == fam and not after.chains.get(chain) and after.policies.get(chain) == "ACCEPT"]
         return cmds
 
-    def surplus(self, bridges, intents) -> dict[str, list[str]]:
-        """Per bridge of `bridges`, the grants (our RETURNs) the kernel holds for it that
-        `intents` (the registered attachments on them and in their isolationGroups) do not need."""
-        intents = list(intents)
+    def surplus(self, desired: Desired) -> dict[str, list[str]]:
+        bridges = set(desired.bridges)
         found: dict[str, list[str]] = {}
-        for fam, table in self.read().items():
-            for chain, r in surplus(table, intents, set(bridges), fam):
+        for fam, table in self._read().items():
+            for chain, r in surplus(table, desired, bridges, fam):
                 spec = strip_comment(r)
-                for bridge in sorted(_interfaces(spec) & set(bridges)):
+                for bridge in sorted(_interfaces(spec) & bridges):
                     found.setdefault(bridge, []).append(_surplus_text(fam, chain, spec))
         return found
 
-    def revoke(self, intents) -> list[str]:
-        """Remove every grant touching a bridge of `intents` (all registered attachments on this
-        backend) that none of them needs, one transaction per family; returns what went."""
-        intents = list(intents)
-        bridges = {i.bridge for i in intents}
+    def revoke(self, desired: Desired) -> list[str]:
+        bridges = set(desired.bridges)
         gone: list[str] = []
 
         def planner(fam: str, table: FilterTable) -> list[str]:
-            found = surplus(table, intents, bridges, fam)
+            found = surplus(table, desired, bridges, fam)
             gone.extend(f"{fam}: {chain} rule '{' '.join(strip_comment(r))}' ({_grant_kind(chain, strip_comment(r))})"
                         for chain, r in found)
             return [f"-D {chain} " + " ".join(r) for chain, r in found]
@@ -742,52 +781,49 @@ class IptablesBackend:
             raise CniError(ENFORCEMENT_FAILED, "could not remove grants no attachment needs", failed[0][1].strip())
         return list(dict.fromkeys(gone))
 
-    def verify(self, intent: BridgeIntent, same_bridge=()) -> list[str]:
-        return self.audit(intent, same_bridge)[0]
+    def verify(self, desired: Desired) -> list[str]:
+        return self._missing(self._read(), desired)
 
-    def audit(self, intent: BridgeIntent, same_bridge=(), related=()) -> tuple[list[str], list[str]]:
-        """CHECK's question in one reading: (what is missing for `intent` given the other
-        attachments on its bridge, the grants the kernel holds for the bridge that `related`,
-        the registered attachments on it and in its isolationGroups, do not need)."""
-        missing, extra = [], []
-        intents, related = [intent, *same_bridge], list(related)
-        for fam, table in self.read().items():
-            missing += [f"{fam}: {p}" for p in problems(table, intents, fam)]
-            extra += [_surplus_text(fam, chain, strip_comment(r)) for chain, r in surplus(table, related, {intent.bridge}, fam)]
-        spoofs = [i.spoof for i in intents if i.spoof is not None]
+    def audit(self, desired: Desired, granted: Desired) -> tuple[list[str], list[str]]:
+        tables = self._read()
+        extra = [_surplus_text(fam, chain, strip_comment(r)) for fam, table in tables.items()
+                 for chain, r in surplus(table, granted, set(desired.bridges), fam)]
+        return self._missing(tables, desired), extra
+
+    def _missing(self, tables: dict[str, FilterTable], desired: Desired) -> list[str]:
+        """What `tables` (and the anti-spoofing table) lack to enforce `desired`."""
+        missing = [f"{fam}: {p}" for fam, table in tables.items() for p in problems(table, desired, fam)]
+        spoofs = desired.spoofs
         if spoofs:
-            backend, spec = _spoof_table()
-            if backend.nft is None:
-                missing.append(f"anti-spoofing cannot be read: {backend.load_error}")
+            lib, reason = libnft.load()
+            if lib is None:
+                missing.append(f"anti-spoofing cannot be read: {reason}")
             else:
-                from plugin.backends.nftables import spoof_elements, table_problems
+                from plugin.backends.nftables import read_table, spoof_elements, table_problems
 
-                missing += [f"nftables: {p}" for p in table_problems(backend.read_table(spec), spoof_elements(spoofs),
-                                                                     spec)]
-        return missing + flag_problems(intents), extra
+                spec = _spoof_spec()
+                found = table_problems(read_table(lib, spec), spoof_elements(spoofs), spec)
+                missing += [f"nftables: {p}" for p in found]
+        return missing
 
 
 NFT_FAMILY = {"ipv4": "ip", "ipv6": "ip6"}
 SPOOF_TABLE = "isolation-iptables"
 
 
-def _spoof_table():
-    """(an nftables backend object, the spec of this backend's anti-spoofing table)."""
-    from plugin.backends.nftables import NftablesBackend, bridge_spec
+def _spoof_spec():
+    """The spec of this backend's anti-spoofing table (the nftables backend's layout, our name)."""
+    from plugin.backends.nftables import bridge_spec
 
-    return NftablesBackend(), bridge_spec(SPOOF_TABLE)
+    return bridge_spec(SPOOF_TABLE)
 
 
 def _nft_chain(family: str, chain: str) -> bool:
     """Whether iptables-nft's built-in `chain` exists in the filter table (see _nft_table)."""
-    from plugin.backends.nftables import chain_exists
-
-    return chain_exists(NFT_FAMILY[family], "filter", chain)
+    return libnft.chain_exists(NFT_FAMILY[family], "filter", chain)
 
 
 def _nft_table(family: str) -> bool:
     """Whether iptables-nft's filter table really exists (iptables-save -t filter prints an
     empty one either way). Asked only when it looks pristine, i.e. on a first ADD."""
-    from plugin.backends.nftables import table_exists
-
-    return table_exists(NFT_FAMILY[family], "filter")
+    return libnft.table_exists(NFT_FAMILY[family], "filter")

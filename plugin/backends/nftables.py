@@ -54,18 +54,13 @@ declared with `typeof`, which libnftables 1.0.6 reads only from text: creating t
 runs one text command before the JSON transaction.)
 """
 
-import os
-import sys
-
-from plugin.record import Factory, record, replace
-from plugin.errors import ENFORCEMENT_FAILED, CniError
-from plugin.backends.ports import ensure_flags, flag_problems, release_flags
-from plugin.links import valid_name
-from plugin.policy import (ND_HOP_LIMIT, ND_TYPES, BridgeIntent, Guard, Hole, Release, guards, peers, shared_needs,
-                           split_cidr)
+from plugin.backends.base import Backend, first_bridge
+from plugin.backends.libnft import Library, apply, chain_rules, load, table_objects, terse_table_objects
+from plugin.errors import CniError
+from plugin.policy import ND_HOP_LIMIT, ND_TYPES, Desired, Guard, Hole, Release, split_cidr
+from plugin.record import Factory, replace, value_class
 
 TABLE = "isolation"
-LIBRARY = "libnftables.so.1"
 GUARD_MAPS = ("egress", "host")  # verdict maps: bridge -> jump to its chain "egress-BR" / "host-BR"
 
 
@@ -83,6 +78,7 @@ def _eq(left: dict, right) -> dict:
 
 COUNTER = {"counter": {"packets": 0, "bytes": 0}}
 RETURN = {"return": None}
+# IPv6 router and neighbour solicitation and advertisement, redirect
 ND_NAMES = {133: "nd-router-solicit", 134: "nd-router-advert", 135: "nd-neighbor-solicit",
             136: "nd-neighbor-advert", 137: "nd-redirect"}
 # Neighbour discovery to the host itself (input hook): hop limit 255 proves it was not routed.
@@ -91,7 +87,7 @@ NEIGHBOUR_DISCOVERY = [_eq({"payload": {"protocol": "icmpv6", "field": "type"}},
                        _eq({"payload": {"protocol": "ip6", "field": "hoplimit"}}, ND_HOP_LIMIT), RETURN]
 
 
-@record(frozen=True)
+@value_class(frozen=True)
 class TableSpec:
     """One of our tables, exactly as it must be (besides the per-bridge guard chains)."""
 
@@ -152,11 +148,11 @@ def _vmap(name: str) -> list[dict]:
 
 
 INET = TableSpec(
-    "inet",
-    -5,
-    {"isolated": "ifname", "self": ["ifname", "ifname"], "published": "ifname", "intra": "ifname",
-     "peers": ["ifname", "ifname"]},
-    {
+    family="inet",
+    prio=-5,
+    sets={"isolated": "ifname", "self": ["ifname", "ifname"], "published": "ifname", "intra": "ifname",
+          "peers": ["ifname", "ifname"]},
+    chains={
         "forward": ("forward", [
             [_in_set(_meta("iifname"), "intra"), SAME_BRIDGE, COUNTER, {"drop": None}],
             [SAME_BRIDGE, RETURN],
@@ -167,7 +163,7 @@ INET = TableSpec(
         ]),
         "input": ("input", [NEIGHBOUR_DISCOVERY, _vmap("egress"), _vmap("host")]),
     },
-    {"egress": "ifname", "host": "ifname"},
+    maps={"egress": "ifname", "host": "ifname"},
 )
 
 
@@ -225,8 +221,8 @@ SPOOF_TYPEOF = {"nd6": "iifname . @th,64,128", "ndopt": "iifname . @th,192,64"}
 
 def bridge_spec(name: str = TABLE) -> TableSpec:
     """The anti-spoofing table (the iptables backend keeps its own, under another name)."""
-    return TableSpec("bridge", -300, SPOOF_SETS, {"prerouting": ("prerouting", SPOOF_RULES)}, typeof=SPOOF_TYPEOF,
-                     name=name)
+    return TableSpec(family="bridge", prio=-300, sets=SPOOF_SETS, chains={"prerouting": ("prerouting", SPOOF_RULES)},
+                     typeof=SPOOF_TYPEOF, name=name)
 
 
 def _ipv6_int(addr: str) -> int:
@@ -238,9 +234,7 @@ def _ipv6_int(addr: str) -> int:
 def spoof_elements(spoofs) -> dict[str, set]:
     """The bridge table's elements for `spoofs` (policy.Spoof): name -> elements."""
     want = {name: set() for name in SPOOF_SETS}
-    for s in spoofs:
-        if not valid_name(s.port):  # defence in depth
-            raise ValueError(f"refusing to render an element for interface name {s.port!r}")
+    for s in spoofs:  # their names were checked when the desired state was built (policy.desired)
         mac = int(s.mac.replace(":", ""), 16)
         want["guarded"].add(s.port)
         want["mac"].add((s.port, s.mac))
@@ -335,11 +329,12 @@ def bridge_chains(bridge: str, guard: Guard) -> dict[str, list[list[dict]]]:
     return chains
 
 
-def guard_chains(intents) -> dict[str, list[list[dict]]]:
-    """The per-bridge chains `intents` need: name -> rules."""
+def guard_chains(desired: Desired) -> dict[str, list[list[dict]]]:
+    """The per-bridge chains `desired` needs: name -> rules."""
     chains = {}
-    for bridge, guard in guards(intents).items():
-        chains |= bridge_chains(bridge, guard)
+    for b in desired:
+        if b.guard.active:
+            chains |= bridge_chains(b.bridge, b.guard)
     return chains
 
 
@@ -347,7 +342,7 @@ def _is_guard_chain(name: str) -> bool:
     return name.split("-", 1)[0] in GUARD_MAPS and "-" in name
 
 
-@record
+@value_class
 class TableState:
     """What the kernel holds of one of our tables."""
 
@@ -393,17 +388,7 @@ class TableState:
         )
         elements = {n: elems for n, (t, elems) in sets.items() if spec.sets.get(n) == t}
         elements |= {n: elems for n, ((t, _), elems) in maps.items() if spec.maps.get(n) == t}
-        return cls(True, intact, elements, guard, dormant)
-
-
-def _table_of(obj: dict) -> tuple[str, str] | None:
-    """(family, table) of one object of a JSON listing."""
-    for kind, body in obj.items():
-        if kind == "table":
-            return body.get("family"), body.get("name")
-        if isinstance(body, dict) and "table" in body:
-            return body.get("family"), body.get("table")
-    return None
+        return cls(exists=True, intact=intact, elements=elements, chains=guard, dormant=dormant)
 
 
 def _element(e) -> str | tuple:
@@ -424,30 +409,27 @@ def _normalise(expr: list[dict]) -> list[dict]:
     return [COUNTER if "counter" in x else x for x in expr]
 
 
-def wanted(intents) -> dict[str, dict[str, set]]:
-    """The set and map elements each table must hold for `intents`: family -> name -> elements."""
+def wanted(desired: Desired) -> dict[str, dict[str, set]]:
+    """The set and map elements each table must hold for `desired`: family -> name -> elements
+    (the inet table once a bridge isolates or is guarded, the bridge table once a port is
+    under anti-spoofing)."""
     want: dict[str, dict[str, set]] = {}
-    intents = list(intents)
-    group_peers = peers(intents)
-    for intent in intents:
-        for name in (intent.bridge, intent.port):
-            if name is not None and not valid_name(name):  # defence in depth
-                raise ValueError(f"refusing to render an element for interface name {name!r}")
-        if intent.isolate or intent.guard.active:
+    for b in desired:
+        if b.isolate or b.guard.active:
             inet = want.setdefault("inet", {name: set() for name in [*INET.sets, *INET.maps]})
-        if intent.isolate:
-            inet["isolated"].add(intent.bridge)
-            inet["self"].add((intent.bridge, intent.bridge))
-            inet["peers"].update((intent.bridge, p) for p in group_peers.get(intent.bridge, ()))
-            if intent.published:
-                inet["published"].add(intent.bridge)
-            if intent.drop_intra:
-                inet["intra"].add(intent.bridge)
-    spoofs = [i.spoof for i in intents if i.spoof is not None]
+        if b.isolate:
+            inet["isolated"].add(b.bridge)
+            inet["self"].add((b.bridge, b.bridge))
+            inet["peers"].update((b.bridge, peer) for peer in b.peers)
+            if b.published:
+                inet["published"].add(b.bridge)
+            if b.drop_intra:
+                inet["intra"].add(b.bridge)
+    spoofs = desired.spoofs
     if spoofs:
         want["bridge"] = spoof_elements(spoofs)
     if "inet" in want:
-        for chain in guard_chains(intents):
+        for chain in guard_chains(desired):
             want["inet"][chain.split("-", 1)[0]].add((chain.split("-", 1)[1], chain))
         want["inet"]["self"].update((b, b) for b, _ in want["inet"]["egress"] | want["inet"]["host"])
     return want
@@ -501,17 +483,15 @@ def _port_of(elem) -> str:
 
 def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dict]:
     """The commands removing what `r` frees from the anti-spoofing table: the table once no
-    attachment needs it and it holds no other port (a damaged registry may have lost the
-    attachments of ports it still protects), else the departing port's elements."""
+    attachment needs it and it holds no port but those leaving (a damaged registry may have
+    lost the attachments of ports it still protects), else the leaving ports' elements."""
     if not state.exists:
         return []
-    own = {r.port, r.spoof.port if r.spoof else None}
+    leaving = {s.port for s in r.spoofs}
     held = {_port_of(e) for elems in state.elements.values() for e in elems}
-    if (r.last or r.last_spoof) and held <= own:
+    if (r.last or r.last_spoof) and held <= leaving:
         return [{"delete": {"table": {"family": "bridge", "name": spec.name}}}]
-    if r.spoof is None:
-        return []
-    gone = spoof_elements([r.spoof])
+    gone = spoof_elements(r.spoofs)
     return [_delete_element("bridge", n, e, spec.name) for n in sorted(gone) for e in sorted(gone[n])
             if e in state.elements.get(n, set())]
 
@@ -533,17 +513,16 @@ def _converge_chains(state: "TableState", want: dict[str, list], scope) -> tuple
     return first, last
 
 
-def plan(states: dict[str, TableState], intents) -> list[dict]:
-    """The libnftables commands (one transaction) that make the kernel enforce `intents`,
-    which are all the registered attachments on this backend (so guard chains and
-    anti-spoofing elements of their bridges that none of them needs go; a bridge none of
-    them is on keeps what it has, since a damaged registry may have lost its attachments)."""
+def plan(states: dict[str, TableState], desired: Desired) -> list[dict]:
+    """The libnftables commands (one transaction) that make the kernel enforce `desired`,
+    the desired state of all the registered attachments on this backend (so guard chains
+    and anti-spoofing elements of their bridges that none of them needs go; a bridge none
+    of them is on keeps what it has, since a damaged registry may have lost its attachments)."""
     cmds = []
-    intents = list(intents)
-    chains = guard_chains(intents)
+    chains = guard_chains(desired)
     # a bridge none of them is on is not theirs to undo; grants touching theirs that they do not need go
-    known = {i.bridge for i in intents}
-    for family, want in wanted(intents).items():
+    known = set(desired.bridges)
+    for family, want in wanted(desired).items():
         spec, state = SPECS[family], states.get(family, TableState())
         if family == "bridge":
             cmds += bridge_plan(state, want, spec)
@@ -567,17 +546,16 @@ def plan(states: dict[str, TableState], intents) -> list[dict]:
     return cmds
 
 
-def add_only_plan(states: dict[str, TableState], intents) -> list[dict] | None:
-    """The commands enforcing `intents` (one bridge's attachments and those they depend on)
-    in intact tables read tersely: their elements are added (adding one that exists is a
-    no-op) and their bridges' guard chains converge; nothing else is touched. None when
-    that is not enough: a guard chain to delete (its map entry must go first, and a
-    terse reading cannot tell whether it is there)."""
-    intents = list(intents)
-    chains = guard_chains(intents)
-    scope = [f"{m}-{i.bridge}" for i in intents for m in GUARD_MAPS]
+def add_only_plan(states: dict[str, TableState], addition: Desired) -> list[dict] | None:
+    """The commands enforcing `addition` (policy.addition(): one bridge's attachments and
+    those they depend on) in intact tables read tersely: their elements are added (adding
+    one that exists is a no-op) and their bridges' guard chains converge; nothing else is
+    touched. None when that is not enough: a guard chain to delete (its map entry must go
+    first, and a terse reading cannot tell whether it is there)."""
+    chains = guard_chains(addition)
+    scope = [f"{m}-{bridge}" for bridge in addition.bridges for m in GUARD_MAPS]
     cmds = []
-    for family, want in wanted(intents).items():
+    for family, want in wanted(addition).items():
         first, last = _converge_chains(states[family], chains, scope) if family == "inet" else ([], [])
         if last:
             return None
@@ -587,36 +565,53 @@ def add_only_plan(states: dict[str, TableState], intents) -> list[dict] | None:
 
 def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
     """The commands (one transaction) removing what `r` frees; only what is present, since
-    deleting an absent element fails the whole transaction. The bridge's guard chains are
-    rewritten to what its remaining attachments need, or removed."""
-    def delete(family: str, what: str, body: dict) -> dict:
-        return {"delete": {what: {"family": family, **body}}}
-
-    cmds = []
+    deleting an absent element fails the whole transaction. The whole inet table goes
+    once nothing needs it, unless it holds something of another bridge (rules a lost or
+    damaged registry no longer accounts for: they stay)."""
     inet, bridge = states.get("inet", TableState()), states.get("bridge", TableState())
-    others = mentioned(inet) - {r.bridge}
-    if others:  # rules the registry does not account for (lost or damaged): they stay
-        r = replace(r, last=False, last_intra=r.last_intra and not inet.elements.get("intra", set()) - {r.bridge})
+    if mentioned(inet) - {r.bridge}:
+        r = replace(r, last=False)
+    cmds = []
     if inet.exists and r.last:
-        cmds.append(delete("inet", "table", {"name": TABLE}))
+        cmds.append({"delete": {"table": {"family": "inet", "name": TABLE}}})
     elif inet.exists:
-        gone = [("isolated", r.bridge)] if r.isolate else []
-        gone += [("self", (r.bridge, r.bridge))] if (r.isolate and not r.guard.active) or r.bridge_done else []
-        gone += [("published", r.bridge)] if r.published or r.isolate else []
-        gone += [("intra", r.bridge)] if r.drop_intra or r.isolate else []
-        gone += [("peers", pair) for pair in sorted(inet.elements.get("peers", set()))
-                 if r.peers is not None and r.bridge in pair and _other(pair, r.bridge) not in r.peers]
-        first, last = [], []
-        if r.guard is not None:  # None: the bridge's guard is left as it is
-            want = bridge_chains(r.bridge, r.guard)
-            first, last = _converge_chains(inet, want, [f"{m}-{r.bridge}" for m in GUARD_MAPS])
-            entries = {m: (r.bridge, f"{m}-{r.bridge}") for m in GUARD_MAPS}
-            gone += [(m, e) for m, e in entries.items() if e[1] not in want]
-            added = {m: {e} - inet.elements.get(m, set()) for m, e in entries.items() if e[1] in want}
-            cmds += first + _add_elements("inet", added)
-        cmds += [_delete_element("inet", name, elem) for name, elem in gone if elem in inet.elements.get(name, set())]
-        cmds += last
+        cmds += _bridge_release(inet, r)
     return cmds + bridge_release(bridge, r, BRIDGE)
+
+
+def _bridge_release(inet: TableState, r: Release) -> list[dict]:
+    """The commands taking what `r` frees of its bridge out of the inet table: its elements,
+    its pairs with bridges it no longer shares a group with, and its guard chains rewritten
+    to the Guard it keeps (added first, deleted last: a map entry must not outlive its
+    chain's rules, nor a chain its map entry)."""
+    b = r.bridge
+    gone = []
+    if r.isolate:
+        gone.append(("isolated", b))
+    if r.within:
+        gone.append(("self", (b, b)))
+    if r.published or r.isolate:
+        gone.append(("published", b))
+    if r.drop_intra or r.isolate:
+        gone.append(("intra", b))
+    if r.peers is not None:  # None: its group pairs are left as they are
+        for pair in sorted(inet.elements.get("peers", set())):
+            if b in pair and _other(pair, b) not in r.peers:
+                gone.append(("peers", pair))
+    first, last = [], []
+    if r.guard is not None:  # None: the bridge's guard is left as it is
+        chains = bridge_chains(b, r.guard)
+        first, last = _converge_chains(inet, chains, [f"{m}-{b}" for m in GUARD_MAPS])
+        entries = {m: (b, f"{m}-{b}") for m in GUARD_MAPS}
+        added = {}
+        for m, entry in entries.items():
+            if entry[1] in chains:
+                added[m] = {entry} - inet.elements.get(m, set())
+            else:
+                gone.append((m, entry))
+        first += _add_elements("inet", added)
+    deleted = [_delete_element("inet", name, elem) for name, elem in gone if elem in inet.elements.get(name, set())]
+    return first + deleted + last
 
 
 def mentioned(state: TableState) -> set[str]:
@@ -645,17 +640,16 @@ def _touches(elem, bridges) -> bool:
     return any(b in bridges for b in (elem if isinstance(elem, tuple) else (elem,)))
 
 
-def surplus(state: TableState, intents, bridges) -> list[tuple[str, list[dict]]]:
-    """What the inet table grants for `bridges` beyond what `intents` (every registered
-    attachment that could grant anything to them) need: (description, commands removing it).
+def surplus(state: TableState, desired: Desired, bridges) -> list[tuple[str, list[dict]]]:
+    """What the inet table grants for `bridges` beyond what `desired` (of every registered
+    attachment that could grant anything to them) needs: (description, commands removing it).
 
     Grants are the peers and published elements, and the returns of a guard chain (its
     exceptions); extra drops (an `isolated` element, a guard nobody needs any more) are not
     grants: they close more than configured, never less."""
     if not state.exists or not state.intact:
         return []
-    intents = list(intents)
-    want = wanted(intents).get("inet", {})
+    want = wanted(desired).get("inet", {})
     found = []
     for pair in sorted(state.elements.get("peers", set()) - want.get("peers", set())):
         if _touches(pair, bridges):
@@ -666,7 +660,7 @@ def surplus(state: TableState, intents, bridges) -> list[tuple[str, list[dict]]]
         if bridge in bridges:
             found.append((f"{bridge} is in set inet {TABLE} published though no registered attachment of it "
                           "has allowPublishedPorts", [_delete_element("inet", "published", bridge)]))
-    for name, rules in sorted(guard_chains(intents).items()):
+    for name, rules in sorted(guard_chains(desired).items()):
         have = state.chains.get(name)
         if name.split("-", 1)[1] not in bridges or have is None or have == rules:
             continue
@@ -719,16 +713,15 @@ def describe(expr: list[dict]) -> str:
     return " ".join(parts)
 
 
-def problems(states: dict[str, TableState], intents) -> list[str]:
-    """What the kernel lacks to enforce `intents` (one attachment and the others on its bridge)."""
+def problems(states: dict[str, TableState], desired: Desired) -> list[str]:
+    """What the kernel lacks to enforce `desired`."""
     found = []
-    intents = list(intents)
-    for family, want in wanted(intents).items():
+    for family, want in wanted(desired).items():
         state = states.get(family, TableState())
         found += table_problems(state, want, SPECS[family])
         if state.exists and state.intact:
             if family == "inet":
-                for name, rules in sorted(guard_chains(intents).items()):
+                for name, rules in sorted(guard_chains(desired).items()):
                     if state.chains.get(name) != rules:
                         found.append(f"chain inet {TABLE} {name} is {'altered' if name in state.chains else 'missing'}")
     return found
@@ -769,230 +762,99 @@ def spoof_cleanup(state: TableState, ports, spec: TableSpec) -> list[list[str]]:
     return cmds
 
 
-def library_path() -> str:
-    """The bundled libnftables when frozen (so the binary needs no nftables package), else the system's."""
-    bundled = os.path.join(getattr(sys, "_MEIPASS", ""), LIBRARY)
-    return bundled if getattr(sys, "frozen", False) and os.path.exists(bundled) else LIBRARY
+def read_table(lib: Library, spec: TableSpec, terse: bool = False) -> TableState:
+    """One of our tables as the kernel holds it. `terse` leaves the set elements out, at a
+    cost that does not grow with the number of networks (see libnft.terse_table_objects)."""
+    listing = terse_table_objects(lib, spec.family, spec.name) if terse else table_objects(lib, spec.family, spec.name)
+    return TableState.parse(listing, spec)
 
 
-UNPARSEABLE = {"nftables": []}  # a listing libnftables could not print as JSON (compared by identity)
+class NftablesBackend(Backend):
+    """Tables of our own, each change one libnftables transaction (see the module)."""
 
-
-class Library:
-    """The process's one libnftables context, shared by every backend object and serialised.
-
-    A fresh context per backend object leaked ~60 bytes in libnftables 1.0.6 for each one
-    that ran a command: nothing to a plugin run, but the agent makes one per request
-    (300 KiB per 2000 requests). One context, reused, stays flat; the lock keeps the
-    agent's concurrent requests off it one at a time (a context is not thread-safe, and
-    terse output is a setting of the context)."""
-
-    _shared: "Library | None" = None
-
-    def __init__(self) -> None:
-        import _thread  # the C module: no `threading` import on a plugin run
-
-        from nftables import Nftables
-
-        self.nft = Nftables(sofile=library_path())
-        self.lock = _thread.allocate_lock()
-
-    @classmethod
-    def get(cls) -> "Library":
-        if cls._shared is None:
-            cls._shared = cls()
-        return cls._shared
-
-    def json_cmd(self, cmds: list[dict], terse: bool = False) -> tuple[int, object, str]:
-        """(rc, output, error); output is UNPARSEABLE when libnftables printed broken JSON
-        (1.0.6 cuts a listing short at a table's `flags`, e.g. a dormant table's)."""
-        with self.lock:
-            if terse:
-                self.nft.set_terse_output(True)
-            try:
-                return self.nft.json_cmd({"nftables": cmds})
-            except ValueError:  # the binding's json.loads; the context is left as it was
-                return 0, UNPARSEABLE, "libnftables printed a listing it cannot parse"
-            finally:
-                if terse:
-                    self.nft.set_terse_output(False)
-
-    def cmd(self, text: str, terse: bool = False) -> tuple[int, str, str]:
-        with self.lock:
-            if terse:
-                self.nft.set_terse_output(True)
-            try:
-                return self.nft.cmd(text)
-            finally:
-                if terse:
-                    self.nft.set_terse_output(False)
-
-
-class NftablesBackend:
     name = "nftables"
 
     def __init__(self) -> None:
-        self.nft = None
-        self.load_error = None
-        try:
-            self.nft = Library.get()
-        except (ImportError, OSError, AttributeError) as exc:
-            self.load_error = f"{LIBRARY} cannot be loaded: {exc}"
-
-    def _run(self, cmds: list[dict], terse: bool = False) -> tuple[int, object, str]:
-        return self.nft.json_cmd(cmds, terse)
+        self.lib, self.load_error = load()
 
     def unavailable_reason(self) -> str | None:
-        if self.nft is None:
+        if self.lib is None:
             return self.load_error
         try:
-            self._terse_ruleset("inet")  # cheap whatever the ruleset holds (see read)
+            terse_table_objects(self.lib, "inet", TABLE)  # cheap whatever the ruleset holds
         except CniError as err:
             return f"the kernel refuses nftables: {err.details or err.msg}"
         return None
 
-    def read(self, families, terse: bool = False) -> dict[str, TableState]:
-        """Our tables as the kernel holds them. `terse` leaves the set elements out and costs
-        the same however many networks exist: it lists the family's whole ruleset, because
-        libnftables (1.0.6) fetches every set element for `list table` even when terse
-        (3.7 ms with 1000 bridges), but not for a terse `list ruleset` (0.2 ms)."""
-        return {family: self.read_table(SPECS[family], terse) for family in families}
+    def _read(self, families, terse: bool = False) -> dict[str, TableState]:
+        """Our tables of `families` as the kernel holds them (`terse`: without elements)."""
+        return {family: read_table(self.lib, SPECS[family], terse) for family in families}
 
-    def read_table(self, spec: TableSpec, terse: bool = False) -> TableState:
-        listing = self._terse_ruleset(spec.family, spec.name) if terse else self._table(spec.family, spec.name)
-        return TableState.parse(listing, spec)
-
-    def _flagged(self, family: str) -> dict[str, list[str]]:
-        """The tables of `family` that carry flags (e.g. dormant) -> their flags, from a terse
-        text listing. libnftables 1.0.6 prints a flagged table's `flags` in JSON from a stale
-        pointer ("inet", its release name, or garbage that makes it abort the process), so
-        no table with flags is ever listed in JSON."""
-        rc, text, err = self.nft.cmd(f"list ruleset {family}", terse=True)
-        if rc != 0:
-            raise CniError(ENFORCEMENT_FAILED, f"cannot read the {family} ruleset", err.strip())
-        found, current = {}, None
-        for line in text.splitlines():
-            words = line.split()
-            if line.startswith("table ") and len(words) >= 3:
-                current = words[2]
-            elif line.startswith("\tflags ") and current:  # the table's own (a set's is indented twice)
-                found[current] = [f for word in words[1:] for f in word.split(",") if f] or ["unknown"]
-        return found
-
-    def _table(self, family: str, table: str = TABLE) -> list[dict] | None:
-        """The objects of table `table` in `family` (None: no such table)."""
-        flagged = self._flagged(family)
-        if table in flagged:  # it counts as altered and is rebuilt
-            return [{"table": {"family": family, "name": table, "flags": flagged[table]}}]
-        rc, out, err = self._run([{"list": {"table": {"family": family, "name": table}}}])
-        if rc != 0:
-            if "No such file or directory" not in err:
-                raise CniError(ENFORCEMENT_FAILED, f"cannot read table {family} {table}", err.strip())
-            return None
-        if out is UNPARSEABLE:  # described by its flags only: it counts as altered and is rebuilt
-            return [{"table": {"family": family, "name": table, "flags": self._flags(family, table)}}]
-        return self._true_flags(out["nftables"], family, table) if out else None
-
-    def _terse_ruleset(self, family: str, table: str = TABLE) -> list[dict] | None:
-        """The objects of our table in `family`, set elements left out (None: no such table)."""
-        if self._flagged(family):  # never a JSON listing with a flagged table in it
-            return self._table(family, table)
-        rc, out, err = self._run([{"list": {"ruleset": {"family": family}}}], terse=True)
-        if rc != 0:
-            raise CniError(ENFORCEMENT_FAILED, f"cannot read the {family} ruleset", err.strip())
-        if out is UNPARSEABLE:  # some table of the family (ours or not) cannot be listed as JSON
-            return self._table(family, table)
-        ours = [o for o in out["nftables"] if _table_of(o) == (family, table)]
-        return self._true_flags(ours, family, table) or None
-
-    def _true_flags(self, listing: list[dict], family: str, table: str = TABLE) -> list[dict]:
-        """`listing` with our table's flags as the text listing gives them: libnftables 1.0.6
-        prints a flagged table's `flags` wrongly in JSON (`"inet"`, or cuts the listing short)."""
-        for obj in listing:
-            if "table" in obj and obj["table"].get("flags"):
-                obj["table"]["flags"] = self._flags(family, table)
-        return listing
-
-    def _flags(self, family: str, table: str = TABLE) -> list[str]:
-        rc, text, _ = self.nft.cmd(f"list table {family} {table}")
-        flags = next((line.split()[1:] for line in text.splitlines() if line.strip().startswith("flags ")), [])
-        return [f for word in flags for f in word.split(",") if f] or ["unknown"]
-
-    def ensure(self, intent: BridgeIntent, others=(), related=None) -> dict:
-        """Apply `intent`; `others` are the other registered attachments (a sequence, or a
-        function returning one, called only if needed), `related` those of them on the same
-        bridge or in the same isolationGroup (derived from `others` when not given).
-        Nothing needs remembering: our tables are wholly ours. Without `related` (reconcile,
-        the agent) everything registered is re-applied from a full reading.
-
-        When both tables are intact (a terse reading, without elements, tells), only this
-        bridge's elements and guard chains are added, with the distinct needs of the
-        attachments on the same bridge or in the same isolationGroup: the cost does not
-        grow with the number of networks. Otherwise (a table missing, e.g. after `nft
-        flush ruleset`, or altered) every registered attachment is re-applied from a full
-        reading. Elements deleted one by one from an intact table are CHECK's, `isolation
-        reconcile`'s and the agent's to find.
-        """
-        intents = [intent]
-        want = wanted(intents)
+    def ensure(self, addition: Desired) -> bool:
+        """When both tables are intact (a terse reading, without elements, tells), add the
+        elements and converge the guard chains of `addition`'s bridges: the cost does not
+        grow with the number of networks. Elements deleted one by one from an intact table
+        are CHECK's, `isolation reconcile`'s and the agent's to find."""
+        want = wanted(addition)
         if not want:
-            return {}
-        failure = f"could not apply isolation for {intent.bridge}"
-        def everyone():
-            return others() if callable(others) else others
+            return True
+        quick = self._read(SPECS, terse=True)
+        if not all(quick[f].exists and quick[f].intact for f in want):
+            return False
+        cmds = add_only_plan(quick, addition)
+        if cmds is None:
+            return False
+        self._apply(cmds, f"could not apply isolation for {first_bridge(addition)}")
+        return True
 
-        full = related is None
-        if related is None:
-            related = [o for o in everyone() if o.bridge == intent.bridge or (intent.group and o.group == intent.group)]
-        ensure_flags(intent, None if full else related, everyone() if full else ())
-        # one anti-spoofed neighbour stands for all of them: its elements are there already
-        # (adding them again is a no-op), and it makes a missing bridge table a reason to rebuild
-        spoofed = next((i for i in related if i.spoof is not None), None)
-        related = shared_needs(related) + ([spoofed] if spoofed else [])
-        quick = self.read(SPECS, terse=True) if not full else {}
-        if not full and all(quick[f].exists and quick[f].intact for f in wanted([intent, *related])):
-            cmds = add_only_plan(quick, [intent, *related])
-            if cmds is not None:
-                self._apply(cmds, failure)
-                return {}
-        intents += everyone()
-        self._apply(plan(self.read(wanted(intents)), intents), failure)
+    def apply(self, desired: Desired) -> dict:
+        """A full reading, then one transaction: a missing or altered table is rebuilt with
+        every element it still held. Nothing needs remembering: our tables are wholly ours."""
+        self._apply(plan(self._read(wanted(desired)), desired), f"could not apply isolation for {first_bridge(desired)}")
         return {}
 
-    def release(self, r: Release, facts: dict) -> None:
-        self._apply(release_plan(self.read(SPECS), r), f"could not remove the isolation of {r.bridge}")
-        release_flags(r)
+    def release(self, change: Release, facts: dict) -> None:
+        self._apply(release_plan(self._read(SPECS), change), f"could not remove the isolation of {change.bridge}")
 
     def _apply(self, cmds: list[dict], failure: str) -> None:
-        """Run `cmds` as one transaction; {"text": ...} commands (declaring `typeof` sets) run
-        first, as their own."""
-        texts = [c["text"] for c in cmds if "text" in c]
-        cmds = [c for c in cmds if "text" not in c]
-        if texts:
-            rc, _, err = self.nft.cmd("\n".join(texts))
-            if rc != 0:
-                raise CniError(ENFORCEMENT_FAILED, f"nftables {failure}", err.strip())
-        if cmds:
-            rc, _, err = self._run(cmds)
-            if rc != 0:
-                raise CniError(ENFORCEMENT_FAILED, f"nftables {failure}", err.strip())
+        apply(self.lib, cmds, failure)
 
-    def enforced(self) -> dict[str, int | None]:
-        """Bridges in our `isolated` set -> None (drops are counted per table, see drops())."""
-        state = self.read(["inet"])["inet"]
-        return {b: None for b in state.elements.get("isolated", set())}
+    def verify(self, desired: Desired) -> list[str]:
+        want = wanted(desired)
+        return [f"nftables: {p}" for p in problems(self._read(want), desired)] if want else []
 
-    def drops(self) -> int:
-        """Packets the inet table's drop rule dropped, all bridges together."""
-        rc, out, _ = self._run([{"list": {"chain": {"family": "inet", "table": TABLE, "name": "forward"}}}])
-        if rc != 0 or out is UNPARSEABLE:
-            return 0
-        return sum(x["counter"]["packets"] for o in out["nftables"] if "rule" in o
-                   for x in o["rule"]["expr"] if "counter" in x)
+    def audit(self, desired: Desired, granted: Desired) -> tuple[list[str], list[str]]:
+        want = wanted(desired)
+        states = self._read(sorted(set(want) | {"inet"}))
+        missing = [f"nftables: {p}" for p in problems(states, desired)] if want else []
+        return missing, [f"nftables: {t}" for t, _ in surplus(states["inet"], granted, set(desired.bridges))]
 
-    def cleanup_commands(self, bridge: str | None, ports: list[str]) -> list[list[str]]:
-        """nft commands removing our tables, or (bridge given) that bridge's elements and `ports`."""
-        states = self.read(SPECS)
+    def surplus(self, desired: Desired) -> dict[str, list[str]]:
+        bridges = set(desired.bridges)
+        found: dict[str, list[str]] = {}
+        for text, cmds in surplus(self._read(["inet"])["inet"], desired, bridges):
+            for bridge in _bridges_of(cmds, text, bridges):
+                found.setdefault(bridge, []).append(f"nftables: {text}")
+        return found
+
+    def revoke(self, desired: Desired) -> list[str]:
+        found = surplus(self._read(["inet"])["inet"], desired, set(desired.bridges))
+        self._apply([c for _, cmds in found for c in cmds], "could not remove grants no attachment needs")
+        return [f"nftables: {text}" for text, _ in found]
+
+    def enforced(self) -> set[str]:
+        """The bridges in our `isolated` set."""
+        return set(self._read(["inet"])["inet"].elements.get("isolated", set()))
+
+    def drops(self) -> tuple[int, dict[str, int]]:
+        """What the inet table's forward drops counted, all bridges together (one rule each)."""
+        rules = chain_rules(self.lib, "inet", TABLE, "forward") or []
+        return sum(x["counter"]["packets"] for expr in rules for x in expr if "counter" in x), {}
+
+    def cleanup_commands(self, bridge: str | None, facts: dict, ports: list[str]) -> list[list[str]]:
+        """nft commands removing our tables, or (bridge given) that bridge's elements and the
+        anti-spoofing elements of `ports`. No facts are kept on this backend."""
+        states = self._read(SPECS)
         if bridge is None:
             return [["nft", "delete", "table", f, TABLE] for f in SPECS if states[f].exists]
         cmds = []
@@ -1011,84 +873,3 @@ class NftablesBackend:
             if entry[1] in states["inet"].chains:
                 cmds.append(["nft", "delete", "chain", "inet", TABLE, entry[1]])  # a valid name, unquoted
         return cmds + spoof_cleanup(states["bridge"], set(ports), BRIDGE)
-
-    def run_command(self, argv: list[str]) -> str | None:
-        """Execute one `nft ...` command through libnftables (no nft binary needed)."""
-        rc, _, err = self.nft.cmd(" ".join(argv[1:]))
-        return None if rc == 0 else err.strip()
-
-    def verify(self, intent: BridgeIntent, same_bridge=()) -> list[str]:
-        intents = [intent, *same_bridge]
-        want = wanted(intents)
-        found = [f"nftables: {p}" for p in problems(self.read(want), intents)] if want else []
-        return found + flag_problems(intents)
-
-    def audit(self, intent: BridgeIntent, same_bridge=(), related=()) -> tuple[list[str], list[str]]:
-        """CHECK's question in one reading: (what verify() finds missing, the grants the kernel
-        holds for the bridge that `related`, the registered attachments on it and in its
-        isolationGroups, do not need)."""
-        intents = [intent, *same_bridge]
-        want = wanted(intents)
-        states = self.read(sorted(set(want) | {"inet"}))
-        missing = [f"nftables: {p}" for p in problems(states, intents)] if want else []
-        missing += flag_problems(intents)
-        return missing, [f"nftables: {t}" for t, _ in surplus(states["inet"], related, {intent.bridge})]
-
-    def surplus(self, bridges, intents) -> dict[str, list[str]]:
-        """Per bridge of `bridges`, the grants the kernel holds for it that `intents` (the
-        registered attachments on them and in their isolationGroups) do not need."""
-        found: dict[str, list[str]] = {}
-        for text, cmds in surplus(self.read(["inet"])["inet"], intents, set(bridges)):
-            for bridge in _bridges_of(cmds, text, bridges):
-                found.setdefault(bridge, []).append(f"nftables: {text}")
-        return found
-
-    def revoke(self, intents) -> list[str]:
-        """Remove every grant touching a bridge of `intents` (all registered attachments on this
-        backend) that none of them needs, in one transaction; returns what went."""
-        intents = list(intents)
-        found = surplus(self.read(["inet"])["inet"], intents, {i.bridge for i in intents})
-        self._apply([c for _, cmds in found for c in cmds], "could not remove grants no attachment needs")
-        return [f"nftables: {text}" for text, _ in found]
-
-
-def table_exists(family: str, name: str) -> bool:
-    """True when the table exists, or when nftables cannot tell (then nothing is deleted later)."""
-    backend = NftablesBackend()
-    if backend.nft is None:
-        return True
-    rc, _, _ = backend._run([{"list": {"table": {"family": family, "name": name}}}])
-    return rc == 0
-
-
-def chain_exists(family: str, table: str, chain: str) -> bool:
-    """True when the chain exists, or when nftables cannot tell (then nothing is deleted later)."""
-    backend = NftablesBackend()
-    if backend.nft is None:
-        return True
-    rc, _, _ = backend._run([{"list": {"chain": {"family": family, "table": table, "name": chain}}}], terse=True)
-    return rc == 0
-
-
-def delete_empty_chains(chains: list[tuple[str, str, str]]) -> None:
-    """Delete each (family, table, chain) that holds no rule: built-in chains iptables-nft made
-    for our jumps in a table that was there before. Best effort, one transaction each (a chain
-    some other rule still jumps to stays)."""
-    backend = NftablesBackend() if chains else None
-    if backend is None or backend.nft is None:
-        return
-    for family, table, name in chains:
-        rc, out, _ = backend._run([{"list": {"chain": {"family": family, "table": table, "name": name}}}])
-        if rc == 0 and out is not UNPARSEABLE and not any("rule" in o for o in out["nftables"]):
-            backend._run([{"delete": {"chain": {"family": family, "table": table, "name": name}}}])
-
-
-def delete_tables(tables: list[tuple[str, str]]) -> None:
-    """Delete (family, name) tables, each in its own transaction (one already gone must not keep
-    the others): used to remove the filter tables the iptables backend created on iptables-nft
-    once they are pristine again. Best effort."""
-    if tables:
-        backend = NftablesBackend()
-        if backend.nft is not None:
-            for f, n in tables:
-                backend._run([{"delete": {"table": {"family": f, "name": n}}}])

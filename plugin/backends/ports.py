@@ -22,18 +22,11 @@ def _isolated_bridges(intents) -> set[str]:
     return {i.bridge for i in intents if i.drop_intra}
 
 
-def ensure_flags(intent, related=None, everyone=()) -> None:
+def ensure_flags(intent, related) -> None:
     """Flag the ports `intent` (an ADD) needs flagged: its own when its bridge is isolated
     (failing closed if that cannot be done), and, when it is the first `isolated` attachment
-    of a mixed bridge, those of the bridge's other attachments (`related`). With `related`
-    None (a full re-application), every port of every isolated bridge among `everyone`."""
-    if related is None:
-        intents = [intent, *everyone]
-        bridges = _isolated_bridges(intents)
-        for i in intents:
-            if i.port and i.bridge in bridges and port_isolated(i.port) is False:
-                _set(i.port, i is intent)
-        return
+    of a mixed bridge, those of the bridge's other attachments (among `related`, the other
+    attachments on its bridge or in its isolationGroup)."""
     same = [r for r in related if r.bridge == intent.bridge]
     if not (intent.drop_intra or any(r.drop_intra for r in same)):
         return
@@ -45,6 +38,16 @@ def ensure_flags(intent, related=None, everyone=()) -> None:
         for r in same:
             if r.port and r.port != intent.port and port_isolated(r.port) is False:
                 _set(r.port, False)
+
+
+def ensure_all_flags(intents, required=None) -> None:
+    """Flag every port of every isolated bridge among `intents` that lacks the flag (a full
+    re-application); failing closed only for the port of `required` (an ADD's own intent)."""
+    intents = list(intents)
+    bridges = _isolated_bridges(intents)
+    for i in intents:
+        if i.port and i.bridge in bridges and port_isolated(i.port) is False:
+            _set(i.port, i is required)
 
 
 def _set(port: str, required: bool) -> None:

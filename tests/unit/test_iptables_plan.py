@@ -10,7 +10,7 @@ import pytest
 
 from plugin.backends.iptables import SPOOF_TABLE, FilterTable, plan, problems, release_plan, split_rule, strip_comment
 from plugin.backends.nftables import TableState, bridge_plan, bridge_release, bridge_spec, spoof_elements
-from plugin.policy import Guard, Hole, Release, Spoof, intent_for
+from plugin.policy import NO_GUARD, Guard, Hole, Release, Spoof, desired, intent_for
 from golden import read as read_golden
 
 SCENARIOS = [
@@ -33,14 +33,14 @@ def read(name: str) -> str:
 @pytest.mark.parametrize("plan_file,before,bridge,policy", SCENARIOS, ids=[s[0] for s in SCENARIOS])
 def test_plan_matches_golden(plan_file, before, bridge, policy, golden):
     table = FilterTable.parse(read(before + ".before"))
-    got = plan(table, [intent_for(bridge, policy)])
+    got = plan(table, desired([intent_for(bridge, policy)]))
     golden.check(f"iptables/{plan_file}.plan", got)
 
 
 def test_fully_enforced_table_has_no_problems():
     table = FilterTable.parse(read("two-bridges.before"))
-    assert problems(table, [intent_for("br0", "same-bridge")]) == []
-    assert problems(table, [intent_for("br2", "same-bridge")]) == [
+    assert problems(table, desired([intent_for("br0", "same-bridge")])) == []
+    assert problems(table, desired([intent_for("br2", "same-bridge")])) == [
         "CNI-ISOLATION-STAGE-1 lacks '-i br2 ! -o br2 -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN', "
         "'-i br2 ! -o br2 -j CNI-ISOLATION-STAGE-2'",
         "CNI-ISOLATION-STAGE-2 lacks '-o br2 -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN', '-o br2 -j DROP'",
@@ -52,16 +52,16 @@ def test_a_published_port_exception_below_its_drop_is_a_problem():
     dnat = ("-A CNI-ISOLATION-STAGE-2 -o br0 -m conntrack --ctstate DNAT --ctdir ORIGINAL -m comment --comment "
             "isolation-plugin -j RETURN\n")
     swapped = FilterTable.parse(text.replace(dnat, "").replace("-A CNI-ISOLATION-STAGE-2 -m comment", dnat + "-A CNI-ISOLATION-STAGE-2 -m comment"))
-    assert problems(swapped, [intent_for("br0", "same-bridge")]) == [
+    assert problems(swapped, desired([intent_for("br0", "same-bridge")])) == [
         "CNI-ISOLATION-STAGE-2 holds '-o br0 -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN', '-o br0 -j DROP' "
         "out of order"
     ]
-    assert problems(swapped, [intent_for("br0", "same-bridge", published=False)]) == []
+    assert problems(swapped, desired([intent_for("br0", "same-bridge", published=False)])) == []
 
 
 def test_displaced_jump_is_a_problem():
     table = FilterTable.parse(read("displaced.before"))
-    assert problems(table, [intent_for("br0", "same-bridge")]) == [
+    assert problems(table, desired([intent_for("br0", "same-bridge")])) == [
         "FORWARD rule 1 (-j DOCKER-USER) comes before the jump to CNI-ISOLATION-STAGE-1"
     ]
 
@@ -79,8 +79,8 @@ def test_guarded_firewall_chain_may_come_first():
     table = FilterTable.parse(text)
     assert table.chains["FORWARD"][0][-1] == "CNI-FORWARD"
     unpublished = intent_for("br0", "same-bridge", published=False)  # the firewall's rules suffice then
-    assert problems(table, [unpublished]) == []
-    assert plan(table, [unpublished]) == []
+    assert problems(table, desired([unpublished])) == []
+    assert plan(table, desired([unpublished])) == []
 
 
 # denyEgress 10.98.0.0/16 and fd98::/32 with TCP 53 and 8000-8100 to 10.98.0.3 allowed, and
@@ -93,7 +93,7 @@ GUARD = Guard(("10.98.0.0/16", "fd98::/32"), (Hole("tcp", ("53", "8000-8100"), "
 def test_guarded_plan_matches_golden(family, golden):
     """Each family gets its own deny ranges and exceptions; IPv6 also neighbour discovery."""
     table = FilterTable.parse(read("empty.before"))
-    got = plan(table, [intent_for("br0", "same-bridge", guard=GUARD)], family)
+    got = plan(table, desired([intent_for("br0", "same-bridge", guard=GUARD)]), family)
     golden.check(f"iptables/empty-guarded-{family}.plan", got)
 
 
@@ -102,17 +102,17 @@ def test_guarded_table_read_back_has_no_problems_and_needs_nothing():
     intents = [intent_for("br0", "same-bridge", guard=GUARD), intent_for("br1", "same-bridge")]
     for family in ("ipv4", "ipv6"):
         table = FilterTable.parse(read(f"guarded-{family}.before"))
-        assert problems(table, intents[:1], family) == [] and plan(table, intents, family) == []
+        assert problems(table, desired(intents[:1]), family) == [] and plan(table, desired(intents), family) == []
         opened = FilterTable.parse(read(f"guarded-{family}.before").replace("-A INPUT -m comment", "-A INPUT -j ACCEPT\n-A INPUT -m comment"))
-        assert problems(opened, intents[:1], family) == ["INPUT does not start with the jump to CNI-ISOLATION-HOST"]
+        assert problems(opened, desired(intents[:1]), family) == ["INPUT does not start with the jump to CNI-ISOLATION-HOST"]
 
 
 GUARD_RELEASES = [
     # br0's last attachment goes; br1 (no guard) stays: every guard rule, chain and the INPUT jump go
-    ("guarded-release-br0-ipv4", Release("br0", True, False, None, True, False, published=True, last_guard=True,
-                                         bridge_done=True)),
+    ("guarded-release-br0-ipv4", Release(bridge="br0", isolate=True, within=True, published=True,
+                                         peers=frozenset(), guard=NO_GUARD, last_guard=True)),
     # br0 stays with a remaining attachment that only denies 10.98.0.0/16: the rest goes
-    ("guarded-relax-br0-ipv4", Release("br0", False, False, None, True, False, guard=Guard(("10.98.0.0/16",)))),
+    ("guarded-relax-br0-ipv4", Release(bridge="br0", peers=frozenset(), guard=Guard(("10.98.0.0/16",)))),
 ]
 
 
@@ -126,7 +126,7 @@ def test_stale_guard_rules_go_on_the_next_add():
     """A rule of ours in a guard chain that no registered bridge needs (a configuration that
     changed) is removed by the next ADD, which knows every attachment."""
     table = FilterTable.parse(read("guarded-ipv4.before"))
-    lines = plan(table, [intent_for("br0", "same-bridge", guard=Guard(("10.98.0.0/16",), (), True, ()))], "ipv4")
+    lines = plan(table, desired([intent_for("br0", "same-bridge", guard=Guard(("10.98.0.0/16",), (), True, ()))]), "ipv4")
     c = "-m comment --comment isolation-plugin"
     assert f"-D CNI-ISOLATION-EGRESS -i br0 -p tcp -m conntrack --ctorigdst 10.98.0.3 -m tcp --dport 53 {c} -j RETURN" in lines
     assert f"-D CNI-ISOLATION-HOST -i br0 -p udp -m udp --dport 53 {c} -j RETURN" in lines
@@ -142,12 +142,12 @@ def test_parse_keeps_quoted_comments_whole():
 
 
 RELEASES = [
-    # (plan file, before file, Release(bridge, isolate, drop_intra, port, last_intra, last))
-    ("two-bridges-release-br1", "two-bridges", Release("br1", True, False, None, True, False)),
+    # (plan file, before file, Release: the bridge's isolation goes, and with `last` everything)
+    ("two-bridges-release-br1", "two-bridges", Release(bridge="br1", isolate=True, within=True, peers=frozenset(), guard=NO_GUARD)),
     # a registry that lost br0 claims br1 was the last: br0's rules stay, so does the layout
-    ("two-bridges-release-last", "two-bridges", Release("br1", True, False, None, True, True)),
-    ("one-bridge-release-last", "one-bridge", Release("br1", True, False, None, True, True)),
-    ("firewall-guarded-release-last", "firewall-guarded", Release("br0", True, False, None, True, True)),
+    ("two-bridges-release-last", "two-bridges", Release(bridge="br1", isolate=True, within=True, peers=frozenset(), guard=NO_GUARD, last=True)),
+    ("one-bridge-release-last", "one-bridge", Release(bridge="br1", isolate=True, within=True, peers=frozenset(), guard=NO_GUARD, last=True)),
+    ("firewall-guarded-release-last", "firewall-guarded", Release(bridge="br0", isolate=True, within=True, peers=frozenset(), guard=NO_GUARD, last=True)),
 ]
 
 
@@ -179,13 +179,13 @@ def test_foreign_rules_with_hostile_names_do_not_break_planning(golden):
         "COMMIT", "-A FORWARD -i x'y -o a\"b -j ACCEPT\n-A FORWARD -i q\\ -j ACCEPT\nCOMMIT")
     table = FilterTable.parse(text)
     assert table.chains["FORWARD"][1:] == [["-i", "x'y", "-o", 'a"b', "-j", "ACCEPT"], ["-i", "q\\", "-j", "ACCEPT"]]
-    golden.check("iptables/two-bridges-third.plan", plan(table, [intent_for("br2", "same-bridge")]))
+    golden.check("iptables/two-bridges-third.plan", plan(table, desired([intent_for("br2", "same-bridge")])))
 
 
 def test_registered_bridges_missing_from_the_table_are_restored():
     table = FilterTable.parse(read("two-bridges.before"))
-    got = plan(table, [intent_for("br2", "same-bridge"), intent_for("br0", "same-bridge"),
-                       intent_for("br3", "isolated")])
+    got = plan(table, desired([intent_for("br2", "same-bridge"), intent_for("br0", "same-bridge"),
+                       intent_for("br3", "isolated")]))
     c = "-m comment --comment isolation-plugin"
     assert got == [
         f"-I CNI-ISOLATION-STAGE-1 1 -i br2 ! -o br2 {c} -j CNI-ISOLATION-STAGE-2",
@@ -203,7 +203,7 @@ def test_registered_bridges_missing_from_the_table_are_restored():
 def test_group_peers_return_above_the_drop_and_leave_with_their_bridge():
     c = "-m comment --comment isolation-plugin"
     table = FilterTable.parse(read("two-bridges.before"))
-    got = plan(table, [intent_for("br0", "same-bridge", group="a"), intent_for("br1", "same-bridge", group="a")])
+    got = plan(table, desired([intent_for("br0", "same-bridge", group="a"), intent_for("br1", "same-bridge", group="a")]))
     # each bridge's STAGE-2 group gains a RETURN for its peer: re-inserted whole, in order
     assert got == [
         f"-D CNI-ISOLATION-STAGE-2 -o br0 -m conntrack --ctstate DNAT --ctdir ORIGINAL {c} -j RETURN",
@@ -221,7 +221,7 @@ def test_group_peers_return_above_the_drop_and_leave_with_their_bridge():
         f"-A CNI-ISOLATION-STAGE-2 -o br1 {c} -j DROP", f"-A CNI-ISOLATION-STAGE-2 -i br0 -o br1 {c} -j RETURN\n"
         f"-A CNI-ISOLATION-STAGE-2 -o br1 {c} -j DROP"))
     assert f"-D CNI-ISOLATION-STAGE-2 -i br0 -o br1 {c} -j RETURN" in release_plan(
-        grouped, Release("br0", True, False, None, True, False))
+        grouped, Release(bridge="br0", isolate=True, within=True, peers=frozenset(), guard=NO_GUARD))
 
 
 def test_firewall_chain_left_without_accepts_still_needs_our_jumps():
@@ -237,8 +237,8 @@ def test_firewall_chain_left_without_accepts_still_needs_our_jumps():
     )
     intent = intent_for("br0", "same-bridge")
     assert "FORWARD rule 1 (-m comment --comment CNI firewall plugin rules -j CNI-FORWARD) comes before the jump " \
-           "to CNI-ISOLATION-STAGE-1" in problems(table, [intent])
-    got = plan(table, [intent])
+           "to CNI-ISOLATION-STAGE-1" in problems(table, desired([intent]))
+    got = plan(table, desired([intent]))
     jump = "-m comment --comment isolation-plugin -j CNI-ISOLATION-STAGE-1"
     assert f"-I FORWARD 1 {jump}" in got and f"-I CNI-FORWARD 1 {jump}" in got, got
 
@@ -247,7 +247,7 @@ def test_a_full_plan_never_undoes_guard_rules_of_a_bridge_no_intent_is_on():
     """Issue 15 item 1: br0's attachments lost from a damaged registry; an ADD on br1 must not
     delete br0's guard rules (its egress and host protection)."""
     table = FilterTable.parse(read("guarded-ipv4.before"))
-    lines = plan(table, [intent_for("br1", "same-bridge", guard=Guard(("10.0.0.0/8",)))], "ipv4")
+    lines = plan(table, desired([intent_for("br1", "same-bridge", guard=Guard(("10.0.0.0/8",)))]), "ipv4")
     assert any(line.startswith("-I CNI-ISOLATION-EGRESS 1 -i br1") for line in lines), lines
     assert not [line for line in lines if line.startswith("-D ") and "br0" in line], lines
 
@@ -265,21 +265,23 @@ def test_anti_spoofing_table_matches_golden(golden):
     golden.check("iptables/spoof-fresh.jsonl", bridge_plan(TableState(), spoof_elements([SPOOF]), spec))
     other = Spoof("veth1", "02:00:00:00:00:0b", ("10.77.1.3",))
     state = TableState(True, True, spoof_elements([SPOOF, other]))
-    gone = Release("br0", False, False, "veth0", False, False, spoof=SPOOF)
+    gone = Release(bridge="br0", spoofs=(SPOOF,))
     golden.check("iptables/spoof-release-veth0.jsonl", bridge_release(state, gone, spec))
     alone = TableState(True, True, spoof_elements([SPOOF]))
-    assert bridge_release(alone, Release("br0", False, False, "veth0", False, False, spoof=SPOOF, last_spoof=True),
+    assert bridge_release(alone, Release(bridge="br0", spoofs=(SPOOF,), last_spoof=True),
                           spec) == [{"delete": {"table": {"family": "bridge", "name": "isolation-iptables"}}}]
     # the last registered one leaves while the table still protects veth1 (lost by a damaged
     # registry): the table stays, only veth0's elements go
     golden.check("iptables/spoof-release-veth0.jsonl", bridge_release(
-        state, Release("br0", False, False, "veth0", False, False, spoof=SPOOF, last_spoof=True), spec))
+        state, Release(bridge="br0", spoofs=(SPOOF,), last_spoof=True), spec))
+
+
 def test_an_upgrade_replaces_the_direction_blind_published_port_rule(golden):
     """Before issue 14 the published-port RETURN matched both directions by -o; the next ADD
     (which knows every attachment) removes it as a grant nobody needs and puts the
     per-direction pair in, one transaction per family."""
     table = FilterTable.parse(read("two-bridges-old-dnat.before"))
-    got = plan(table, [intent_for("br0", "same-bridge"), intent_for("br1", "same-bridge")])
+    got = plan(table, desired([intent_for("br0", "same-bridge"), intent_for("br1", "same-bridge")]))
     golden.check("iptables/upgrade-old-dnat.plan", got)
 
 
@@ -299,18 +301,18 @@ def test_a_group_left_loses_its_peer_returns_once_its_old_attachments_leave():
     table = FilterTable.parse(_with_peers(read("two-bridges.before"), ("br1", "br0"), ("br0", "br1")))
     peer_lines = [f"-D CNI-ISOLATION-STAGE-2 -i br1 -o br0 {c} -j RETURN", f"-D CNI-ISOLATION-STAGE-2 -i br0 -o br1 {c} -j RETURN"]
     # br0's last attachment of group "a" leaves; br0 stays (a newer attachment, no group)
-    left = release_plan(table, Release("br0", False, False, None, False, False))
+    left = release_plan(table, Release(bridge="br0", peers=frozenset(), guard=NO_GUARD))
     assert sorted(left) == sorted(peer_lines)
     # an old attachment of the group remains on br0: the pair stays
-    assert release_plan(table, Release("br0", False, False, None, False, False, peers=frozenset({"br1"}))) == []
+    assert release_plan(table, Release(bridge="br0", peers=frozenset({"br1"}), guard=NO_GUARD)) == []
     # the same grants left behind (a crash between forgetting and removing) are named, then go on the next ADD
     ungrouped = [intent_for("br0", "same-bridge"), intent_for("br1", "same-bridge")]
-    assert [(ch, " ".join(strip_comment(r))) for ch, r in surplus(table, ungrouped, {"br0"})] == [
+    assert [(ch, " ".join(strip_comment(r))) for ch, r in surplus(table, desired(ungrouped), {"br0"})] == [
         ("CNI-ISOLATION-STAGE-2", "-i br0 -o br1 -j RETURN"), ("CNI-ISOLATION-STAGE-2", "-i br1 -o br0 -j RETURN")]
-    assert surplus(table, ungrouped, {"br9"}) == []
-    assert sorted(plan(table, ungrouped)) == sorted(peer_lines)
+    assert surplus(table, desired(ungrouped), {"br9"}) == []
+    assert sorted(plan(table, desired(ungrouped))) == sorted(peer_lines)
     grouped = [intent_for("br0", "same-bridge", group="a"), intent_for("br1", "same-bridge", group="a")]
-    assert surplus(table, grouped, {"br0", "br1"}) == [] and plan(table, grouped) == []
+    assert surplus(table, desired(grouped), {"br0", "br1"}) == [] and plan(table, desired(grouped)) == []
 
 
 def test_a_published_port_turned_off_loses_its_returns():
@@ -321,8 +323,8 @@ def test_a_published_port_turned_off_loses_its_returns():
     intents = [intent_for("br0", "same-bridge", published=False), intent_for("br1", "same-bridge")]
     expected = [f"-D CNI-ISOLATION-STAGE-1 -i br0 ! -o br0 -m conntrack --ctstate DNAT --ctdir REPLY {c} -j RETURN",
                 f"-D CNI-ISOLATION-STAGE-2 -o br0 -m conntrack --ctstate DNAT --ctdir ORIGINAL {c} -j RETURN"]
-    assert [" ".join(strip_comment(r)) for _, r in surplus(table, intents, {"br0", "br1"})] == [
+    assert [" ".join(strip_comment(r)) for _, r in surplus(table, desired(intents), {"br0", "br1"})] == [
         "-i br0 ! -o br0 -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN",
         "-o br0 -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN"]
-    assert plan(table, intents) == expected
-    assert release_plan(table, Release("br0", False, False, None, False, False, published=True)) == expected[::-1]
+    assert plan(table, desired(intents)) == expected
+    assert release_plan(table, Release(bridge="br0", published=True, peers=frozenset(), guard=NO_GUARD)) == expected[::-1]

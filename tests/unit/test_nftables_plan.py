@@ -12,7 +12,7 @@ import pytest
 
 from plugin.backends.nftables import BRIDGE, INET, TableState, add_only_plan, plan, problems, release_plan
 from plugin.errors import CniError
-from plugin.policy import Guard, Hole, Release, Spoof, intent_for
+from plugin.policy import NO_GUARD, Guard, Hole, Release, Spoof, desired, intent_for
 from golden import load
 
 
@@ -41,7 +41,7 @@ SCENARIOS = {
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_plan_matches_golden(name, golden):
     states, intent = SCENARIOS[name]
-    golden.check(f"nftables/{name}.jsonl", plan(states, [intent]))
+    golden.check(f"nftables/{name}.jsonl", plan(states, desired([intent])))
 
 
 # `nft -j list table inet isolation` as the kernel printed it (kernel 6.18, nftables 1.0.6) for brA (isolated, with
@@ -100,7 +100,7 @@ def test_listing_of_our_own_table_is_intact():
     intents = [intent_for("brA", "isolated", "vethA", group="g", guard=GUARD),
                intent_for("brB", "same-bridge", "vethB", published=False, group="g")]
     states = {"inet": state, "bridge": TableState(True, True, {})}
-    assert problems(states, intents) == [] and plan(states, intents) == []
+    assert problems(states, desired(intents)) == [] and plan(states, desired(intents)) == []
 
     tampered = _replace_rule(LISTING, "forward", 14, [{"accept": None}])
     assert not TableState.parse(tampered, INET).intact
@@ -114,8 +114,8 @@ def test_an_altered_guard_chain_is_named_and_rewritten():
     opened = TableState.parse(_replace_rule(LISTING, "host-brA", 29, [{"accept": None}]), INET)
     assert opened.intact  # the constant part is fine: only the chain is rewritten
     intents = [intent_for("brA", "same-bridge", group="g", guard=GUARD)]
-    assert problems({"inet": opened}, intents) == ["chain inet isolation host-brA is altered"]
-    cmds = plan({"inet": opened}, intents)
+    assert problems({"inet": opened}, desired(intents)) == ["chain inet isolation host-brA is altered"]
+    cmds = plan({"inet": opened}, desired(intents))
     assert cmds[0] == {"flush": {"chain": {"family": "inet", "table": "isolation", "name": "host-brA"}}}
     assert [c["add"]["rule"]["expr"] for c in cmds[1:] if "add" in c] == TableState.parse(LISTING, INET).chains["host-brA"]
     # brB is not registered here: brA's pairs with it are grants nobody needs, and go too
@@ -124,18 +124,18 @@ def test_an_altered_guard_chain_is_named_and_rewritten():
 
 
 def test_problems_name_what_is_missing():
-    assert problems({"inet": intact("br0")}, [intent_for("br0", "same-bridge")]) == []
-    assert problems({"inet": intact("br0")}, [intent_for("br1", "same-bridge")]) == [
+    assert problems({"inet": intact("br0")}, desired([intent_for("br0", "same-bridge")])) == []
+    assert problems({"inet": intact("br0")}, desired([intent_for("br1", "same-bridge")])) == [
         "br1 is not in set inet isolation isolated",
         "br1 is not in set inet isolation published",
         "br1 . br1 is not in set inet isolation self",
     ]
-    assert problems({}, [intent_for("br0", "isolated", "veth0", spoof=SPOOF0)]) == [
+    assert problems({}, desired([intent_for("br0", "isolated", "veth0", spoof=SPOOF0)])) == [
         "table inet isolation is missing",
         "table bridge isolation is missing",
     ]
     assert problems({"inet": intact("br0"), "bridge": _spoofed(SPOOF1)},
-                    [intent_for("br0", "same-bridge", "veth0", spoof=SPOOF0)]) == [
+                    desired([intent_for("br0", "same-bridge", "veth0", spoof=SPOOF0)])) == [
         "veth0 is not in set bridge isolation guarded",
         "veth0 . 02:00:00:00:00:0a is not in set bridge isolation mac",
         "veth0 . 0xfd770001000000000000000000000002 is not in set bridge isolation nd6",
@@ -163,16 +163,18 @@ def _spoofed(*spoofs) -> TableState:
 SPOOF1 = Spoof("veth1", "02:00:00:00:00:0b", ("10.77.1.3",))
 BRIDGE_TABLE = _spoofed(SPOOF0, SPOOF1)
 RELEASES = {
-    "release-one-of-two": ({"inet": intact("br0", "br1")}, Release("br1", True, False, None, True, False)),
+    "release-one-of-two": ({"inet": intact("br0", "br1")}, Release(bridge="br1", isolate=True, within=True, peers=frozenset(), guard=NO_GUARD)),
     "release-last": ({"inet": intact("br1"), "bridge": _spoofed(SPOOF1)},
-                     Release("br1", True, True, "veth1", True, True, spoof=SPOOF1)),
+                     Release(bridge="br1", isolate=True, drop_intra=True, within=True, peers=frozenset(),
+                             guard=NO_GUARD, spoofs=(SPOOF1,), last=True)),
     # the last registered attachment leaves, but the anti-spoofing table still protects veth0
     # (an attachment a damaged registry lost): only veth1's elements go
     "release-last-other-port-held": ({"inet": intact("br1"), "bridge": BRIDGE_TABLE},
-                                     Release("br1", True, True, "veth1", True, True, spoof=SPOOF1)),
+                                     Release(bridge="br1", isolate=True, drop_intra=True, within=True, peers=frozenset(),
+                             guard=NO_GUARD, spoofs=(SPOOF1,), last=True)),
     # veth1 leaves: its anti-spoofing elements go, veth0's stay
     "release-port-only": ({"inet": intact("br0"), "bridge": BRIDGE_TABLE},
-                          Release("br0", False, False, "veth1", False, False, spoof=SPOOF1)),
+                          Release(bridge="br0", peers=frozenset(), guard=NO_GUARD, spoofs=(SPOOF1,))),
 }
 
 
@@ -185,12 +187,13 @@ def test_release_matches_golden(name, golden):
 def test_release_of_a_guarded_bridge_matches_golden(golden):
     """brA (isolated, guarded, grouped with brB) loses its last attachment; brB stays: its
     elements, map entries and then its guard chains go, in one transaction."""
-    r = Release("brA", True, True, "vethA", True, False, published=True, last_guard=True, bridge_done=True)
+    r = Release(bridge="brA", isolate=True, drop_intra=True, within=True, published=True, peers=frozenset(),
+                guard=NO_GUARD, last_guard=True)
     golden.check("nftables/release-guarded.jsonl", release_plan({"inet": TableState.parse(LISTING, INET)}, r))
 
 
 def test_release_rewrites_a_guard_the_remaining_attachments_relax():
-    r = Release("brA", False, False, "vethA", False, False, guard=Guard(("10.98.0.0/16",)))
+    r = Release(bridge="brA", peers=frozenset(), guard=Guard(("10.98.0.0/16",)))
     cmds = release_plan({"inet": TableState.parse(LISTING, INET)}, r)
     assert cmds[0] == {"flush": {"chain": {"family": "inet", "table": "isolation", "name": "egress-brA"}}}
     assert {"delete": {"element": {"family": "inet", "table": "isolation", "name": "host", "elem": ["brA"]}}} in cmds
@@ -199,13 +202,14 @@ def test_release_rewrites_a_guard_the_remaining_attachments_relax():
 
 def test_release_deletes_only_what_is_present():
     """Deleting an absent element fails a whole transaction: absent ones are skipped."""
-    assert release_plan({"inet": intact("br0")}, Release("br9", True, True, "veth9", False, False)) == []
+    assert release_plan({"inet": intact("br0")}, Release(bridge="br9", isolate=True, drop_intra=True, within=True,
+                                                          peers=frozenset(), guard=NO_GUARD)) == []
 
 
 def test_a_rebuilt_table_gets_every_registered_bridge_back():
     """After `nft flush ruleset` the next ADD re-creates the table with all registered bridges."""
     intents = [intent_for("br2", "same-bridge"), intent_for("br0", "same-bridge"), intent_for("br1", "open")]
-    cmds = plan({}, intents)
+    cmds = plan({}, desired(intents))
     elements = [c["add"]["element"] for c in cmds if "element" in c["add"]]
     assert elements == [
         {"family": "inet", "table": "isolation", "name": "isolated", "elem": ["br0", "br2"]},
@@ -218,12 +222,12 @@ def test_a_rebuilt_table_gets_every_registered_bridge_back():
 def test_groups_become_peer_pairs_and_leave_with_their_bridge():
     intents = [intent_for("br0", "same-bridge", group="a"), intent_for("br1", "isolated", "veth1", group="a"),
                intent_for("br2", "same-bridge", group="b"), intent_for("br3", "same-bridge")]
-    peer_cmds = [c for c in plan({}, intents) if "element" in c["add"] and c["add"]["element"]["name"] == "peers"]
+    peer_cmds = [c for c in plan({}, desired(intents)) if "element" in c["add"] and c["add"]["element"]["name"] == "peers"]
     assert peer_cmds == [{"add": {"element": {"family": "inet", "table": "isolation", "name": "peers",
                                               "elem": [{"concat": ["br0", "br1"]}, {"concat": ["br1", "br0"]}]}}}]
     state = intact("br0", "br1")
     state.elements["peers"] = {("br0", "br1"), ("br1", "br0")}
-    gone = [c["delete"]["element"] for c in release_plan({"inet": state}, Release("br1", True, False, None, True, False))]
+    gone = [c["delete"]["element"] for c in release_plan({"inet": state}, Release(bridge="br1", isolate=True, within=True, peers=frozenset(), guard=NO_GUARD))]
     assert {"name": "peers", "elem": [{"concat": ["br0", "br1"]}]} in [{k: g[k] for k in ("name", "elem")} for g in gone]
     assert {"name": "peers", "elem": [{"concat": ["br1", "br0"]}]} in [{k: g[k] for k in ("name", "elem")} for g in gone]
 
@@ -235,26 +239,26 @@ def test_add_only_plan_adds_this_bridges_elements_and_touches_nothing_else():
         {k: {kk: vv for kk, vv in v.items() if kk != "elem"}} for o in LISTING for k, v in o.items() if k in ("set", "map")
     ], INET)
     assert terse.intact and all(not e for e in terse.elements.values())
-    cmds = add_only_plan({"inet": terse}, [intent_for("brC", "same-bridge", group="g", guard=Guard(("10.0.0.0/8",))),
-                                           intent_for("brB", "same-bridge", published=False, group="g")])
+    cmds = add_only_plan({"inet": terse}, desired([intent_for("brC", "same-bridge", group="g", guard=Guard(("10.0.0.0/8",))),
+                                           intent_for("brB", "same-bridge", published=False, group="g")]))
     kinds = [next(iter(c)) + " " + next(iter(next(iter(c.values())))) for c in cmds]
     assert set(kinds) == {"add chain", "add rule", "add element"} and "delete" not in str(cmds)
     added = {c["add"]["element"]["name"]: c["add"]["element"]["elem"] for c in cmds if "element" in c["add"]}
     assert added["egress"] == [["brC", {"jump": {"target": "egress-brC"}}]]
     assert {"concat": ["brC", "brB"]} in added["peers"] and "brC" in added["isolated"]
     # brA's guard chains exist but brA no longer wants a guard: that needs the full path
-    assert add_only_plan({"inet": terse}, [intent_for("brA", "same-bridge")]) is None
+    assert add_only_plan({"inet": terse}, desired([intent_for("brA", "same-bridge")])) is None
 
 
 def test_a_full_plan_never_undoes_a_bridge_no_intent_is_on():
     """Issue 15 item 1: a registry that lost brA's attachments (damaged) must not make an ADD's
     full plan delete brA's guard chains and map entries (that would open its egress)."""
     state = TableState.parse(LISTING, INET)
-    cmds = plan({"inet": state}, [intent_for("brC", "same-bridge", "vethC")])
+    cmds = plan({"inet": state}, desired([intent_for("brC", "same-bridge", "vethC")]))
     assert not [c for c in cmds if "delete" in c or "flush" in c], cmds
     assert {"add": {"element": {"family": "inet", "table": "isolation", "name": "isolated", "elem": ["brC"]}}} in cmds
     # brA registered without a guard any more (its configuration changed): then its guard goes
-    relaxed = plan({"inet": state}, [intent_for("brA", "same-bridge", "vethA")])
+    relaxed = plan({"inet": state}, desired([intent_for("brA", "same-bridge", "vethA")]))
     assert {c["delete"]["chain"]["name"] for c in relaxed if "chain" in c.get("delete", {})} == {"egress-brA", "host-brA"}
 
 
@@ -262,7 +266,8 @@ def test_release_never_takes_the_table_while_another_bridge_is_in_it():
     """Issue 15 item 1: a Release computed from a registry that lost brB says `last`; the
     kernel still holds brB, so only brA's elements go (the table stays)."""
     state = TableState.parse(LISTING, INET)
-    r = Release("brA", True, False, None, True, True, published=True, last_guard=True, bridge_done=True)
+    r = Release(bridge="brA", isolate=True, within=True, published=True, peers=frozenset(), guard=NO_GUARD,
+                last=True, last_guard=True)
     cmds = release_plan({"inet": state}, r)
     assert {"delete": {"table": {"family": "inet", "name": "isolation"}}} not in cmds
     assert {"delete": {"element": {"family": "inet", "table": "isolation", "name": "isolated", "elem": ["brA"]}}} in cmds
@@ -309,7 +314,7 @@ def test_listing_of_the_anti_spoofing_table_is_intact_and_its_elements_read_back
     assert state.exists and state.intact
     assert state.elements == spoof_elements([spoof])
     assert bridge_plan(state, spoof_elements([spoof]), BRIDGE) == []
-    assert problems({"bridge": state}, [intent_for("brA", "open", "vethA", spoof=spoof)]) == []
+    assert problems({"bridge": state}, desired([intent_for("brA", "open", "vethA", spoof=spoof)])) == []
     # another port registered: only its elements are added; those of vethA, which no registered
     # attachment names (a damaged registry may have lost it), stay
     other = Spoof("vethC", "02:00:00:00:00:0c", ("10.77.1.4",))
@@ -342,9 +347,9 @@ def test_a_group_left_loses_its_pairs_once_its_old_attachments_leave(golden):
     pair = load("nftables/release-group-left.jsonl")
     with_c = [{"delete": {"element": {"family": "inet", "table": "isolation", "name": "peers",
                                       "elem": [{"concat": list(p)}]}}} for p in (("brA", "brC"), ("brC", "brA"))]
-    assert release_plan({"inet": state}, Release("brA", False, False, None, False, False)) == [
+    assert release_plan({"inet": state}, Release(bridge="brA", peers=frozenset(), guard=NO_GUARD)) == [
         pair[0], with_c[0], pair[1], with_c[1]]
-    kept_c = Release("brA", False, False, None, False, False, peers=frozenset({"brC"}))
+    kept_c = Release(bridge="brA", peers=frozenset({"brC"}), guard=NO_GUARD)
     golden.check("nftables/release-group-left.jsonl", release_plan({"inet": state}, kept_c))
 
 
@@ -353,7 +358,7 @@ def test_grants_nobody_needs_are_named_and_go():
 
     state = _grouped("brA", "brB")  # both published, paired
     intents = [intent_for("brA", "same-bridge", published=False), intent_for("brB", "same-bridge")]
-    found = surplus(state, intents, {"brA"})
+    found = surplus(state, desired(intents), {"brA"})
     assert [text for text, _ in found] == [
         "brA . brB is in set inet isolation peers (brA reaches brB) though no registered attachment puts both "
         "in one isolationGroup",
@@ -366,16 +371,16 @@ def test_grants_nobody_needs_are_named_and_go():
         {"delete": {"element": {"family": "inet", "table": "isolation", "name": "peers", "elem": [{"concat": ["brB", "brA"]}]}}},
         {"delete": {"element": {"family": "inet", "table": "isolation", "name": "published", "elem": ["brA"]}}},
     ]
-    assert surplus(state, intents, {"brX"}) == []
+    assert surplus(state, desired(intents), {"brX"}) == []
     grouped = [intent_for("brA", "same-bridge", group="g"), intent_for("brB", "same-bridge", group="g")]
-    assert surplus(state, grouped, {"brA", "brB"}) == []
+    assert surplus(state, desired(grouped), {"brA", "brB"}) == []
     # a full ADD (every attachment known) removes them; grants of unregistered bridges stay
     state.elements["peers"] |= {("brX", "brY"), ("brY", "brX")}
-    deleted = [c["delete"]["element"] for c in plan({"inet": state}, intents) if "delete" in c]
+    deleted = [c["delete"]["element"] for c in plan({"inet": state}, desired(intents)) if "delete" in c]
     assert [(d["name"], d["elem"]) for d in deleted] == [
         ("peers", [{"concat": ["brA", "brB"]}]), ("peers", [{"concat": ["brB", "brA"]}]), ("published", ["brA"])]
     damaged = TableState(True, False, state.elements)
-    rebuilt = {c["add"]["element"]["name"]: c["add"]["element"]["elem"] for c in plan({"inet": damaged}, intents)
+    rebuilt = {c["add"]["element"]["name"]: c["add"]["element"]["elem"] for c in plan({"inet": damaged}, desired(intents))
                if "element" in c.get("add", {})}
     assert rebuilt["peers"] == [{"concat": ["brX", "brY"]}, {"concat": ["brY", "brX"]}]
     assert rebuilt["published"] == ["brB"]
@@ -390,7 +395,7 @@ def test_an_exception_nobody_allows_is_named_by_its_rule():
     state = TableState.parse([*LISTING[:at + 1], added, *LISTING[at + 1:]], INET)
     intents = [intent_for("brA", "isolated", "vethA", group="g", guard=GUARD),
                intent_for("brB", "same-bridge", "vethB", published=False, group="g")]
-    found = surplus(state, intents, {"brA"})
+    found = surplus(state, desired(intents), {"brA"})
     assert [text for text, _ in found] == [
         "chain inet isolation host-brA lets through what no registered attachment allows: tcp dport 22 return"]
     assert found[0][1][0] == {"flush": {"chain": {"family": "inet", "table": "isolation", "name": "host-brA"}}}

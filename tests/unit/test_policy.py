@@ -12,19 +12,21 @@ def test_policies():
 
 
 def test_release_keeps_what_others_still_need():
-    from plugin.policy import Release, release
+    from plugin.policy import NO_GUARD, Release, release
 
     gone = attachment("br0", "isolated", "veth0", "c0")
-    # another container stays on br0: only the departing port goes
+    # another container stays on br0: nothing of the bridge goes
     assert release(gone, [attachment("br0", "isolated", "veth1", "c1")]) == Release(
-        "br0", False, False, "veth0", False, False, last_guard=True, last_spoof=True)
+        bridge="br0", peers=frozenset(), guard=NO_GUARD, last_guard=True, last_spoof=True)
     # br0 empties, br1 (same-bridge) stays: br0's rules, its published-port exception and the
     # intra-bridge table go, not everything
     assert release(gone, [attachment("br1", "same-bridge", "veth1", "c1")]) == Release(
-        "br0", True, True, "veth0", True, False, published=True, last_guard=True, bridge_done=True, last_spoof=True)
+        bridge="br0", isolate=True, drop_intra=True, within=True, published=True, peers=frozenset(), guard=NO_GUARD,
+        last_guard=True, last_spoof=True)
     # only an `open` attachment remains: nothing enforces anything any more
     assert release(gone, [attachment("br1", "open", "veth1", "c1")]) == Release(
-        "br0", True, True, "veth0", True, True, published=True, last_guard=True, bridge_done=True, last_spoof=True)
+        bridge="br0", isolate=True, drop_intra=True, within=True, published=True, peers=frozenset(), guard=NO_GUARD,
+        last=True, last_guard=True, last_spoof=True)
     assert release(attachment("br0", "open", None), []).last
 
 
@@ -42,7 +44,7 @@ def test_release_of_anti_spoofing_and_of_the_isolation_flag():
     gone, stays = att("c0", "veth0"), att("c1", "veth1")
     assert intent_of(gone).spoof == Spoof("veth0", "02:00:00:00:00:01", ("10.0.0.2",))
     r = release(gone, [stays])
-    assert r.spoof == Spoof("veth0", "02:00:00:00:00:01", ("10.0.0.2",)) and not r.last_spoof and r.unflag == ()
+    assert r.spoofs == (Spoof("veth0", "02:00:00:00:00:01", ("10.0.0.2",)),) and not r.last_spoof and r.unflag == ()
     assert release(gone, []).last_spoof
     mixed = release(gone, [att("c2", "veth2", "same-bridge", None)])
     assert mixed.unflag == ("veth2",) and mixed.last_spoof

@@ -4,15 +4,15 @@
 def test_record_behaves_like_the_dataclasses_it_replaces():
     import pytest as _pytest
 
-    from plugin.record import Factory, as_dict, record
+    from plugin.record import Factory, as_dict, value_class
 
-    @record(frozen=True, unhashed=("note",))
+    @value_class(frozen=True, unhashed=("note",))
     class Point:
         x: int
         y: int = 0
         note: dict | None = None
 
-    @record
+    @value_class
     class Bag:
         items: dict = Factory(dict)
 
