@@ -247,15 +247,26 @@ class Lab:
         return self.state_root
 
     def start_agent(self) -> str:
-        """Run `isolation agent` in the host namespace; returns its log file once it serves."""
+        """Run `isolation agent` in the host namespace; returns its log file once it serves
+        and watches (its first reconcile done and its event sources open: on a loaded
+        machine importing pyroute2 alone can take seconds, and a test that damages the
+        firewall before then would be testing the start-up reconcile, not the healing)."""
         log = os.path.join(self.tmp, "agent.log")
         sock = os.path.join(self.state_dir(), "agent.sock")
         self.agent = subprocess.Popen(self.isolation_argv("agent", "--log-file", log), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while not os.path.exists(sock):
+        deadline = time.monotonic() + 60  # generous: readiness, not a speed claim
+
+        def watching() -> bool:
+            try:
+                with open(log) as f:
+                    return " watching " in f.read()
+            except FileNotFoundError:
+                return False
+
+        while not (os.path.exists(sock) and watching()):
             if self.agent.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the agent did not start (rc={self.agent.poll()})")
+                raise RuntimeError(f"the agent did not start watching (rc={self.agent.poll()})")
             time.sleep(0.02)
         return log
 
