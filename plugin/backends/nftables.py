@@ -792,7 +792,7 @@ class Library:
     def __init__(self) -> None:
         import _thread  # the C module: no `threading` import on a plugin run
 
-        from nftables import Nftables
+        from plugin.backends.libnft import Nftables  # the binding without its `json` import
 
         self.nft = Nftables(sofile=library_path())
         self.lock = _thread.allocate_lock()
