@@ -142,7 +142,7 @@ class Profiler:
     def importtime(self) -> dict[str, list[tuple[float, str]]]:
         """verb -> the costliest top-level imports (cumulative ms, module) of the unfrozen code."""
         code = f"import sys; sys.path.insert(0, {harness.REPO!r}); from plugin.main import main; main()"
-        argv = [sys.executable, "-X", "importtime", "-I", "-S", "-c", code]
+        argv = [sys.executable, "-X", "importtime", "-I", "-c", code]  # not -S: pydantic is in site-packages
         out = {}
         c = self.containers[0]
         for verb in ("ADD", "ADD", "CHECK", "DEL", "ADD"):  # the first ADD fills the configuration cache
