@@ -228,11 +228,14 @@ def cmd_del(inv: Invocation) -> None:
     from plugin.lifecycle import detach, settle_deferred
     from plugin.registry import Registry, defer_delete
 
-    try:
-        conf = config.load(inv.raw)
-        inv.log_file, inv.log_level = conf.logFile, conf.logLevel
-    except CniError:
-        pass
+    # DEL needs the configuration for its log line only: without logFile or logLevel in it,
+    # the model can only answer None for both, so there is nothing to validate or read
+    if "logFile" in inv.raw or "logLevel" in inv.raw:
+        try:
+            conf = config.load(inv.raw)
+            inv.log_file, inv.log_level = conf.logFile, conf.logLevel
+        except CniError:
+            pass
     try:
         lock = HostLock(deadline=inv.deadline).__enter__()
     except CniError as err:
