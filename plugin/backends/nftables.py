@@ -846,7 +846,7 @@ class NftablesBackend:
         if self.nft is None:
             return self.load_error
         try:
-            self._terse_ruleset("inet")  # cheap whatever the ruleset holds (see read)
+            self._flagged("inet")  # one terse text listing: cheap whatever the ruleset holds (see read)
         except CniError as err:
             return f"the kernel refuses nftables: {err.details or err.msg}"
         return None
