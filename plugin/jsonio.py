@@ -45,8 +45,8 @@ def loads(data):
         if text[end:].strip(_WS):
             raise ValueError  # extra data
         return value
-    except (ValueError, StopIteration):
-        import json
+    except (ValueError, StopIteration, SystemError):  # SystemError: _json raises JSONDecodeError only
+        import json  # once json.decoder is imported (it looks it up in sys.modules)
 
         return json.loads(data)  # raises what json raises (or returns what it returns)
 
@@ -60,7 +60,7 @@ def dumps(obj, *, sort_keys: bool = False, separators: tuple[str, str] | None = 
         encode = _json.make_encoder({}, _refuse, _json.encode_basestring_ascii, None, key_sep, item_sep, sort_keys,
                                     False, True)
         return "".join(encode(obj, 0))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, SystemError):
         import json
 
         return json.dumps(obj, sort_keys=sort_keys, separators=separators)  # json's own error

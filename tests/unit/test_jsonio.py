@@ -53,3 +53,17 @@ def test_the_model_never_reads_the_network_name():
     a = parse({"type": "isolation", "name": "a", "ingressPolicy": "isolated"}).model_dump(mode="json")
     b = parse({"type": "isolation", "name": {"not": "a string"}, "ingressPolicy": "isolated"}).model_dump(mode="json")
     assert {k: v for k, v in a.items() if k != "name"} == {k: v for k, v in b.items() if k != "name"}
+
+
+def test_errors_are_jsons_in_a_fresh_interpreter():
+    """_json raises JSONDecodeError only once json.decoder is imported: in a plugin run it is
+    not, and the scanner's failure must still end as json's own error, not a SystemError."""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = ("import sys; sys.path.insert(0, %r)\nfrom plugin.jsonio import loads\n"
+            "try:\n    loads('{not json')\nexcept ValueError as exc:\n    print(type(exc).__name__, exc)") % repo
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "JSONDecodeError Expecting property name enclosed in double quotes: line 1 column 2 (char 1)\n"
