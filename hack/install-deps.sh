@@ -2,8 +2,9 @@
 # Installs everything needed to build, test and demo the plugin on Debian 12:
 # system packages (firewall tools, iproute2, upstream CNI plugins) and a venv of
 # Debian's /usr/bin/python3 (not a pyenv shim: it starts faster and freezes smaller).
-# The venv sees system site-packages for python3-nftables, which must match libnftables
-# (and python3-jsonschema, which the schema tests use). Podman, containerd, runc and
+# The venv sees system site-packages for python3-nftables (the tests' probe of the system
+# libnftables; the plugin calls libnftables through ctypes) and python3-jsonschema (the
+# schema tests). Podman, containerd, runc and
 # busybox-static serve the Podman and containerd end-to-end tests (which start a
 # containerd of their own and never use the packaged service); debootstrap the
 # fresh-machine and package tests of the quick start and `make deb`, lintian the latter.

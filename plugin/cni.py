@@ -4,10 +4,10 @@ Heavy modules (the pydantic model, the backends) are imported inside the verbs
 that need them, so VERSION and a plain DEL stay cheap.
 """
 
-import json
 import time
 
-from plugin import MAX_STDIN, SUPPORTED_VERSIONS, version_result
+from plugin import MAX_STDIN, SUPPORTED_VERSIONS, trace, version_result
+from plugin import jsonio as json  # json's C accelerator alone: no re, enum (plugin.jsonio)
 from plugin.errors import (
     CHECK_FAILED,
     DECODE_FAILURE,
@@ -124,6 +124,7 @@ def run(env: dict, stdin: bytes, deadline: float | None = None) -> tuple[dict | 
             raise CniError(INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {inv.command!r}")
         inv.decode()
         inv.check_env()
+        trace.stamp("decoded")
         return VERBS[inv.command](inv), 0
     except CniError as err:
         outcome = {"result": "error", "code": err.code, "msg": err.msg}
@@ -144,6 +145,7 @@ def _engine(inv: Invocation):
     from plugin.policy import Spoof, anti_spoofing, guard_for, intent_for
 
     conf = config.load(inv.raw)
+    trace.stamp("config")
     inv.log_file, inv.log_level = conf.logFile, conf.logLevel
     prev = require_prev_result(inv.raw)
     bridge, port = find_attachment(prev)
@@ -158,6 +160,7 @@ def _engine(inv: Invocation):
     from plugin.hoststate import state_dir
 
     backend = select(conf.backend, state_dir())
+    trace.stamp("backend")
     inv.notes["backend"] = backend.name
     intent = intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts, conf.isolationGroup,
                         guard_for(conf), spoof)
@@ -227,11 +230,14 @@ def cmd_del(inv: Invocation) -> None:
     from plugin.lifecycle import detach, settle_deferred
     from plugin.registry import Registry, defer_delete
 
-    try:
-        conf = config.load(inv.raw)
-        inv.log_file, inv.log_level = conf.logFile, conf.logLevel
-    except CniError:
-        pass
+    # DEL needs the configuration for its log line only: without logFile or logLevel in it,
+    # the model can only answer None for both, so there is nothing to validate or read
+    if "logFile" in inv.raw or "logLevel" in inv.raw:
+        try:
+            conf = config.load(inv.raw)
+            inv.log_file, inv.log_level = conf.logFile, conf.logLevel
+        except CniError:
+            pass
     try:
         lock = HostLock(deadline=inv.deadline).__enter__()
     except CniError as err:

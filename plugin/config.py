@@ -4,14 +4,16 @@ Every container of a network brings the same configuration (only prevResult
 differs), yet validating it means importing pydantic and building the model:
 ~70 ms on every container start. The model's verdict for an accepted
 configuration is therefore memoised in the namespace's root-only state
-directory, keyed by the exact input and by the fingerprint of the running code,
-so a new build never trusts an old verdict. Rejected input is never cached: it
+directory, keyed by the exact input (but for the network's name, which the model
+never looks at) and by the fingerprint of the running code, so a new build never
+trusts an old verdict; the first container of a network whose entry another
+network already has (runtimes give every network the same one) copies that
+network's verdict instead of importing pydantic. Rejected input is never cached: it
 is validated (and explained) every time. A cached verdict decides the rules, so one
 that is not root's alone is refused (error 5), never used; each file is named after
 its network, and a network's verdicts go when its last attachment does (prune).
 """
 
-import json
 import os
 import sys
 
@@ -22,12 +24,18 @@ except ImportError:  # Python >= 3.12 names it _sha2; elsewhere, hashlib
         from _sha2 import sha256
     except ImportError:
         from hashlib import sha256
-from types import SimpleNamespace
 
 from plugin import __version__
+from plugin import jsonio as json  # json's C accelerator alone: no re, enum (plugin.jsonio)
 from plugin.hoststate import private_dir, read_private, state_dir
 
+SimpleNamespace = type(sys.implementation)  # types.SimpleNamespace, without importing `types` from the bundle's zip
+
 IGNORED = ("prevResult",)  # varies per container and is checked by the protocol layer
+# The network's name is in the file name, not in the digest: the model does not look at it
+# (tests/unit/test_import_budget.py checks that), so networks whose entries differ only in
+# their names (runtimes give each network the same `{"type": "isolation"}`) share one verdict.
+SHARED = ("name",)
 FOLDER = "config"
 
 
@@ -39,9 +47,13 @@ def _fingerprint() -> str:
 
 
 def _key(raw: dict) -> str:
-    subset = {k: v for k, v in raw.items() if k not in IGNORED}
+    return f"{network_tag(raw.get('name'))}-{_digest(raw)}"
+
+
+def _digest(raw: dict) -> str:
+    subset = {k: v for k, v in raw.items() if k not in IGNORED and k not in SHARED}
     text = json.dumps([_fingerprint(), subset], sort_keys=True, separators=(",", ":"))
-    return f"{network_tag(raw.get('name'))}-{sha256(text.encode()).hexdigest()}"
+    return sha256(text.encode()).hexdigest()
 
 
 def network_tag(name) -> str:
@@ -53,17 +65,39 @@ def load(raw: dict, use_cache: bool = True) -> SimpleNamespace:
     """The validated configuration (attributes as in plugin.model.NetConf), or CniError 7."""
     path = None
     if use_cache:
-        path = os.path.join(private_dir(os.path.join(state_dir(), FOLDER)), _key(raw) + ".json")
+        folder = private_dir(os.path.join(state_dir(), FOLDER))
+        path = os.path.join(folder, _key(raw) + ".json")
         try:
             return SimpleNamespace(**json.loads(read_private(path)))  # refused (CniError 5) unless ours alone
         except (OSError, ValueError, TypeError):
             pass
+        values = _sibling(folder, _digest(raw))  # the first container of a network: another network's
+        if values is not None:  # verdict for the same entry saves importing pydantic (~100 ms)
+            _store(path, values)
+            return SimpleNamespace(**values)
     from plugin.model import parse
 
-    values = parse(raw).model_dump(mode="json")
+    conf = parse(raw)
+    extra = conf.model_extra or {}  # what runtimes add (name, cniVersion, prevResult...): not ours to keep
+    values = {k: v for k, v in conf.model_dump(mode="json").items() if k not in extra}
     if path:
         _store(path, values)
     return SimpleNamespace(**values)
+
+
+def _sibling(folder: str, digest: str) -> dict | None:
+    """The verdict another network's identical entry got (checked as our own: CniError 5 unless
+    root's alone), or None."""
+    suffix = f"-{digest}.json"
+    for name in os.listdir(folder):
+        if name.endswith(suffix):
+            try:
+                values = json.loads(read_private(os.path.join(folder, name)))
+            except (OSError, ValueError):
+                continue
+            if isinstance(values, dict):
+                return values
+    return None
 
 
 def _store(path: str, values: dict) -> None:
@@ -72,7 +106,7 @@ def _store(path: str, values: dict) -> None:
         tmp = f"{path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(values, f)
+            f.write(json.dumps(values))
         os.replace(tmp, path)
     except OSError:
         pass

@@ -16,7 +16,6 @@ else is skipped silently.
 """
 
 import os
-import socket
 import stat
 import time
 
@@ -54,6 +53,8 @@ def record(where: str | None, level: str, command: str, fields: dict, started: f
     message = f"isolation[{os.getpid()}]: {command} " + " ".join(parts)
     try:
         if where == SYSLOG:
+            import socket  # only here: it imports selectors and enum, ~4 ms a run on a slow machine
+
             priority = FACILITY_DAEMON * 8 + SEVERITY["error" if failed else "ok"]
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
                 s.setblocking(False)  # a stalled syslog daemon drops the line, never delays the run

@@ -15,6 +15,8 @@ def _exit(code: int) -> None:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
+        if "plugin.trace" in sys.modules:  # imported by the verbs that stamp; VERSION imports nothing
+            sys.modules["plugin.trace"].flush()
     finally:
         os._exit(code)
 
@@ -36,9 +38,9 @@ def main() -> None:
         code = exc.code if isinstance(exc.code, int) else 2
     except BaseException as exc:  # never a traceback on a runtime's stdout
         code = 1
-        import json
+        from plugin.jsonio import dumps
 
-        sys.stdout.write(json.dumps(_internal_error(exc)) + "\n")
+        sys.stdout.write(dumps(_internal_error(exc)) + "\n")
     _exit(code)
 
 
@@ -51,16 +53,21 @@ def _run_cni() -> int:
                 pass
         sys.stdout.write(version_json() + "\n")
         return 0
+    from plugin import trace
+
+    trace.stamp("main")
     stdin = sys.stdin.buffer.read(MAX_STDIN + 1)  # more than MAX_STDIN is error 6 (cni.Invocation.decode)
     env = dict(os.environ)
     from plugin.agent import forward
 
     answered = forward(env, stdin)
+    trace.stamp("forwarded" if answered is not None else "no-agent")
     if answered is not None:
         sys.stdout.write(answered[0])
         return answered[1]
     import gc
-    import json
+
+    from plugin.jsonio import dumps
 
     # One short run that exits without teardown: the cyclic collector would only walk the
     # import graph and the objects of the run again and again (~0.8 ms of an ADD once
@@ -70,7 +77,8 @@ def _run_cni() -> int:
 
     out, code = cni.run(env, stdin)
     if out is not None:
-        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.write(dumps(out) + "\n")
+    trace.stamp("result")
     return code
 
 

@@ -14,9 +14,9 @@ registry it can vouch for. While it is there, teardown removes only what provabl
 belongs to the departing attachment (plugin.lifecycle) and `isolation status` fails.
 """
 
-import json
 import os
 
+from plugin import jsonio as json, trace  # json's C accelerator alone: no re, enum (plugin.jsonio)
 from plugin.errors import IO_FAILURE, CniError
 from plugin.hoststate import private_dir, read_private, refuse
 from plugin.links import valid_name as _valid_name  # loaded on every verb anyway (plugin.result)
@@ -131,7 +131,12 @@ class Registry:
     def load(cls, state_dir: str) -> "Registry":
         """The registry of this namespace; a missing one is empty, a damaged one is salvaged
         (its readable lines kept, the file set aside, the damage marked)."""
-        path = os.path.join(state_dir, FILENAME)
+        reg = cls._load(os.path.join(state_dir, FILENAME))
+        trace.stamp("registry")
+        return reg
+
+    @classmethod
+    def _load(cls, path: str) -> "Registry":
         try:
             raw = read_private(path, binary=True)  # ours alone, or refused (CniError 5): it decides the rules
         except FileNotFoundError:
@@ -284,6 +289,7 @@ class Registry:
         """Atomically (write, fsync, rename); only ever called under the HostLock."""
         # One line per attachment: json's C encoder, and only for attachments not read as
         # they are (an indent would select the pure-Python encoder: 100 ms per ADD at 1000).
+        trace.stamp("save")
         if self._decoded is None:
             lines = self._lines
         else:
@@ -305,6 +311,7 @@ class Registry:
         except OSError as exc:
             raise CniError(IO_FAILURE, f"cannot write the attachment registry {self.path}: {exc.strerror}") from None
         self.writes += 1
+        trace.stamp("saved")
 
     def on_bridge(self, bridge: str, backend: str) -> list[Attachment]:
         return [a for a in self.matching(bridge) if a.bridge == bridge and a.backend == backend]
@@ -335,7 +342,7 @@ def defer_delete(state_dir: str, key: tuple[str, str, str]) -> None:
     name = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
     tmp = os.path.join(folder, f".{name}.{os.getpid()}")
     with open(tmp, "w") as f:
-        json.dump(list(key), f)
+        f.write(json.dumps(list(key)))
     os.replace(tmp, os.path.join(folder, name))
 
 
@@ -354,7 +361,7 @@ def deferred_deletes(state_dir: str) -> list[tuple[str, tuple[str, str, str]]]:
         path = os.path.join(folder, name)
         try:
             with open(path) as f:
-                key = json.load(f)
+                key = json.loads(f.read())
             if isinstance(key, list) and len(key) == 3 and all(isinstance(k, str) for k in key):
                 found.append((path, tuple(key)))
                 continue

@@ -11,9 +11,11 @@ JSON from a stale pointer (and can abort the process on it): a table with flags 
 listed as JSON.
 """
 
+import ctypes
 import os
 import sys
 
+from plugin import jsonio
 from plugin.errors import ENFORCEMENT_FAILED, CniError
 
 LIBRARY = "libnftables.so.1"
@@ -24,6 +26,71 @@ def library_path() -> str:
     """The bundled libnftables when frozen (so the binary needs no nftables package), else the system's."""
     bundled = os.path.join(getattr(sys, "_MEIPASS", ""), LIBRARY)
     return bundled if getattr(sys, "frozen", False) and os.path.exists(bundled) else LIBRARY
+
+
+JSON, TERSE = 1 << 4, 1 << 11  # NFT_CTX_OUTPUT_JSON, NFT_CTX_OUTPUT_TERSE
+
+
+class Context:
+    """A libnftables context through ctypes: what the `nftables` Python binding offers that
+    we use (cmd, json_cmd, set_terse_output), without importing the binding, which imports
+    `json` (and with it `re`, `enum`, `functools`, `collections`: ~15 ms of every ADD,
+    CHECK and DEL on a slow machine) only to call json.dumps and json.loads. Same calls,
+    same behaviour: a context made with nft_ctx_new(0), output and errors buffered, JSON
+    output switched on around a JSON command only, a listing decoded as the binding does
+    (a ValueError when libnftables prints something that is not JSON, as 1.0.6 can)."""
+
+    def __init__(self, sofile: str = "libnftables.so.1"):
+        lib = ctypes.CDLL(sofile)
+        p, c_uint, c_int, c_char_p = ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_char_p
+        for name, restype, argtypes in (
+            ("nft_ctx_new", p, [c_int]),
+            ("nft_ctx_free", None, [p]),
+            ("nft_ctx_output_get_flags", c_uint, [p]),
+            ("nft_ctx_output_set_flags", None, [p, c_uint]),
+            ("nft_ctx_buffer_output", c_int, [p]),
+            ("nft_ctx_buffer_error", c_int, [p]),
+            ("nft_ctx_get_output_buffer", c_char_p, [p]),
+            ("nft_ctx_get_error_buffer", c_char_p, [p]),
+            ("nft_run_cmd_from_buffer", c_int, [p, c_char_p]),
+        ):
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = restype, argtypes
+            setattr(self, name, fn)
+        self.ctx = self.nft_ctx_new(0)
+        self.nft_ctx_buffer_output(self.ctx)
+        self.nft_ctx_buffer_error(self.ctx)
+
+    def __del__(self):
+        if getattr(self, "ctx", None):
+            self.nft_ctx_free(self.ctx)
+
+    def _flag(self, flag: int, on: bool) -> bool:
+        """Set or clear one output flag; returns whether it was set."""
+        flags = self.nft_ctx_output_get_flags(self.ctx)
+        self.nft_ctx_output_set_flags(self.ctx, flags | flag if on else flags & ~flag)
+        return bool(flags & flag)
+
+    def set_terse_output(self, on: bool) -> bool:
+        return self._flag(TERSE, on)
+
+    def cmd(self, text: str) -> tuple[int, str, str]:
+        """(rc, stdout, stderr) of one command line or JSON document."""
+        rc = self.nft_run_cmd_from_buffer(self.ctx, text.encode())
+        out = self.nft_ctx_get_output_buffer(self.ctx) or b""
+        err = self.nft_ctx_get_error_buffer(self.ctx) or b""
+        return rc, out.decode(), err.decode()
+
+    def json_cmd(self, root: dict) -> tuple[int, object, str]:
+        """(rc, decoded output or "" when there is none, stderr); ValueError when the output is
+        not JSON."""
+        was = self._flag(JSON, True)
+        try:
+            rc, out, err = self.cmd(jsonio.dumps(root))
+        finally:
+            if not was:
+                self._flag(JSON, False)
+        return rc, jsonio.loads(out) if out else out, err
 
 
 class Library:
@@ -40,9 +107,7 @@ class Library:
     def __init__(self) -> None:
         import _thread  # the C module: no `threading` import on a plugin run
 
-        from nftables import Nftables
-
-        self.nft = Nftables(sofile=library_path())
+        self.nft = Context(sofile=library_path())
         self.lock = _thread.allocate_lock()
 
     @classmethod
@@ -56,7 +121,7 @@ class Library:
         (1.0.6 cuts a listing short at a table's `flags`, e.g. a dormant table's)."""
         try:
             return self._run(lambda: self.nft.json_cmd({"nftables": cmds}), terse)
-        except ValueError:  # the binding's json.loads; the context is left as it was
+        except ValueError:  # not JSON; the context is left as it was
             return 0, UNPARSEABLE, "libnftables printed a listing it cannot parse"
 
     def cmd(self, text: str, terse: bool = False) -> tuple[int, str, str]:
@@ -101,7 +166,7 @@ def apply(lib: Library, cmds: list[dict], failure: str) -> None:
 def table_objects(lib: Library, family: str, table: str) -> list[dict] | None:
     """The objects of table `table` in `family`, elements included (None: no such table).
     A table with flags (e.g. dormant) is described by its flags only: it counts as altered."""
-    flagged = _flagged(lib, family)
+    flagged = flagged_tables(lib, family)
     if table in flagged:
         return [{"table": {"family": family, "name": table, "flags": flagged[table]}}]
     rc, out, err = lib.json_cmd([{"list": {"table": {"family": family, "name": table}}}])
@@ -121,7 +186,7 @@ def terse_table_objects(lib: Library, family: str, table: str) -> list[dict] | N
     (1.0.6) fetches every set element for `list table` even when terse (3.7 ms with 1000
     bridges), but not for a terse `list ruleset` (0.2 ms), so the cost does not grow with
     the number of networks."""
-    if _flagged(lib, family):  # never a JSON listing with a flagged table in it
+    if flagged_tables(lib, family):  # never a JSON listing with a flagged table in it
         return table_objects(lib, family, table)
     rc, out, err = lib.json_cmd([{"list": {"ruleset": {"family": family}}}], terse=True)
     if rc != 0:
@@ -140,7 +205,7 @@ def chain_rules(lib: Library, family: str, table: str, chain: str) -> list[list[
     return [o["rule"]["expr"] for o in out["nftables"] if "rule" in o]
 
 
-def _flagged(lib: Library, family: str) -> dict[str, list[str]]:
+def flagged_tables(lib: Library, family: str) -> dict[str, list[str]]:
     """The tables of `family` that carry flags (e.g. dormant) -> their flags, from a terse
     text listing. libnftables 1.0.6 prints a flagged table's `flags` in JSON from a stale
     pointer ("inet", its release name, or garbage that makes it abort the process), so

@@ -55,7 +55,8 @@ runs one text command before the JSON transaction.)
 """
 
 from plugin.backends.base import Backend, first_bridge
-from plugin.backends.libnft import Library, apply, chain_rules, load, table_objects, terse_table_objects
+from plugin.backends.libnft import (Library, apply, chain_rules, flagged_tables, load, table_objects,
+                                    terse_table_objects)
 from plugin.errors import CniError
 from plugin.policy import ND_HOP_LIMIT, ND_TYPES, Desired, Guard, Hole, Release, split_cidr
 from plugin.record import Factory, replace, value_class
@@ -781,7 +782,7 @@ class NftablesBackend(Backend):
         if self.lib is None:
             return self.load_error
         try:
-            terse_table_objects(self.lib, "inet", TABLE)  # cheap whatever the ruleset holds
+            flagged_tables(self.lib, "inet")  # one terse text listing: cheap whatever the ruleset holds
         except CniError as err:
             return f"the kernel refuses nftables: {err.details or err.msg}"
         return None

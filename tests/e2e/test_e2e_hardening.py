@@ -71,7 +71,7 @@ def cache_key(lab, net) -> tuple[str, dict]:
     fingerprint = f"{__version__}:{st.st_size}:{st.st_mtime_ns}"
     raw = {"cniVersion": net.cni_version, "name": net.name,
            **next(p for p in net.plugins if p["type"] == "isolation")}
-    text = json.dumps([fingerprint, raw], sort_keys=True, separators=(",", ":"))
+    text = json.dumps([fingerprint, {k: v for k, v in raw.items() if k != "name"}], sort_keys=True, separators=(",", ":"))
     digest = config.sha256(text.encode()).hexdigest()
     return f"{config.network_tag(net.name)}-{digest}", parse(raw).model_dump(mode="json")
 
