@@ -40,7 +40,7 @@ CLIENT_TIMEOUT_S = 60.0  # ADD waits up to 30 s for the lock, then applies; ISOL
 REQUEST_READ_TIMEOUT_S = 5.0
 FORWARDED = ("CNI_", "ISOLATION_LOG_")
 WARM = ("plugin.cni", "plugin.config", "plugin.model", "plugin.lifecycle", "plugin.registry",
-        "plugin.backends.iptables", "plugin.backends.nftables", "nftables", "plugin.topology", "pyroute2")
+        "plugin.backends.iptables", "plugin.backends.nftables", "plugin.topology", "pyroute2")
 
 
 def socket_path() -> str:
