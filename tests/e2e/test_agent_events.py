@@ -8,11 +8,10 @@ as it is for the same time.
 import json
 import re
 import subprocess
-import time
 
 import pytest
 
-from netlab import IP, sh
+from netlab import IP, eventually, read_text, sh
 
 pytestmark = pytest.mark.e2e
 WAIT_S = 15.0  # how long anything may take here: a bound on waiting, not a speed claim
@@ -27,25 +26,14 @@ def agent_lab(lab, monkeypatch):
 
 
 def _eventually(predicate) -> bool:
-    """Whether `predicate` holds within WAIT_S (checked again at the end)."""
-    end = time.monotonic() + WAIT_S
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
-
-
-def _text(path) -> str:
-    with open(path) as f:
-        return f.read()
+    return eventually(predicate, WAIT_S, 0.2)
 
 
 def _start(lab) -> str:
     """Start the agent; returns its log once it listens for events (its first check done)."""
     log = lab.start_agent()
-    assert _eventually(lambda: READY in _text(log)), _text(log)
-    assert "every 3600 s" in _text(log), "the periodic check is out of reach"
+    assert _eventually(lambda: READY in read_text(log)), read_text(log)
+    assert "every 3600 s" in read_text(log), "the periodic check is out of reach"
     return log
 
 
@@ -79,9 +67,9 @@ def test_a_vanished_veth_is_forgotten_on_the_link_event(agent_lab):
     assert _registered(lab) == {gone: 1, kept: 1} and lab.ours_mentioning(gone) and lab.ours_mentioning(kept)
     (port,) = _ports(lab, gone)
     sh(IP, "link", "del", port, netns=lab.host)  # the container died; its runtime never sent DEL
-    assert _eventually(lambda: gone not in _registered(lab) and not lab.ours_mentioning(gone)), _text(log)
-    assert _repaired_on(_text(log), f"{port} on {gone}", "link"), _text(log)
-    assert "periodic check" not in _text(log)
+    assert _eventually(lambda: gone not in _registered(lab) and not lab.ours_mentioning(gone)), read_text(log)
+    assert _repaired_on(read_text(log), f"{port} on {gone}", "link"), read_text(log)
+    assert "periodic check" not in read_text(log)
     assert _registered(lab) == {kept: 1} and lab.ours_mentioning(kept), "the other network is untouched"
 
     # Positive control: with the agent stopped, the same loss stays unnoticed as long.
@@ -98,9 +86,9 @@ def test_a_deleted_bridge_is_forgotten_on_the_link_event(agent_lab):
     (gone, kept) = (n.bridge for n in nets)
     log = _start(lab)
     sh(IP, "link", "del", gone, netns=lab.host)
-    assert _eventually(lambda: gone not in _registered(lab) and not lab.ours_mentioning(gone)), _text(log)
-    assert _repaired_on(_text(log), f"vanished bridge(s) {gone}", "link"), _text(log)
-    assert "periodic check" not in _text(log)
+    assert _eventually(lambda: gone not in _registered(lab) and not lab.ours_mentioning(gone)), read_text(log)
+    assert _repaired_on(read_text(log), f"vanished bridge(s) {gone}", "link"), read_text(log)
+    assert "periodic check" not in read_text(log)
     assert _registered(lab) == {kept: 1} and lab.ours_mentioning(kept)
 
     lab.stop_agent()  # positive control
@@ -119,8 +107,8 @@ def test_a_flushed_ruleset_is_restored_on_the_nftables_event(agent_lab):
     log = _start(lab)
     assert isolated()
     sh("nft", "flush", "ruleset", netns=lab.host)
-    assert _eventually(lambda: _repaired_on(_text(log), "restored the isolation", "nftables")), _text(log)
-    assert "periodic check" not in _text(log)
+    assert _eventually(lambda: _repaired_on(read_text(log), "restored the isolation", "nftables")), read_text(log)
+    assert "periodic check" not in read_text(log)
     assert isolated(), "isolation is back, proven with packets"
     assert all(rc == 0 for c in (a, b) for _, rc, _ in lab.check(c))
 

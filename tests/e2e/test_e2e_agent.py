@@ -16,29 +16,14 @@ import time
 
 import pytest
 
-from netlab import IP, sh
+from netlab import IP, eventually, read_text, sh
 
 pytestmark = pytest.mark.e2e
-DEADLINE_S = 15.0  # generous: a correctness deadline, not a speed claim (bench/ measures that)
 
 
 def _isolated_pair(lab, backend):
     nets = [lab.network(["bridge", "isolation"], isolation={"backend": backend}) for _ in range(2)]
     return nets, [lab.add(n) for n in nets]
-
-
-def _until(predicate, deadline=DEADLINE_S) -> bool:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
-def _log(path) -> str:
-    with open(path) as f:
-        return f.read()
 
 
 def _frame(obj) -> bytes:
@@ -66,7 +51,7 @@ def test_socket_is_root_only(lab):
         out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
                               "-c", probe, path], capture_output=True, text=True, timeout=30)
         assert out.stdout.strip() == "b''", (out.stdout, out.stderr)
-        assert _until(lambda: "refused a request from uid 65534" in _log(log))
+        assert eventually(lambda: "refused a request from uid 65534" in read_text(log))
     finally:
         os.chmod(lab.state_dir(), 0o700)
         os.chmod(path, 0o600)
@@ -98,7 +83,7 @@ def test_malformed_requests_do_not_take_the_agent_down(lab):
     assert lab.agent.poll() is None, "the agent survived"
     net = lab.network(["bridge", "isolation"])
     lab.add(net)  # served normally afterwards
-    assert "served ADD" in _log(log) and _log(log).count("dropped a malformed request") >= 5
+    assert "served ADD" in read_text(log) and read_text(log).count("dropped a malformed request") >= 5
 
 
 def test_agent_killed_mid_request_falls_back(lab):
@@ -142,7 +127,7 @@ def test_agent_heals_a_wiped_firewall(lab, backend, wipe):
     assert lab.blocked(a, b)
     for argv in wipe:
         sh(*argv, netns=lab.host)
-    assert _until(lambda: "repaired:" in _log(log)), _log(log)
+    assert eventually(lambda: "repaired:" in read_text(log)), read_text(log)
     assert lab.blocked(a, b), "isolation is back, proven with packets"
     assert all(rc == 0 for c in (a, b) for _, rc, _ in lab.check(c))
 
@@ -155,9 +140,9 @@ def test_agent_forgets_a_deleted_bridge(lab):
     def forgotten():
         return [x["bridge"] for x in lab.status()["bridges"]] == [nets[1].bridge]
 
-    assert _until(forgotten), _log(log)
+    assert eventually(forgotten), read_text(log)
     assert f'"{nets[0].bridge}"' not in lab.nft("list", "ruleset")
-    assert "vanished bridge" in _log(log)
+    assert "vanished bridge" in read_text(log)
 
 
 def test_agent_restart_loses_nothing(lab):
@@ -166,7 +151,7 @@ def test_agent_restart_loses_nothing(lab):
     lab.stop_agent()
     log = lab.start_agent()
     c = lab.add(nets[0])
-    assert "served ADD" in _log(log)
+    assert "served ADD" in read_text(log)
     out = lab.cli("status", "--json")
     report = json.loads(out.stdout)
     assert out.returncode == 0 and report["problems"] == []

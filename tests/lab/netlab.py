@@ -52,6 +52,22 @@ def sh(*argv: str, check: bool = True, netns: str | None = None, **kw) -> subpro
     return proc
 
 
+def eventually(predicate, deadline: float = 15.0, step: float = 0.1) -> bool:
+    """Whether `predicate` holds within `deadline` seconds (asked once more at the end): a
+    correctness deadline, generous on purpose, never a speed claim (bench/ measures that)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def end_process(proc: subprocess.Popen, timeout: float) -> None:
     """SIGTERM, then SIGKILL if it has not ended within `timeout` seconds; reaped either way."""
     if proc.poll() is not None:

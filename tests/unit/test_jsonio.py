@@ -13,7 +13,7 @@ DOCS = ['{"a": [1, 2.5, -3e10, true, false, null, "\\u00e9x\\ud83d\\ude00", {"b"
 BAD = ["", " ", "[1] x", "{", "\ufeff[1]", b"\xef\xbb\xbf[1]", "[1,]", b"\xff", b'"\xc3"', '{"a" 1}', "[1e999999]",
        b"\x00[\x001\x00]", '"\\ud800"', "tru"]
 OBJECTS = [{"a": [1, 2.5, float("nan"), float("inf"), True, None, "é\u2028\"\\\x00"], "b": {}}, "x", [], 1e300, -0.0,
-           2 ** 70, {"z": 1, "a": {"y": 2, "b": 3}}, {1: 2, 2.5: "x", None: 1, True: 0}, ("t", "u")]
+           2 ** 70, {"z": 1, "a": {"y": 2, "b": 3}}, {1: 2, 2.5: "x", None: 1, False: 0}, ("t", "u")]
 
 
 def outcome(fn, *args, **kw):
