@@ -64,11 +64,14 @@ def _enforce(backend, reg: Registry, intent: policy.BridgeIntent, key: tuple, re
     damaged, or it has no such path), the desired state of every attachment registered on
     it is applied, this one first. `readdressed`: the attachment was registered with other
     addresses, which only the full path removes."""
-    if not intent.enforces_anything:
-        return {}
-
     def others(atts) -> list[policy.BridgeIntent]:
         return [policy.intent_of(a) for a in atts if a.backend == backend.name and a.key != key]
+
+    if not intent.enforces_anything:
+        # no rule of its own, but on a bridge another attachment isolates its port needs the
+        # flag like every port there (the flag only parts two flagged ports)
+        ensure_flags(intent, others(reg.matching(intent.bridge)))
+        return {}
 
     if readdressed:
         everyone = others(reg.attachments.values())

@@ -240,3 +240,14 @@ def test_reconcile_sets_a_lost_isolation_flag_again(tmp_path, fake):
     done = lifecycle.reconcile()  # the port lacks its flag: that alone is something missing
     assert fake.flagged == ["vc1"] and len(fake.did("apply")) == 1
     assert "port vc1 of br0 lacks the bridge-port isolation flag" in done[0]
+
+
+def test_an_open_attachment_on_an_isolated_bridge_gets_the_isolation_flag(tmp_path, fake):
+    # README: while any attachment of a bridge is `isolated`, the ports of all its attachments
+    # carry the flag. An `open` ADD enforces nothing of its own, yet its port must be flagged,
+    # else its container reaches the isolated ones at layer 2 (the flag only parts two flagged ports).
+    isolated = att("c1", "br0", "isolated")
+    fake.flagged.append("vc1")
+    registry(tmp_path, isolated)
+    add(att("c2", "br0", "open"))
+    assert "vc2" in fake.flagged, "the open attachment's port on an isolated bridge is left unflagged"
