@@ -251,3 +251,16 @@ def test_an_open_attachment_on_an_isolated_bridge_gets_the_isolation_flag(tmp_pa
     registry(tmp_path, isolated)
     add(att("c2", "br0", "open"))
     assert "vc2" in fake.flagged, "the open attachment's port on an isolated bridge is left unflagged"
+
+
+def test_cleanup_clears_the_flag_of_every_port_of_an_isolated_bridge(tmp_path, fake, monkeypatch):
+    # the flag goes on every port of a bridge any attachment isolates (ensure_flags): the
+    # cleanup that promises to clear it must clear it there too, not only on `isolated` ones
+    import plugin.admin as admin
+
+    monkeypatch.setattr(admin, "make", backends.make)
+    monkeypatch.setattr(admin, "state_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(topology, "read", lambda: topology.Links(isolated=frozenset({"vc1", "vc2"})))
+    registry(tmp_path, att("c1", "br0", "isolated"), att("c2", "br0", "same-bridge"))
+    unflag = [c for c in admin.cleanup_commands(None) if c[:3] == ["bridge", "link", "set"]]
+    assert unflag == [["bridge", "link", "set", "dev", p, "isolated", "off"] for p in ("vc1", "vc2")]
