@@ -851,8 +851,11 @@ class NftablesBackend(Backend):
         return [f"nftables: {text}" for text, _ in found]
 
     def enforced(self) -> set[str]:
-        """The bridges in our `isolated` set."""
-        return set(self._read(["inet"])["inet"].elements.get("isolated", set()))
+        """The bridges in our `isolated` set, and those a guard chain is kept for (an `open`
+        network's denyEgress or hostAccess isolates nothing, yet its rules are ours)."""
+        inet = self._read(["inet"])["inet"]
+        guarded = {e[0] for m in GUARD_MAPS for e in inet.elements.get(m, set())}
+        return set(inet.elements.get("isolated", set())) | guarded | {c.split("-", 1)[1] for c in inet.chains}
 
     def drops(self) -> tuple[int, dict[str, int]]:
         """What the inet table's forward drops counted, all bridges together (one rule each)."""
