@@ -350,7 +350,11 @@ def _remove_orphans(reg: Registry) -> list[str]:
         registered = reg.on_backend(name)
         desired = policy.desired(policy.intent_of(a) for a in registered)
         for bridge in sorted(backend.enforced() - {a.bridge for a in registered}):
-            in_use = topology.read().ports if in_use is None else in_use
+            if in_use is None:
+                try:
+                    in_use = topology.read().ports
+                except OSError as err:  # cannot tell which bridges have ports: every rule stays
+                    return done + [f"cannot tell which bridges still have ports ({err}): orphan rules stay"]
             if in_use.get(bridge):
                 continue
             try:

@@ -264,3 +264,18 @@ def test_cleanup_clears_the_flag_of_every_port_of_an_isolated_bridge(tmp_path, f
     registry(tmp_path, att("c1", "br0", "isolated"), att("c2", "br0", "same-bridge"))
     unflag = [c for c in admin.cleanup_commands(None) if c[:3] == ["bridge", "link", "set"]]
     assert unflag == [["bridge", "link", "set", "dev", p, "isolated", "off"] for p in ("vc1", "vc2")]
+
+
+def test_reconcile_goes_on_when_the_links_cannot_be_read_for_orphans(tmp_path, fake, monkeypatch):
+    # a link dump that fails (a NetlinkError, an OSError from topology) must not abort
+    # reconcile before it revokes grants nobody needs: orphans keep their rules (fail
+    # closed) until the links can be read
+    registry(tmp_path, att("c1", "br0"))
+    fake.held = {"br0", "gone0"}
+
+    def unreadable():
+        raise OSError(4, "netlink: the link dump failed: dump interrupted")
+
+    monkeypatch.setattr(topology, "read", unreadable)
+    lifecycle.reconcile()
+    assert fake.did("release") == [] and len(fake.did("revoke")) == 1
