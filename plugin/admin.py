@@ -117,9 +117,10 @@ def cleanup_commands(bridge: str | None) -> list[list[str]]:
             continue
         ports = [a.port for a in reg.attachments.values() if a.bridge == bridge and a.port and a.backend == name]
         cmds += backend.cleanup_commands(bridge, reg.backends.get(name, {}), ports)
-    # the bridge-port isolation flag of the ports of `isolated` attachments
+    # the bridge-port isolation flag: on every port of a bridge an `isolated` attachment is on
+    isolating = {a.bridge for a in reg.attachments.values() if a.policy == "isolated"}
     flagged = {a.port for a in reg.attachments.values() if a.port and (bridge is None or a.bridge == bridge)
-               and a.policy == "isolated"}
+               and a.bridge in isolating}
     isolated = topology.read().isolated if flagged else frozenset()
     cmds += [["bridge", "link", "set", "dev", port, "isolated", "off"] for port in sorted(flagged & isolated)]
     if bridge is None:

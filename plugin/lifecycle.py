@@ -64,11 +64,14 @@ def _enforce(backend, reg: Registry, intent: policy.BridgeIntent, key: tuple, re
     damaged, or it has no such path), the desired state of every attachment registered on
     it is applied, this one first. `readdressed`: the attachment was registered with other
     addresses, which only the full path removes."""
-    if not intent.enforces_anything:
-        return {}
-
     def others(atts) -> list[policy.BridgeIntent]:
         return [policy.intent_of(a) for a in atts if a.backend == backend.name and a.key != key]
+
+    if not intent.enforces_anything:
+        # no rule of its own, but on a bridge another attachment isolates its port needs the
+        # flag like every port there (the flag only parts two flagged ports)
+        ensure_flags(intent, others(reg.matching(intent.bridge)))
+        return {}
 
     if readdressed:
         everyone = others(reg.attachments.values())
@@ -347,7 +350,11 @@ def _remove_orphans(reg: Registry) -> list[str]:
         registered = reg.on_backend(name)
         desired = policy.desired(policy.intent_of(a) for a in registered)
         for bridge in sorted(backend.enforced() - {a.bridge for a in registered}):
-            in_use = topology.read().ports if in_use is None else in_use
+            if in_use is None:
+                try:
+                    in_use = topology.read().ports
+                except OSError as err:  # cannot tell which bridges have ports: every rule stays
+                    return done + [f"cannot tell which bridges still have ports ({err}): orphan rules stay"]
             if in_use.get(bridge):
                 continue
             try:

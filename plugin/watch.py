@@ -71,6 +71,7 @@ class Changes:
         import time
 
         family, groups, counts = self.SOURCES[name]
+        failed_fresh = False  # the last socket failed before it delivered anything
         while True:
             try:
                 sock = _open(family, groups, self.rcvbuf)
@@ -82,9 +83,12 @@ class Changes:
                 time.sleep(REOPEN_PAUSE_S)
                 continue
             ready.set()
+            heard = False
             try:
                 while True:
-                    if any(counts(m["header"]["type"]) for m in sock.get()):
+                    messages = sock.get()
+                    heard = True
+                    if any(counts(m["header"]["type"]) for m in messages):
                         self._note(name)
             except Exception:  # ENOBUFS (notifications dropped) or a broken socket: assume the worst
                 self._note("lost")
@@ -93,6 +97,9 @@ class Changes:
                     sock.close()
                 except Exception:
                     pass
+            if not heard and failed_fresh:  # a new socket failing at once, twice: no busy loop
+                time.sleep(REOPEN_PAUSE_S)
+            failed_fresh = not heard
 
 
 def _open(family: int, groups: int, rcvbuf: int):

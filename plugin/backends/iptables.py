@@ -718,8 +718,12 @@ class IptablesBackend(Backend):
         return drops
 
     def enforced(self) -> set[str]:
-        """The bridges our STAGE-2 DROP isolates, in either family."""
-        return set(self._drop_counts())
+        """The bridges our STAGE-2 DROP isolates, in either family, and those our guard chains
+        hold rules for (an `open` network's denyEgress or hostAccess isolates nothing, yet
+        its rules are ours)."""
+        guarded = {_in_interface(rule) for table in self._read().values() for chain in GUARD_CHAINS
+                   for rule in table.chains.get(chain, []) if is_ours(rule)}
+        return set(self._drop_counts()) | (guarded - {None})
 
     def drops(self) -> tuple[int, dict[str, int]]:
         counts = self._drop_counts()

@@ -552,9 +552,16 @@ def add_only_plan(states: dict[str, TableState], addition: Desired) -> list[dict
     those they depend on) in intact tables read tersely: their elements are added (adding
     one that exists is a no-op) and their bridges' guard chains converge; nothing else is
     touched. None when that is not enough: a guard chain to delete (its map entry must go
-    first, and a terse reading cannot tell whether it is there)."""
+    first, and a terse reading cannot tell whether it is there). Only the ADD's own bridge
+    (the first) is known whole: of a bridge of its isolationGroup the addition holds only
+    the attachments in the group, so that bridge's guard chains are left as they are
+    (converged to that part's guard they would lose what its other attachments deny), and
+    one it needs that is missing needs the full path."""
     chains = guard_chains(addition)
-    scope = [f"{m}-{bridge}" for bridge in addition.bridges for m in GUARD_MAPS]
+    scope = [f"{m}-{first_bridge(addition)}" for m in GUARD_MAPS]
+    held = states.get("inet", TableState()).chains
+    if any(name not in held for name in chains if name not in scope):
+        return None
     cmds = []
     for family, want in wanted(addition).items():
         first, last = _converge_chains(states[family], chains, scope) if family == "inet" else ([], [])
@@ -844,8 +851,11 @@ class NftablesBackend(Backend):
         return [f"nftables: {text}" for text, _ in found]
 
     def enforced(self) -> set[str]:
-        """The bridges in our `isolated` set."""
-        return set(self._read(["inet"])["inet"].elements.get("isolated", set()))
+        """The bridges in our `isolated` set, and those a guard chain is kept for (an `open`
+        network's denyEgress or hostAccess isolates nothing, yet its rules are ours)."""
+        inet = self._read(["inet"])["inet"]
+        guarded = {e[0] for m in GUARD_MAPS for e in inet.elements.get(m, set())}
+        return set(inet.elements.get("isolated", set())) | guarded | {c.split("-", 1)[1] for c in inet.chains}
 
     def drops(self) -> tuple[int, dict[str, int]]:
         """What the inet table's forward drops counted, all bridges together (one rule each)."""

@@ -279,3 +279,23 @@ def test_a_damaged_registry_keeps_what_lost_attachments_need(lab, backend):
     c4 = lab.add(lab.network(["bridge", "isolation"], isolation=iso))  # an ADD elsewhere
     assert lab.host_port(c2) in guarded() and lab.host_port(c4) in guarded()
     assert lab.blocked(c3, c2) and _reaches_outside(lab, c2)  # positive control: c2 is alive
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_orphan_removal_takes_a_guard_only_bridges_rules(lab, backend):
+    """Orphan removal found only bridges that isolate: an `open` network's denyEgress (guard
+    chains, map entries; on iptables its EGRESS rules and jumps) with no registered
+    attachment stayed forever once its bridge had no port, and kept `last` from ever taking
+    the shared tables and chains. Another network's rules stay (by packets)."""
+    nets = [lab.network(["bridge", "isolation"], isolation={"backend": backend}) for _ in range(2)]
+    guarded = lab.network(["bridge", "isolation"], isolation={"backend": backend, "ingressPolicy": "open",
+                                                              "denyEgress": ["10.98.0.0/16"]})
+    a, b, x = lab.add(nets[0]), lab.add(nets[1]), lab.add(guarded)
+    assert lab.ours_mentioning(guarded.bridge), "the guard is there to begin with"
+    os.remove(os.path.join(lab.state_dir(), "registry.json"))
+    rc, _, _ = lab.exec_plugin("bridge", "DEL", lab._conf(guarded, guarded.plugins[0], None), lab._env(x))
+    assert rc == 0  # x unplugged: its bridge has no port left
+    out = lab.cli("reconcile")
+    assert out.returncode == 0 and f"removed the rules of {guarded.bridge}" in out.stdout, out
+    assert lab.ours_mentioning(guarded.bridge) == []
+    assert lab.blocked(a, b) and _reaches_outside(lab, a) and _reaches_outside(lab, b)

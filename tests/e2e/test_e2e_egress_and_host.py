@@ -160,3 +160,30 @@ def test_bad_values_are_error_7_naming_the_field(lab):
             wrong.append(f"{bad}: expected error 7 naming {field}, got rc={rc} {out}")
     assert not wrong, "\n".join(wrong)
     assert lab.ruleset() == before
+
+
+def test_an_add_in_a_group_keeps_the_stricter_guard_of_a_peer_bridge(make_lab):
+    """Bridge 1 carries two conflists: X in isolationGroup g denying the management range,
+    Y outside any group denying the outside range too (the bridge gets both). An ADD on
+    bridge 2, also in g, knows of bridge 1 only X: it must not cut bridge 1's guard down to
+    X's, or Y's container reaches the outside its denyEgress forbids."""
+    import copy
+
+    lab = make_lab(bridge_nf=0)
+    x = lab.network(["bridge", "isolation"], isolation={"backend": "nftables", "isolationGroup": "g",
+                                                        "denyEgress": ["10.98.0.0/16"]})
+    shared = copy.deepcopy(x.plugins[0])  # same bridge and subnets, addresses from another part
+    v4, v6 = shared["ipam"]["ranges"]
+    v4[0] |= {"rangeStart": "10.77.1.100", "rangeEnd": "10.77.1.150"}
+    v6[0] |= {"rangeStart": "fd77:1::100", "rangeEnd": "fd77:1::150"}
+    y = lab.network([shared, {"type": "isolation", "backend": "nftables",
+                              "denyEgress": ["10.98.0.0/16", "10.99.0.0/16", "fd99::/16"]}])
+    z = lab.network(["bridge", "isolation"], isolation={"backend": "nftables", "isolationGroup": "g"})
+    lab.add(x)
+    cy = lab.add(y)
+    assert not lab.ping(cy.name, OUTSIDE[0]) and not lab.ping(cy.name, OUTSIDE[1]), "Y's deny holds before"
+    cz = lab.add(z)
+    assert lab.ping(cz.name, OUTSIDE[0]) and lab.ping(cz.name, OUTSIDE[1]), "positive control: outside answers"
+    leaks = [a for a in OUTSIDE if lab.ping(cy.name, a)]
+    assert not leaks, f"after an ADD in group g, Y's container reaches {leaks} that its denyEgress forbids"
+    assert all(rc == 0 for _, rc, _ in lab.check(cy))

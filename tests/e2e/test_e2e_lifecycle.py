@@ -196,3 +196,25 @@ def test_add_rebuilds_a_missing_table_that_a_neighbour_on_its_bridge_needs(make_
     got = lab.reach([(a1.name, a2.ipv4), (a1.name, a2.ipv6), (s.name, a1.ipv4), (s.name, a1.ipv6)])
     assert not any(got.values()), got
     assert all(rc == 0 for _, rc, _ in lab.check(a1))
+
+
+def test_an_open_network_on_an_isolated_bridge_is_parted_from_its_containers(make_lab):
+    """Two conflists on one bridge, one `isolated`, one `open`: the bridge is isolated as a
+    whole (README), so the open container's port carries the isolation flag too and no frame
+    passes between it and the isolated container. Without br_netfilter only the flag parts
+    them; the gateway stays reachable (the bridge device is no port)."""
+    import copy
+
+    lab = make_lab(bridge_nf=0)
+    first = lab.network(["bridge", "isolation"], isolation={"ingressPolicy": "isolated", "backend": "nftables"})
+    shared = copy.deepcopy(first.plugins[0])  # same bridge and subnets, addresses from another part
+    v4, v6 = shared["ipam"]["ranges"]
+    v4[0] |= {"rangeStart": "10.77.1.100", "rangeEnd": "10.77.1.150"}
+    v6[0] |= {"rangeStart": "fd77:1::100", "rangeEnd": "fd77:1::150"}
+    second = lab.network([shared, {"type": "isolation", "ingressPolicy": "open", "backend": "nftables"}])
+    a = lab.add(first)
+    s = lab.add(second)
+    assert lab.ping(s.name, first.gateway4), "positive control: the open container reaches its gateway"
+    got = lab.reach([(s.name, a.ipv4), (s.name, a.ipv6), (a.name, s.ipv4)])
+    assert not any(got.values()), f"the open container reaches the isolated one: {got}"
+    assert lab.host_port(s) in isolated_ports(lab)

@@ -60,3 +60,32 @@ def test_every_kind_of_event_reconciles_once_per_burst(monkeypatch):
 def test_without_events_only_the_periodic_check_reconciles(monkeypatch):
     triggers, _ = _run(monkeypatch, [], check_every_s=0.05, stop_after=3)
     assert triggers == ["start", "periodic check", "periodic check"]
+
+
+
+def test_a_socket_that_fails_at_once_is_not_reopened_in_a_busy_loop(monkeypatch):
+    # REOPEN_PAUSE_S promises no busy loop, but only paused when opening failed: a socket
+    # whose read fails at once was reopened ~100,000 times a second (a core, and a reconcile
+    # storm). The first failure still reopens at once (ENOBUFS: events may follow); the
+    # second in a row pauses (here: for ever, so the count is exact).
+    import time
+
+    opened, paused = [], threading.Semaphore(0)
+
+    class Failing:
+        def get(self):
+            raise OSError(105, "No buffer space available")
+
+        def close(self):
+            pass
+
+    def pause(seconds):
+        paused.release()
+        threading.Event().wait()
+
+    monkeypatch.setattr(watch, "_open", lambda *args: opened.append(1) or Failing())
+    monkeypatch.setattr(time, "sleep", pause)
+    changes = watch.Changes()
+    assert changes.start() == {"link": None, "nftables": None}
+    assert paused.acquire(timeout=10) and paused.acquire(timeout=10), "reopened without ever pausing"
+    assert len(opened) == 4 and "lost" in changes.take()

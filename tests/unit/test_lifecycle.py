@@ -240,3 +240,42 @@ def test_reconcile_sets_a_lost_isolation_flag_again(tmp_path, fake):
     done = lifecycle.reconcile()  # the port lacks its flag: that alone is something missing
     assert fake.flagged == ["vc1"] and len(fake.did("apply")) == 1
     assert "port vc1 of br0 lacks the bridge-port isolation flag" in done[0]
+
+
+def test_an_open_attachment_on_an_isolated_bridge_gets_the_isolation_flag(tmp_path, fake):
+    # README: while any attachment of a bridge is `isolated`, the ports of all its attachments
+    # carry the flag. An `open` ADD enforces nothing of its own, yet its port must be flagged,
+    # else its container reaches the isolated ones at layer 2 (the flag only parts two flagged ports).
+    isolated = att("c1", "br0", "isolated")
+    fake.flagged.append("vc1")
+    registry(tmp_path, isolated)
+    add(att("c2", "br0", "open"))
+    assert "vc2" in fake.flagged, "the open attachment's port on an isolated bridge is left unflagged"
+
+
+def test_cleanup_clears_the_flag_of_every_port_of_an_isolated_bridge(tmp_path, fake, monkeypatch):
+    # the flag goes on every port of a bridge any attachment isolates (ensure_flags): the
+    # cleanup that promises to clear it must clear it there too, not only on `isolated` ones
+    import plugin.admin as admin
+
+    monkeypatch.setattr(admin, "make", backends.make)
+    monkeypatch.setattr(admin, "state_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(topology, "read", lambda: topology.Links(isolated=frozenset({"vc1", "vc2"})))
+    registry(tmp_path, att("c1", "br0", "isolated"), att("c2", "br0", "same-bridge"))
+    unflag = [c for c in admin.cleanup_commands(None) if c[:3] == ["bridge", "link", "set"]]
+    assert unflag == [["bridge", "link", "set", "dev", p, "isolated", "off"] for p in ("vc1", "vc2")]
+
+
+def test_reconcile_goes_on_when_the_links_cannot_be_read_for_orphans(tmp_path, fake, monkeypatch):
+    # a link dump that fails (a NetlinkError, an OSError from topology) must not abort
+    # reconcile before it revokes grants nobody needs: orphans keep their rules (fail
+    # closed) until the links can be read
+    registry(tmp_path, att("c1", "br0"))
+    fake.held = {"br0", "gone0"}
+
+    def unreadable():
+        raise OSError(4, "netlink: the link dump failed: dump interrupted")
+
+    monkeypatch.setattr(topology, "read", unreadable)
+    lifecycle.reconcile()
+    assert fake.did("release") == [] and len(fake.did("revoke")) == 1

@@ -399,3 +399,21 @@ def test_an_exception_nobody_allows_is_named_by_its_rule():
     assert [text for text, _ in found] == [
         "chain inet isolation host-brA lets through what no registered attachment allows: tcp dport 22 return"]
     assert found[0][1][0] == {"flush": {"chain": {"family": "inet", "table": "isolation", "name": "host-brA"}}}
+
+
+def test_add_only_never_rewrites_the_guard_of_a_group_peers_bridge():
+    """An ADD knows every attachment of its own bridge, but of a bridge of its isolationGroup
+    only those in the group (lifecycle's `related`). brB also carries a network outside the
+    group that denies more: its merged guard (both ranges) must survive an ADD on brA, or
+    that network's containers reach 192.168.0.0/16."""
+    from plugin.backends.nftables import bridge_chains
+    from plugin.policy import addition, merge
+
+    in_group = intent_for("brB", "same-bridge", "vx", group="g", guard=Guard(("10.0.0.0/8",)))
+    outside = intent_for("brB", "same-bridge", "vy", guard=Guard(("10.0.0.0/8", "192.168.0.0/16")))
+    held = bridge_chains("brB", merge([in_group.guard, outside.guard]))
+    terse = TableState(True, True, {n: set() for n in [*INET.sets, *INET.maps]}, dict(held))
+    cmds = add_only_plan({"inet": terse}, addition(intent_for("brA", "same-bridge", "va", group="g"), [in_group]))
+    touched = [c for c in cmds for verb in ("add", "flush", "delete") if "chain" in c.get(verb, {})
+               or c.get(verb, {}).get("rule", {}).get("chain") in held]
+    assert cmds is None or not touched, f"brB's guard chains rewritten from an ADD that knows half of brB: {touched}"
