@@ -39,11 +39,24 @@ SHARED = ("name",)
 FOLDER = "config"
 
 
+_FINGERPRINT = []  # computed once per process
+
+
 def _fingerprint() -> str:
-    """Changes whenever the code that validates changes (a rebuilt binary, an edited model)."""
-    path = sys.executable if getattr(sys, "frozen", False) else os.path.join(os.path.dirname(__file__), "model.py")
-    st = os.stat(path)
-    return f"{__version__}:{st.st_size}:{st.st_mtime_ns}"
+    """Changes whenever the code that validates changes: a digest of the model's and this
+    module's code as the running program loads them (the bundle's .pyc files when frozen,
+    the sources otherwise). Not the executable's size and mtime: the bundle keeps its
+    modules beside a bootloader that stays the same from build to build, and reproducible
+    builds clamp mtimes."""
+    if not _FINGERPRINT:
+        frozen = getattr(sys, "frozen", False)
+        here = os.path.join(sys._MEIPASS, "plugin") if frozen else os.path.dirname(os.path.abspath(__file__))
+        digest = sha256(__version__.encode())
+        for name in ("model", "config"):
+            with open(os.path.join(here, name + (".pyc" if frozen else ".py")), "rb") as f:
+                digest.update(f.read())
+        _FINGERPRINT.append(digest.hexdigest())
+    return _FINGERPRINT[0]
 
 
 def _key(raw: dict) -> str:

@@ -31,8 +31,8 @@ def ensure_flags(intent, related) -> None:
     if not (intent.drop_intra or any(r.drop_intra for r in same)):
         return
     if intent.port is None:
-        raise CniError(ENFORCEMENT_FAILED, f"ingressPolicy 'isolated' needs the host-side port of the attachment to "
-                       f"{intent.bridge}, and prevResult names none")
+        raise CniError(ENFORCEMENT_FAILED, f"{intent.bridge} drops traffic between its ports (ingressPolicy 'isolated'), "
+                       f"which needs the host-side port of every attachment to it, and prevResult names none")
     _set(intent.port, True)
     if intent.drop_intra and not all(r.drop_intra for r in same):
         for r in same:

@@ -67,8 +67,12 @@ def cache_key(lab, net) -> tuple[str, dict]:
     from plugin import config
     from plugin.model import parse
 
-    st = os.stat(lab.isolation_bin)
-    fingerprint = f"{__version__}:{st.st_size}:{st.st_mtime_ns}"
+    code = os.path.join(os.path.dirname(lab.isolation_bin), "_internal", "plugin")
+    digest = config.sha256(__version__.encode())
+    for name in ("model.pyc", "config.pyc"):  # the code that validates, as the bundle loads it
+        with open(os.path.join(code, name), "rb") as f:
+            digest.update(f.read())
+    fingerprint = digest.hexdigest()
     raw = {"cniVersion": net.cni_version, "name": net.name,
            **next(p for p in net.plugins if p["type"] == "isolation")}
     text = json.dumps([fingerprint, {k: v for k, v in raw.items() if k != "name"}], sort_keys=True, separators=(",", ":"))

@@ -34,3 +34,28 @@ def test_egress_values_are_canonicalised():
     assert conf.allowEgress[0].ports == ["50-60", "8000-8101"]  # 53 lies in 50-60; 8101 extends the range
     assert [(h.protocol, h.port) for h in conf.allowHostPorts] == [("tcp", "53"), ("udp", "53")]  # the default
     assert parse({"type": "isolation"}).allowHostPorts is not None
+
+
+def test_the_verdict_fingerprint_follows_the_bundled_code_not_the_bootloader(tmp_path, monkeypatch):
+    """The frozen bundle keeps its modules as .pyc files beside a bootloader that is the same
+    from build to build: a verdict must be keyed by the validating code itself, so a
+    rebuilt model never trusts an old verdict, whatever the executable's size and mtime."""
+    import sys
+
+    from plugin import config
+
+    code = tmp_path / "plugin"
+    code.mkdir()
+    (code / "model.pyc").write_bytes(b"model v1")
+    (code / "config.pyc").write_bytes(b"config v1")
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "_MEIPASS", str(tmp_path), raising=False)
+
+    def fingerprint() -> str:
+        monkeypatch.setattr(config, "_FINGERPRINT", [])
+        return config._fingerprint()
+
+    first = fingerprint()
+    assert fingerprint() == first, "the same code, the same fingerprint"
+    (code / "model.pyc").write_bytes(b"model v2")
+    assert fingerprint() != first, "a changed model invalidates every cached verdict"
