@@ -44,8 +44,12 @@ def status() -> dict:
                                       "reconcile` rebuilds it, teardown removes only what provably belongs to "
                                       "the departing attachment")
         report["damaged"] = reg.damaged
-        links = topology.read()  # one rtnetlink dump (pyroute2) answers every question about links below
-        _, vanished = departed(atts.values(), links)
+        try:
+            links = topology.read()  # one rtnetlink dump (pyroute2) answers every question about links below
+        except OSError as err:
+            links = None
+            report["problems"].append(f"the host's links cannot be read ({err}): bridges and ports are not checked")
+        _, vanished = departed(atts.values(), links) if links is not None else ([], [])
         for att in vanished:
             report["problems"].append(f"{att.bridge}: attachment {att.network}/{att.container}/{att.ifname}: its "
                                       f"host-side interface {att.port} has vanished (`isolation prune` forgets it)")
@@ -65,11 +69,11 @@ def status() -> dict:
                 "backend": backend_name,
                 "policies": sorted({a.policy for a in atts}),
                 "attachments": len(atts),
-                "exists": bridge in links.bridges,
+                "exists": bridge in links.bridges if links is not None else None,  # None: unknown
                 "drops": drops.get(backend_name, {}).get(bridge),
                 "problems": [],
             }
-            if not entry["exists"]:
+            if entry["exists"] is False:
                 entry["problems"].append("the bridge no longer exists (`isolation prune` forgets it)")
             backend = usable.get(backend_name)
             if backend is None:

@@ -158,3 +158,30 @@ def test_damage_in_a_line_not_yet_decoded_is_seen_by_status_and_reconcile(tmp_pa
     monkeypatch.setattr(topology, "read", lambda: topology.Links(bridges=frozenset({"br0"})))
     report = admin.status()
     assert report["damaged"] and any("registry is damaged" in p for p in report["problems"]), report
+
+
+def test_status_reports_links_it_cannot_read_instead_of_failing(tmp_path, monkeypatch):
+    """A failed rtnetlink dump is a problem status names; no bridge is called gone on its account."""
+    import plugin.admin as admin
+    import plugin.hoststate as hoststate
+    from plugin import topology
+    from plugin.registry import Attachment, Registry
+
+    reg = Registry.load(str(tmp_path))
+    reg.put(Attachment("net", "c0", "eth0", "br0", "veth0", "same-bridge", "nftables"))
+    reg.save()
+    monkeypatch.setattr(admin, "state_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(hoststate, "state_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(admin, "make", lambda name: FakeBackend(name, "not here"))  # never the real firewall
+    monkeypatch.setattr(admin.bridgenf, "read", lambda fam: "1")
+
+    def unreadable():
+        raise OSError(105, "No buffer space available")
+
+    monkeypatch.setattr(topology, "read", unreadable)
+    report = admin.status()
+    assert any("links cannot be read" in p for p in report["problems"]), report
+    assert [b["exists"] for b in report["bridges"]] == [None]
+    assert not any("no longer exists" in p for p in report["problems"]), report
+    monkeypatch.setattr(topology, "read", lambda: topology.Links())  # positive control: a dump without br0
+    assert any("no longer exists" in p for p in admin.status()["problems"])
