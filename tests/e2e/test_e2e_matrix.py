@@ -17,6 +17,8 @@ import pytest
 
 from netlab import addresses
 
+pytestmark = pytest.mark.beside  # long and mostly waiting: make test runs it beside the rest
+
 CHAINS = {
     "bridge,isolation": ["bridge", "isolation"],
     "bridge,firewall,isolation": ["bridge", "firewall", "isolation"],

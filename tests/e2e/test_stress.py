@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.beside]  # long and mostly waiting: make test runs it beside the rest
 STRESS = os.path.join(REPO, "bench", "stress.py")
 
 
