@@ -165,10 +165,14 @@ def apply(lib: Library, cmds: list[dict], failure: str) -> None:
 
 def table_objects(lib: Library, family: str, table: str) -> list[dict] | None:
     """The objects of table `table` in `family`, elements included (None: no such table).
-    A table with flags (e.g. dormant) is described by its flags only: it counts as altered."""
-    flagged = flagged_tables(lib, family)
-    if table in flagged:
-        return [{"table": {"family": family, "name": table, "flags": flagged[table]}}]
+    A table with flags (e.g. dormant) is described by its flags only: it counts as altered.
+    The terse text listing that finds flags also tells whether the table exists: an absent
+    one (the anti-spoofing table of a host without antiSpoofing) costs no JSON listing."""
+    tables = tables_of(lib, family)
+    if table not in tables:
+        return None
+    if tables[table]:
+        return [{"table": {"family": family, "name": table, "flags": tables[table]}}]
     rc, out, err = lib.json_cmd([{"list": {"table": {"family": family, "name": table}}}])
     if rc != 0:
         if "No such file or directory" not in err:
@@ -186,7 +190,10 @@ def terse_table_objects(lib: Library, family: str, table: str) -> list[dict] | N
     (1.0.6) fetches every set element for `list table` even when terse (3.7 ms with 1000
     bridges), but not for a terse `list ruleset` (0.2 ms), so the cost does not grow with
     the number of networks."""
-    if flagged_tables(lib, family):  # never a JSON listing with a flagged table in it
+    tables = tables_of(lib, family)
+    if table not in tables:
+        return None
+    if any(tables.values()):  # never a JSON listing with a flagged table in it
         return table_objects(lib, family, table)
     rc, out, err = lib.json_cmd([{"list": {"ruleset": {"family": family}}}], terse=True)
     if rc != 0:
@@ -206,10 +213,15 @@ def chain_rules(lib: Library, family: str, table: str, chain: str) -> list[list[
 
 
 def flagged_tables(lib: Library, family: str) -> dict[str, list[str]]:
-    """The tables of `family` that carry flags (e.g. dormant) -> their flags, from a terse
-    text listing. libnftables 1.0.6 prints a flagged table's `flags` in JSON from a stale
-    pointer ("inet", its release name, or garbage that makes it abort the process), so
-    no table with flags is ever listed in JSON."""
+    """The tables of `family` that carry flags (e.g. dormant) -> their flags. libnftables
+    1.0.6 prints a flagged table's `flags` in JSON from a stale pointer ("inet", its
+    release name, or garbage that makes it abort the process), so no table with flags is
+    ever listed in JSON."""
+    return {name: flags for name, flags in tables_of(lib, family).items() if flags}
+
+
+def tables_of(lib: Library, family: str) -> dict[str, list[str]]:
+    """Every table of `family` -> its flags (empty: none), from one terse text listing."""
     rc, text, err = lib.cmd(f"list ruleset {family}", terse=True)
     if rc != 0:
         raise CniError(ENFORCEMENT_FAILED, f"cannot read the {family} ruleset", err.strip())
@@ -218,6 +230,7 @@ def flagged_tables(lib: Library, family: str) -> dict[str, list[str]]:
         words = line.split()
         if line.startswith("table ") and len(words) >= 3:
             current = words[2]
+            found[current] = []
         elif line.startswith("\tflags ") and current:  # the table's own (a set's is indented twice)
             found[current] = [f for word in words[1:] for f in word.split(",") if f] or ["unknown"]
     return found
