@@ -11,11 +11,10 @@ JSON from a stale pointer (and can abort the process on it): a table with flags 
 listed as JSON.
 """
 
-import ctypes
 import os
 import sys
 
-from plugin import jsonio
+from plugin import jsonio, native
 from plugin.errors import ENFORCEMENT_FAILED, CniError
 
 LIBRARY = "libnftables.so.1"
@@ -32,7 +31,7 @@ JSON, TERSE = 1 << 4, 1 << 11  # NFT_CTX_OUTPUT_JSON, NFT_CTX_OUTPUT_TERSE
 
 
 class Context:
-    """A libnftables context through ctypes: what the `nftables` Python binding offers that
+    """A libnftables context through ctypes' classes (plugin.native): what the `nftables` Python binding offers that
     we use (cmd, json_cmd, set_terse_output), without importing the binding, which imports
     `json` (and with it `re`, `enum`, `functools`, `collections`: ~15 ms of every ADD,
     CHECK and DEL on a slow machine) only to call json.dumps and json.loads. Same calls,
@@ -41,8 +40,8 @@ class Context:
     (a ValueError when libnftables prints something that is not JSON, as 1.0.6 can)."""
 
     def __init__(self, sofile: str = "libnftables.so.1"):
-        lib = ctypes.CDLL(sofile)
-        p, c_uint, c_int, c_char_p = ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_char_p
+        lib = native.Library(sofile)  # ctypes' own classes, without importing ctypes (plugin.native)
+        p, c_uint, c_int, c_char_p = native.c_void_p, native.c_uint, native.c_int, native.c_char_p
         for name, restype, argtypes in (
             ("nft_ctx_new", p, [c_int]),
             ("nft_ctx_free", None, [p]),
@@ -54,9 +53,7 @@ class Context:
             ("nft_ctx_get_error_buffer", c_char_p, [p]),
             ("nft_run_cmd_from_buffer", c_int, [p, c_char_p]),
         ):
-            fn = getattr(lib, name)
-            fn.restype, fn.argtypes = restype, argtypes
-            setattr(self, name, fn)
+            setattr(self, name, lib.function(name, restype, argtypes))  # all looked up before the first call
         self.ctx = self.nft_ctx_new(0)
         self.nft_ctx_buffer_output(self.ctx)
         self.nft_ctx_buffer_error(self.ctx)
