@@ -20,6 +20,9 @@ Each benchmark is its own process with its own namespaces and cleanup (see their
 docstrings); this script only reads their --json output. Machine load at the start and
 end of each is printed, since the absolute numbers drift with it (the ratios hold).
 `--quick` shrinks the grids (2 x 5 and 4 x 10, sizes 1 and 100) to check the plumbing.
+`--reduced` keeps every target's grid but the large one (10 x 20 instead of 20 x 50) and
+measures forwarding in 3 rounds instead of 9: about half the time, for a machine shared
+with other work (the table names the grids it ran).
 """
 
 import argparse
@@ -132,18 +135,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--plugin", default=harness.OUR_PLUGIN, help="our frozen binary (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help="small grids, to check that everything runs")
+    ap.add_argument("--reduced", action="store_true", help="a 10 x 20 large grid and 3 forwarding rounds")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     grids = {"small": (5, 10, "ipv4"), "dual": (5, 10, "dual"), "large": (20, 50, "ipv4")}
     if args.quick:
         grids = {"small": (2, 5, "ipv4"), "dual": (2, 5, "dual"), "large": (4, 10, "ipv4")}
+    elif args.reduced:
+        grids["large"] = (10, 20, "ipv4")
     results = {}
     for name, (bridges, containers, families) in grids.items():
         results[name] = run("cni_latency.py", "--plugin", args.plugin, "--bridges", str(bridges),
                             "--containers", str(containers), "--families", families)
     # iperf3 between two containers spreads +-10% run to run on a 2-CPU machine: 9 rounds
     # give the throughput median room to settle
-    scale_args = ["--sizes", "1,100"] if args.quick else ["--rounds", "9"]
+    scale_args = ["--sizes", "1,100"] if args.quick else ["--rounds", "3" if args.reduced else "9"]
     results["scale"] = run("scale.py", "--plugin", args.plugin, *scale_args)
     results["rows"] = rows(results["small"], results["dual"], results["large"], results["scale"])
     print(json.dumps(results, indent=1) if args.json else render(results))

@@ -47,11 +47,11 @@ def require_name(name: object, field: str) -> str:
 
 def driver(name: str) -> str | None:
     """The kernel driver behind interface `name` in this network namespace, or None if absent."""
-    import ctypes  # loaded by the nftables backend anyway; `array` would import collections (~3 ms)
+    from plugin import native  # loaded by the nftables backend anyway; `array` would import collections (~3 ms)
 
-    info = ctypes.create_string_buffer(_DRVINFO_SIZE)
+    info = native.buffer(_DRVINFO_SIZE)
     struct.pack_into("I", info, 0, ETHTOOL_GDRVINFO)
-    ifreq = struct.pack(f"{IFNAMSIZ}sP", name.encode(), ctypes.addressof(info))
+    ifreq = struct.pack(f"{IFNAMSIZ}sP", name.encode(), native.addressof(info))
     sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
         fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)

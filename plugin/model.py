@@ -21,17 +21,25 @@ from typing import Annotated, Literal
 # distribution on sys.path (~100 ms of a network's first ADD); this plugin uses none.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from pydantic import (  # noqa: E402
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
-)
+from plugin.deferred import metadata_deferred  # noqa: E402
+
+with metadata_deferred():  # the loader of the plugins searched for above: ~6 MiB (plugin.deferred)
+    from pydantic import (  # noqa: E402
+        AfterValidator,
+        BaseModel,
+        ConfigDict,
+        Field,
+        StringConstraints,
+        ValidationError,
+        WithJsonSchema,
+        field_validator,
+        model_validator,
+    )
+
+    try:
+        import pydantic.plugin._loader  # noqa: F401  (binds the deferred entry_points)
+    except ImportError:  # a pydantic without it: nothing to defer (tests/unit/test_import_budget.py notices)
+        pass
 
 from plugin.errors import INVALID_CONFIG, CniError
 

@@ -11,11 +11,10 @@ JSON from a stale pointer (and can abort the process on it): a table with flags 
 listed as JSON.
 """
 
-import ctypes
 import os
 import sys
 
-from plugin import jsonio
+from plugin import jsonio, native
 from plugin.errors import ENFORCEMENT_FAILED, CniError
 
 LIBRARY = "libnftables.so.1"
@@ -32,7 +31,7 @@ JSON, TERSE = 1 << 4, 1 << 11  # NFT_CTX_OUTPUT_JSON, NFT_CTX_OUTPUT_TERSE
 
 
 class Context:
-    """A libnftables context through ctypes: what the `nftables` Python binding offers that
+    """A libnftables context through ctypes' classes (plugin.native): what the `nftables` Python binding offers that
     we use (cmd, json_cmd, set_terse_output), without importing the binding, which imports
     `json` (and with it `re`, `enum`, `functools`, `collections`: ~15 ms of every ADD,
     CHECK and DEL on a slow machine) only to call json.dumps and json.loads. Same calls,
@@ -41,8 +40,8 @@ class Context:
     (a ValueError when libnftables prints something that is not JSON, as 1.0.6 can)."""
 
     def __init__(self, sofile: str = "libnftables.so.1"):
-        lib = ctypes.CDLL(sofile)
-        p, c_uint, c_int, c_char_p = ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_char_p
+        lib = native.Library(sofile)  # ctypes' own classes, without importing ctypes (plugin.native)
+        p, c_uint, c_int, c_char_p = native.c_void_p, native.c_uint, native.c_int, native.c_char_p
         for name, restype, argtypes in (
             ("nft_ctx_new", p, [c_int]),
             ("nft_ctx_free", None, [p]),
@@ -54,9 +53,7 @@ class Context:
             ("nft_ctx_get_error_buffer", c_char_p, [p]),
             ("nft_run_cmd_from_buffer", c_int, [p, c_char_p]),
         ):
-            fn = getattr(lib, name)
-            fn.restype, fn.argtypes = restype, argtypes
-            setattr(self, name, fn)
+            setattr(self, name, lib.function(name, restype, argtypes))  # all looked up before the first call
         self.ctx = self.nft_ctx_new(0)
         self.nft_ctx_buffer_output(self.ctx)
         self.nft_ctx_buffer_error(self.ctx)
@@ -165,10 +162,14 @@ def apply(lib: Library, cmds: list[dict], failure: str) -> None:
 
 def table_objects(lib: Library, family: str, table: str) -> list[dict] | None:
     """The objects of table `table` in `family`, elements included (None: no such table).
-    A table with flags (e.g. dormant) is described by its flags only: it counts as altered."""
-    flagged = flagged_tables(lib, family)
-    if table in flagged:
-        return [{"table": {"family": family, "name": table, "flags": flagged[table]}}]
+    A table with flags (e.g. dormant) is described by its flags only: it counts as altered.
+    The terse text listing that finds flags also tells whether the table exists: an absent
+    one (the anti-spoofing table of a host without antiSpoofing) costs no JSON listing."""
+    tables = tables_of(lib, family)
+    if table not in tables:
+        return None
+    if tables[table]:
+        return [{"table": {"family": family, "name": table, "flags": tables[table]}}]
     rc, out, err = lib.json_cmd([{"list": {"table": {"family": family, "name": table}}}])
     if rc != 0:
         if "No such file or directory" not in err:
@@ -186,7 +187,10 @@ def terse_table_objects(lib: Library, family: str, table: str) -> list[dict] | N
     (1.0.6) fetches every set element for `list table` even when terse (3.7 ms with 1000
     bridges), but not for a terse `list ruleset` (0.2 ms), so the cost does not grow with
     the number of networks."""
-    if flagged_tables(lib, family):  # never a JSON listing with a flagged table in it
+    tables = tables_of(lib, family)
+    if table not in tables:
+        return None
+    if any(tables.values()):  # never a JSON listing with a flagged table in it
         return table_objects(lib, family, table)
     rc, out, err = lib.json_cmd([{"list": {"ruleset": {"family": family}}}], terse=True)
     if rc != 0:
@@ -206,10 +210,15 @@ def chain_rules(lib: Library, family: str, table: str, chain: str) -> list[list[
 
 
 def flagged_tables(lib: Library, family: str) -> dict[str, list[str]]:
-    """The tables of `family` that carry flags (e.g. dormant) -> their flags, from a terse
-    text listing. libnftables 1.0.6 prints a flagged table's `flags` in JSON from a stale
-    pointer ("inet", its release name, or garbage that makes it abort the process), so
-    no table with flags is ever listed in JSON."""
+    """The tables of `family` that carry flags (e.g. dormant) -> their flags. libnftables
+    1.0.6 prints a flagged table's `flags` in JSON from a stale pointer ("inet", its
+    release name, or garbage that makes it abort the process), so no table with flags is
+    ever listed in JSON."""
+    return {name: flags for name, flags in tables_of(lib, family).items() if flags}
+
+
+def tables_of(lib: Library, family: str) -> dict[str, list[str]]:
+    """Every table of `family` -> its flags (empty: none), from one terse text listing."""
     rc, text, err = lib.cmd(f"list ruleset {family}", terse=True)
     if rc != 0:
         raise CniError(ENFORCEMENT_FAILED, f"cannot read the {family} ruleset", err.strip())
@@ -218,6 +227,7 @@ def flagged_tables(lib: Library, family: str) -> dict[str, list[str]]:
         words = line.split()
         if line.startswith("table ") and len(words) >= 3:
             current = words[2]
+            found[current] = []
         elif line.startswith("\tflags ") and current:  # the table's own (a set's is indented twice)
             found[current] = [f for word in words[1:] for f in word.split(",") if f] or ["unknown"]
     return found

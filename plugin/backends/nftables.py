@@ -571,6 +571,20 @@ def add_only_plan(states: dict[str, TableState], addition: Desired) -> list[dict
     return cmds
 
 
+def release_families(r: Release) -> list[str]:
+    """The tables release_plan(states, r) reads anything of: a table it would not read plans
+    nothing, so it need not be listed (a listing of the whole table, elements included).
+    inet: when something of the bridge goes, or when the whole table may (`last`: then
+    whether another bridge still has anything in it decides); bridge: when ports leave
+    anti-spoofing, or when the whole table may."""
+    families = []
+    if r.last or r.isolate or r.within or r.published or r.drop_intra or r.peers is not None or r.guard is not None:
+        families.append("inet")
+    if r.spoofs or r.last or r.last_spoof:
+        families.append("bridge")
+    return families
+
+
 def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
     """The commands (one transaction) removing what `r` frees; only what is present, since
     deleting an absent element fails the whole transaction. The whole inet table goes
@@ -806,7 +820,7 @@ class NftablesBackend(Backend):
         want = wanted(addition)
         if not want:
             return True
-        quick = self._read(SPECS, terse=True)
+        quick = self._read(want, terse=True)  # only the tables `addition` needs: the other is not touched
         if not all(quick[f].exists and quick[f].intact for f in want):
             return False
         cmds = add_only_plan(quick, addition)
@@ -822,7 +836,11 @@ class NftablesBackend(Backend):
         return {}
 
     def release(self, change: Release, facts: dict) -> None:
-        self._apply(release_plan(self._read(SPECS), change), f"could not remove the isolation of {change.bridge}")
+        """A full reading of the tables `change` can take anything from (release_families),
+        then one transaction; a change that frees nothing (a container leaving a bridge that
+        keeps others) reads nothing and applies nothing."""
+        states = self._read(release_families(change))
+        self._apply(release_plan(states, change), f"could not remove the isolation of {change.bridge}")
 
     def _apply(self, cmds: list[dict], failure: str) -> None:
         apply(self.lib, cmds, failure)
