@@ -32,6 +32,11 @@ def _frame(obj) -> bytes:
 
 
 def test_socket_is_root_only(lab):
+    # The agent's state root is the lab's own (bind-mounted as /run/isolation for our binary),
+    # opened up so that a non-root peer reaches the socket: the real /run/isolation is made
+    # 0700 by whoever runs first and is never loosened by a test.
+    lab.private_state_root(mode=0o755)
+    os.chmod(lab.tmp, 0o755)
     log = lab.start_agent()
     path = os.path.join(lab.state_dir(), "agent.sock")
     st, dst = os.stat(path), os.stat(lab.state_dir())
