@@ -139,7 +139,10 @@ def test_damage_in_a_line_not_yet_decoded_is_seen_by_status_and_reconcile(tmp_pa
     import plugin.backends as backends
     from plugin import topology
 
+    import plugin.config as config
+
     monkeypatch.setattr(lifecycle, "state_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(config, "state_dir", lambda: str(tmp_path))  # reconcile prunes the cached verdicts
     monkeypatch.setattr(lifecycle, "departed", lambda atts, links=None: ([], []))
     monkeypatch.setattr(lifecycle, "_remove_orphans", lambda reg: [])
     # never the real firewall: this process runs in the root network namespace
