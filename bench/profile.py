@@ -10,8 +10,8 @@ then with `isolation agent`, with ISOLATION_TRACE set: each run appends the CLOC
 stamps of its phases (plugin/trace.py) and this script, which started the run and saw it
 end on the same clock, turns them into medians per phase:
 
-    start       spawn -> main() entered: fork/exec, the bootloader (it re-executes itself
-                to set LD_LIBRARY_PATH), the interpreter, the frozen bootstrap
+    start       spawn -> main() entered: fork/exec, the bootloader (and its second exec,
+                which costs ~0.3 ms of it), the interpreter, the frozen bootstrap
     forward     reading stdin, and asking the agent (answered, or no agent here)
     decode      importing the CNI layer, decoding the configuration
     config      the validated configuration (cache hit, or pydantic)
