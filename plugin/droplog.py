@@ -193,7 +193,7 @@ def line(record: dict) -> str:
     parts = [record["time"], f"{record['reason']:<13}", who, f"src={record['source'] or '-'}",
              f"dst={record['destination'] or '-'}", record["service"], f"key={record['key']}"]
     if record["container"] == "unknown" or record.get("note"):
-        parts.insert(4, f"mac={record['sourceMac'] or '-'}")
+        parts.insert(3, f"mac={record['sourceMac'] or '-'}")
     if record.get("note"):
         parts.append(f"note={json.dumps(record['note'])}")
     return " ".join(parts)
