@@ -83,10 +83,13 @@ class Senders:
     """The registry as the drop log needs it: attachments by bridge, read again when the file
     changes, and the bridges' forwarding databases asked when a packet needs them."""
 
+    FDB_FRESH_S = 1.0  # a forwarding database answer is reused this long (a flood costs one dump a second)
+
     def __init__(self, state_dir: str):
         self.state_dir = state_dir
         self._stamp = None
         self._by_bridge: dict[str, list] = {}
+        self._fdb: dict[tuple[str, str], tuple[float, int | None]] = {}
 
     def on(self, bridge: str) -> list:
         from plugin.registry import FILENAME
@@ -116,11 +119,22 @@ class Senders:
             found.setdefault(att.bridge, []).append(att)
         return found
 
-    @staticmethod
-    def fdb_port(bridge: str, mac: str | None) -> int | None:
+    def fdb_port(self, bridge: str, mac: str | None) -> int | None:
         """The ifindex of the port `bridge` last saw `mac` on (its forwarding database), or None."""
         if not mac:
             return None
+        now = time.monotonic()
+        cached = self._fdb.get((bridge, mac))
+        if cached is not None and now - cached[0] < self.FDB_FRESH_S:
+            return cached[1]
+        if len(self._fdb) > 4096:  # spoofed MACs by the thousand: forget, never grow without bound
+            self._fdb.clear()
+        port = self._ask_fdb(bridge, mac)
+        self._fdb[(bridge, mac)] = (now, port)
+        return port
+
+    @staticmethod
+    def _ask_fdb(bridge: str, mac: str) -> int | None:
         try:
             from pyroute2 import IPRoute
 
@@ -363,19 +377,25 @@ def run(follow: bool, as_json: bool, count: int | None, timeout: float | None) -
                 out.emit(record)
             return 0
         if recording(folder):
-            _follow_ring(path, out)
-        else:
-            _follow_group(folder, out)
+            _follow_ring(folder, path, out)  # returns when the agent stops recording
+            print("isolation: the agent stopped recording drops: listening to the group itself", file=sys.stderr,
+                  flush=True)
+        _follow_group(folder, out)
     except (_Done, KeyboardInterrupt, BrokenPipeError):
         pass
     return 0
 
 
-def _follow_ring(path: str, out: _Printer) -> None:
+def _follow_ring(folder: str, path: str, out: _Printer) -> None:
+    """Print the ring's new records until the agent no longer records."""
     print(f"isolation: following the agent's drop log {path}", file=sys.stderr, flush=True)
     seen = max((r["seq"] for r in read(path)), default=0)
     inode, offset, partial = None, 0, b""
-    while True:
+    next_check, stopped = time.monotonic() + 1.0, False
+    while not stopped:
+        if time.monotonic() >= next_check:
+            stopped = not recording(folder)  # what it wrote before it stopped is still read below
+            next_check = time.monotonic() + 1.0
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -396,7 +416,8 @@ def _follow_ring(path: str, out: _Printer) -> None:
                     seen = record["seq"]
                     out.emit(record)
         left = out.remaining()
-        time.sleep(POLL_S if left is None else min(POLL_S, left))
+        if not stopped:
+            time.sleep(POLL_S if left is None else min(POLL_S, left))
 
 
 def _follow_group(folder: str, out: _Printer) -> None:

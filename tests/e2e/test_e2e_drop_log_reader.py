@@ -151,6 +151,15 @@ def test_drops_follow_prints_one_right_line_per_logged_drop(make_lab, backend, a
         assert [json.loads(x) for x in recorded.stdout.splitlines()] == got
         last = lab.cli("drops", "--count", "1")
         assert last.stdout.count("\n") == 1 and f"src={stranger4} " in last.stdout and "container=unknown" in last.stdout
+        # The agent stops: a follower of its record takes the group over and goes on.
+        taking_over = lab.follow_drops("--count", "1", "--timeout", "60")
+        assert taking_over.mode == "agent"
+        lab.stop_agent()
+        taking_over.wait_for("isolation: the agent stopped recording drops: listening to the group itself")
+        taking_over.wait_for("isolation: listening to NFLOG group 1907")
+        assert not tcp_connect(a.name, OUTSIDE4, BLOCKED_TCP, timeout=ONE_SYN_S)
+        rc, [after], said = taking_over.finish()
+        assert rc == 0 and {k: after[k] for k in fields} == expected[0], said
     quiet = lab.follow_drops("--timeout", "4")
     assert lab.tcp(a.name, OUTSIDE4, OPEN_TCP) and not lab.udp_once(b.name, OUTSIDE4, UDP_PORT)
     rc, silent, said = quiet.finish()

@@ -618,6 +618,15 @@ class DropsReader:
             self.said += line
         self.mode = "agent" if "the agent's drop log" in self.said else "group"
 
+    def wait_for(self, text: str, deadline: float = 60) -> None:
+        """Read its stderr until a line contains `text` (it is still running)."""
+        end = time.monotonic() + deadline
+        while text not in self.said:
+            line = self.proc.stderr.readline()
+            if not line or time.monotonic() > end:
+                raise AssertionError(f"`isolation drops --follow` never said {text!r}: {self.said + line!r}")
+            self.said += line
+
     def finish(self, timeout: float = 90) -> tuple[int, list[dict], str]:
         try:
             out, err = self.proc.communicate(timeout=timeout)
