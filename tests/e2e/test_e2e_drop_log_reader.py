@@ -12,6 +12,7 @@ in by hand (no CNI ADD: unregistered). What the rules do, and so what must be pr
   A -> outside 10.99.0.2 / fd99::2: TCP 8081, UDP 5353, ICMP echo    logged egress-deny, dropped
   A from 10.77.N.200 (an address it added itself) -> 10.99.0.2:8081  logged, A named, "spoofed source"
   S (10.77.N.250) -> 10.99.0.2:8081                                   logged, container "unknown"
+  A: an ARP request claiming B's address (bridge family)             logged anti-spoofing, A named, "spoofed"
   B -> 10.99.0.2 UDP 5353                                             logged with another prefix: no line
   A -> outside TCP 8080; B -> outside TCP 8081, UDP 5353 (IPv6), ICMP; S -> outside TCP 8080
                                                                       not logged, they pass (the positive
@@ -34,6 +35,7 @@ from netlab import read_text, sh, tcp_connect, eventually
 pytestmark = pytest.mark.e2e
 OUTSIDE4, OUTSIDE6 = "10.99.0.2", "fd99::2"
 BLOCKED_TCP, OPEN_TCP, UDP_PORT = 8081, 8080, 5353
+ARP_TARGET = "10.77.1.99"  # nobody: the ARP request below is logged where it enters the bridge
 ONE_SYN_S = 0.5  # a TCP connect given up before the kernel retries its SYN (after 1 s): one packet
 
 
@@ -56,6 +58,12 @@ def _rules(bridge: str, a4: str, a6: str, spoofed: str, stranger: str, b4: str) 
         f"  ip saddr {spoofed} ip daddr {OUTSIDE4} tcp dport {BLOCKED_TCP} {ours}",
         f"  ip saddr {stranger} ip daddr {OUTSIDE4} tcp dport {BLOCKED_TCP} {ours}",
         f"  ip saddr {b4} ip daddr {OUTSIDE4} udp dport {UDP_PORT} {_log('firewall: dropped')}",
+        " }",
+        "}",
+        "table bridge droplogtest {",  # where anti-spoofing drops: the payload starts at the ARP header
+        " chain prerouting {",
+        "  type filter hook prerouting priority -10; policy accept;",
+        f"  arp operation request arp daddr ip {ARP_TARGET} {_log(f'isolation anti-spoofing {bridge}')}",
         " }",
         "}",
     ])
@@ -100,6 +108,8 @@ def test_drops_follow_prints_one_right_line_per_logged_drop(make_lab, backend, a
              icmpType=None),
         dict(container="unknown", source=stranger4, destination=OUTSIDE4, protocol="tcp",
              destinationPort=BLOCKED_TCP, icmpType=None),
+        dict(container=a.id, source=b.ipv4, destination=ARP_TARGET, protocol="arp", destinationPort=None,
+             icmpType=None),
     ]
     started = time.time()
     reader = lab.follow_drops("--count", str(len(expected)), "--timeout", "120")
@@ -125,17 +135,22 @@ def test_drops_follow_prints_one_right_line_per_logged_drop(make_lab, backend, a
     assert not _ping_once(lab, a.name, OUTSIDE6)
     assert not tcp_connect(a.name, OUTSIDE4, BLOCKED_TCP, timeout=ONE_SYN_S, source=spoofed)
     assert not tcp_connect(stranger, OUTSIDE4, BLOCKED_TCP, timeout=ONE_SYN_S)
+    mac_a = lab.arp_request(a.name, b.ipv4, ARP_TARGET)  # A claims B's address
 
     rc, got, said = reader.finish()
     assert rc == 0, said
     fields = ("container", "source", "destination", "protocol", "destinationPort", "icmpType")
     assert [{k: r[k] for k in fields} for r in got] == expected, said
     for r in got:
-        assert (r["reason"], r["key"], r["bridge"], r["network"]) == ("egress-deny", "denyEgress", net.bridge,
-                                                                      net.name), r
+        reason = "anti-spoofing" if r["protocol"] == "arp" else "egress-deny"
+        assert (r["reason"], r["key"], r["bridge"], r["network"]) == (
+            reason, {"anti-spoofing": "antiSpoofing", "egress-deny": "denyEgress"}[reason], net.bridge, net.name), r
         assert started - 1 <= calendar.timegm(time.strptime(r["time"][:19], "%Y-%m-%dT%H:%M:%S")) <= time.time(), r
-    for r in got[:7]:
+    for r in got[:7] + got[8:]:
         assert (r["ifname"], r["port"]) == ("eth0", lab.host_port(a)), r
+    arp = got[8]
+    assert (arp["sourceMac"], arp["arp"], arp["service"], arp["in"]) == (mac_a, "request", "arp request", net.bridge)
+    assert arp["note"] == f"spoofed source: {b.ipv4} is not one of its addresses"
     assert [r["note"] for r in got[:6]] == [None] * 6
     assert got[6]["note"] == f"spoofed source: {spoofed} is not one of its addresses"
     assert got[7]["ifname"] is None and got[7]["note"].startswith(
@@ -150,7 +165,8 @@ def test_drops_follow_prints_one_right_line_per_logged_drop(make_lab, backend, a
         assert recorded.returncode == 0 and recorded.stderr == "", recorded
         assert [json.loads(x) for x in recorded.stdout.splitlines()] == got
         last = lab.cli("drops", "--count", "1")
-        assert last.stdout.count("\n") == 1 and f"src={stranger4} " in last.stdout and "container=unknown" in last.stdout
+        assert last.stdout.count("\n") == 1 and f" anti-spoofing net={net.name} container={a.id} if=eth0 mac={mac_a} " \
+            f"src={b.ipv4} dst={ARP_TARGET} arp request key=antiSpoofing note=" in last.stdout, last.stdout
         # The agent stops: a follower of its record takes the group over and goes on.
         taking_over = lab.follow_drops("--count", "1", "--timeout", "60")
         assert taking_over.mode == "agent"

@@ -516,6 +516,23 @@ class Lab:
 
         return in_netns(src_netns, exchange)
 
+    def arp_request(self, netns: str, sender: str, target: str) -> str:
+        """Write ONE broadcast ARP request "who has `target`, tell `sender`" on `netns`'s eth0,
+        from eth0's own MAC (returned), whatever addresses eth0 really has."""
+        mac = json.loads(sh(IP, "-j", "link", "show", "eth0", netns=netns).stdout)[0]["address"]
+        raw = bytes.fromhex(mac.replace(":", ""))
+        frame = (b"\xff" * 6 + raw + b"\x08\x06"  # Ethernet: broadcast, from eth0, ARP
+                 + bytes.fromhex("0001 0800 06 04 0001".replace(" ", ""))  # Ethernet/IPv4, request
+                 + raw + socket.inet_aton(sender) + b"\0" * 6 + socket.inet_aton(target))
+
+        def send():
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+                s.bind(("eth0", 0))
+                s.send(frame)
+
+        in_netns(netns, send)
+        return mac
+
     def stranger(self, net: Network, host: int = 250) -> str:
         """A namespace plugged into `net`'s bridge by hand, as no runtime would (no CNI ADD: the
         registry knows nothing of it), at 10.77.<net>.<host>/24 routed via the gateway."""
