@@ -299,37 +299,50 @@ def record_in_background(stop: threading.Event, log) -> threading.Thread | None:
 
 
 def _record(stop: threading.Event, log) -> None:
+    """Bind the group (waiting while another listener holds it), then record every drop until
+    the agent stops; a failure is logged and the group bound anew after a pause, never raised."""
     import fcntl
 
     from plugin.hoststate import open_private, state_dir
     from plugin.nflog import GroupBusy, Listener, Logged
 
-    try:
-        folder = state_dir()
-        listener, said = None, False
-        while listener is None:
+    lock, said = None, False
+    while not stop.is_set():
+        listener = None
+        try:
+            folder = state_dir()
             try:
                 listener = Listener(NFLOG_GROUP)
             except GroupBusy as exc:
                 if not said:
                     log(f"drop log: {exc.strerror}; trying again every {RETRY_BIND_S:g} s")
                     said = True
-                if stop.wait(RETRY_BIND_S):
-                    return
-        lock = open_private(os.path.join(folder, RING_LOCK), os.O_RDWR | os.O_CREAT)
-        fcntl.flock(lock, fcntl.LOCK_EX)  # held until the agent exits: followers read the ring
-        ring, senders = Ring(os.path.join(folder, RING_FILE)), Senders(folder)
-        log(f"drop log: recording NFLOG group {NFLOG_GROUP} into {ring.path} (the last {RING} drops)")
-        while not stop.is_set():
-            for item in listener.read(0.5):
-                if not isinstance(item, Logged):
-                    log(f"drop log: skipped {item.note}")
-                    continue
-                record = describe(item, senders)
-                if record is not None:
-                    ring.append(record)
-    except Exception as exc:  # the drop log never takes the agent down
-        log(f"drop log: stopped: {type(exc).__name__}: {exc}")
+                stop.wait(RETRY_BIND_S)
+                continue
+            if lock is None:
+                lock = open_private(os.path.join(folder, RING_LOCK), os.O_RDWR | os.O_CREAT)
+                fcntl.flock(lock, fcntl.LOCK_EX)  # held until the agent exits: followers read the ring
+            ring, senders = Ring(os.path.join(folder, RING_FILE)), Senders(folder)
+            log(f"drop log: recording NFLOG group {NFLOG_GROUP} into {ring.path} (the last {RING} drops)")
+            said = False
+            while not stop.is_set():
+                for item in listener.read(0.5):
+                    if not isinstance(item, Logged):
+                        log(f"drop log: skipped {item.note}")
+                        continue
+                    try:
+                        record = describe(item, senders)
+                    except Exception as exc:  # one packet's trouble is that packet's alone
+                        log(f"drop log: skipped a packet: {type(exc).__name__}: {exc}")
+                        continue
+                    if record is not None:
+                        ring.append(record)
+        except Exception as exc:  # the drop log never takes the agent down
+            log(f"drop log: {type(exc).__name__}: {exc}; starting again in {RETRY_BIND_S:g} s")
+            stop.wait(RETRY_BIND_S)
+        finally:
+            if listener is not None:
+                listener.close()
 
 
 # --- `isolation drops` -------------------------------------------------------------------------

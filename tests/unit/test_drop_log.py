@@ -29,7 +29,8 @@ def test_then_the_recorded_mac_then_the_address():
     assert identify(ON_BRIDGE, "10.77.1.3", "02:00:00:00:00:0B", None, None) == (B, None)
     assert identify(ON_BRIDGE, "fd77:1:0::2", "02:11:22:33:44:55", None, None) == (A, None), "A's MAC was not recorded"
     sender, note = identify(ON_BRIDGE, "10.77.1.3", "02:11:22:33:44:55", None, None)
-    assert sender is None and note == "spoofed: 10.77.1.3 is net1/ctr-b/eth0's address, but MAC 02:11:22:33:44:55 is not its MAC"
+    assert sender is None
+    assert note == "spoofed: 10.77.1.3 is net1/ctr-b/eth0's address, but MAC 02:11:22:33:44:55 is not its MAC"
 
 
 def test_a_packet_nobody_registered_sent_is_from_unknown():

@@ -30,7 +30,8 @@ TCP4 = h("""
 a4000000 0004 0000 00000000 00000000   # nlmsghdr: len 164, type ULOG<<8|PACKET, flags, seq, pid
 02 00 0773                               # nfgenmsg: AF_INET, NFNETLINK_V0, group 1907 (big-endian)
 0800 0100  0800 02 00                    # NFULA_PACKET_HDR: hw_protocol 0x0800, hook 2 (forward), pad
-1e00 0a00  69736f6c6174696f6e20656772657373 2d64656e7920746231 00 0000   # NFULA_PREFIX "isolation egress-deny tb1\\0" + pad
+1e00 0a00                                # NFULA_PREFIX, 26 bytes + 2 of padding:
+69736f6c6174696f6e20656772657373 2d64656e7920746231 00 0000  # "isolation egress-deny tb1\\0"
 1400 0300  00000000 6935bf40  00000000 0003d090   # NFULA_TIMESTAMP: sec 1765130048, usec 250000
 0800 0400  00000005                      # NFULA_IFINDEX_INDEV 5
 0800 0500  00000003                      # NFULA_IFINDEX_OUTDEV 3
@@ -61,7 +62,8 @@ UDP6_FRAGMENT = h("""
 8800 0000 0004 0000 00000000 00000000    # nlmsghdr: len 136
 0a 00 0773                               # nfgenmsg: AF_INET6, group 1907
 0800 0100  86dd 03 00                    # NFULA_PACKET_HDR: 0x86dd, hook 3 (output)
-1e00 0a00  69736f6c6174696f6e20686f73742d 61636365737320746231 00 0000   # "isolation host-access tb1\\0" (26 bytes) + pad
+1e00 0a00                                # NFULA_PREFIX, 26 bytes + 2 of padding:
+69736f6c6174696f6e20686f73742d 61636365737320746231 00 0000  # "isolation host-access tb1\\0"
 0800 0500  00000002                      # NFULA_IFINDEX_OUTDEV 2
 4400 0900                                # NFULA_PAYLOAD, 64 bytes:
 60000000 0018 00 40                      # IPv6: payload length 24, next header 0 (hop-by-hop), hop limit 64
@@ -141,7 +143,8 @@ ARP = h("""
 9400 0000 0004 0000 00000000 00000000    # nlmsghdr: len 148
 07 00 0773                               # nfgenmsg: NFPROTO_BRIDGE, group 1907
 0800 0100  0806 00 00                    # NFULA_PACKET_HDR: 0x0806, hook 0
-2000 0a00  69736f6c6174696f6e20616e74692d73706f6f66696e6720746231 00 # "isolation anti-spoofing tb1\\0" (28 bytes, aligned)
+2000 0a00                                # NFULA_PREFIX, 28 bytes (aligned):
+69736f6c6174696f6e20616e74692d73706f6f66696e6720746231 00  # "isolation anti-spoofing tb1\\0"
 1400 0300  00000000 6935bf40 00000000 00000000   # NFULA_TIMESTAMP, usec 0
 0800 0600  00000009                      # NFULA_IFINDEX_PHYSINDEV 9 (the port)
 0800 0400  00000004                      # NFULA_IFINDEX_INDEV 4 (its bridge)
