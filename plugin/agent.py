@@ -177,6 +177,9 @@ class Agent:
         self.log(f"serving on {path}")
         watcher = threading.Thread(target=self._watch, name="watch", daemon=True)
         watcher.start()
+        from plugin.droplog import record_in_background  # networks with logDrops: `isolation drops`
+
+        record_in_background(self.stop, self.log)
         try:
             while not self.stop.is_set():
                 try:

@@ -23,6 +23,18 @@ exit status: 0 when consistent, 1 when problems were found""",
   isolation reconcile   after a firewall reload: put back every registered network's isolation
                         after a crash or a half-failed teardown: remove rules nothing registered needs
                         after `status` reports a damaged registry: rebuild it from what can be proven""",
+    "drops": """Each blocked attempt of a network with `logDrops: true` (first packet per flow, rate-limited
+per bridge, sent to NFLOG group 1907): time, reason, the sending container (network, container
+ID, interface; "unknown" when no registered container sent it: a spoofed source, or an
+interface the plugin did not attach), source, destination, protocol and port, and the
+configuration key behind the drop. The agent, when it runs, records the last 1000 drops.
+  isolation drops                      the drops the agent recorded, then exit
+  isolation drops --follow             new drops as they come (from the agent's record, or from
+                                       the NFLOG group itself when no agent runs here), until Ctrl-C
+  isolation drops --follow --json      one JSON object per line
+  isolation drops --follow --count 5 --timeout 30   stop after 5 drops or 30 s
+Only one listener per NFLOG group and network namespace: with ulogd2 on group 1907, run the
+agent with ISOLATION_AGENT_DROP_LOG=off and read ulogd2's output instead.""",
     "agent": """The agent serves the plugin's invocations over a root-only unix socket in
 /run/isolation/ns-*/ (the plugin falls back to doing the work itself when no agent
 answers) and restores isolation within a second after a firewall reload, `nft flush
@@ -51,11 +63,19 @@ def parser() -> argparse.ArgumentParser:
         description="Admin commands of the isolation CNI plugin (run by a runtime with CNI_COMMAND set, "
         "it is the plugin itself). They act on the network namespace they run in.",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{status,cleanup,prune,reconcile,agent,install}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{status,drops,cleanup,prune,reconcile,agent,install}")
     fmt = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser("status", help="show backends, isolated bridges and inconsistencies",
                        epilog=EPILOG["status"], formatter_class=fmt)
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    d = sub.add_parser("drops", help="show blocked attempts: who, to what, why (networks with logDrops)",
+                       epilog=EPILOG["drops"], formatter_class=fmt)
+    d.add_argument("--follow", action="store_true", help="print new drops as they come, until interrupted")
+    d.add_argument("--json", action="store_true", help="one JSON object per line")
+    d.add_argument("--count", type=_positive_int, metavar="N", help="stop after N lines (without --follow: the "
+                   "last N recorded)")
+    d.add_argument("--timeout", type=float, metavar="S", help="with --follow: stop after S seconds")
     c = sub.add_parser("cleanup", help="remove everything the plugin created", epilog=EPILOG["cleanup"],
                        formatter_class=fmt)
     c.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
@@ -84,6 +104,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.command == "install":  # touches no firewall: none of the engine is imported
@@ -99,6 +126,10 @@ def main(argv: list[str]) -> int:
             from plugin.agent import serve
 
             return serve(args.log_file)
+        if args.command == "drops":
+            from plugin import droplog
+
+            return droplog.run(args.follow, args.json, args.count, args.timeout)
         if args.command == "reconcile":
             from plugin.hoststate import HostLock
             from plugin.lifecycle import reconcile

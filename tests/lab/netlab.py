@@ -498,6 +498,58 @@ class Lab:
 
         return in_netns(src_netns, exchange)
 
+    def udp_once(self, src_netns: str, addr: str, port: int, source: str | None = None) -> bool:
+        """True when ONE datagram to [addr]:port (from `source`, if given) is echoed back within
+        the probe deadline: for counting what a log saw, where lab.udp sends up to ten."""
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+        def exchange():
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.settimeout(PROBE_TIMEOUT_S)
+                try:
+                    if source:
+                        s.bind((source, 0))
+                    s.sendto(b"probe", (addr, port))
+                    return s.recv(512) == b"probe"
+                except OSError:
+                    return False
+
+        return in_netns(src_netns, exchange)
+
+    def arp_request(self, netns: str, sender: str, target: str) -> str:
+        """Write ONE broadcast ARP request "who has `target`, tell `sender`" on `netns`'s eth0,
+        from eth0's own MAC (returned), whatever addresses eth0 really has."""
+        mac = json.loads(sh(IP, "-j", "link", "show", "eth0", netns=netns).stdout)[0]["address"]
+        raw = bytes.fromhex(mac.replace(":", ""))
+        frame = (b"\xff" * 6 + raw + b"\x08\x06"  # Ethernet: broadcast, from eth0, ARP
+                 + bytes.fromhex("0001 0800 06 04 0001".replace(" ", ""))  # Ethernet/IPv4, request
+                 + raw + socket.inet_aton(sender) + b"\0" * 6 + socket.inet_aton(target))
+
+        def send():
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+                s.bind(("eth0", 0))
+                s.send(frame)
+
+        in_netns(netns, send)
+        return mac
+
+    def stranger(self, net: Network, host: int = 250) -> str:
+        """A namespace plugged into `net`'s bridge by hand, as no runtime would (no CNI ADD: the
+        registry knows nothing of it), at 10.77.<net>.<host>/24 routed via the gateway."""
+        ns = self._netns(f"x{host}")
+        port = f"{self.prefix}x{host}"
+        sh(IP, "link", "add", port, "netns", self.host, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh(IP, "link", "set", port, "master", net.bridge, "up", netns=self.host)
+        sh(IP, "addr", "add", f"10.77.{net.index}.{host}/24", "dev", "eth0", netns=ns)
+        sh(IP, "link", "set", "eth0", "up", netns=ns)
+        sh(IP, "route", "add", "default", "via", net.gateway4, netns=ns)
+        return ns
+
+    def follow_drops(self, *args: str) -> "DropsReader":
+        """`isolation drops --follow --json ARGS` in the host namespace, started and listening
+        (the agent's ring file or the NFLOG group itself) when this returns."""
+        return DropsReader(self.isolation_argv("drops", "--follow", "--json", *args))
+
     def management(self) -> str:
         """A "management" namespace reachable through the host: 10.98.0.2 and .3, fd98::2 and ::3,
         with the host at 10.98.0.1 / fd98::1; it routes the containers' subnets via the host
@@ -562,6 +614,44 @@ class Lab:
         tool = "iptables-save" if family == "ipv4" else "ip6tables-save"
         lines = sh(tool, netns=self.host).stdout.splitlines()
         return "\n".join(line for line in lines if not line.startswith("#"))
+
+
+class DropsReader:
+    """A running `isolation drops --follow --json`: its stderr names what it listens to once it
+    does; finish() waits for its exit and returns (exit code, the JSON records, stderr)."""
+
+    READY = ("isolation: listening to NFLOG group", "isolation: following the agent's drop log")
+
+    def __init__(self, argv: list[str]):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.said = ""
+        deadline = time.monotonic() + 60  # readiness, not a speed claim
+        while not self.said.startswith(self.READY):
+            line = self.proc.stderr.readline()
+            if not line or time.monotonic() > deadline:
+                end_process(self.proc, 5)
+                raise AssertionError(f"`isolation drops --follow` did not start listening: {self.said + line!r}"
+                                     f" {self.proc.stdout.read()!r}")
+            self.said += line
+        self.mode = "agent" if "the agent's drop log" in self.said else "group"
+
+    def wait_for(self, text: str, deadline: float = 60) -> None:
+        """Read its stderr until a line contains `text` (it is still running)."""
+        end = time.monotonic() + deadline
+        while text not in self.said:
+            line = self.proc.stderr.readline()
+            if not line or time.monotonic() > end:
+                raise AssertionError(f"`isolation drops --follow` never said {text!r}: {self.said + line!r}")
+            self.said += line
+
+    def finish(self, timeout: float = 90) -> tuple[int, list[dict], str]:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            end_process(self.proc, 5)
+            out, err = self.proc.communicate()
+        assert "Traceback" not in out + err, out + err
+        return self.proc.returncode, [json.loads(line) for line in out.splitlines()], self.said + err
 
 
 class PluginError(AssertionError):
