@@ -123,9 +123,9 @@ class ConfigView:
     def deny(self, bridge: str, family: int) -> tuple[str, ...]:
         return self.needs.get(bridge).guard.deny_in(family)
 
-    def allow(self, bridge: str) -> tuple[Hole, ...]:
+    def allow(self, bridge: str, family: int) -> tuple[Hole, ...]:
         g = self.needs.get(bridge).guard
-        return g.allow if g.deny else ()
+        return g.allow_in(family) if g.deny else ()
 
     def host_deny(self, bridge: str) -> bool:
         return self.needs.get(bridge).guard.host_deny
@@ -135,6 +135,10 @@ class ConfigView:
         return g.host_ports if g.host_deny else ()
 
     def published(self, bridge: str) -> bool:
+        return self.needs.get(bridge).published
+
+    def published_reply(self, bridge: str) -> bool:
+        """The replies of connections DNAT'd into the bridge pass back (allowPublishedPorts)."""
         return self.needs.get(bridge).published
 
     def peer(self, bridge: str, other: str) -> bool:
@@ -149,7 +153,7 @@ class ConfigView:
         return self.needs.get(bridge).isolate
 
 
-FACTS = ("flagged", "intra", "deny", "allow", "host_deny", "host_ports", "published", "peer", "isolate_from",
+FACTS = ("flagged", "intra", "deny", "allow", "host_deny", "host_ports", "published", "published_reply", "peer", "isolate_from",
          "isolate_to")
 
 
@@ -207,6 +211,15 @@ def _in_range(address: str, ranges) -> str | None:
     return next((c for c in ranges if addr in ipaddress.ip_network(c)), None)
 
 
+def _reply_passes(view, s: str, d: str, target: Target) -> bool:
+    """Whether the replies from bridge d back to s pass: the inter-bridge drop has no
+    conntrack exemption, so a flow between two bridges needs both ways open (the published
+    port's reply rule, the group's pair, or one side not isolating)."""
+    if target.kind == PUBLISHED and view.published_reply(d):
+        return True
+    return view.peer(d, s) or not (view.isolate_from(d) and view.isolate_to(s))
+
+
 def decide(view, source, target: Target, probe: Probe) -> Decision:
     """The table's rows, earlier rows winning, for a new flow from `source` (an Attachment).
 
@@ -227,7 +240,7 @@ def decide(view, source, target: Target, probe: Probe) -> Decision:
     exception = None
     hit = _in_range(probe.address, view.deny(s, probe.family))  # the address the container chose
     if hit:
-        exception = next((h for h in view.allow(s) if hole_matches(h, probe, probe.address)), None)
+        exception = next((h for h in view.allow(s, probe.family) if hole_matches(h, probe, probe.address)), None)
         if exception is None:
             return Decision(verdict="drop", reason=reasons.EGRESS_DENY, step="egress-deny", source_bridge=s,
                             dest_bridge=d, matched=hit)
@@ -244,6 +257,9 @@ def decide(view, source, target: Target, probe: Probe) -> Decision:
             return Decision(verdict="pass", reason=None, step="group", source_bridge=s, dest_bridge=d)
         if view.isolate_from(s) and view.isolate_to(d):
             return Decision(verdict="drop", reason=reasons.CROSS_NETWORK, step="cross", source_bridge=s,
+                            dest_bridge=d)
+        if not _reply_passes(view, s, d, target):  # the configuration never gets here: its grants are symmetric
+            return Decision(verdict="drop", reason=reasons.CROSS_NETWORK, step="cross-reply", source_bridge=s,
                             dest_bridge=d)
     return Decision(verdict="pass", reason=None, step="allow-egress" if exception else "none", source_bridge=s,
                     dest_bridge=d, matched=hit, exception=exception)
@@ -302,7 +318,7 @@ def attribute(dec: Decision, source, target: Target, attachments) -> dict:
         nets = _networks(atts, s, lambda a: a.group in shared) + _networks(atts, d, lambda a: a.group in shared)
         return {"cause": f"same isolationGroup {', '.join(shared)}", "networks": sorted(set(nets)),
                 "key": "isolationGroup"}
-    if step == "cross":
+    if step in ("cross", "cross-reply"):
         src_nets = _networks(atts, s, isolating)
         dst_nets = _networks(atts, d, isolating)
         return {"cause": f"{s} ({', '.join(src_nets)}) and {d} ({', '.join(dst_nets)}) both isolate, no shared "
@@ -373,6 +389,9 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe) -> s
     if step == "group":
         return f"inet isolation forward: iifname . oifname @peers return ({s} . {d})" if nft else \
             f"-A CNI-ISOLATION-STAGE-2 -i {s} -o {d} -j RETURN"
+    if step == "cross-reply":
+        return "inet isolation forward: iifname @isolated oifname @isolated counter drop (the replies)" if nft else \
+            f"-A CNI-ISOLATION-STAGE-2 -o {s} -j DROP (the replies from {d})"
     if step == "cross":
         return "inet isolation forward: iifname @isolated oifname @isolated counter drop" if nft else \
             f"-A CNI-ISOLATION-STAGE-2 -o {d} -j DROP (reached by -A CNI-ISOLATION-STAGE-1 -i {s} ! -o {s} " \

@@ -124,10 +124,10 @@ class NftablesView(_Base):
         drops = [r for r in egress_rules(g) if r not in without]
         return g.deny_in(family) if self._chain_has(bridge, "egress", drops) else ()
 
-    def allow(self, bridge):
+    def allow(self, bridge, family):
         from plugin.backends.nftables import _hole
 
-        return tuple(h for h in self.config.allow(bridge) if self._chain_has(bridge, "egress", _hole(h)))
+        return tuple(h for h in self.config.allow(bridge, family) if self._chain_has(bridge, "egress", _hole(h)))
 
     def host_deny(self, bridge):
         from plugin.backends.nftables import host_rules
@@ -141,6 +141,8 @@ class NftablesView(_Base):
 
     def published(self, bridge):
         return bridge in self._els("published")
+
+    published_reply = published  # one set for both directions
 
     def peer(self, bridge, other):
         return (bridge, other) in self._els("peers")
@@ -160,6 +162,7 @@ class NftablesView(_Base):
             "host_deny": lambda: f"the final drop of chain inet isolation host-{b} (map host: {b})",
             "host_ports": lambda: f"the allowHostPorts returns of chain inet isolation host-{b}",
             "published": lambda: f"{b} in set inet isolation published",
+            "published_reply": lambda: f"{b} in set inet isolation published",
             "peer": lambda: f"{b} . {args[-1]} in set inet isolation peers",
             "isolate_from": lambda: f"{b} in set inet isolation isolated",
             "isolate_to": lambda: f"{b} in set inet isolation isolated",
@@ -216,8 +219,8 @@ class IptablesView(_Base):
                 found.append(c)
         return tuple(found)
 
-    def allow(self, bridge):
-        return tuple(h for h in self.config.allow(bridge) if self._has(self.ipt.EGRESS, self.ipt._hole(bridge, h, self.fam)))
+    def allow(self, bridge, family):
+        return tuple(h for h in self.config.allow(bridge, family) if self._has(self.ipt.EGRESS, self.ipt._hole(bridge, h, self.fam)))
 
     def host_deny(self, bridge):
         ipt = self.ipt
@@ -230,6 +233,11 @@ class IptablesView(_Base):
         ipt = self.ipt
         return self._has(ipt.STAGE2, self._only(ipt.STAGE2, BridgeNeeds(bridge=bridge, isolate=True, published=True),
                                                 BridgeNeeds(bridge=bridge, isolate=True)))
+
+    def published_reply(self, bridge):
+        ipt = self.ipt
+        return self.forward_ok and self._has(ipt.STAGE1, self._only(
+            ipt.STAGE1, BridgeNeeds(bridge=bridge, isolate=True, published=True), BridgeNeeds(bridge=bridge, isolate=True)))
 
     def peer(self, bridge, other):
         ipt = self.ipt
@@ -260,6 +268,8 @@ class IptablesView(_Base):
             return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -j {ipt.STAGE2}"
         if name == "isolate_to":
             return f"{self.fam} {ipt.STAGE2}: -o {b} -j DROP"
+        if name == "published_reply":
+            return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN"
         if name == "published":
             return f"{self.fam} {ipt.STAGE2}: -o {b} -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN"
         return f"{self.fam} {chain[name]}: {b}'s {name.replace('_', ' ')} rules"
