@@ -66,7 +66,8 @@ def parser() -> argparse.ArgumentParser:
         description="Admin commands of the isolation CNI plugin (run by a runtime with CNI_COMMAND set, "
         "it is the plugin itself). They act on the network namespace they run in.",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{status,explain,cleanup,prune,reconcile,agent,install}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{status,explain,cleanup,prune,reconcile,agent,install}")
     fmt = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser("status", help="show backends, isolated bridges and inconsistencies",
                        epilog=EPILOG["status"], formatter_class=fmt)

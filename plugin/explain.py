@@ -153,8 +153,8 @@ class ConfigView:
         return self.needs.get(bridge).isolate
 
 
-FACTS = ("flagged", "intra", "deny", "allow", "host_deny", "host_ports", "published", "published_reply", "peer", "isolate_from",
-         "isolate_to")
+FACTS = ("flagged", "intra", "deny", "allow", "host_deny", "host_ports", "published", "published_reply", "peer",
+         "isolate_from", "isolate_to")
 
 
 class Recorder:

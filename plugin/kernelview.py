@@ -215,19 +215,22 @@ class IptablesView(_Base):
         found = []
         for c in self.config.deny(bridge, family):
             g = Guard(deny=(c,))
-            if self._has(ipt.EGRESS, ipt.guard_rules(bridge, g, self.fam)[ipt.EGRESS]) and self._guard_reached(bridge, g):
+            rules = ipt.guard_rules(bridge, g, self.fam)[ipt.EGRESS]
+            if self._has(ipt.EGRESS, rules) and self._guard_reached(bridge, g):
                 found.append(c)
         return tuple(found)
 
     def allow(self, bridge, family):
-        return tuple(h for h in self.config.allow(bridge, family) if self._has(self.ipt.EGRESS, self.ipt._hole(bridge, h, self.fam)))
+        return tuple(h for h in self.config.allow(bridge, family)
+                     if self._has(self.ipt.EGRESS, self.ipt._hole(bridge, h, self.fam)))
 
     def host_deny(self, bridge):
         ipt = self.ipt
         return self.input_ok and self._has(ipt.HOST, ipt.guard_rules(bridge, Guard(host_deny=True), self.fam)[ipt.HOST])
 
     def host_ports(self, bridge):
-        return tuple(h for h in self.config.host_ports(bridge) if self._has(self.ipt.HOST, self.ipt._hole(bridge, h, self.fam)))
+        return tuple(h for h in self.config.host_ports(bridge)
+                     if self._has(self.ipt.HOST, self.ipt._hole(bridge, h, self.fam)))
 
     def published(self, bridge):
         ipt = self.ipt
@@ -237,7 +240,8 @@ class IptablesView(_Base):
     def published_reply(self, bridge):
         ipt = self.ipt
         return self.forward_ok and self._has(ipt.STAGE1, self._only(
-            ipt.STAGE1, BridgeNeeds(bridge=bridge, isolate=True, published=True), BridgeNeeds(bridge=bridge, isolate=True)))
+            ipt.STAGE1, BridgeNeeds(bridge=bridge, isolate=True, published=True),
+            BridgeNeeds(bridge=bridge, isolate=True)))
 
     def peer(self, bridge, other):
         ipt = self.ipt

@@ -89,7 +89,8 @@ def _probes(c: dict, v: int) -> dict:
         # isolationGroup, isolating pairs, open networks
         ("tcp", a1, addr["b1"], TCP_PORT): P, ("icmp", b1, addr["a2"], 0): P,
         ("tcp", a1, addr["c1"], TCP_PORT): (D, "cross-network"), ("icmp", c1, addr["d1"], 0): (D, "cross-network"),
-        ("tcp", c1, addr["d1"], TCP_PORT): (D, "cross-network"), ("tcp", d1, addr["a1"], TCP_PORT): (D, "cross-network"),
+        ("tcp", c1, addr["d1"], TCP_PORT): (D, "cross-network"),
+        ("tcp", d1, addr["a1"], TCP_PORT): (D, "cross-network"),
         ("tcp", b1, addr["c2"], TCP_PORT): (D, "cross-network"),
         ("tcp", e1, addr["a1"], TCP_PORT): P, ("tcp", c1, addr["e1"], TCP_PORT): P, ("tcp", e1, up, 18081): P,
         # the host and the outside
