@@ -60,6 +60,13 @@ class Target:
     dnat: Dnat | None = None
 
 
+def endpoint(address: str, port: int | None) -> str:
+    """ADDR:PORT, [ADDR]:PORT for IPv6; the address alone without a port."""
+    if port is None:
+        return address
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def _plain(address: str) -> str:
     return address.split("/")[0]
 
@@ -284,7 +291,7 @@ def _guard(a):
     return Guard.from_json(a.guard) if a.guard else NO_GUARD
 
 
-def attribute(dec: Decision, source, target: Target, attachments) -> dict:
+def attribute(dec: Decision, source, target: Target, probe: Probe, attachments) -> dict:
     """The short cause, the networks whose configuration decides, and the key."""
     s, d, step = dec.source_bridge, dec.dest_bridge, dec.step
     atts = list(attachments)
@@ -310,8 +317,8 @@ def attribute(dec: Decision, source, target: Target, attachments) -> dict:
     if step == "published":
         nets = _networks(atts, d, lambda a: isolating(a) and a.published)
         dn = target.dnat
-        return {"cause": f"published port of network {', '.join(nets)} ({target.address}:{dn.ports[0]} -> "
-                         f"{dn.to_addr}:{dn.to_port})", "networks": nets, "key": "allowPublishedPorts"}
+        return {"cause": f"published port of network {', '.join(nets)} ({endpoint(target.address, probe.port)} -> "
+                         f"{endpoint(dn.to_addr, dn.to_port)})", "networks": nets, "key": "allowPublishedPorts"}
     if step == "group":
         groups = {a.group for a in atts if a.bridge == d and isolating(a) and a.group}
         shared = sorted({a.group for a in atts if a.bridge == s and isolating(a) and a.group in groups})
@@ -406,7 +413,7 @@ def _describe_target(target: Target) -> dict:
     if a is not None:
         out |= {"container": a.container, "network": a.network, "bridge": a.bridge, "interface": a.port}
     if target.dnat is not None:
-        out["dnat"] = f"{target.dnat.to_addr}:{target.dnat.to_port}" if target.dnat.to_port else target.dnat.to_addr
+        out["dnat"] = endpoint(target.dnat.to_addr, target.dnat.to_port)
     return out
 
 
@@ -423,7 +430,7 @@ def answer(source, probe: Probe, attachments, host_addresses, dnats) -> tuple[di
     target = resolve(probe, atts, host_addresses, dnats)
     rec = Recorder(ConfigView(atts))
     dec = decide(rec, source, target, probe)
-    why = attribute(dec, source, target, atts)
+    why = attribute(dec, source, target, probe, atts)
     out = {
         "source": {"container": source.container, "network": source.network, "bridge": source.bridge,
                    "interface": source.port, "backend": source.backend},

@@ -28,21 +28,26 @@ def host_addresses() -> set[str]:
 
 
 def published_ports() -> list[Dnat]:
-    """portmap's DNAT rules (its CNI-DN-* chains, iptables backend) of both families."""
-    from plugin.backends.iptables import split_rule
-
+    """portmap's DNAT rules of both families (its iptables backend), read like
+    `iptables-save -t nat`; a family whose tool is missing or fails has none."""
     jobs = [(v, find(tool)) for v, tool in NAT_TOOLS.items()]
     jobs = [(v, path) for v, path in jobs if path]
+    results = run_all([([path, "-t", "nat"], None) for _, path in jobs])
+    return [d for (v, _), (rc, out, _) in zip(jobs, results) if rc == 0 for d in dnats_of(out, v)]
+
+
+def dnats_of(text: str, version: int) -> list[Dnat]:
+    """The DNATs of the CNI-DN-* chains that CNI-HOSTPORT-DNAT jumps to, in a nat table as
+    iptables-save prints it (IPv`version`)."""
+    from plugin.backends.iptables import split_rule
+
+    rules = [split_rule(line)[1:] for line in text.splitlines() if line.startswith("-A ")]
+    used = {r[r.index("-j") + 1] for r in rules if r[0] == "CNI-HOSTPORT-DNAT" and "-j" in r}
     found = []
-    for (v, _), (rc, out, _) in zip(jobs, run_all([([path, "-t", "nat"], None) for _, path in jobs])):
-        if rc != 0:
-            continue
-        for line in out.splitlines():
-            if not line.startswith("-A CNI-DN-") or "-j DNAT" not in line:
-                continue
-            d = _dnat(split_rule(line)[2:])
-            if d is not None and ipaddress.ip_address(d.to_addr).version == v:
-                found.append(d)
+    for r in rules:
+        d = _dnat(r[1:]) if r[0] in used and r[0].startswith("CNI-DN-") and "DNAT" in r else None
+        if d is not None and ipaddress.ip_address(d.to_addr).version == version:
+            found.append(d)
     return found
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from plugin.explain import (CONTAINER, HOST, OUTSIDE, PUBLISHED, ConfigView, Dnat, Probe, Recorder, answer,
                             decide, find_source, resolve)
-from plugin.kernelview import _dnat
+from plugin.kernelview import _dnat, dnats_of
 from plugin.policy import Guard, Hole
 from plugin.registry import Attachment
 
@@ -248,3 +248,24 @@ def test_portmap_dnat_lines():
     assert _dnat("-d 10.99.0.1/32 -p udp -m udp --dport 5000:5010 -j DNAT --to-destination [fd77:1::2]:53".split()) \
         == Dnat("udp", (5000, 5010), "fd77:1::2", 53, "10.99.0.1")
     assert _dnat("-p tcp -j CNI-HOSTPORT-SETMARK".split()) is None
+
+
+# as portmap 1.1 (Debian 12) writes it in the lab (tests/e2e/test_e2e_explain.py), plus a chain
+# nothing jumps to any more
+NAT = """*nat
+:PREROUTING ACCEPT [0:0]
+:CNI-DN-12df519fcb81d08560622 - [0:0]
+:CNI-DN-0rphan - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A CNI-DN-12df519fcb81d08560622 -s 10.77.1.0/24 -p tcp -m tcp --dport 18080 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-12df519fcb81d08560622 -s 127.0.0.1/32 -p tcp -m tcp --dport 18080 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-12df519fcb81d08560622 -p tcp -m tcp --dport 18080 -j DNAT --to-destination 10.77.1.2:8080
+-A CNI-DN-0rphan -p tcp -m tcp --dport 18099 -j DNAT --to-destination 10.77.1.9:8080
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"t-net1\\" id: \\"t-ctr1\\"" -m multiport --dports 18080 -j CNI-DN-12df519fcb81d08560622
+COMMIT
+"""
+
+
+def test_published_ports_are_read_from_portmaps_nat_chains():
+    assert dnats_of(NAT, 4) == [Dnat("tcp", (18080, 18080), "10.77.1.2", 8080)]
+    assert dnats_of(NAT, 6) == []
