@@ -426,8 +426,9 @@ def answer(source, probe: Probe, attachments, host_addresses, dnats) -> tuple[di
     if probe.proto != "icmp" and probe.port is None:
         raise ValueError(f"{probe.proto} needs a destination port")
     ipaddress.ip_address(probe.address)  # ValueError for a malformed address
-    atts = [a for a in attachments if a.backend == source.backend]
-    target = resolve(probe, atts, host_addresses, dnats)
+    everyone = list(attachments)
+    atts = [a for a in everyone if a.backend == source.backend]
+    target = resolve(probe, everyone, host_addresses, dnats)
     rec = Recorder(ConfigView(atts))
     dec = decide(rec, source, target, probe)
     why = attribute(dec, source, target, probe, atts)

@@ -1,6 +1,7 @@
 """`isolation explain` agrees with real packets, on both backends, IPv4 and IPv6, for every
 feature that decides a verdict; `--check` agrees with an intact ruleset and names what was
-removed by hand, and the packets then confirm what it said.
+removed by hand (an isolated bridge's element or rules, a hostAccess guard's), and the
+packets then confirm what it said.
 
 Five networks in one lab (the management namespace is 10.98.0.2/.3, fd98::2/::3 behind the
 host at 10.98.0.1, fd98::1; the host's uplink is 10.99.0.1, fd99::1; outside is 10.99.0.2):
@@ -165,3 +166,26 @@ def test_explain_agrees_with_packets(make_lab, backend):
     # and the text form says so too, with exit status 1
     text = lab.cli("explain", "--from", c["c1"].id, "--to", c["d1"].ipv4, "--port", str(TCP_PORT), "--check")
     assert text.returncode == 1 and "DISAGREES" in text.stdout and d_bridge in text.stdout, text.stdout
+
+    # a guard's element or rule: C's hostAccess deny goes (IPv4 only on iptables)
+    c_bridge, gw = c["c1"].network.bridge, (c["c1"].network.gateway4, c["c1"].network.gateway6)
+    to_host = [("tcp", c["c1"].name, gw[0], TCP_PORT), ("tcp", c["c1"].name, gw[1], TCP_PORT)]
+    _remove_host_deny(lab, backend, c_bridge)
+    after, rc = explain(lab, to_host, check=True)
+    assert rc == 1 and after[to_host[0]]["reason"] == "host-access"
+    assert not after[to_host[0]]["check"]["agrees"] and after[to_host[0]]["check"]["verdict"] == "pass"
+    assert any(c_bridge in line for line in after[to_host[0]]["check"]["differences"])
+    assert after[to_host[1]]["check"]["agrees"] == (backend == "iptables")
+    fate = _fates(lab, to_host)
+    assert fate[to_host[0]] is True and fate[to_host[1]] is (backend == "nftables")
+
+
+def _remove_host_deny(lab, backend: str, bridge: str) -> None:
+    """Take `bridge`'s element out of map host (nftables), or its IPv4 DROP out of
+    CNI-ISOLATION-HOST (iptables)."""
+    if backend == "nftables":
+        sh("nft", "delete", "element", "inet", "isolation", "host", "{", f'"{bridge}"', "}", netns=lab.host)
+        return
+    line = next(r for r in lab.save("ipv4").splitlines()
+                if r.startswith(f"-A CNI-ISOLATION-HOST -i {bridge} ") and r.endswith("-j DROP"))
+    sh("sh", "-c", f"iptables -D {line[3:]}", netns=lab.host)
