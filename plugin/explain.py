@@ -342,7 +342,8 @@ def attribute(dec: Decision, source, target: Target, probe: Probe, attachments) 
 def _nft_hole(h: Hole, family: int) -> str:
     dest = f"ct original ip{'' if family == 4 else '6'} daddr {h.cidr} " if h.cidr else ""
     if h.protocol in ("tcp", "udp"):
-        match = f"{h.protocol} dport {{ {', '.join(h.ports)} }}" if h.ports else f"meta l4proto {h.protocol}"
+        ports = h.ports[0] if len(h.ports) == 1 else "{ " + ", ".join(h.ports) + " }"
+        match = f"{h.protocol} dport {ports}" if h.ports else f"meta l4proto {h.protocol}"
     elif h.protocol == "icmp":
         match = f"meta l4proto {'icmp' if family == 4 else 'ipv6-icmp'}"
     else:
@@ -358,7 +359,7 @@ def _ipt_hole(br: str, h: Hole, family: int) -> str:
     return " | ".join(" ".join(r) for r in rules)
 
 
-def rule(backend: str, dec: Decision, source, target: Target, probe: Probe) -> str:
+def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, config: ConfigView) -> str:
     """The rule (or kernel mechanism) that implements the decision on `backend`."""
     s, d, step, fam = dec.source_bridge, dec.dest_bridge, dec.step, probe.family
     dport = target.attachment.port if target.attachment is not None else None
@@ -375,9 +376,10 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe) -> s
             f"-A CNI-ISOLATION-STAGE-1 -i {s} -o {s} -j DROP"
     if step == "egress-deny":
         if nft:
-            ip = "ip" if fam == 4 else "ip6"
-            return f"inet isolation egress-{s}: ct original {ip} daddr {{ {dec.matched}, ... }} counter drop " \
-                   f"(via forward/input: iifname vmap @egress)"
+            ip, ranges = "ip" if fam == 4 else "ip6", config.deny(s, fam)
+            shown = ranges[0] if len(ranges) == 1 else "{ " + ", ".join(ranges) + " }"
+            return f"inet isolation egress-{s}: ct original {ip} daddr {shown} counter drop " \
+                   "(via forward/input: iifname vmap @egress)"
         from plugin.backends.iptables import _address
 
         return f"-A CNI-ISOLATION-EGRESS -i {s} -m conntrack --ctorigdst {_address(dec.matched)} -j DROP"
@@ -444,7 +446,7 @@ def answer(source, probe: Probe, attachments, host_addresses, dnats) -> tuple[di
         "network": why["networks"][0] if why["networks"] else None,
         "networks": why["networks"],
         "key": why["key"],
-        "rule": rule(source.backend, dec, source, target, probe),
+        "rule": rule(source.backend, dec, source, target, probe, rec.view),
     }
     return out, target, rec
 
