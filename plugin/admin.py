@@ -166,6 +166,23 @@ def _execute(argv: list[str]) -> str | None:
     return None if proc.returncode == 0 else f"{' '.join(argv)}: {proc.stderr.strip()}"
 
 
+def _kernel_view(name: str, config, flags: frozenset, family: int, to_host: bool):
+    """plugin.kernelview's View of backend `name`, or why the kernel cannot be read."""
+    from plugin import kernelview
+    from plugin.errors import CniError
+
+    backend = make(name)
+    reason = backend.unavailable_reason()
+    if reason is not None:
+        return f"backend {name} is not usable here: {reason}"
+    try:
+        if name == "nftables":
+            return kernelview.NftablesView(backend, config, flags)
+        return kernelview.IptablesView(backend, config, flags, family, to_host)
+    except CniError as err:
+        return f"the {name} rules cannot be read: {err.msg}" + (f" ({err.details})" if err.details else "")
+
+
 def explain(requests: list[dict], check: bool) -> list[dict]:
     """`isolation explain`: one answer per request ({"from", "to", "proto", "port"}), from the
     registry and the pure policy layer (plugin.explain); `check` also reads the kernel's
@@ -196,10 +213,12 @@ def explain(requests: list[dict], check: bool) -> list[dict]:
         if check:
             key = (source.backend, probe.family, target.kind == ex.HOST)
             if key not in views:
-                backend = make(source.backend)
-                views[key] = kernelview.NftablesView(backend, rec.view, flags) if source.backend == "nftables" \
-                    else kernelview.IptablesView(backend, rec.view, flags, probe.family, target.kind == ex.HOST)
+                views[key] = _kernel_view(source.backend, rec.view, flags, probe.family, target.kind == ex.HOST)
             view = views[key]
+            if isinstance(view, str):  # the kernel cannot be read: no agreement can be claimed
+                out["check"] = {"agrees": False, "verdict": None, "reason": None, "differences": [view]}
+                answers.append(out)
+                continue
             view.config = rec.view  # the same attachments; its Guards tell which guard rules to look for
             dec, differ = ex.compare(rec, view, source, target, probe)
             trouble = (list(view.trouble) if rec.view.needs.enforces_anything else []) + differ

@@ -16,7 +16,7 @@ spoofed sources (its first row) are never the question.
 import ipaddress
 
 from plugin import reasons
-from plugin.policy import NO_GUARD, Hole, desired, intent_of
+from plugin.policy import NO_GUARD, Guard, Hole, desired, intent_of
 from plugin.record import value_class
 
 PROTOCOLS = ("tcp", "udp", "icmp")
@@ -235,6 +235,8 @@ def decide(view, source, target: Target, probe: Probe) -> Decision:
     s = source.bridge
     dest = target.attachment
     d = dest.bridge if dest is not None else None
+    if dest is not None and dest.key == source.key:  # its own address: the packet never leaves it
+        return Decision(verdict="pass", reason=None, step="itself", source_bridge=s, dest_bridge=d)
     if d == s and target.kind in (CONTAINER, PUBLISHED):
         if target.kind == CONTAINER:  # bridged between two ports: the ports' isolation flags decide
             if view.flagged(s, source.port) and view.flagged(s, dest.port):
@@ -285,9 +287,7 @@ def _networks(attachments, bridge: str, pred) -> list[str]:
     return sorted({a.network for a in attachments if a.bridge == bridge and pred(a)})
 
 
-def _guard(a):
-    from plugin.policy import Guard
-
+def _guard(a) -> Guard:
     return Guard.from_json(a.guard) if a.guard else NO_GUARD
 
 
@@ -300,6 +300,8 @@ def attribute(dec: Decision, source, target: Target, probe: Probe, attachments) 
         nets = _networks(atts, s, lambda a: a.policy == "isolated")
         how = "" if step == "intra-flag" else ", hairpinned through the host by a published port"
         return {"cause": f"both containers on {s}, network isolated{how}", "networks": nets, "key": "ingressPolicy"}
+    if step == "itself":
+        return {"cause": "the container's own address", "networks": [], "key": None}
     if step == "same-bridge":
         return {"cause": f"same bridge {s}", "networks": [source.network], "key": "ingressPolicy"}
     if step == "egress-deny":
@@ -367,6 +369,8 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, conf
         return f"bridge port isolation flag on {source.port} and {dport} (IFLA_BRPORT_ISOLATED): {s} forwards " \
                "no frame between them"
     nft = backend == "nftables"
+    if step == "itself":
+        return "none: the packet never leaves the container"
     if step == "same-bridge":
         return (f"none: frames between ports of {s} are bridged (inet isolation forward: iifname . oifname @self "
                 "return, for traffic routed back into it)") if nft else \

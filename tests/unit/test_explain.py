@@ -269,3 +269,8 @@ COMMIT
 def test_published_ports_are_read_from_portmaps_nat_chains():
     assert dnats_of(NAT, 4) == [Dnat("tcp", (18080, 18080), "10.77.1.2", 8080)]
     assert dnats_of(NAT, 6) == []
+
+
+def test_a_container_to_its_own_address_never_leaves_it():
+    atts = [att("n1", "c1", 1, 2, policy="isolated")]
+    assert verdict(ask(atts, "c1", "10.1.0.2")) == ("pass", None, None)
