@@ -13,7 +13,8 @@ host at 10.98.0.1, fd98::1; the host's uplink is 10.99.0.1, fd99::1; outside is 
   E  open
 Every probe is sent for real and explained; the verdicts must be equal. The reasons of a
 chosen probe per row of README's "How the keys combine" are written here by hand from the
-keys' definitions, not from the code.
+keys' definitions, not from the code. A second test puts two conflists on one bridge, where
+the strictest combination of their settings holds.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from explaining import disagreements, explain
-from netlab import TCP_PORT, sh
+from netlab import TCP_PORT, on_the_same_bridge, sh
 
 pytestmark = pytest.mark.e2e
 PORTMAP = {"type": "portmap", "capabilities": {"portMappings": True}}
@@ -189,3 +190,53 @@ def _remove_host_deny(lab, backend: str, bridge: str) -> None:
     line = next(r for r in lab.save("ipv4").splitlines()
                 if r.startswith(f"-A CNI-ISOLATION-HOST -i {bridge} ") and r.endswith("-j DROP"))
     sh("sh", "-c", f"iptables -D {line[3:]}", netns=lab.host)
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_explain_follows_the_strictest_combination_on_a_shared_bridge(make_lab, backend):
+    """Conflist X (same-bridge, denyEgress .2/::2, hostAccess deny except UDP 5300) and
+    conflist Y (isolated, denyEgress .3/::3) name one bridge; Z is another same-bridge
+    network. By the merge rule (README, after "How the keys combine"): every deny range holds
+    for both, the host is closed to both (only UDP 5300 open), the bridge is isolated as a
+    whole, and Z stays isolated from them."""
+    lab = make_lab()
+    lab.management()
+    lab.udp_echo(lab.host, UDP_OPEN)
+    x_net = lab.network(["bridge", "isolation"], isolation={
+        "backend": backend, "denyEgress": ["10.98.0.2/32", "fd98::2/128"], "hostAccess": "deny",
+        "allowHostPorts": [{"protocol": "udp", "port": UDP_OPEN}]})
+    y_net = on_the_same_bridge(lab, x_net, {"type": "isolation", "backend": backend, "ingressPolicy": "isolated",
+                                            "denyEgress": ["10.98.0.3/32", "fd98::3/128"]})
+    z_net = lab.network(["bridge", "isolation"], isolation={"backend": backend})
+    x, y, z = lab.add(x_net), lab.add(y_net), lab.add(z_net)
+    want = {}
+    for v in (0, 1):
+        mg2, mg3 = ("10.98.0.2", "fd98::2")[v], ("10.98.0.3", "fd98::3")[v]
+        up, out = UPLINK[v], OUTSIDE[v]
+        addr = {n: (c.ipv4, c.ipv6)[v] for n, c in (("x", x), ("y", y), ("z", z))}
+        want |= {
+            ("tcp", x.name, mg3, TCP_PORT): ("drop", "egress-deny"),
+            ("tcp", y.name, mg2, TCP_PORT): ("drop", "egress-deny"),
+            ("tcp", z.name, mg2, TCP_PORT): ("pass", None),
+            ("tcp", y.name, up, TCP_PORT): ("drop", "host-access"), ("udp", y.name, up, UDP_OPEN): ("pass", None),
+            ("tcp", z.name, up, TCP_PORT): ("pass", None),
+            ("tcp", x.name, addr["y"], TCP_PORT): ("drop", "intra-bridge"),
+            ("icmp", y.name, addr["x"], 0): ("drop", "intra-bridge"),
+            ("tcp", x.name, addr["z"], TCP_PORT): ("drop", "cross-network"),
+            ("tcp", z.name, addr["y"], TCP_PORT): ("drop", "cross-network"),
+            ("tcp", x.name, out, TCP_PORT): ("pass", None), ("icmp", y.name, out, 0): ("pass", None),
+        }
+    got = _fates(lab, list(want))
+    wrong = [f"{k}: packets {'reach' if ok else 'blocked'}, expected {want[k][0]}" for k, ok in got.items()
+             if ok != (want[k][0] == "pass")]
+    assert not wrong, "\n".join(wrong)
+    answers, rc = explain(lab, got, check=True)
+    assert rc == 0, [a["check"] for a in answers.values() if not a["check"]["agrees"]]
+    assert not disagreements(got, answers), "\n".join(disagreements(got, answers))
+    reasons = [f"{k}: explain says {a['reason']}, expected {want[k][1]}" for k, a in answers.items()
+               if a["reason"] != want[k][1]]
+    assert not reasons, "\n".join(reasons)
+    deny = answers[("tcp", x.name, "10.98.0.3", TCP_PORT)]
+    assert deny["networks"] == [y_net.name], "the range is Y's, though the probe comes from X"
+    host = answers[("tcp", y.name, UPLINK[0], TCP_PORT)]
+    assert host["networks"] == [x_net.name] and host["key"] == "hostAccess"
