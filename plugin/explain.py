@@ -186,7 +186,7 @@ class Recorder:
 @value_class(frozen=True, keywords=True)
 class Decision:
     """What the walk found: pass or drop, the reason (reasons.py, drops only), the step that
-    decided (see RULES) and what it matched."""
+    decided (rule() names its rule) and what it matched."""
 
     verdict: str
     reason: str | None
