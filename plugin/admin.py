@@ -164,3 +164,65 @@ def _execute(argv: list[str]) -> str | None:
     tool = find(argv[0])
     proc = subprocess.run([tool or argv[0], *argv[1:]], capture_output=True, text=True)
     return None if proc.returncode == 0 else f"{' '.join(argv)}: {proc.stderr.strip()}"
+
+
+def _kernel_view(name: str, config, flags: frozenset, family: int, to_host: bool):
+    """plugin.kernelview's View of backend `name`, or why the kernel cannot be read."""
+    from plugin import kernelview
+    from plugin.errors import CniError
+
+    backend = make(name)
+    reason = backend.unavailable_reason()
+    if reason is not None:
+        return f"backend {name} is not usable here: {reason}"
+    try:
+        if name == "nftables":
+            return kernelview.NftablesView(backend, config, flags)
+        return kernelview.IptablesView(backend, config, flags, family, to_host)
+    except CniError as err:
+        return f"the {name} rules cannot be read: {err.msg}" + (f" ({err.details})" if err.details else "")
+
+
+def explain(requests: list[dict], check: bool) -> list[dict]:
+    """`isolation explain`: one answer per request ({"from", "to", "proto", "port"}), from the
+    registry and the pure policy layer (plugin.explain); `check` also reads the kernel's
+    rules for the facts each answer depends on (plugin.kernelview) and reports where they
+    differ. A request that cannot be explained gets {"error": why}."""
+    from plugin import explain as ex, kernelview
+
+    with HostLock():
+        reg = Registry.load(state_dir())
+        atts = list(reg.attachments.values())
+        damaged = reg.damaged
+    hosts, dnats = kernelview.host_addresses(), kernelview.published_ports()
+    flags = topology.read().isolated if check else frozenset()
+    views: dict[tuple, object] = {}
+    answers = []
+    for req in requests:
+        try:
+            source = ex.find_source(str(req.get("from", "")), atts)
+            port = req.get("port")
+            probe = ex.Probe(str(req.get("to", "")), str(req.get("proto") or "tcp"),
+                             int(port) if port is not None else None)
+            out, target, rec = ex.answer(source, probe, atts, hosts, dnats)
+        except (ValueError, TypeError) as err:
+            answers.append({"from": req.get("from"), "to": req.get("to"), "error": str(err)})
+            continue
+        if damaged:
+            out["warning"] = f"the attachment registry is damaged ({damaged}): attachments may be missing"
+        if check:
+            key = (source.backend, probe.family, target.kind == ex.HOST)
+            if key not in views:
+                views[key] = _kernel_view(source.backend, rec.view, flags, probe.family, target.kind == ex.HOST)
+            view = views[key]
+            if isinstance(view, str):  # the kernel cannot be read: no agreement can be claimed
+                out["check"] = {"agrees": False, "verdict": None, "reason": None, "differences": [view]}
+                answers.append(out)
+                continue
+            view.config = rec.view  # the same attachments; its Guards tell which guard rules to look for
+            dec, differ = ex.compare(rec, view, source, target, probe)
+            trouble = (list(view.trouble) if rec.view.needs.enforces_anything else []) + differ
+            out["check"] = {"agrees": not trouble and dec.verdict == out["verdict"], "verdict": dec.verdict,
+                            "reason": dec.reason, "differences": trouble}
+        answers.append(out)
+    return answers

@@ -1,4 +1,4 @@
-"""The admin command line: `isolation status|cleanup|prune`, in the same binary as the plugin."""
+"""The admin command line: `isolation status|explain|cleanup|prune`, in the same binary as the plugin."""
 
 import argparse
 import json
@@ -35,6 +35,21 @@ configuration key behind the drop. The agent, when it runs, records the last 100
   isolation drops --follow --count 5 --timeout 30   stop after 5 drops or 30 s
 Only one listener per NFLOG group and network namespace: with ulogd2 on group 1907, run the
 agent with ISOLATION_AGENT_DROP_LOG=off and read ulogd2's output instead.""",
+    "explain": """Answers from the registered attachments' configuration (README, "How the keys
+combine"), for one new flow from the container's own address. SRC: a container ID (a
+unique prefix will do), its host-side interface, or its address. DST: an address: another
+container, the host itself (any of its addresses), a port published there by portmap
+(the DNAT it leads to is read from the nat table), or anything else.
+--check also reads the kernel's rules and elements for every fact the answer depends on
+and names each one the kernel holds otherwise, with the verdict the kernel's rules give.
+--batch FILE ('-' for stdin): one JSON object per line, {"from", "to", "proto", "port"};
+one JSON answer per line, in order.
+examples:
+  isolation explain --from 3f2a --to 10.88.1.5 --proto tcp --port 80
+  isolation explain --from veth1a2b3c --to 10.0.0.1 --proto icmp --check
+  isolation explain --batch probes.jsonl --check
+exit status: 0 answered (with --check: and the kernel agrees everywhere); 1 with --check,
+when the kernel disagrees for some probe; 2 when a probe cannot be explained""",
     "agent": """The agent serves the plugin's invocations over a root-only unix socket in
 /run/isolation/ns-*/ (the plugin falls back to doing the work itself when no agent
 answers) and restores isolation within a second after a firewall reload, `nft flush
@@ -64,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
         "it is the plugin itself). They act on the network namespace they run in.",
     )
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{status,drops,cleanup,prune,reconcile,agent,install}")
+                           metavar="{status,explain,drops,cleanup,prune,reconcile,agent,install}")
     fmt = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser("status", help="show backends, isolated bridges and inconsistencies",
                        epilog=EPILOG["status"], formatter_class=fmt)
@@ -85,6 +100,15 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("reconcile", help="restore every registered network's isolation where the kernel lacks it, "
                    "and remove rules no registered attachment needs",
                    epilog=EPILOG["reconcile"], formatter_class=fmt)
+    e = sub.add_parser("explain", help="would a packet from a container pass, and why", epilog=EPILOG["explain"],
+                       formatter_class=fmt)
+    e.add_argument("--from", dest="source", metavar="SRC", help="container ID (prefix), host-side interface or address")
+    e.add_argument("--to", dest="dest", metavar="DST", help="destination address")
+    e.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
+    e.add_argument("--port", type=int, metavar="N", help="destination port (tcp, udp)")
+    e.add_argument("--check", action="store_true", help="also compare with the kernel's actual rules")
+    e.add_argument("--json", action="store_true", help="machine-readable output")
+    e.add_argument("--batch", metavar="FILE", help="JSON lines of probes ('-': stdin); JSON lines out")
     a = sub.add_parser("agent", help="run the resident agent (warm engine, self-healing)", epilog=EPILOG["agent"],
                        formatter_class=fmt)
     a.add_argument("--log-file", metavar="PATH", help="also append the agent's log lines to PATH")
@@ -142,6 +166,8 @@ def main(argv: list[str]) -> int:
             report = admin.status()
             sys.stdout.write(json.dumps(report, indent=1) + "\n" if args.json else render(report))
             return 1 if report["problems"] else 0
+        if args.command == "explain":
+            return explain(args)
         if args.command == "prune":
             count, errors = admin.prune()
             print(f"pruned {count} attachment(s) whose bridge or host-side interface is gone")
@@ -160,6 +186,41 @@ def main(argv: list[str]) -> int:
     except CniError as err:
         print(f"isolation: {err.msg}" + (f" ({err.details})" if err.details else ""), file=sys.stderr)
         return 1
+
+
+def explain(args) -> int:
+    """`isolation explain`: one probe from the options, or --batch's JSON lines."""
+    from plugin import admin
+    from plugin.explain import render as render_answer
+
+    if args.batch:
+        with (sys.stdin if args.batch == "-" else open(args.batch)) as f:
+            try:
+                requests = [json.loads(line) for line in f if line.strip()]
+            except ValueError as err:
+                print(f"isolation: --batch: not JSON lines: {err}", file=sys.stderr)
+                return 2
+        if not all(isinstance(r, dict) for r in requests):
+            print("isolation: --batch: each line must be a JSON object", file=sys.stderr)
+            return 2
+    elif args.source is None or args.dest is None:
+        print("isolation: explain needs --from and --to (or --batch)", file=sys.stderr)
+        return 2
+    else:
+        requests = [{"from": args.source, "to": args.dest, "proto": args.proto, "port": args.port}]
+    answers = admin.explain(requests, args.check)
+    for out in answers:
+        if args.batch:
+            sys.stdout.write(json.dumps(out, sort_keys=True) + "\n")
+        elif args.json:
+            sys.stdout.write(json.dumps(out, indent=1, sort_keys=True) + "\n")
+        elif "error" in out:
+            print(f"isolation: {out['error']}", file=sys.stderr)
+        else:
+            sys.stdout.write(render_answer(out))
+    if any("error" in out for out in answers):
+        return 2
+    return 1 if any(not out["check"]["agrees"] for out in answers if "check" in out) else 0
 
 
 def render(report: dict) -> str:

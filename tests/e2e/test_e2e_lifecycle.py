@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from netlab import sh
+from netlab import on_the_same_bridge, sh
 
 pytestmark = pytest.mark.e2e
 BACKENDS = ["iptables", "nftables"]
@@ -171,18 +171,6 @@ def test_next_add_restores_every_registered_network_after_a_firewall_reload(lab,
     assert all(rc == 0 for _, rc, _ in lab.check(a))
 
 
-def _on_the_same_bridge(lab, first, isolation: dict):
-    """A second conflist naming `first`'s bridge and subnets (its addresses from another part
-    of them), with `isolation` as its entry of ours."""
-    import copy
-
-    shared = copy.deepcopy(first.plugins[0])
-    v4, v6 = shared["ipam"]["ranges"]
-    v4[0] |= {"rangeStart": "10.77.1.100", "rangeEnd": "10.77.1.150"}
-    v6[0] |= {"rangeStart": "fd77:1::100", "rangeEnd": "fd77:1::150"}
-    return lab.network([shared, isolation])
-
-
 def test_add_rebuilds_a_missing_table_that_a_neighbour_on_its_bridge_needs(make_lab):
     """Two conflists on one bridge, one `isolated` (anti-spoofing by default): with `table
     bridge isolation` deleted by hand, an ADD on the `same-bridge` network must not take the
@@ -191,7 +179,7 @@ def test_add_rebuilds_a_missing_table_that_a_neighbour_on_its_bridge_needs(make_
     newcomer's port gets the isolation flag too, and no frame passes between the ports."""
     lab = make_lab(bridge_nf=0)
     first = lab.network(["bridge", "isolation"], isolation={"ingressPolicy": "isolated", "backend": "nftables"})
-    second = _on_the_same_bridge(lab, first, {"type": "isolation", "backend": "nftables"})
+    second = on_the_same_bridge(lab, first, {"type": "isolation", "backend": "nftables"})
     a1, a2 = lab.add(first), lab.add(first)
     sh("nft", "delete", "table", "bridge", "isolation", netns=lab.host)
     assert "table bridge isolation" not in lab.nft("list", "tables")
@@ -211,7 +199,7 @@ def test_an_open_network_on_an_isolated_bridge_is_parted_from_its_containers(mak
     them; the gateway stays reachable (the bridge device is no port)."""
     lab = make_lab(bridge_nf=0)
     first = lab.network(["bridge", "isolation"], isolation={"ingressPolicy": "isolated", "backend": "nftables"})
-    second = _on_the_same_bridge(lab, first, {"type": "isolation", "ingressPolicy": "open", "backend": "nftables"})
+    second = on_the_same_bridge(lab, first, {"type": "isolation", "ingressPolicy": "open", "backend": "nftables"})
     a = lab.add(first)
     s = lab.add(second)
     assert lab.ping(s.name, first.gateway4), "positive control: the open container reaches its gateway"

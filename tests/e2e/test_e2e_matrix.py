@@ -6,6 +6,8 @@ Expected verdicts come from the policy definitions, not from the plugin:
   same-bridge same-bridge pairs reach; cross-bridge pairs are blocked both ways
   isolated    like same-bridge, and same-bridge pairs are blocked too
 and in every case a container reaches its own gateway and a host beyond the host.
+`isolation explain` is asked about every probe of a cell in one batch, and must give each
+the verdict the packets had.
 The expectations do not depend on the backend, nor on whether the resident agent serves
 the invocations (mode "agent": every ADD and CHECK must have been served by it). The agent
 runs the same engine as the plugin, and what bridge-nf-call changes is the path packets
@@ -15,6 +17,7 @@ plain cells cover 0 and 1), which keeps the matrix at 54 cells (about 7 minutes)
 
 import pytest
 
+from explaining import disagreements, explain, reach_keys
 from netlab import addresses
 
 pytestmark = pytest.mark.beside  # long and mostly waiting: make test runs it beside the rest
@@ -61,6 +64,11 @@ def test_matrix(make_lab, policy, chain, bridge_nf, backend, mode):
         if ok != want[(src, addr)]
     ]
     assert not wrong, "\n".join(wrong)
+    # `isolation explain`, from the registry alone, agrees with every probe's real fate
+    probes = reach_keys(got)
+    answers, _ = explain(lab, probes)
+    assert len(answers) == len(probes), "every probe of the matrix comes from a container"
+    assert not disagreements(probes, answers), "\n".join(disagreements(probes, answers))
 
     for c in containers:
         failed = [(kind, rc, out) for kind, rc, out in lab.check(c) if rc != 0]

@@ -675,6 +675,16 @@ def firewall_shared_networks(lab: Lab, order: str) -> tuple[Container, Container
     return a, b
 
 
+def on_the_same_bridge(lab: Lab, first: Network, isolation: dict) -> Network:
+    """A second conflist naming `first`'s bridge and subnets (its addresses from another part
+    of them), with `isolation` as its entry of ours."""
+    shared = copy.deepcopy(first.plugins[0])
+    v4, v6 = shared["ipam"]["ranges"]
+    v4[0] |= {"rangeStart": f"10.77.{first.index}.100", "rangeEnd": f"10.77.{first.index}.150"}
+    v6[0] |= {"rangeStart": f"fd77:{first.index}::100", "rangeEnd": f"fd77:{first.index}::150"}
+    return lab.network([shared, isolation])
+
+
 def addresses(c: Container) -> list[str]:
     return [a for a in (c.ipv4, c.ipv6) if a]
 

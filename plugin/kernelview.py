@@ -1,0 +1,284 @@
+"""What the kernel holds, as `isolation explain` needs it (reads only; admin paths only).
+
+The host's own addresses (every address of this network namespace), the ports portmap
+publishes (its DNAT rules in the nat table, read like `iptables-save -t nat`), and a View
+(plugin.explain) of each backend's actual rules: for every fact the explanation consults,
+whether the kernel holds the rules or elements that implement it. Which rules those are
+comes from the backends' own rendering (bridge_rules, guard_rules, egress_rules...) of
+the one need in question, so a rule the backend renders differently is looked for as it
+renders it now. Order within a chain is not checked (CHECK and `status` report it).
+"""
+
+import ipaddress
+
+from plugin.explain import Dnat
+from plugin.policy import Guard, BridgeNeeds
+from plugin.tools import find, run_all
+
+NAT_TOOLS = {4: "iptables-save", 6: "ip6tables-save"}
+
+
+def host_addresses() -> set[str]:
+    """Every address of this network namespace (what portmap's `--dst-type LOCAL` matches)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = {m.get("IFA_LOCAL") or m.get("IFA_ADDRESS") for m in ipr.get_addr()}
+    return {a.split("%")[0] for a in found if a}
+
+
+def published_ports() -> list[Dnat]:
+    """portmap's DNAT rules of both families (its iptables backend), read like
+    `iptables-save -t nat`; a family whose tool is missing or fails has none."""
+    jobs = [(v, find(tool)) for v, tool in NAT_TOOLS.items()]
+    jobs = [(v, path) for v, path in jobs if path]
+    results = run_all([([path, "-t", "nat"], None) for _, path in jobs])
+    return [d for (v, _), (rc, out, _) in zip(jobs, results) if rc == 0 for d in dnats_of(out, v)]
+
+
+def dnats_of(text: str, version: int) -> list[Dnat]:
+    """The DNATs of the CNI-DN-* chains that CNI-HOSTPORT-DNAT jumps to, in a nat table as
+    iptables-save prints it (IPv`version`)."""
+    from plugin.backends.iptables import split_rule
+
+    rules = [split_rule(line)[1:] for line in text.splitlines() if line.startswith("-A ")]
+    used = {r[r.index("-j") + 1] for r in rules if r[0] == "CNI-HOSTPORT-DNAT" and "-j" in r}
+    found = []
+    for r in rules:
+        d = _dnat(r[1:]) if r[0] in used and r[0].startswith("CNI-DN-") and "DNAT" in r else None
+        if d is not None and ipaddress.ip_address(d.to_addr).version == version:
+            found.append(d)
+    return found
+
+
+def _dnat(args: list[str]) -> Dnat | None:
+    """One `-p P [-d HOST] --dport N[:M] -j DNAT --to-destination ADDR[:PORT]` rule."""
+    opts = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("-")}
+    proto, dport, to = opts.get("-p"), opts.get("--dport") or opts.get("--dports"), opts.get("--to-destination")
+    if proto not in ("tcp", "udp") or not dport or not to:
+        return None
+    lo, _, hi = dport.partition(":")
+    if to.startswith("["):
+        addr, _, port = to[1:].partition("]")
+        port = port.lstrip(":")
+    elif to.count(":") == 1:
+        addr, port = to.split(":")
+    else:
+        addr, port = to, ""
+    host = opts.get("-d", "").split("/")[0]
+    return Dnat(proto, (int(lo), int(hi or lo)), addr, int(port.split("-")[0]) if port else None, host)
+
+
+class _Base:
+    """Shared by both backends' views: the ports' isolation flags, and the configuration's
+    merged Guard per bridge (which guard rules to look for)."""
+
+    def __init__(self, config, flags: frozenset) -> None:
+        self.config, self.flags = config, flags
+        self.trouble: list[str] = []  # what makes the kernel's rules unreadable as facts
+
+    def _guard(self, bridge: str) -> Guard:
+        return self.config.needs.get(bridge).guard
+
+    def flagged(self, bridge: str, port: str) -> bool:
+        return port in self.flags
+
+    def describe(self, name: str, args: tuple, want, have) -> str:
+        where = self.where(name, args)
+        if isinstance(want, bool):
+            return f"{where}: the configuration {'needs' if want else 'does not need'} it, the kernel " \
+                   f"{'holds' if have else 'lacks'} it"
+        shown = lambda v: ", ".join(getattr(x, "cidr", None) or str(x) for x in v) or "none"  # noqa: E731
+        return f"{where}: the configuration needs {shown(want)}, the kernel holds {shown(have)}"
+
+
+class NftablesView(_Base):
+    """The facts as table inet isolation holds them (elements, guard chains)."""
+
+    def __init__(self, backend, config, flags: frozenset) -> None:
+        from plugin.backends.nftables import INET, read_table
+
+        super().__init__(config, flags)
+        self.inet = read_table(backend.lib, INET)
+        if not self.inet.exists:
+            self.trouble.append("table inet isolation is missing")
+        elif self.inet.dormant:
+            self.trouble.append("table inet isolation is dormant: it enforces nothing")
+        elif not self.inet.intact:
+            self.trouble.append("table inet isolation has been altered (its sets, base chains or rules differ)")
+
+    def _els(self, name: str) -> set:
+        return self.inet.elements.get(name, set()) if self.inet.exists and not self.inet.dormant else set()
+
+    def _chain_has(self, bridge: str, kind: str, rules) -> bool:
+        if (bridge, f"{kind}-{bridge}") not in self._els(kind):
+            return False
+        chain = self.inet.chains.get(f"{kind}-{bridge}", [])
+        return all(r in chain for r in rules)
+
+    def intra(self, bridge):
+        return bridge in self._els("intra") and (bridge, bridge) in self._els("self")
+
+    def deny(self, bridge, family):
+        from plugin.backends.nftables import egress_rules
+
+        g = self._guard(bridge)
+        if not g.deny_in(family):
+            return ()
+        without = egress_rules(Guard(deny=tuple(c for c in g.deny if c not in g.deny_in(family)), allow=g.allow))
+        drops = [r for r in egress_rules(g) if r not in without]
+        return g.deny_in(family) if self._chain_has(bridge, "egress", drops) else ()
+
+    def allow(self, bridge, family):
+        from plugin.backends.nftables import _hole
+
+        return tuple(h for h in self.config.allow(bridge, family) if self._chain_has(bridge, "egress", _hole(h)))
+
+    def host_deny(self, bridge):
+        from plugin.backends.nftables import host_rules
+
+        return self._chain_has(bridge, "host", host_rules(Guard(host_deny=True)))
+
+    def host_ports(self, bridge):
+        from plugin.backends.nftables import _hole
+
+        return tuple(h for h in self.config.host_ports(bridge) if self._chain_has(bridge, "host", _hole(h)))
+
+    def published(self, bridge):
+        return bridge in self._els("published")
+
+    published_reply = published  # one set for both directions
+
+    def peer(self, bridge, other):
+        return (bridge, other) in self._els("peers")
+
+    def isolate_from(self, bridge):
+        return bridge in self._els("isolated")
+
+    isolate_to = isolate_from
+
+    def where(self, name: str, args: tuple) -> str:
+        b = args[0]
+        return {
+            "flagged": lambda: f"the bridge-port isolation flag of {args[-1]} (on {b})",
+            "intra": lambda: f"{b} in set inet isolation intra",
+            "deny": lambda: f"the IPv{args[1]} deny rule of chain inet isolation egress-{b} (map egress: {b})",
+            "allow": lambda: f"the allowEgress returns of chain inet isolation egress-{b}",
+            "host_deny": lambda: f"the final drop of chain inet isolation host-{b} (map host: {b})",
+            "host_ports": lambda: f"the allowHostPorts returns of chain inet isolation host-{b}",
+            "published": lambda: f"{b} in set inet isolation published",
+            "published_reply": lambda: f"{b} in set inet isolation published",
+            "peer": lambda: f"{b} . {args[-1]} in set inet isolation peers",
+            "isolate_from": lambda: f"{b} in set inet isolation isolated",
+            "isolate_to": lambda: f"{b} in set inet isolation isolated",
+        }[name]()
+
+
+class IptablesView(_Base):
+    """The facts as the filter table of one IP family holds them (our rules, our jumps)."""
+
+    def __init__(self, backend, config, flags: frozenset, family: int, to_host: bool) -> None:
+        from plugin.backends import iptables as ipt
+
+        super().__init__(config, flags)
+        self.ipt, self.fam, self.to_host = ipt, "ipv4" if family == 4 else "ipv6", to_host
+        self.table = backend._read()[self.fam]  # the backend's own reading (iptables-save -t filter)
+        self.forward_ok = ipt.forward_problem(self.table) is None
+        self.input_ok = ipt.input_problem(self.table) is None
+        if not self.forward_ok:
+            self.trouble.append(f"{self.fam}: {ipt.forward_problem(self.table)}")
+        self._index = {c: ipt.positions(r) for c, r in self.table.chains.items()}
+
+    def _has(self, chain: str, rules) -> bool:
+        index = self._index.get(chain, {})
+        return bool(rules) and all(tuple(r) in index for r in rules)
+
+    def _rendered(self, needs: BridgeNeeds) -> dict:
+        return self.ipt.bridge_rules(needs, self.fam)
+
+    def _only(self, chain: str, needs: BridgeNeeds, base: BridgeNeeds) -> list:
+        """The rules `needs` renders in `chain` that `base` does not: those of one need."""
+        have = self._rendered(base)[chain]
+        return [r for r in self._rendered(needs)[chain] if r not in have]
+
+    def intra(self, bridge):
+        ipt = self.ipt
+        return self.forward_ok and self._has(ipt.STAGE1, self._only(
+            ipt.STAGE1, BridgeNeeds(bridge=bridge, drop_intra=True), BridgeNeeds(bridge=bridge)))
+
+    def _guard_reached(self, bridge: str, guard: Guard) -> bool:
+        """The jump into the guard chains from FORWARD's STAGE-1 (forwarded) or INPUT's HOST."""
+        ipt = self.ipt
+        if self.to_host:
+            return self.input_ok and self._has(ipt.HOST, [r for r in ipt.guard_rules(bridge, guard, self.fam)[ipt.HOST]
+                                                          if r[-1] == ipt.EGRESS])
+        return self.forward_ok and self._has(ipt.STAGE1, self._rendered(BridgeNeeds(bridge=bridge, guard=guard))[
+            ipt.STAGE1])
+
+    def deny(self, bridge, family):
+        ipt = self.ipt
+        found = []
+        for c in self.config.deny(bridge, family):
+            g = Guard(deny=(c,))
+            rules = ipt.guard_rules(bridge, g, self.fam)[ipt.EGRESS]
+            if self._has(ipt.EGRESS, rules) and self._guard_reached(bridge, g):
+                found.append(c)
+        return tuple(found)
+
+    def allow(self, bridge, family):
+        return tuple(h for h in self.config.allow(bridge, family)
+                     if self._has(self.ipt.EGRESS, self.ipt._hole(bridge, h, self.fam)))
+
+    def host_deny(self, bridge):
+        ipt = self.ipt
+        return self.input_ok and self._has(ipt.HOST, ipt.guard_rules(bridge, Guard(host_deny=True), self.fam)[ipt.HOST])
+
+    def host_ports(self, bridge):
+        return tuple(h for h in self.config.host_ports(bridge)
+                     if self._has(self.ipt.HOST, self.ipt._hole(bridge, h, self.fam)))
+
+    def published(self, bridge):
+        ipt = self.ipt
+        return self._has(ipt.STAGE2, self._only(ipt.STAGE2, BridgeNeeds(bridge=bridge, isolate=True, published=True),
+                                                BridgeNeeds(bridge=bridge, isolate=True)))
+
+    def published_reply(self, bridge):
+        ipt = self.ipt
+        return self.forward_ok and self._has(ipt.STAGE1, self._only(
+            ipt.STAGE1, BridgeNeeds(bridge=bridge, isolate=True, published=True),
+            BridgeNeeds(bridge=bridge, isolate=True)))
+
+    def peer(self, bridge, other):
+        ipt = self.ipt
+        return self._has(ipt.STAGE2, self._only(ipt.STAGE2, BridgeNeeds(bridge=other, isolate=True,
+                                                                        peers=frozenset([bridge])),
+                                                BridgeNeeds(bridge=other, isolate=True)))
+
+    def isolate_from(self, bridge):
+        ipt = self.ipt
+        rules = [r for r in self._rendered(BridgeNeeds(bridge=bridge, isolate=True))[ipt.STAGE1]]
+        return self.forward_ok and self._has(ipt.STAGE1, rules)
+
+    def isolate_to(self, bridge):
+        ipt = self.ipt
+        return self._has(ipt.STAGE2, self._rendered(BridgeNeeds(bridge=bridge, isolate=True))[ipt.STAGE2])
+
+    def where(self, name: str, args: tuple) -> str:
+        b, ipt = args[0], self.ipt
+        chain = {"intra": ipt.STAGE1, "isolate_from": ipt.STAGE1, "isolate_to": ipt.STAGE2, "published": ipt.STAGE2,
+                 "deny": ipt.EGRESS, "allow": ipt.EGRESS, "host_deny": ipt.HOST, "host_ports": ipt.HOST}
+        if name == "flagged":
+            return f"the bridge-port isolation flag of {args[-1]} (on {b})"
+        if name == "peer":
+            return f"{self.fam} {ipt.STAGE2}: -i {b} -o {args[-1]} -j RETURN"
+        if name == "intra":
+            return f"{self.fam} {ipt.STAGE1}: -i {b} -o {b} -j DROP"
+        if name == "isolate_from":
+            return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -j {ipt.STAGE2}"
+        if name == "isolate_to":
+            return f"{self.fam} {ipt.STAGE2}: -o {b} -j DROP"
+        if name == "published_reply":
+            return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN"
+        if name == "published":
+            return f"{self.fam} {ipt.STAGE2}: -o {b} -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN"
+        return f"{self.fam} {chain[name]}: {b}'s {name.replace('_', ' ')} rules"
