@@ -31,6 +31,16 @@ network namespace, e.g. from conf-examples/isolation-agent.service.
 examples:
   isolation agent                          log to stderr (journald under systemd)
   isolation agent --log-file /var/log/isolation-agent.log""",
+    "metrics": """Prometheus text format (for node exporter's textfile collector). The drop counters
+and attachments are read now from the kernel and the registry; the agent's own series
+(requests served, their latency, repairs, backend errors) are copied from the file the
+agent keeps, /run/isolation/ns-*/metrics.prom (mode 0600), while it was written within
+the last minute, and otherwise omitted with a comment saying why.
+examples:
+  isolation metrics                 print them
+  isolation metrics --path          where the agent writes its file (to link it into
+                                    node exporter's --collector.textfile.directory)
+exit status: 0, or 1 when some backend's drop counters could not be read""",
     "install": """Copies this bundle into each bin dir of a host root (BIN_DIR/.isolation-bundle/<version>/,
 BIN_DIR/isolation a link swapped by rename; a file there that is not ours is never replaced)
 and appends {"type": "isolation", ...} to the primary network configuration of CONF_DIR (the
@@ -51,11 +61,14 @@ def parser() -> argparse.ArgumentParser:
         description="Admin commands of the isolation CNI plugin (run by a runtime with CNI_COMMAND set, "
         "it is the plugin itself). They act on the network namespace they run in.",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{status,cleanup,prune,reconcile,agent,install}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{status,metrics,cleanup,prune,reconcile,agent,install}")
     fmt = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser("status", help="show backends, isolated bridges and inconsistencies",
                        epilog=EPILOG["status"], formatter_class=fmt)
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    m = sub.add_parser("metrics", help="print Prometheus metrics: drops per bridge and reason, attachments, "
+                       "and the agent's counters", epilog=EPILOG["metrics"], formatter_class=fmt)
+    m.add_argument("--path", action="store_true", help="print the path of the agent's metrics file instead")
     c = sub.add_parser("cleanup", help="remove everything the plugin created", epilog=EPILOG["cleanup"],
                        formatter_class=fmt)
     c.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
@@ -111,6 +124,15 @@ def main(argv: list[str]) -> int:
             report = admin.status()
             sys.stdout.write(json.dumps(report, indent=1) + "\n" if args.json else render(report))
             return 1 if report["problems"] else 0
+        if args.command == "metrics":
+            from plugin import metrics
+
+            if args.path:
+                print(metrics.agent_file())
+                return 0
+            text, complete = metrics.command_output()
+            sys.stdout.write(text)
+            return 0 if complete else 1
         if args.command == "prune":
             count, errors = admin.prune()
             print(f"pruned {count} attachment(s) whose bridge or host-side interface is gone")
