@@ -45,8 +45,9 @@ FAMILIES = {  # name: (type, help); the order in which they are written
                 "every 10 s by default, and after each repair)."),
     DROPS: ("counter", "Packets the isolation rules dropped, per backend, bridge and reason (cross-network, "
             "intra-bridge, egress-deny, host-access, anti-spoofing); network: the networks attached to the "
-            "bridge, comma-separated when several share it. A reason the backend cannot count on that "
-            "bridge has no series. Kernel counters: they reset when the bridge's rules are rebuilt."),
+            "bridge, comma-separated when several share it. Every reason of every registered bridge "
+            "(0: none counted); none while the backend's counters cannot be read. Kernel counters: "
+            "they restart from 0 when the bridge's rules are rebuilt."),
     ATTACHMENTS: ("gauge", "Container interfaces registered per backend, bridge and network."),
     REQUESTS: ("counter", "Plugin invocations the agent served, per CNI verb and result (ok, error)."),
     LATENCY: ("histogram", "Time the agent took to serve an invocation, from its arrival until its answer "
@@ -93,8 +94,10 @@ class Snapshot:
 def snapshot(attachments, backends: dict, taken: float | None = None) -> Snapshot:
     """The kernel's series for `attachments` (registry.Attachment), with `backends` mapping each
     backend they use to the backend object, or to why it is unusable (a string). Drops come
-    from Backend.drops(): bridge -> reason -> packets; a bridge the kernel holds no counters
-    for has no drop series, a backend that cannot be read is named in `errors`."""
+    from Backend.drops(): bridge -> reason -> packets; every registered bridge gets all five
+    reasons, 0 where nothing was counted (a series that exists from the start lets rate()
+    see the first drop), while a backend that cannot be read gets none and is named in
+    `errors`: `status --json` shows the same numbers, and null for the latter."""
     from plugin.errors import CniError
 
     snap = Snapshot(time.time() if taken is None else taken)
@@ -117,11 +120,11 @@ def snapshot(attachments, backends: dict, taken: float | None = None) -> Snapsho
             snap.errors.append((name, "its drop counters are not per bridge and reason"))
             continue
         for (on, bridge), names in sorted(networks.items()):
-            per_reason = counts.get(bridge) if on == name else None
-            if per_reason is not None:  # None: no counters for this bridge in the kernel
+            if on == name:  # every reason, 0 where none was counted (as `status` shows it)
+                per_reason = counts.get(bridge, {})
                 snap.drops[(name, bridge, ",".join(sorted(names)))] = {
-                    reason: n for reason, n in per_reason.items()
-                    if reason in REASONS and isinstance(n, int) and not isinstance(n, bool)}
+                    reason: n if isinstance(n, int) and not isinstance(n, bool) else 0
+                    for reason, n in ((r, per_reason.get(r, 0)) for r in REASONS)}
     return snap
 
 

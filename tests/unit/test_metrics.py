@@ -48,14 +48,13 @@ def test_the_kernels_series_follow_the_registry_and_the_counters():
     kind, drops = got["isolation_dropped_packets"]
     assert kind == "counter"
     name = "isolation_dropped_packets_total"
-    red = (("backend", "nftables"), ("bridge", "br-red"), ("network", "red"))
-    shared = (("backend", "nftables"), ("bridge", "br-shared"), ("network", "green,teal"))
+    reasons = ("cross-network", "intra-bridge", "egress-deny", "host-access", "anti-spoofing")
+    by_hand = {"br-red": {"cross-network": 7, "host-access": 2}, "br-shared": {"intra-bridge": 3}, "br-blue": {}}
+    networks = {"br-red": "red", "br-shared": "green,teal", "br-blue": "blue"}
     assert drops == {
-        (name, (*red, ("reason", "cross-network"))): 7.0,
-        (name, (*red, ("reason", "egress-deny"))): 0.0,
-        (name, (*red, ("reason", "host-access"))): 2.0,
-        (name, (*shared, ("reason", "intra-bridge"))): 3.0,
-    }  # br-blue: no counters in the kernel, no series; iptables unusable: none either
+        (name, (("backend", "nftables"), ("bridge", br), ("network", networks[br]), ("reason", r))): float(n.get(r, 0))
+        for br, n in by_hand.items() for r in reasons
+    }  # every reason of every registered bridge, 0 where none was counted; iptables unusable: none
     kind, attached = got["isolation_attachments"]
     assert kind == "gauge"
     assert attached == {
@@ -76,7 +75,7 @@ def test_counters_that_cannot_be_read_leave_no_series_and_are_named(answer, why)
     snap = metrics.snapshot([att("red", "c1", "br-red")], {"nftables": FakeBackend("nftables", counts=answer)})
     assert snap.errors == [("nftables", why)]
     got = parse(promtext.render(snap.families()))
-    assert got["isolation_dropped_packets"][1] == {}
+    assert got["isolation_dropped_packets"][1] == {}, "no series rather than zeros that are not known"
     assert len(got["isolation_attachments"][1]) == 1, "attachments come from the registry: still there"
 
 
@@ -91,8 +90,8 @@ def test_hostile_network_names_stay_inside_their_label():
     assert sorted(dict(labels)["network"] for _, labels in samples) == sorted(HOSTILE)
     assert all(v == 1.0 for v in samples.values()), "nothing forged: every sample is one of ours"
     assert "forged" not in {dict(labels)["network"] for _, labels in samples}
-    # timestamp: HELP, TYPE, sample; drops: HELP, TYPE (no counters); attachments: HELP, TYPE, one each
-    assert len(text.split("\n")) - 1 == 3 + 2 + 2 + len(HOSTILE), "no label value ended a line"
+    # timestamp: HELP, TYPE, sample; drops: HELP, TYPE, five reasons of br0; attachments: HELP, TYPE, one each
+    assert len(text.split("\n")) - 1 == 3 + 7 + 2 + len(HOSTILE), "no label value ended a line"
     # a lone surrogate (JSON may carry one) cannot be written as UTF-8: it becomes "?"
     lone = promtext.render(metrics.snapshot([att("bad\ud800name", "c", "br0")], {}).families())
     assert 'network="bad?name"' in lone and parse(lone)
@@ -234,7 +233,7 @@ def test_isolation_metrics_takes_the_agents_series_only_from_a_fresh_file(tmp_pa
     got = parse(text)
     assert complete and set(got) == {f.removesuffix("_total") for f in metrics.FAMILIES}
     assert got["isolation_agent_requests"][1] == {("isolation_agent_requests_total", (("result", "ok"), ("verb", "ADD"))): 1}
-    assert list(got["isolation_dropped_packets"][1].values()) == [4]
+    assert sorted(got["isolation_dropped_packets"][1].values()) == [0, 0, 0, 0, 4]
     assert "omitted" not in text
 
     old = time.time() - metrics.FRESH_S - 5
