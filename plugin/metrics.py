@@ -116,15 +116,14 @@ def snapshot(attachments, backends: dict, taken: float | None = None) -> Snapsho
         except CniError as err:
             snap.errors.append((name, err.msg + (f" ({err.details})" if err.details else "")))
             continue
-        if not isinstance(counts, dict) or not all(isinstance(v, dict) for v in counts.values()):
+        if not isinstance(counts, dict) or not all(
+                isinstance(per, dict) and all(type(n) is int for n in per.values()) for per in counts.values()):
             snap.errors.append((name, "its drop counters are not per bridge and reason"))
             continue
         for (on, bridge), names in sorted(networks.items()):
             if on == name:  # every reason, 0 where none was counted (as `status` shows it)
                 per_reason = counts.get(bridge, {})
-                snap.drops[(name, bridge, ",".join(sorted(names)))] = {
-                    reason: n if isinstance(n, int) and not isinstance(n, bool) else 0
-                    for reason, n in ((r, per_reason.get(r, 0)) for r in REASONS)}
+                snap.drops[(name, bridge, ",".join(sorted(names)))] = {r: per_reason.get(r, 0) for r in REASONS}
     return snap
 
 

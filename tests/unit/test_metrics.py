@@ -70,6 +70,7 @@ def test_the_kernels_series_follow_the_registry_and_the_counters():
 @pytest.mark.parametrize("answer,why", [
     (CniError(100, "nft failed", "Operation not permitted"), "nft failed (Operation not permitted)"),
     ((12, {"br-red": 12}), "its drop counters are not per bridge and reason"),  # the contract before issue 19
+    ({"br-red": {"cross-network": "7"}}, "its drop counters are not per bridge and reason"),
 ])
 def test_counters_that_cannot_be_read_leave_no_series_and_are_named(answer, why):
     snap = metrics.snapshot([att("red", "c1", "br-red")], {"nftables": FakeBackend("nftables", counts=answer)})
