@@ -134,6 +134,9 @@ class Agent:
         self.stop = threading.Event()
         self.served = 0
         self.repairs = 0
+        from plugin.metrics import AgentMetrics  # here, not above: the plugin's side never loads it
+
+        self.metrics = AgentMetrics()
         self._slots = threading.BoundedSemaphore(64)
 
     def log(self, message: str) -> None:
@@ -180,6 +183,10 @@ class Agent:
         from plugin.droplog import record_in_background  # networks with logDrops: `isolation drops`
 
         record_in_background(self.stop, self.log)
+        from plugin.metrics import Publisher
+
+        publisher = Publisher(self.metrics, self.log)  # its file: see plugin.metrics
+        threading.Thread(target=publisher.run, args=(self.stop,), name="metrics", daemon=True).start()
         try:
             while not self.stop.is_set():
                 try:
@@ -194,6 +201,7 @@ class Agent:
                 os.unlink(path)
             except OSError:
                 pass
+            publisher.close()
             self.log(f"stopped after {self.served} request(s) and {self.repairs} repair(s)")
         return 0
 
@@ -224,6 +232,7 @@ class Agent:
                 out, rc = cni.run(env, stdin.encode("latin-1"), deadline)
                 conn.settimeout(max(deadline - time.monotonic(), 0.001))
                 self.served += 1
+                self.metrics.served(env.get("CNI_COMMAND"), out, rc, time.monotonic() - received, stdin)
                 self.log(f"served {what}: rc={rc}" + (f" ({out.get('msg')})" if rc and isinstance(out, dict) else ""))
                 _send(conn, {"stdout": json.dumps(out) + "\n" if out is not None else "", "rc": rc})
         except Exception as exc:  # one connection's trouble never takes the agent down
@@ -264,11 +273,13 @@ class Agent:
             with HostLock(timeout=5.0):
                 done = reconcile()
         except Exception as exc:
+            self.metrics.reconcile_failed()
             self.log(f"reconcile failed: {type(exc).__name__}: {exc}")
             return
         for line in done:
             self.repairs += 1
             self.log(f"repaired: {line} (after: {trigger})")
+        self.metrics.repaired(len(done))
 
 
 def serve(log_file: str | None = None) -> int:

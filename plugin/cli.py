@@ -58,6 +58,16 @@ network namespace, e.g. from conf-examples/isolation-agent.service.
 examples:
   isolation agent                          log to stderr (journald under systemd)
   isolation agent --log-file /var/log/isolation-agent.log""",
+    "metrics": """Prometheus text format (for node exporter's textfile collector). The drop counters
+and attachments are read now from the kernel and the registry; the agent's own series
+(requests served, their latency, repairs, backend errors) are copied from the file the
+agent keeps, /run/isolation/ns-*/metrics.prom (mode 0600), while it was written within
+the last minute, and otherwise omitted with a comment saying why.
+examples:
+  isolation metrics                 print them
+  isolation metrics --path          where the agent writes its file (to link it into
+                                    node exporter's --collector.textfile.directory)
+exit status: 0, or 1 when some backend's drop counters could not be read""",
     "install": """Copies this bundle into each bin dir of a host root (BIN_DIR/.isolation-bundle/<version>/,
 BIN_DIR/isolation a link swapped by rename; a file there that is not ours is never replaced)
 and appends {"type": "isolation", ...} to the primary network configuration of CONF_DIR (the
@@ -79,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
         "it is the plugin itself). They act on the network namespace they run in.",
     )
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{status,explain,drops,cleanup,prune,reconcile,agent,install}")
+                           metavar="{status,explain,drops,metrics,cleanup,prune,reconcile,agent,install}")
     fmt = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser("status", help="show backends, isolated bridges and inconsistencies",
                        epilog=EPILOG["status"], formatter_class=fmt)
@@ -91,6 +101,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--count", type=_positive_int, metavar="N", help="stop after N lines (without --follow: the "
                    "last N recorded)")
     d.add_argument("--timeout", type=float, metavar="S", help="with --follow: stop after S seconds")
+    m = sub.add_parser("metrics", help="print Prometheus metrics: drops per bridge and reason, attachments, "
+                       "and the agent's counters", epilog=EPILOG["metrics"], formatter_class=fmt)
+    m.add_argument("--path", action="store_true", help="print the path of the agent's metrics file instead")
     c = sub.add_parser("cleanup", help="remove everything the plugin created", epilog=EPILOG["cleanup"],
                        formatter_class=fmt)
     c.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
@@ -168,6 +181,15 @@ def main(argv: list[str]) -> int:
             return 1 if report["problems"] else 0
         if args.command == "explain":
             return explain(args)
+        if args.command == "metrics":
+            from plugin import metrics
+
+            if args.path:
+                print(metrics.agent_file())
+                return 0
+            text, complete = metrics.command_output()
+            sys.stdout.write(text)
+            return 0 if complete else 1
         if args.command == "prune":
             count, errors = admin.prune()
             print(f"pruned {count} attachment(s) whose bridge or host-side interface is gone")

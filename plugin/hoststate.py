@@ -103,6 +103,31 @@ def read_private(path: str, binary: bool = False) -> str | bytes:
         return f.read()
 
 
+def write_private(path: str, data: bytes) -> None:
+    """Replace the file `path` with `data` atomically: written to a temporary file beside it
+    (created exclusively, never through a symlink, mode 0600 whatever the umask), fsynced,
+    renamed over `path` (a rename replaces a symlink there, never follows it). Readers see
+    the old file or the new one, never a torn one. Only in a directory checked to be ours."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.unlink(tmp)  # left by a killed run whose pid this one reuses (unlink follows no link)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+
+
 _STATE_DIR: list[str] = []  # one run never changes namespace: ask the kernel and check once, not per use
 
 

@@ -18,7 +18,7 @@ import os
 
 from plugin import jsonio as json, trace  # json's C accelerator alone: no re, enum (plugin.jsonio)
 from plugin.errors import IO_FAILURE, CniError
-from plugin.hoststate import private_dir, read_private, refuse
+from plugin.hoststate import private_dir, read_private, refuse, write_private
 from plugin.links import valid_name as _valid_name  # loaded on every verb anyway (plugin.result)
 from plugin.policy import Guard
 from plugin.record import as_dict, from_dict, value_class
@@ -322,16 +322,7 @@ class Registry:
 
 def _write_atomically(path: str, data: bytes) -> None:
     """Write, fsync, rename: readers see the old file or the new one, never a torn one."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private(path, data)
 
 
 def defer_delete(state_dir: str, key: tuple[str, str, str]) -> None:

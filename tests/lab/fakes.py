@@ -6,17 +6,24 @@ from plugin.registry import Attachment
 
 class FakeBackend:
     """A backend touching no firewall: `reason` makes it unusable (as a missing libnftables
-    would), and the releases it is given are recorded in `log`."""
+    would), the releases it is given are recorded in `log`, and drops() answers `counts`
+    (bridge -> reason -> packets, as Backend.drops() does), or raises it if it is an exception."""
 
-    def __init__(self, name, reason=None, log=None):
+    def __init__(self, name, reason=None, log=None, counts=None):
         self.name, self._reason = name, reason
         self.log = [] if log is None else log
+        self.counts = {} if counts is None else counts
 
     def unavailable_reason(self):
         return self._reason
 
     def release(self, r, facts):
         self.log.append(r)
+
+    def drops(self):
+        if isinstance(self.counts, BaseException):
+            raise self.counts
+        return self.counts
 
 
 def attachment(bridge, policy, port, container="c") -> Attachment:

@@ -98,6 +98,17 @@ def tcp_connect(netns: str, addr: str, port: int = TCP_PORT, timeout: float = PR
     return in_netns(netns, connect)
 
 
+def send_datagrams(netns: str, addr: str, count: int, port: int = TCP_PORT) -> None:
+    """`count` UDP datagrams from `netns` to addr:port, each sent once, no answer awaited: a
+    probe whose packets can be counted exactly (a TCP connect retransmits its SYN)."""
+    def send():
+        with socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(count):
+                s.sendto(b"probe %d" % i, (addr, port))
+
+    in_netns(netns, send)
+
+
 def in_netns(netns: str, fn, *args):
     """Run fn(*args) on a fresh thread that has entered `netns`; sockets made there stay there."""
     box = {}
