@@ -163,7 +163,7 @@ def _engine(inv: Invocation):
     trace.stamp("backend")
     inv.notes["backend"] = backend.name
     intent = intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts, conf.isolationGroup,
-                        guard_for(conf), spoof)
+                        guard_for(conf), spoof, getattr(conf, "logDrops", False))
     return prev, backend, intent, conf
 
 
@@ -182,7 +182,7 @@ def cmd_add(inv: Invocation) -> dict:
                             conf.isolationGroup, intent.guard.to_json(),
                             portindex=ifindex(intent.port) if intent.port else None,
                             mac=intent.spoof.mac if intent.spoof else None,
-                            spoof=intent.spoof.ips if intent.spoof else None)
+                            spoof=intent.spoof.ips if intent.spoof else None, logdrops=intent.log)
     with HostLock(deadline=inv.deadline):
         attach(backend, intent, attachment)
     return convert(prev, inv.cni_version)

@@ -169,6 +169,7 @@ class BridgeIntent:
     group: str | None = None  # isolationGroup: isolated bridges of one group reach each other
     guard: Guard = NO_GUARD  # denyEgress, allowEgress, hostAccess, allowHostPorts
     spoof: Spoof | None = None  # antiSpoofing: what this attachment's port may send
+    log: bool = False  # logDrops: its bridge's drops go to the drop log (plugin.reasons.NFLOG_GROUP)
 
     @property
     def enforces_anything(self) -> bool:
@@ -176,14 +177,16 @@ class BridgeIntent:
 
 
 def intent_for(bridge: str, ingress_policy: str, port: str | None = None, published: bool = True,
-               group: str | None = None, guard: Guard = NO_GUARD, spoof: Spoof | None = None) -> BridgeIntent:
+               group: str | None = None, guard: Guard = NO_GUARD, spoof: Spoof | None = None,
+               log: bool = False) -> BridgeIntent:
     """Translate a network's ingressPolicy, allowPublishedPorts, isolationGroup, Guard and
     anti-spoofing into the intent for one attachment to its bridge."""
     if ingress_policy not in ("open", "same-bridge", "isolated"):
         raise ValueError(f"unknown ingressPolicy {ingress_policy!r}")
     isolate = ingress_policy != "open"
     return BridgeIntent(bridge=bridge, isolate=isolate, drop_intra=ingress_policy == "isolated", port=port,
-                        published=published and isolate, group=group if isolate else None, guard=guard, spoof=spoof)
+                        published=published and isolate, group=group if isolate else None, guard=guard, spoof=spoof,
+                        log=log)
 
 
 def anti_spoofing(setting: bool | None, ingress_policy: str) -> bool:
@@ -197,10 +200,10 @@ def shared_needs(intents) -> list[BridgeIntent]:
     of one network has a single need."""
     distinct = {}
     for i in intents:
-        key = (i.bridge, i.isolate, i.drop_intra, i.published, i.group, i.guard)
+        key = (i.bridge, i.isolate, i.drop_intra, i.published, i.group, i.guard, i.log)
         if key not in distinct:
             distinct[key] = BridgeIntent(bridge=i.bridge, isolate=i.isolate, drop_intra=i.drop_intra,
-                                         published=i.published, group=i.group, guard=i.guard)
+                                         published=i.published, group=i.group, guard=i.guard, log=i.log)
     return list(distinct.values())
 
 
@@ -214,7 +217,7 @@ def spoof_of(att) -> Spoof | None:
 def intent_of(att) -> BridgeIntent:
     """The intent a registered Attachment stands for."""
     return intent_for(att.bridge, att.policy, att.port, att.published, att.group, Guard.from_json(att.guard),
-                      spoof_of(att))
+                      spoof_of(att), att.logdrops)
 
 
 def group_peers(intents) -> dict[str, set[str]]:
@@ -243,7 +246,11 @@ class BridgeNeeds:
     guard: its attachments' Guards merged (the strictest combination, see merge());
     spoofs: its attachments' anti-spoofing, one per port;
     ports: its attachments' host-side ports; while the bridge drops intra-bridge traffic
-          each carries the bridge-port isolation flag (`flagged`).
+          each carries the bridge-port isolation flag (`flagged`);
+    log: some attachment on it has logDrops: the bridge's drops (every reason) go to the drop
+          log. Logging is per bridge because the rules that drop are (they match the bridge,
+          not the network whose attachment sent the packet); one network asking costs the
+          bridge's other networks nothing but log lines.
     """
 
     bridge: str
@@ -254,6 +261,7 @@ class BridgeNeeds:
     guard: Guard = NO_GUARD
     spoofs: tuple[Spoof, ...] = ()
     ports: tuple[str, ...] = ()
+    log: bool = False
 
     @property
     def enforces_anything(self) -> bool:
@@ -329,6 +337,7 @@ def desired(intents) -> Desired:
         guard=merge(i.guard for i in its),
         spoofs=tuple(dict.fromkeys(i.spoof for i in its if i.spoof is not None)),
         ports=tuple(dict.fromkeys(i.port for i in its if i.port)),
+        log=any(i.log for i in its),
     ) for bridge, its in by_bridge.items()})
 
 
