@@ -677,9 +677,11 @@ class IptablesBackend(Backend):
         nf_tables underneath). The table is read whole: only the attachments asking for
         anti-spoofing have elements there."""
         spoofs = desired.spoofs
-        if not spoofs:
+        if not spoofs and not desired.counted:
             return
         lib, reason = libnft.load()
+        if lib is None and not spoofs:  # only counting intra-bridge frames: not worth failing for
+            return
         if lib is None:
             raise CniError(ENFORCEMENT_FAILED, "antiSpoofing needs nf_tables' bridge family (libnftables), which is "
                            "unusable here (set antiSpoofing to false to run without it)", reason)
@@ -694,7 +696,7 @@ class IptablesBackend(Backend):
         failed = self._transact(lambda fam, table: release_plan(table, change, fam))
         if failed:
             raise CniError(ENFORCEMENT_FAILED, f"could not remove the rules of {change.bridge}", failed[0][1].strip())
-        if change.spoofs or change.last:  # otherwise nothing there is ours to take (and no libnftables to load)
+        if change.spoofs or change.uncount or change.last or change.last_spoof:  # else nothing there is ours to take
             lib = libnft.load()[0]
             if lib is not None:
                 from plugin.backends.nftables import bridge_release, read_table
@@ -825,9 +827,11 @@ class IptablesBackend(Backend):
         """What `tables` (and the anti-spoofing table) lack to enforce `desired`."""
         missing = [f"{fam}: {p}" for fam, table in tables.items() for p in problems(table, desired, fam)]
         spoofs = desired.spoofs
-        if spoofs:
+        if spoofs or desired.counted:
             lib, reason = libnft.load()
-            if lib is None:
+            if lib is None and not spoofs:  # intra-bridge frames uncounted: nothing less enforced
+                pass
+            elif lib is None:
                 missing.append(f"anti-spoofing cannot be read: {reason}")
             else:
                 from plugin.backends.nftables import bridge_elements, read_table, table_problems

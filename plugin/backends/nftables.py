@@ -262,7 +262,17 @@ NA, NS, RS = "nd-neighbor-advert", "nd-neighbor-solicit", "nd-router-solicit"
 # Rules in the form the kernel lists them back. ND messages must be bare (no extension
 # header) and of the exact sizes Linux sends, so their first option sits at a known offset:
 # NS/NA 24 bytes (+8 for one option: SLLA/TLLA, or DAD's nonce), RS 8 (+8 for its SLLA).
+# Frames between two ports of an `isolated` bridge never reach a firewall hook: the bridge-port
+# isolation flag drops them after prerouting. They are counted here, before anti-spoofing
+# (a spoofed frame to such a MAC counts for both reasons): a unicast frame addressed to the
+# MAC of a container of an isolated bridge (set intramac) counts for the bridge its port is
+# on (map count-intra-bridge: port : counter), or for none when its port is on no isolated
+# bridge (the map lookup fails, the rule ends). Flooded frames (broadcast, multicast, unknown
+# unicast) are not counted.
+INTRA_COUNT = [_in_set(_p("ether", "daddr"), "intramac"),
+               {"counter": {"map": {"key": _meta("iifname"), "data": f"@{count_map(reasons.INTRA_BRIDGE)}"}}}]
 SPOOF_RULES = [
+    INTRA_COUNT,
     [_ne(_meta("iifname"), "@guarded"), RETURN],
     [_ne(_port_and(_p("ether", "saddr")), "@mac"), *DROP],  # another source MAC, any ethertype
     [_ne(_p("ether", "type"), {"set": ["ip", "arp", "ip6"]}), *DROP],  # VLAN-tagged, non-IP: unverifiable
@@ -286,7 +296,7 @@ SPOOF_RULES = [
      *DROP],  # duplicate address detection carries a nonce, never a link-layer address
     [_eq(ICMP6_TYPE, RS), _eq(_p("ip6", "length"), 16), _ne(_port_and(_raw(64, 64)), "@ndopt"), *DROP],
 ]
-SPOOF_SETS = {"guarded": "ifname", "mac": ["ifname", "ether_addr"], "src4": ["ifname", "ipv4_addr"],
+SPOOF_SETS = {"guarded": "ifname", "intramac": "ether_addr", "mac": ["ifname", "ether_addr"], "src4": ["ifname", "ipv4_addr"],
               "src6": ["ifname", "ipv6_addr"], "nd6": ["ifname", "integer"], "ndopt": ["ifname", "integer"]}
 SPOOF_TYPEOF = {"nd6": "iifname . @th,64,128", "ndopt": "iifname . @th,192,64"}
 
@@ -295,7 +305,8 @@ def bridge_spec(name: str = TABLE) -> TableSpec:
     """The anti-spoofing table (the iptables backend keeps its own, under another name)."""
     return TableSpec(family="bridge", prio=-300, sets=SPOOF_SETS,
                      chains={"prerouting": ("prerouting", SPOOF_RULES), **drop_chains("bridge")},
-                     counts={count_map(r): "ifname" for r in DROP_KEYS["bridge"]}, typeof=SPOOF_TYPEOF, name=name)
+                     counts={count_map(r): "ifname" for r in (*DROP_KEYS["bridge"], reasons.INTRA_BRIDGE)},
+                     typeof=SPOOF_TYPEOF, name=name)
 
 
 def _ipv6_int(addr: str) -> int:
@@ -319,12 +330,20 @@ def spoof_elements(spoofs) -> dict[str, set]:
 
 
 def bridge_elements(desired: Desired) -> dict[str, set]:
-    """The bridge table's elements for `desired`: its anti-spoofing, and each anti-spoofed
-    port naming its bridge's counter."""
+    """The bridge table's elements for `desired`: its anti-spoofing, the MACs of its isolated
+    bridges' containers, and each port naming its bridge's counters."""
     want = spoof_elements(desired.spoofs)
     want[count_map(reasons.ANTI_SPOOFING)] = {(s.port, counter_name(reasons.ANTI_SPOOFING, b.bridge))
                                              for b in desired for s in b.spoofs}
+    want |= counted_elements(desired, lambda b: b.counted)
     return want
+
+
+def counted_elements(bridges, pairs) -> dict[str, set]:
+    """The intra-bridge counting elements of `pairs(b)` ((port, MAC) pairs) for each of `bridges`."""
+    return {"intramac": {mac for b in bridges for _, mac in pairs(b)},
+            count_map(reasons.INTRA_BRIDGE): {(port, counter_name(reasons.INTRA_BRIDGE, b.bridge))
+                                              for b in bridges for port, _ in pairs(b)}}
 
 
 BRIDGE = bridge_spec()
@@ -520,7 +539,7 @@ def wanted(desired: Desired) -> dict[str, dict[str, set]]:
                 inet["published"].add(b.bridge)
             if b.drop_intra:
                 inet["intra"].add(b.bridge)
-    if desired.spoofs:
+    if desired.spoofs or desired.counted:
         want["bridge"] = bridge_elements(desired)
     if "inet" in want:
         for chain in guard_chains(desired):
@@ -587,16 +606,17 @@ def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dic
     lost the attachments of ports it still protects), else the leaving ports' elements."""
     if not state.exists:
         return []
-    leaving = {s.port for s in r.spoofs}
+    spoofing = {s.port for s in r.spoofs}
+    leaving = spoofing | {p for p, _ in r.uncount} | {m for _, m in r.uncount}  # MACs: the intramac set's
     held = {_port_of(e) for elems in state.elements.values() for e in elems}
     if (r.last or r.last_spoof) and held <= leaving:
         return [{"delete": {"table": {"family": "bridge", "name": spec.name}}}]
-    gone = spoof_elements(r.spoofs)
+    gone = spoof_elements(r.spoofs) | counted_elements([r], lambda _: r.uncount)
     name = count_map(reasons.ANTI_SPOOFING)
-    gone[name] = {e for e in state.elements.get(name, set()) if e[0] in leaving}
+    gone[name] = {e for e in state.elements.get(name, set()) if e[0] in spoofing}
     cmds = [_delete_element("bridge", n, e, spec.name) for n in sorted(gone) for e in sorted(gone[n])
             if e in state.elements.get(n, set())]
-    return cmds + _unused_counters(state, name, gone[name], spec)
+    return cmds + [c for n in (name, count_map(reasons.INTRA_BRIDGE)) for c in _unused_counters(state, n, gone[n], spec)]
 
 
 def _unused_counters(state: "TableState", name: str, gone: set, spec: TableSpec) -> list[dict]:
@@ -891,14 +911,17 @@ def table_problems(state: TableState, want: dict[str, set], spec: TableSpec) -> 
 
 
 def spoof_cleanup(state: TableState, ports, spec: TableSpec, bridge: str) -> list[list[str]]:
-    """nft commands deleting the anti-spoofing elements of `ports` from table `spec`, and the
-    counter of `bridge` once no port left there names it."""
-    name = count_map(reasons.ANTI_SPOOFING)
-    counted = {e for e in state.elements.get(name, set()) if e[0] in ports}
-    cmds = [["nft", "delete", "element", "bridge", spec.name, name, "{", f'"{e[0]}"', "}"] for e in sorted(counted)]
-    counter = counter_name(reasons.ANTI_SPOOFING, bridge)
-    if counter in state.counters and not {e for e in state.elements.get(name, set()) - counted if e[1] == counter}:
-        cmds.append(["nft", "delete", "counter", "bridge", spec.name, counter])
+    """nft commands deleting the anti-spoofing elements of `ports` from table `spec`, their
+    counter map elements, and `bridge`'s counters once no port left there names them (the
+    MACs of set intramac stay: without their ports they count nothing)."""
+    cmds = []
+    for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE):
+        name = count_map(reason)
+        counted = {e for e in state.elements.get(name, set()) if e[0] in ports}
+        cmds += [["nft", "delete", "element", "bridge", spec.name, name, "{", f'"{e[0]}"', "}"] for e in sorted(counted)]
+        counter = counter_name(reason, bridge)
+        if counter in state.counters and not {e for e in state.elements.get(name, set()) - counted if e[1] == counter}:
+            cmds.append(["nft", "delete", "counter", "bridge", spec.name, counter])
     for name in SPOOF_SETS:
         for e in sorted(state.elements.get(name, set())):
             if (e[0] if isinstance(e, tuple) else e) in ports:
