@@ -296,7 +296,8 @@ SPOOF_RULES = [
      *DROP],  # duplicate address detection carries a nonce, never a link-layer address
     [_eq(ICMP6_TYPE, RS), _eq(_p("ip6", "length"), 16), _ne(_port_and(_raw(64, 64)), "@ndopt"), *DROP],
 ]
-SPOOF_SETS = {"guarded": "ifname", "intramac": "ether_addr", "mac": ["ifname", "ether_addr"], "src4": ["ifname", "ipv4_addr"],
+SPOOF_SETS = {"guarded": "ifname", "intramac": "ether_addr", "mac": ["ifname", "ether_addr"],
+              "src4": ["ifname", "ipv4_addr"],
               "src6": ["ifname", "ipv6_addr"], "nd6": ["ifname", "integer"], "ndopt": ["ifname", "integer"]}
 SPOOF_TYPEOF = {"nd6": "iifname . @th,64,128", "ndopt": "iifname . @th,192,64"}
 
@@ -616,7 +617,8 @@ def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dic
     gone[name] = {e for e in state.elements.get(name, set()) if e[0] in spoofing}
     cmds = [_delete_element("bridge", n, e, spec.name) for n in sorted(gone) for e in sorted(gone[n])
             if e in state.elements.get(n, set())]
-    return cmds + [c for n in (name, count_map(reasons.INTRA_BRIDGE)) for c in _unused_counters(state, n, gone[n], spec)]
+    counters = (name, count_map(reasons.INTRA_BRIDGE))
+    return cmds + [c for n in counters for c in _unused_counters(state, n, gone[n], spec)]
 
 
 def _unused_counters(state: "TableState", name: str, gone: set, spec: TableSpec) -> list[dict]:
@@ -918,7 +920,8 @@ def spoof_cleanup(state: TableState, ports, spec: TableSpec, bridge: str) -> lis
     for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE):
         name = count_map(reason)
         counted = {e for e in state.elements.get(name, set()) if e[0] in ports}
-        cmds += [["nft", "delete", "element", "bridge", spec.name, name, "{", f'"{e[0]}"', "}"] for e in sorted(counted)]
+        cmds += [["nft", "delete", "element", "bridge", spec.name, name, "{", f'"{e[0]}"', "}"]
+                 for e in sorted(counted)]
         counter = counter_name(reason, bridge)
         if counter in state.counters and not {e for e in state.elements.get(name, set()) - counted if e[1] == counter}:
             cmds.append(["nft", "delete", "counter", "bridge", spec.name, counter])

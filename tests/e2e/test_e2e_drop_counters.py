@@ -47,7 +47,7 @@ def expect(lab, before: dict, raised: dict) -> dict:
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_each_reason_counts_exactly_its_drops_on_its_bridge(lab, backend):
-    mgmt = lab.management()
+    lab.management()  # 10.98.0.2 (denied to A) and .3, both listening on TCP 8080
     # the lab host listens on TCP 8080: A's one allowed host port
     a_net = lab.network(["bridge", "isolation"], isolation={
         "backend": backend, "ingressPolicy": "isolated", "denyEgress": ["10.98.0.2/32", "fd98::2/128"],

@@ -462,3 +462,24 @@ def test_add_only_never_rewrites_the_guard_of_a_group_peers_bridge():
     touched = [c for c in cmds for verb in ("add", "flush", "delete") if "chain" in c.get(verb, {})
                or c.get(verb, {}).get("rule", {}).get("chain") in held]
     assert cmds is None or not touched, f"brB's guard chains rewritten from an ADD that knows half of brB: {touched}"
+
+
+def test_counters_are_read_from_the_text_listing():
+    """`list counters table ...` as nft 1.0.6 prints it; a table that is not there counts nothing."""
+    from plugin.backends.nftables import add_counts, read_counters
+
+    class Lib:
+        def cmd(self, text):
+            if "bridge" in text:
+                return 1, "", "Error: No such file or directory"
+            return 0, ("table inet isolation {\n\tcounter cross-network-cni-podman1 {\n\t\tpackets 7 bytes 588\n\t}\n"
+                       "\tcounter egress-deny-br0 {\n\t\tpackets 2 bytes 120\n\t}\n\tcounter somebody-else {\n"
+                       "\t\tpackets 9 bytes 9\n\t}\n}\n"), ""
+
+    counts = read_counters(Lib(), "inet", "isolation")
+    assert counts == {("cross-network", "cni-podman1"): 7, ("egress-deny", "br0"): 2}
+    assert read_counters(Lib(), "bridge", "isolation") == {}
+    found = {}
+    add_counts(found, counts)
+    add_counts(found, {("egress-deny", "br0"): 1})
+    assert found == {"cni-podman1": {"cross-network": 7}, "br0": {"egress-deny": 3}}
