@@ -384,6 +384,7 @@ class Release:
     guard: the bridge's merged Guard after (NO_GUARD: its guard rules go). None: left as it is.
     spoofs: the anti-spoofing of ports under none after: their elements go.
     uncount: (port, MAC) pairs whose frames are no longer counted as intra-bridge drops.
+    forget: after, nothing is on the bridge: its drop counters go, with every element naming them.
     unflag: ports of the bridge whose isolation flag comes off (it stopped dropping traffic
           between its ports; these are the ports still on it).
     last / last_guard / last_spoof: after, nothing on the backend enforces anything / has a
@@ -401,6 +402,7 @@ class Release:
     guard: Guard | None = None
     spoofs: tuple[Spoof, ...] = ()
     uncount: tuple[tuple[str, str], ...] = ()
+    forget: bool = False
     unflag: tuple[str, ...] = ()
     last: bool = False
     last_guard: bool = False
@@ -425,6 +427,7 @@ def released(before: Desired, after: Desired, bridge: str) -> Release:
         guard=now.guard,
         spoofs=tuple(s for s in was.spoofs if s.port not in protected),
         uncount=tuple(sorted(set(was.counted) - set(after.counted))),
+        forget=bridge not in after.bridges,
         unflag=tuple(sorted(unflag)),
         last=not after.enforces_anything,
         last_guard=not after.guarded,

@@ -615,6 +615,10 @@ def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dic
     gone = spoof_elements(r.spoofs) | counted_elements([r], lambda _: r.uncount)
     name = count_map(reasons.ANTI_SPOOFING)
     gone[name] = {e for e in state.elements.get(name, set()) if e[0] in spoofing}
+    if r.forget:  # every port still naming the bridge's counters (a lost registry's) lets go of them
+        for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE):
+            mine = counter_name(reason, r.bridge)
+            gone[count_map(reason)] |= {e for e in state.elements.get(count_map(reason), set()) if e[1] == mine}
     cmds = [_delete_element("bridge", n, e, spec.name) for n in sorted(gone) for e in sorted(gone[n])
             if e in state.elements.get(n, set())]
     counters = (name, count_map(reasons.INTRA_BRIDGE))
@@ -712,7 +716,7 @@ def release_families(r: Release) -> list[str]:
     families = []
     if r.last or r.isolate or r.within or r.published or r.drop_intra or r.peers is not None or r.guard is not None:
         families.append("inet")
-    if r.spoofs or r.last or r.last_spoof:
+    if r.spoofs or r.uncount or r.forget or r.last or r.last_spoof:
         families.append("bridge")
     return families
 

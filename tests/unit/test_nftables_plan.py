@@ -483,3 +483,22 @@ def test_counters_are_read_from_the_text_listing():
     add_counts(found, counts)
     add_counts(found, {("egress-deny", "br0"): 1})
     assert found == {"cni-podman1": {"cross-network": 7}, "br0": {"egress-deny": 3}}
+
+
+def test_a_bridge_that_goes_takes_its_counters_and_the_ports_naming_them():
+    """A bridge nothing is on any more (its last DEL, or an orphan whose registry lines were
+    lost) lets go of its bridge-table counters, also where ports the registry never knew name
+    them; another bridge's stay."""
+    from plugin.backends.nftables import bridge_release
+
+    elements = {"count-anti-spoofing": {("v1", "anti-spoofing-brA"), ("v9", "anti-spoofing-brA"),
+                                        ("v2", "anti-spoofing-brB")},
+                "count-intra-bridge": {("v1", "intra-bridge-brA"), ("v2", "intra-bridge-brB")},
+                "guarded": {"v2"}}
+    counters = {"anti-spoofing-brA": 3, "anti-spoofing-brB": 1, "intra-bridge-brA": 5, "intra-bridge-brB": 0}
+    state = TableState(True, True, elements, counters=counters)
+    cmds = bridge_release(state, Release(bridge="brA", forget=True), BRIDGE)
+    assert [c["delete"]["element"]["elem"] for c in cmds if "element" in c["delete"]] == [["v1"], ["v9"], ["v1"]]
+    assert [c["delete"]["counter"]["name"] for c in cmds if "counter" in c["delete"]] == [
+        "anti-spoofing-brA", "intra-bridge-brA"]
+    assert bridge_release(state, Release(bridge="brA"), BRIDGE) == [], "a bridge that stays keeps them"
