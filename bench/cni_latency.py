@@ -73,13 +73,15 @@ TIMEOUT_S = 60
 WARMUP_RUNS = 3
 
 # The contenders: key -> (their entry in the conflist, whether they get PATH). "agent" is our
-# same binary in a host namespace where `isolation agent` runs: the plugin forwards to it.
+# same binary in a host namespace where `isolation agent` runs: the plugin forwards to it;
+# "logd" is our plugin with the drop log on (`logDrops: true`), shown next to the plain ADD.
 CONTENDERS = {
     "ours": ({"type": "isolation"}, False),
     "agent": ({"type": "isolation"}, False),
+    "logd": ({"type": "isolation", "logDrops": True}, False),
     "go": ({"type": "firewall", "backend": "iptables", "ingressPolicy": "same-bridge"}, True),
 }
-OURS = ("ours", "agent")
+OURS = ("ours", "agent", "logd")
 VERBS = ("VERSION", "ADD", "CHECK", "DEL")  # table order; measured as ADD, CHECK, VERSION, DEL
 # What no plugin run can beat, timed in our host's worker next to the VERSION cells: starting
 # Debian's interpreter (the one the bundle freezes) without site, and starting any process.
@@ -212,8 +214,10 @@ def start_agent(host: Host, plugin: str) -> subprocess.Popen:
 
 
 def benchmark(args, prefix: str, tmp: str, made: list[str], hosts: dict[str, Host], agents: list) -> dict:
-    # Names: prefix is 6 chars; "<prefix>-oursh"/"-agenth"/"-goh" hosts, "<prefix><o|a|g><k>" containers.
-    contenders = [k for k in CONTENDERS if k != "agent" or not args.no_agent]
+    # Names: prefix is 6 chars; "<prefix>-oursh"/"-agenth"/"-logdh"/"-goh" hosts, "<prefix><o|a|l|g><k>"
+    # containers.
+    left_out = {k for k, off in (("agent", args.no_agent), ("logd", args.no_logdrops)) if off}
+    contenders = [k for k in CONTENDERS if k not in left_out]
     containers = []
     for k in range(args.bridges * args.containers):
         b = k % args.bridges + 1  # round-robin: bridges fill up together, as containers come and go
@@ -332,7 +336,7 @@ def render(r: dict) -> str:
     rss = ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in r["peak_rss_kib"].items())
     lines += ["", f"peak RSS of one exec (largest over the run): {rss}",
               "p95: nearest rank; k/go: median over go's median (below 1: faster than Go); "
-              "agent: our plugin forwarding to `isolation agent`"]
+              "agent: our plugin forwarding to `isolation agent`; logd: ours with logDrops: true"]
     return "\n".join(lines)
 
 
@@ -344,6 +348,7 @@ def main() -> int:
     ap.add_argument("--version-runs", type=int, default=40, help="interleaved VERSION cells (default: %(default)s)")
     ap.add_argument("--json", action="store_true", help="print the numbers (and raw samples) as JSON")
     ap.add_argument("--no-agent", action="store_true", help="leave out the contender with a resident agent")
+    ap.add_argument("--no-logdrops", action="store_true", help="leave out the contender with logDrops: true")
     ap.add_argument("--families", choices=sorted(harness.FAMILIES), default="ipv4",
                     help="ipv4: the grid runtimes' default networks have; dual: IPv4 + IPv6 (default: %(default)s)")
     args = ap.parse_args()

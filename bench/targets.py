@@ -83,6 +83,10 @@ def rows(small: dict, dual: dict, large: dict, scale: dict) -> list[tuple[str, s
             med, p95 = ms(small, verb, key), ms(small, verb, key, "p95_ms")
             out.append((f"{verb} p95 / median, {grid(small)}, {how}", f"{p95:.1f} vs {med:.1f} ms", p95 / med,
                         "<= 2x", p95 / med <= 2.0))
+    if "logd" in small["verbs"]["ADD"]:  # the drop log on: shown next to the plain ADD, no target
+        logd, plain = ms(small, "ADD", "logd"), ms(small, "ADD", "ours")
+        out.append((f"ADD with logDrops: true, {grid(small)}, no agent", f"{logd:.1f} ms vs plain {plain:.1f} ms",
+                    logd / plain, "(shown)", None))
     floor = small["floors"]["python3 -I -S -c pass"]["median_ms"]
     true = small["floors"]["/bin/true"]["median_ms"]
     out.append((f"VERSION / interpreter floor (python3 -I -S -c pass), {grid(small)} run", f"{version:.1f} vs {floor:.1f} ms",

@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 
-from plugin import bridgenf, topology
+from plugin import bridgenf, reasons, topology
 from plugin.backends import make
 from plugin.backends.ports import flag_problems
 from plugin.hoststate import HostLock, state_dir
@@ -57,10 +57,11 @@ def status() -> dict:
         for att in reg.attachments.values():
             groups.setdefault((att.bridge, att.backend), []).append(att)
         enforced = {name: b.enforced() for name, b in usable.items()}
-        drops = {}  # backend -> bridge -> packets its isolation dropped, where the backend counts them apart
+        drops = {}  # backend -> bridge -> reason -> packets its isolation dropped
         surplus = {}  # backend -> bridge -> grants no registered attachment needs
         for name, backend in usable.items():
-            report["backends"][name]["drops"], drops[name] = backend.drops()
+            drops[name] = backend.drops()
+            report["backends"][name]["drops"] = sum(n for per in drops[name].values() for n in per.values())
             intents = [intent_of(a) for a in reg.on_backend(name)]
             surplus[name] = backend.surplus(desired(intents)) if intents else {}
         for (bridge, backend_name), atts in sorted(groups.items()):
@@ -69,8 +70,9 @@ def status() -> dict:
                 "backend": backend_name,
                 "policies": sorted({a.policy for a in atts}),
                 "attachments": len(atts),
+                "networks": sorted({a.network for a in atts}),
                 "exists": bridge in links.bridges if links is not None else None,  # None: unknown
-                "drops": drops.get(backend_name, {}).get(bridge),
+                "drops": drops_by_reason(drops.get(backend_name), bridge),
                 "problems": [],
             }
             if entry["exists"] is False:
@@ -96,6 +98,13 @@ def status() -> dict:
             for orphan in sorted(set(bridges) - registered):
                 report["problems"].append(f"{orphan}: {name} rules with no registered attachment")
         return report
+
+
+def drops_by_reason(counted: dict | None, bridge: str) -> dict[str, int | None]:
+    """Every reason -> packets dropped for `bridge` (0: none counted; None: its backend is not
+    usable here, so nothing can be counted)."""
+    per = (counted or {}).get(bridge, {})
+    return {r: (per.get(r, 0) if counted is not None else None) for r in reasons.REASONS}
 
 
 def prune() -> tuple[int, list[str]]:

@@ -255,10 +255,13 @@ def render(report: dict) -> str:
     lines.append("")
     lines.append(f"{'BRIDGE':<16}{'BACKEND':<10}{'POLICY':<22}{'ATTACHED':>8}{'DROPS':>10}  STATE")
     for b in report["bridges"]:
-        drops = "-" if b["drops"] is None else str(b["drops"])
+        counts = [n for n in b["drops"].values() if n is not None]
+        drops = str(sum(counts)) if counts else "-"
         state = "ok" if not b["problems"] else "; ".join(b["problems"])
         lines.append(f"{b['bridge']:<16}{b['backend']:<10}{','.join(b['policies']):<22}{b['attachments']:>8}"
                      f"{drops:>10}  {state}")
+        lines.append(f"  networks: {', '.join(b['networks'])}")
+        lines.append("  drops: " + "  ".join(f"{r} {'-' if n is None else n}" for r, n in b["drops"].items()))
     if not report["bridges"]:
         lines.append("(no attachments registered)")
     lines.append("")

@@ -19,7 +19,8 @@ from plugin.errors import (
     TRY_AGAIN_LATER,
     CniError,
 )
-from plugin.result import container_addresses, convert, find_attachment, require_prev_result, version_tuple
+from plugin.result import (container_addresses, container_mac, convert, find_attachment, require_prev_result,
+                           version_tuple)
 
 LATEST = SUPPORTED_VERSIONS[-1]
 
@@ -163,7 +164,8 @@ def _engine(inv: Invocation):
     trace.stamp("backend")
     inv.notes["backend"] = backend.name
     intent = intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts, conf.isolationGroup,
-                        guard_for(conf), spoof)
+                        guard_for(conf), spoof, getattr(conf, "logDrops", False),
+                        container_mac(prev, inv.env.get("CNI_IFNAME", "")) if port else None)
     return prev, backend, intent, conf
 
 
@@ -181,8 +183,8 @@ def cmd_add(inv: Invocation) -> dict:
                             intent.port, conf.ingressPolicy, backend.name, addresses, conf.allowPublishedPorts,
                             conf.isolationGroup, intent.guard.to_json(),
                             portindex=ifindex(intent.port) if intent.port else None,
-                            mac=intent.spoof.mac if intent.spoof else None,
-                            spoof=intent.spoof.ips if intent.spoof else None)
+                            mac=intent.mac,
+                            spoof=intent.spoof.ips if intent.spoof else None, logdrops=intent.log)
     with HostLock(deadline=inv.deadline):
         attach(backend, intent, attachment)
     return convert(prev, inv.cni_version)

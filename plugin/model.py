@@ -164,6 +164,9 @@ class NetConf(BaseModel):
     antiSpoofing: bool | None = Field(
         None, description="containers may send only from the MAC and IP addresses their attachment was given "
         "(ARP, neighbour discovery, IP sources); default (null): on for ingressPolicy isolated, off otherwise")
+    logDrops: bool = Field(
+        False, description="send the first packet of each flow this network's isolation drops to NFLOG group 1907 "
+        "(rate-limited per bridge; the whole bridge logs when any of its networks asks)")
     logFile: str | None = Field(
         None, description='absolute path, or "syslog": one line per invocation (default: ISOLATION_LOG_FILE, else none)')
     logLevel: Literal["info", "error", "off"] | None = Field(

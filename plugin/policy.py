@@ -169,6 +169,8 @@ class BridgeIntent:
     group: str | None = None  # isolationGroup: isolated bridges of one group reach each other
     guard: Guard = NO_GUARD  # denyEgress, allowEgress, hostAccess, allowHostPorts
     spoof: Spoof | None = None  # antiSpoofing: what this attachment's port may send
+    log: bool = False  # logDrops: its bridge's drops go to the drop log (plugin.reasons.NFLOG_GROUP)
+    mac: str | None = None  # the container interface's MAC: on an `isolated` bridge, frames to it are counted
 
     @property
     def enforces_anything(self) -> bool:
@@ -176,14 +178,16 @@ class BridgeIntent:
 
 
 def intent_for(bridge: str, ingress_policy: str, port: str | None = None, published: bool = True,
-               group: str | None = None, guard: Guard = NO_GUARD, spoof: Spoof | None = None) -> BridgeIntent:
+               group: str | None = None, guard: Guard = NO_GUARD, spoof: Spoof | None = None,
+               log: bool = False, mac: str | None = None) -> BridgeIntent:
     """Translate a network's ingressPolicy, allowPublishedPorts, isolationGroup, Guard and
     anti-spoofing into the intent for one attachment to its bridge."""
     if ingress_policy not in ("open", "same-bridge", "isolated"):
         raise ValueError(f"unknown ingressPolicy {ingress_policy!r}")
     isolate = ingress_policy != "open"
     return BridgeIntent(bridge=bridge, isolate=isolate, drop_intra=ingress_policy == "isolated", port=port,
-                        published=published and isolate, group=group if isolate else None, guard=guard, spoof=spoof)
+                        published=published and isolate, group=group if isolate else None, guard=guard, spoof=spoof,
+                        log=log, mac=mac)
 
 
 def anti_spoofing(setting: bool | None, ingress_policy: str) -> bool:
@@ -197,10 +201,10 @@ def shared_needs(intents) -> list[BridgeIntent]:
     of one network has a single need."""
     distinct = {}
     for i in intents:
-        key = (i.bridge, i.isolate, i.drop_intra, i.published, i.group, i.guard)
+        key = (i.bridge, i.isolate, i.drop_intra, i.published, i.group, i.guard, i.log)
         if key not in distinct:
             distinct[key] = BridgeIntent(bridge=i.bridge, isolate=i.isolate, drop_intra=i.drop_intra,
-                                         published=i.published, group=i.group, guard=i.guard)
+                                         published=i.published, group=i.group, guard=i.guard, log=i.log)
     return list(distinct.values())
 
 
@@ -214,7 +218,7 @@ def spoof_of(att) -> Spoof | None:
 def intent_of(att) -> BridgeIntent:
     """The intent a registered Attachment stands for."""
     return intent_for(att.bridge, att.policy, att.port, att.published, att.group, Guard.from_json(att.guard),
-                      spoof_of(att))
+                      spoof_of(att), att.logdrops, att.mac)
 
 
 def group_peers(intents) -> dict[str, set[str]]:
@@ -243,7 +247,14 @@ class BridgeNeeds:
     guard: its attachments' Guards merged (the strictest combination, see merge());
     spoofs: its attachments' anti-spoofing, one per port;
     ports: its attachments' host-side ports; while the bridge drops intra-bridge traffic
-          each carries the bridge-port isolation flag (`flagged`).
+          each carries the bridge-port isolation flag (`flagged`);
+    macs: (port, MAC) of its attachments whose MAC is known: while the bridge drops
+          intra-bridge traffic, unicast frames to them are counted (`counted`: the bridge-port
+          isolation flag drops them before any firewall hook sees them);
+    log: some attachment on it has logDrops: the bridge's drops (every reason) go to the drop
+          log. Logging is per bridge because the rules that drop are (they match the bridge,
+          not the network whose attachment sent the packet); one network asking costs the
+          bridge's other networks nothing but log lines.
     """
 
     bridge: str
@@ -254,6 +265,8 @@ class BridgeNeeds:
     guard: Guard = NO_GUARD
     spoofs: tuple[Spoof, ...] = ()
     ports: tuple[str, ...] = ()
+    macs: tuple[tuple[str, str], ...] = ()
+    log: bool = False
 
     @property
     def enforces_anything(self) -> bool:
@@ -270,6 +283,11 @@ class BridgeNeeds:
     def flagged(self) -> tuple[str, ...]:
         """The ports that carry the bridge-port isolation flag (the intra-bridge drop)."""
         return self.ports if self.drop_intra else ()
+
+    @property
+    def counted(self) -> tuple[tuple[str, str], ...]:
+        """The (port, MAC) pairs whose unicast frames count as intra-bridge drops."""
+        return self.macs if self.drop_intra else ()
 
 
 class Desired:
@@ -306,6 +324,10 @@ class Desired:
     def spoofs(self) -> tuple[Spoof, ...]:
         return tuple(s for b in self for s in b.spoofs)
 
+    @property
+    def counted(self) -> tuple[tuple[str, str], ...]:
+        return tuple(m for b in self for m in b.counted)
+
 
 def desired(intents) -> Desired:
     """The one desired state of the attachments asking for `intents`: per bridge, what its
@@ -329,6 +351,8 @@ def desired(intents) -> Desired:
         guard=merge(i.guard for i in its),
         spoofs=tuple(dict.fromkeys(i.spoof for i in its if i.spoof is not None)),
         ports=tuple(dict.fromkeys(i.port for i in its if i.port)),
+        macs=tuple(dict.fromkeys((i.port, i.mac) for i in its if i.port and i.mac)),
+        log=any(i.log for i in its),
     ) for bridge, its in by_bridge.items()})
 
 
@@ -359,10 +383,12 @@ class Release:
           go. None: left as they are.
     guard: the bridge's merged Guard after (NO_GUARD: its guard rules go). None: left as it is.
     spoofs: the anti-spoofing of ports under none after: their elements go.
+    uncount: (port, MAC) pairs whose frames are no longer counted as intra-bridge drops.
+    forget: after, nothing is on the bridge: its drop counters go, with every element naming them.
     unflag: ports of the bridge whose isolation flag comes off (it stopped dropping traffic
           between its ports; these are the ports still on it).
     last / last_guard / last_spoof: after, nothing on the backend enforces anything / has a
-          Guard / has anti-spoofing: what all bridges share (tables, chains, jumps; the
+          Guard / has anti-spoofing or counts intra-bridge frames (the bridge table's business): what all bridges share (tables, chains, jumps; the
           guard's; the anti-spoofing table) goes too, unless the kernel holds rules of a
           bridge the desired state does not know (the backends check).
     """
@@ -375,6 +401,8 @@ class Release:
     peers: frozenset | None = None
     guard: Guard | None = None
     spoofs: tuple[Spoof, ...] = ()
+    uncount: tuple[tuple[str, str], ...] = ()
+    forget: bool = False
     unflag: tuple[str, ...] = ()
     last: bool = False
     last_guard: bool = False
@@ -398,10 +426,12 @@ def released(before: Desired, after: Desired, bridge: str) -> Release:
         peers=now.peers,
         guard=now.guard,
         spoofs=tuple(s for s in was.spoofs if s.port not in protected),
+        uncount=tuple(sorted(set(was.counted) - set(after.counted))),
+        forget=bridge not in after.bridges,
         unflag=tuple(sorted(unflag)),
         last=not after.enforces_anything,
         last_guard=not after.guarded,
-        last_spoof=not after.spoofs,
+        last_spoof=not after.spoofs and not after.counted,
     )
 
 
@@ -419,7 +449,7 @@ def port_only(r: Release) -> Release:
     anti-spoofing elements of its port. The bridge's rules, Guard, group peers, isolation
     flags and every table stay, because attachments the registry does not know of (a
     damaged registry) may still need them."""
-    return Release(bridge=r.bridge, spoofs=r.spoofs)
+    return Release(bridge=r.bridge, spoofs=r.spoofs, uncount=r.uncount)
 
 
 def orphan_release(bridge: str, after: Desired) -> Release:

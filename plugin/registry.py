@@ -47,6 +47,7 @@ class Attachment:
     portindex: int | None = None  # the port's ifindex at ADD: a port gone, or replaced by a namesake, has vanished
     mac: str | None = None  # the container interface's MAC (prevResult)
     spoof: tuple[str, ...] | None = None  # antiSpoofing: the addresses the port may send from (None: off)
+    logdrops: bool = False  # logDrops: its bridge's drops go to the drop log
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -81,6 +82,8 @@ def _attachment(raw: dict) -> Attachment:
             raise ValueError("guard: malformed") from None
     if fields["mac"] is not None and type(fields["mac"]) is not str:
         raise ValueError("mac: not a string")
+    if type(fields["logdrops"]) is not bool:
+        raise ValueError("logdrops: not a bool")
     spoof = fields["spoof"]
     if spoof is not None:
         if type(spoof) is not list or not all(type(a) is str for a in spoof):

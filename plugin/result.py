@@ -70,15 +70,28 @@ def _ip(value: str) -> str | None:
         return None
 
 
+def container_mac(prev: dict, ifname: str) -> str | None:
+    """The MAC prevResult gave the container interface `ifname`, or None."""
+    interfaces = prev.get("interfaces") if isinstance(prev.get("interfaces"), list) else []
+    index = _sandbox_index(interfaces, ifname)
+    return _mac(interfaces[index].get("mac")) if index is not None else None
+
+
+def _sandbox_index(interfaces: list, ifname: str) -> int | None:
+    """Which of prevResult's interfaces is the container's `ifname` (the one with a sandbox)."""
+    index = None
+    for i, iface in enumerate(interfaces):
+        if isinstance(iface, dict) and iface.get("sandbox") and (index is None or iface.get("name") == ifname):
+            index = i
+    return index
+
+
 def container_addresses(prev: dict, ifname: str) -> tuple[str | None, tuple[str, ...]]:
     """(MAC, addresses) prevResult gave the container interface `ifname` (the one with a
     `sandbox`): what anti-spoofing lets it send from. Addresses are canonical, without
     prefix; those of ips[] that name another interface are left out."""
     interfaces = prev.get("interfaces") if isinstance(prev.get("interfaces"), list) else []
-    index = None
-    for i, iface in enumerate(interfaces):
-        if isinstance(iface, dict) and iface.get("sandbox") and (index is None or iface.get("name") == ifname):
-            index = i
+    index = _sandbox_index(interfaces, ifname)
     mac = _mac(interfaces[index].get("mac")) if index is not None else None
     ips = []
     for n, ip in enumerate(prev.get("ips") if isinstance(prev.get("ips"), list) else []):

@@ -96,10 +96,14 @@ class Backend(ABC):
         Reads only."""
 
     @abstractmethod
-    def drops(self) -> tuple[int, dict[str, int]]:
-        """(packets the isolation drops dropped in all, per bridge where the backend counts
-        them apart): nftables counts in one rule for all bridges, so its dict is empty.
-        Reads only; a ruleset that cannot be read counts as nothing dropped."""
+    def drops(self) -> dict[str, dict[str, int]]:
+        """Packets the isolation dropped: bridge -> reason (plugin.reasons) -> packets, for every
+        bridge the kernel holds counters for, registered or not; a reason the bridge has no
+        counter for is left out. A cross-network drop counts for the bridge it was going
+        into (whose ingressPolicy refused it); every other reason for the bridge the packet
+        or frame came from. Counters live as long as the bridge's rules: adding or removing
+        another network never resets them (a table rebuilt after damage starts again at
+        zero). Reads only; a ruleset that cannot be read counts as nothing dropped."""
 
     @abstractmethod
     def cleanup_commands(self, bridge: str | None, facts: dict, ports: list[str]) -> list[list[str]]:

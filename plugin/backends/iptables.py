@@ -48,6 +48,7 @@ table in between, the transaction fails as a whole and is recomputed.
 import os
 import re
 
+from plugin import reasons
 from plugin.backends import libnft
 from plugin.backends.base import Backend, first_bridge
 from plugin.errors import ENFORCEMENT_FAILED, TRY_AGAIN_LATER, CniError
@@ -564,6 +565,19 @@ def without_ours(table: FilterTable, everything: bool = True) -> tuple[FilterTab
     return after, deleted
 
 
+def drop_reason(chain: str, spec: list[str]) -> tuple[str, str] | None:
+    """(reason, bridge) of one of our DROP rules (`spec`: without its comment) in `chain`:
+    STAGE-2 drops what goes into its bridge from another isolated one (counted for the
+    bridge whose ingressPolicy refused it, as on the nftables backend), STAGE-1 what its
+    bridge hairpins back into itself, the guard chains what the bridge's containers sent."""
+    reason = {STAGE1: reasons.INTRA_BRIDGE, STAGE2: reasons.CROSS_NETWORK, EGRESS: reasons.EGRESS_DENY,
+              HOST: reasons.HOST_ACCESS}.get(chain)
+    option = "-o" if chain == STAGE2 else "-i"
+    if reason is None or option not in spec[:-1]:
+        return None
+    return reason, spec[spec.index(option) + 1]
+
+
 def families() -> list[str]:
     """IPv4 always; IPv6 whenever this network namespace has an IPv6 stack."""
     return ["ipv4", "ipv6"] if os.path.isdir("/proc/sys/net/ipv6") else ["ipv4"]
@@ -663,16 +677,18 @@ class IptablesBackend(Backend):
         nf_tables underneath). The table is read whole: only the attachments asking for
         anti-spoofing have elements there."""
         spoofs = desired.spoofs
-        if not spoofs:
+        if not spoofs and not desired.counted:
             return
         lib, reason = libnft.load()
+        if lib is None and not spoofs:  # only counting intra-bridge frames: not worth failing for
+            return
         if lib is None:
             raise CniError(ENFORCEMENT_FAILED, "antiSpoofing needs nf_tables' bridge family (libnftables), which is "
                            "unusable here (set antiSpoofing to false to run without it)", reason)
-        from plugin.backends.nftables import bridge_plan, read_table, spoof_elements
+        from plugin.backends.nftables import bridge_elements, bridge_plan, read_table
 
         spec = _spoof_spec()
-        libnft.apply(lib, bridge_plan(read_table(lib, spec), spoof_elements(spoofs), spec),
+        libnft.apply(lib, bridge_plan(read_table(lib, spec), bridge_elements(desired), spec),
                      f"could not apply anti-spoofing ({spec.family} {spec.name})")
 
     def release(self, change: Release, facts: dict) -> None:
@@ -680,7 +696,7 @@ class IptablesBackend(Backend):
         failed = self._transact(lambda fam, table: release_plan(table, change, fam))
         if failed:
             raise CniError(ENFORCEMENT_FAILED, f"could not remove the rules of {change.bridge}", failed[0][1].strip())
-        if change.spoofs or change.last:  # otherwise nothing there is ours to take (and no libnftables to load)
+        if change.spoofs or change.uncount or change.forget or change.last or change.last_spoof:  # else nothing ours
             lib = libnft.load()[0]
             if lib is not None:
                 from plugin.backends.nftables import bridge_release, read_table
@@ -706,15 +722,19 @@ class IptablesBackend(Backend):
                 emptied.append((NFT_FAMILY[fam], "filter", chain))
         libnft.delete_empty_chains(emptied)
 
-    def _drop_counts(self) -> dict[str, int]:
-        """Bridges our STAGE-2 DROP isolates, in either family -> packets it dropped for them."""
-        drops: dict[str, int] = {}
+    def _drop_counts(self) -> dict[tuple[str, str], int]:
+        """(reason, bridge) -> packets our DROP rules dropped, both families together (see
+        drop_reason; iptables-save -c prints each rule's counter)."""
+        drops: dict[tuple[str, str], int] = {}
         for rc, out, _ in run_all([([self.tools[fam][0], "-c", "-t", "filter"], None) for fam in self.families]):
             for line in out.splitlines():
-                if line.startswith("[") and f" -A {STAGE2} -o " in line and TAG in line and line.endswith("-j DROP"):
-                    count, rule = line.split("] ", 1)
-                    bridge = rule.split()[3]
-                    drops[bridge] = drops.get(bridge, 0) + int(count[1:].split(":")[0])
+                if not (line.startswith("[") and "] -A " in line and TAG in line and line.endswith("-j DROP")):
+                    continue
+                count, rule = line.split("] ", 1)
+                args = split_rule(rule)
+                found = drop_reason(args[1], strip_comment(args[2:]))
+                if found is not None:
+                    drops[found] = drops.get(found, 0) + int(count[1:].split(":")[0])
         return drops
 
     def enforced(self) -> set[str]:
@@ -723,11 +743,20 @@ class IptablesBackend(Backend):
         its rules are ours)."""
         guarded = {_in_interface(rule) for table in self._read().values() for chain in GUARD_CHAINS
                    for rule in table.chains.get(chain, []) if is_ours(rule)}
-        return set(self._drop_counts()) | (guarded - {None})
+        isolated = {bridge for reason, bridge in self._drop_counts() if reason == reasons.CROSS_NETWORK}
+        return isolated | (guarded - {None})
 
-    def drops(self) -> tuple[int, dict[str, int]]:
-        counts = self._drop_counts()
-        return sum(counts.values()), counts
+    def drops(self) -> dict[str, dict[str, int]]:
+        """Our DROP rules' counters (both families), and the anti-spoofing table's named
+        counters (nftables' bridge family, as on the nftables backend)."""
+        from plugin.backends.nftables import add_counts, read_counters
+
+        found: dict[str, dict[str, int]] = {}
+        add_counts(found, self._drop_counts())
+        lib = libnft.load()[0]
+        if lib is not None:
+            add_counts(found, read_counters(lib, "bridge", SPOOF_TABLE))
+        return found
 
     def cleanup_commands(self, bridge: str | None, facts: dict, ports: list[str]) -> list[list[str]]:
         """Shell commands removing our rules: a bridge's, or (bridge None) all, with our chains
@@ -745,7 +774,7 @@ class IptablesBackend(Backend):
             if bridge is None and state.exists:
                 cmds.append(["nft", "delete", "table", spec.family, spec.name])
             elif state.exists:
-                cmds += spoof_cleanup(state, set(ports), spec)
+                cmds += spoof_cleanup(state, set(ports), spec, bridge)
         for fam, table in self._read().items():
             tool = "iptables" if fam == "ipv4" else "ip6tables"
             lines = release_plan(table, everything, fam, everything=bridge is None)
@@ -798,15 +827,17 @@ class IptablesBackend(Backend):
         """What `tables` (and the anti-spoofing table) lack to enforce `desired`."""
         missing = [f"{fam}: {p}" for fam, table in tables.items() for p in problems(table, desired, fam)]
         spoofs = desired.spoofs
-        if spoofs:
+        if spoofs or desired.counted:
             lib, reason = libnft.load()
-            if lib is None:
+            if lib is None and not spoofs:  # intra-bridge frames uncounted: nothing less enforced
+                pass
+            elif lib is None:
                 missing.append(f"anti-spoofing cannot be read: {reason}")
             else:
-                from plugin.backends.nftables import read_table, spoof_elements, table_problems
+                from plugin.backends.nftables import bridge_elements, read_table, table_problems
 
                 spec = _spoof_spec()
-                found = table_problems(read_table(lib, spec), spoof_elements(spoofs), spec)
+                found = table_problems(read_table(lib, spec), bridge_elements(desired), spec)
                 missing += [f"nftables: {p}" for p in found]
         return missing
 

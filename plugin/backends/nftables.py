@@ -8,15 +8,17 @@
       set peers     { type ifname . ifname }   (A . B) for bridges A != B of one isolationGroup
       map egress    { type ifname : verdict }  BR : jump egress-BR (bridges with denyEgress)
       map host      { type ifname : verdict }  BR : jump host-BR (bridges with hostAccess deny)
+      map count-R   { type ifname : counter }  BR : "R-BR", for each drop reason R the bridge has
+      counter R-BR                             its drops of reason R (plugin.reasons), named
       chain forward  hook forward, priority -5, policy accept
-        iifname @intra iifname . oifname @self counter drop   within an `isolated` bridge (hairpin
-                                                          through the host, or bridged via br_netfilter)
+        iifname @intra iifname . oifname @self goto drop-intra-bridge   within an `isolated` bridge
+                                                          (hairpin through the host, or bridged via br_netfilter)
         iifname . oifname @self return                    within one bridge: nothing else applies
         iifname vmap @egress                              the bridge's deny list
         ct direction original ct status dnat oifname @published return   a published port (the
         ct direction reply ct status dnat iifname @published return      publisher decides, replies too)
         iifname . oifname @peers return                   the same isolationGroup
-        iifname @isolated oifname @isolated counter drop
+        iifname @isolated oifname @isolated goto drop-cross-network
       chain input  hook input, priority -5, policy accept
         icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }
                ip6 hoplimit 255 return            neighbour discovery to the host (never forwarded)
@@ -29,11 +31,18 @@
                                                valid conntrack entry, the packet's own destination
       chain host-BR                            replies and each allowHostPorts entry return;
                                                everything else drops
+      chain drop-R                             every drop of reason R ends here (goto):
+        counter name oifname map @count-R        counted for its bridge: the one a cross-network
+                                                 packet was going into, else the one it came from
+        counter drop                             (a bridge missing from the map breaks only the
+                                                 rule above: the drop holds)
 
     table bridge isolation                     (only once an attachment has antiSpoofing)
       sets guarded, mac, src4, src6, nd6, ndopt   per port: its MAC and addresses (see SPOOF_RULES)
       chain prerouting  hook prerouting, priority -300, policy accept
-        iifname != @guarded return             then every frame from a guarded port is checked
+        iifname != @guarded return             then every frame from a guarded port is checked,
+                                               each drop a `goto drop-anti-spoofing`, counted by
+                                               map count-anti-spoofing (port : its bridge's counter)
 
 `isolated` between the ports of a bridge is the kernel's bridge-port isolation flag, set on
 the ports (plugin/backends/ports.py); the forward rule above catches what the host routes
@@ -46,6 +55,10 @@ the `self` set (the diagonal of bridge pairs), because nftables cannot compare
 iifname with oifname directly. A drop in these tables is final whatever other tables
 accept, so chain order with iptables, firewalld or Docker does not matter.
 
+Named counters count per bridge at the cost of one map lookup per dropped packet; an ADD
+adds its bridge's counters with its elements (adding one that exists keeps its count), so
+adding or removing another network never resets them; a rebuilt table starts at zero.
+
 Each change is one libnftables transaction. When the table is intact, ADD only adds
 elements (kernels make a transaction that deletes or re-declares anything wait ~10 ms
 when its socket closes); a damaged table is deleted and rebuilt in one transaction,
@@ -54,15 +67,52 @@ declared with `typeof`, which libnftables 1.0.6 reads only from text: creating t
 runs one text command before the JSON transaction.)
 """
 
+from plugin import reasons
 from plugin.backends.base import Backend, first_bridge
-from plugin.backends.libnft import (Library, apply, chain_rules, flagged_tables, load, table_objects,
-                                    terse_table_objects)
+from plugin.backends.libnft import Library, apply, flagged_tables, load, table_objects, terse_table_objects
 from plugin.errors import CniError
 from plugin.policy import ND_HOP_LIMIT, ND_TYPES, Desired, Guard, Hole, Release, split_cidr
 from plugin.record import Factory, replace, value_class
 
 TABLE = "isolation"
 GUARD_MAPS = ("egress", "host")  # verdict maps: bridge -> jump to its chain "egress-BR" / "host-BR"
+# The reasons each table drops for, and what names the bridge a drop is counted for: the
+# inet side counts a cross-network drop for the bridge it was going into (whose ingressPolicy
+# refused it), the others for the bridge the packet came from; the bridge family knows only
+# the port a frame entered by, so its counter maps hold one element per port, all naming
+# their bridge's counter.
+DROP_KEYS = {
+    "inet": {reasons.CROSS_NETWORK: "oifname", reasons.INTRA_BRIDGE: "iifname", reasons.EGRESS_DENY: "iifname",
+             reasons.HOST_ACCESS: "iifname"},
+    "bridge": {reasons.ANTI_SPOOFING: "iifname"},
+}
+
+
+def drop_chain(reason: str) -> str:
+    """The chain every drop of `reason` goes to: it counts the packet for its bridge, then drops."""
+    return f"drop-{reason}"
+
+
+def count_map(reason: str) -> str:
+    """The map naming each bridge's (bridge family: each port's) counter of `reason`."""
+    return f"count-{reason}"
+
+
+def counter_name(reason: str, bridge: str) -> str:
+    """The named counter of `reason` drops for `bridge` (kept until the bridge's last attachment goes)."""
+    return f"{reason}-{bridge}"
+
+
+def parse_counter(name: str) -> tuple[str, str] | None:
+    """(reason, bridge) of one of our counters' names, or None."""
+    for reason in reasons.REASONS:
+        if name.startswith(reason + "-") and len(name) > len(reason) + 1:
+            return reason, name[len(reason) + 1:]
+    return None
+
+
+COUNT_MAPS = tuple(count_map(r) for keys in DROP_KEYS.values() for r in keys)
+KEYED_MAPS = GUARD_MAPS + COUNT_MAPS  # maps whose elements are (key, value) pairs, deleted by their key
 
 
 def _meta(key: str) -> dict:
@@ -79,6 +129,19 @@ def _eq(left: dict, right) -> dict:
 
 COUNTER = {"counter": {"packets": 0, "bytes": 0}}
 RETURN = {"return": None}
+
+
+def _goto_drop(reason: str) -> dict:
+    return {"goto": {"target": drop_chain(reason)}}
+
+
+def drop_chains(family: str) -> dict:
+    """The drop chains of a table: count the packet in its bridge's counter (a bridge without
+    one, e.g. of a registry that lost it, breaks that rule only), then drop, counted once
+    more for all bridges together. A drop site jumps here with `goto`: nothing returns."""
+    return {drop_chain(r): (None, [[{"counter": {"map": {"key": _meta(key), "data": f"@{count_map(r)}"}}}],
+                                   [COUNTER, {"drop": None}]])
+            for r, key in DROP_KEYS[family].items()}
 # IPv6 router and neighbour solicitation and advertisement, redirect
 ND_NAMES = {133: "nd-router-solicit", 134: "nd-router-advert", 135: "nd-neighbor-solicit",
             136: "nd-neighbor-advert", 137: "nd-redirect"}
@@ -97,6 +160,7 @@ class TableSpec:
     sets: dict
     chains: dict  # name -> (hook, rules)
     maps: dict = Factory(dict)  # name -> key type (values are verdicts)
+    counts: dict = Factory(dict)  # name -> key type (values are named counters)
     typeof: dict = Factory(dict)  # name -> `typeof` text of sets JSON cannot declare (listed as in `sets`)
     name: str = TABLE
 
@@ -114,9 +178,13 @@ class TableSpec:
         cmds.append({"add": {"table": {"family": self.family, "name": self.name}}})
         cmds += [{"add": {"set": {**base, "name": n, "type": t}}} for n, t in self.sets.items() if n not in self.typeof]
         cmds += [{"add": {"map": {**base, "name": n, "type": t, "map": "verdict"}}} for n, t in self.maps.items()]
-        for name, (hook, rules) in self.chains.items():
-            chain = {**base, "name": name, "type": "filter", "hook": hook, "prio": self.prio, "policy": "accept"}
+        cmds += [{"add": {"map": {**base, "name": n, "type": t, "map": "counter"}}} for n, t in self.counts.items()]
+        for name, (hook, _) in self.chains.items():  # every chain before any rule: rules jump to the regular ones
+            chain = {**base, "name": name}
+            if hook:
+                chain |= {"type": "filter", "hook": hook, "prio": self.prio, "policy": "accept"}
             cmds.append({"add": {"chain": chain}})
+        for name, (hook, rules) in self.chains.items():
             cmds += [{"add": {"rule": {**base, "chain": name, "expr": _creatable(expr)}}} for expr in rules]
         return cmds
 
@@ -155,16 +223,19 @@ INET = TableSpec(
           "peers": ["ifname", "ifname"]},
     chains={
         "forward": ("forward", [
-            [_in_set(_meta("iifname"), "intra"), SAME_BRIDGE, COUNTER, {"drop": None}],
+            [_in_set(_meta("iifname"), "intra"), SAME_BRIDGE, _goto_drop(reasons.INTRA_BRIDGE)],
             [SAME_BRIDGE, RETURN],
             _vmap("egress"),
             *PUBLISHED_PORTS,
             [_in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "peers"), RETURN],
-            [_in_set(_meta("iifname"), "isolated"), _in_set(_meta("oifname"), "isolated"), COUNTER, {"drop": None}],
+            [_in_set(_meta("iifname"), "isolated"), _in_set(_meta("oifname"), "isolated"),
+             _goto_drop(reasons.CROSS_NETWORK)],
         ]),
         "input": ("input", [NEIGHBOUR_DISCOVERY, _vmap("egress"), _vmap("host")]),
+        **drop_chains("inet"),
     },
     maps={"egress": "ifname", "host": "ifname"},
+    counts={count_map(r): "ifname" for r in DROP_KEYS["inet"]},
 )
 
 
@@ -185,13 +256,23 @@ def _port_and(expr: dict) -> dict:
     return {"concat": [_meta("iifname"), expr]}
 
 
-DROP = [COUNTER, {"drop": None}]
+DROP = [_goto_drop(reasons.ANTI_SPOOFING)]
 ICMP6_TYPE = _p("icmpv6", "type")
 NA, NS, RS = "nd-neighbor-advert", "nd-neighbor-solicit", "nd-router-solicit"
 # Rules in the form the kernel lists them back. ND messages must be bare (no extension
 # header) and of the exact sizes Linux sends, so their first option sits at a known offset:
 # NS/NA 24 bytes (+8 for one option: SLLA/TLLA, or DAD's nonce), RS 8 (+8 for its SLLA).
+# Frames between two ports of an `isolated` bridge never reach a firewall hook: the bridge-port
+# isolation flag drops them after prerouting. They are counted here, before anti-spoofing
+# (a spoofed frame to such a MAC counts for both reasons): a unicast frame addressed to the
+# MAC of a container of an isolated bridge (set intramac) counts for the bridge its port is
+# on (map count-intra-bridge: port : counter), or for none when its port is on no isolated
+# bridge (the map lookup fails, the rule ends). Flooded frames (broadcast, multicast, unknown
+# unicast) are not counted.
+INTRA_COUNT = [_in_set(_p("ether", "daddr"), "intramac"),
+               {"counter": {"map": {"key": _meta("iifname"), "data": f"@{count_map(reasons.INTRA_BRIDGE)}"}}}]
 SPOOF_RULES = [
+    INTRA_COUNT,
     [_ne(_meta("iifname"), "@guarded"), RETURN],
     [_ne(_port_and(_p("ether", "saddr")), "@mac"), *DROP],  # another source MAC, any ethertype
     [_ne(_p("ether", "type"), {"set": ["ip", "arp", "ip6"]}), *DROP],  # VLAN-tagged, non-IP: unverifiable
@@ -215,14 +296,17 @@ SPOOF_RULES = [
      *DROP],  # duplicate address detection carries a nonce, never a link-layer address
     [_eq(ICMP6_TYPE, RS), _eq(_p("ip6", "length"), 16), _ne(_port_and(_raw(64, 64)), "@ndopt"), *DROP],
 ]
-SPOOF_SETS = {"guarded": "ifname", "mac": ["ifname", "ether_addr"], "src4": ["ifname", "ipv4_addr"],
+SPOOF_SETS = {"guarded": "ifname", "intramac": "ether_addr", "mac": ["ifname", "ether_addr"],
+              "src4": ["ifname", "ipv4_addr"],
               "src6": ["ifname", "ipv6_addr"], "nd6": ["ifname", "integer"], "ndopt": ["ifname", "integer"]}
 SPOOF_TYPEOF = {"nd6": "iifname . @th,64,128", "ndopt": "iifname . @th,192,64"}
 
 
 def bridge_spec(name: str = TABLE) -> TableSpec:
     """The anti-spoofing table (the iptables backend keeps its own, under another name)."""
-    return TableSpec(family="bridge", prio=-300, sets=SPOOF_SETS, chains={"prerouting": ("prerouting", SPOOF_RULES)},
+    return TableSpec(family="bridge", prio=-300, sets=SPOOF_SETS,
+                     chains={"prerouting": ("prerouting", SPOOF_RULES), **drop_chains("bridge")},
+                     counts={count_map(r): "ifname" for r in (*DROP_KEYS["bridge"], reasons.INTRA_BRIDGE)},
                      typeof=SPOOF_TYPEOF, name=name)
 
 
@@ -244,6 +328,23 @@ def spoof_elements(spoofs) -> dict[str, set]:
         want["src6"].update((s.port, a) for a in s.ips_in(6))
         want["nd6"].update((s.port, _ipv6_int(a)) for a in s.ips_in(6))
     return want
+
+
+def bridge_elements(desired: Desired) -> dict[str, set]:
+    """The bridge table's elements for `desired`: its anti-spoofing, the MACs of its isolated
+    bridges' containers, and each port naming its bridge's counters."""
+    want = spoof_elements(desired.spoofs)
+    want[count_map(reasons.ANTI_SPOOFING)] = {(s.port, counter_name(reasons.ANTI_SPOOFING, b.bridge))
+                                             for b in desired for s in b.spoofs}
+    want |= counted_elements(desired, lambda b: b.counted)
+    return want
+
+
+def counted_elements(bridges, pairs) -> dict[str, set]:
+    """The intra-bridge counting elements of `pairs(b)` ((port, MAC) pairs) for each of `bridges`."""
+    return {"intramac": {mac for b in bridges for _, mac in pairs(b)},
+            count_map(reasons.INTRA_BRIDGE): {(port, counter_name(reasons.INTRA_BRIDGE, b.bridge))
+                                              for b in bridges for port, _ in pairs(b)}}
 
 
 BRIDGE = bridge_spec()
@@ -306,8 +407,9 @@ def egress_rules(guard: Guard) -> list[list[dict]]:
         cidrs = guard.deny_in(family)
         if cidrs:
             ranges = _one_or_set([_address(c) for c in cidrs])
-            rules.append([_destination(family, ranges), COUNTER, {"drop": None}])
-            rules.append([UNTRACKED, _eq(_p("ip" if family == 4 else "ip6", "daddr"), ranges), COUNTER, {"drop": None}])
+            rules.append([_destination(family, ranges), _goto_drop(reasons.EGRESS_DENY)])
+            rules.append([UNTRACKED, _eq(_p("ip" if family == 4 else "ip6", "daddr"), ranges),
+                          _goto_drop(reasons.EGRESS_DENY)])
     return rules
 
 
@@ -317,7 +419,7 @@ def host_rules(guard: Guard) -> list[list[dict]]:
     rules = [ESTABLISHED]
     for hole in guard.host_ports:
         rules += _hole(hole)
-    return rules + [[COUNTER, {"drop": None}]]
+    return rules + [[_goto_drop(reasons.HOST_ACCESS)]]
 
 
 def bridge_chains(bridge: str, guard: Guard) -> dict[str, list[list[dict]]]:
@@ -352,13 +454,14 @@ class TableState:
     elements: dict[str, set] = Factory(dict)  # map elements as (key, jump target)
     chains: dict[str, list] = Factory(dict)  # the per-bridge guard chains and their rules
     dormant: bool = False  # `flags dormant`: the table is there and enforces nothing
+    counters: dict[str, int] = Factory(dict)  # our named counters -> packets counted
 
     @classmethod
     def parse(cls, listing: list[dict] | None, spec: TableSpec) -> "TableState":
         """From the `nftables` array of `list table FAMILY isolation` (None: no such table)."""
         if listing is None:
             return cls()
-        sets, maps, base, rules = {}, {}, {}, {}
+        sets, maps, base, rules, counters = {}, {}, {}, {}, {}
         dormant = flagged = False
         for obj in listing:
             if "table" in obj:  # our tables carry no flags: any (dormant above all) is an alteration
@@ -372,6 +475,8 @@ class TableState:
             elif "map" in obj:
                 m = obj["map"]
                 maps[m["name"]] = ((m["type"], m.get("map")), {_map_element(e) for e in m.get("elem", [])})
+            elif "counter" in obj:
+                counters[obj["counter"]["name"]] = obj["counter"].get("packets", 0)
             elif "chain" in obj:
                 c = obj["chain"]
                 base[c["name"]] = (c.get("type"), c.get("hook"), c.get("prio"), c.get("policy"))
@@ -382,14 +487,17 @@ class TableState:
         intact = (
             not flagged
             and {n: t for n, (t, _) in sets.items()} == spec.sets
-            and {n: t for n, (t, _) in maps.items()} == {n: (t, "verdict") for n, t in spec.maps.items()}
+            and {n: t for n, (t, _) in maps.items()}
+            == {n: (t, "verdict") for n, t in spec.maps.items()} | {n: (t, "counter") for n, t in spec.counts.items()}
             and {n: b for n, b in base.items() if n not in guard}
-            == {n: ("filter", hook, spec.prio, "accept") for n, (hook, _) in spec.chains.items()}
+            == {n: ("filter", hook, spec.prio, "accept") if hook else (None, None, None, None)
+                for n, (hook, _) in spec.chains.items()}
             and all(rules[n] == r for n, (_, r) in spec.chains.items())
         )
         elements = {n: elems for n, (t, elems) in sets.items() if spec.sets.get(n) == t}
-        elements |= {n: elems for n, ((t, _), elems) in maps.items() if spec.maps.get(n) == t}
-        return cls(exists=True, intact=intact, elements=elements, chains=guard, dormant=dormant)
+        elements |= {n: elems for n, ((t, kind), elems) in maps.items()
+                     if (spec.maps if kind == "verdict" else spec.counts).get(n) == t}
+        return cls(exists=True, intact=intact, elements=elements, chains=guard, dormant=dormant, counters=counters)
 
 
 def _element(e) -> str | tuple:
@@ -401,13 +509,15 @@ def _element(e) -> str | tuple:
 
 
 def _map_element(e) -> tuple:
-    key, verdict = e
-    return (_element(key), (verdict.get("jump") or {}).get("target") if isinstance(verdict, dict) else None)
+    key, value = e
+    if isinstance(value, str):  # a counter map's element names its counter
+        return (_element(key), value)
+    return (_element(key), (value.get("jump") or {}).get("target") if isinstance(value, dict) else None)
 
 
 def _normalise(expr: list[dict]) -> list[dict]:
     """A listed rule's expressions, with counter values zeroed so it compares with our spec."""
-    return [COUNTER if "counter" in x else x for x in expr]
+    return [COUNTER if "counter" in x and "packets" in (x["counter"] or {}) else x for x in expr]
 
 
 def wanted(desired: Desired) -> dict[str, dict[str, set]]:
@@ -417,7 +527,11 @@ def wanted(desired: Desired) -> dict[str, dict[str, set]]:
     want: dict[str, dict[str, set]] = {}
     for b in desired:
         if b.isolate or b.guard.active:
-            inet = want.setdefault("inet", {name: set() for name in [*INET.sets, *INET.maps]})
+            inet = want.setdefault("inet", {name: set() for name in [*INET.sets, *INET.maps, *INET.counts]})
+        for reason, needed in ((reasons.CROSS_NETWORK, b.isolate), (reasons.INTRA_BRIDGE, b.drop_intra),
+                               (reasons.EGRESS_DENY, bool(b.guard.deny)), (reasons.HOST_ACCESS, b.guard.host_deny)):
+            if needed:
+                inet[count_map(reason)].add((b.bridge, counter_name(reason, b.bridge)))
         if b.isolate:
             inet["isolated"].add(b.bridge)
             inet["self"].add((b.bridge, b.bridge))
@@ -426,9 +540,8 @@ def wanted(desired: Desired) -> dict[str, dict[str, set]]:
                 inet["published"].add(b.bridge)
             if b.drop_intra:
                 inet["intra"].add(b.bridge)
-    spoofs = desired.spoofs
-    if spoofs:
-        want["bridge"] = spoof_elements(spoofs)
+    if desired.spoofs or desired.counted:
+        want["bridge"] = bridge_elements(desired)
     if "inet" in want:
         for chain in guard_chains(desired):
             want["inet"][chain.split("-", 1)[0]].add((chain.split("-", 1)[1], chain))
@@ -441,13 +554,19 @@ def _value(name: str, e):
     (a raw-payload value as hex: JSON integers stop at 64 bits)."""
     if name in GUARD_MAPS:
         return [e[0], {"jump": {"target": e[1]}}]
+    if name in COUNT_MAPS:
+        return [e[0], e[1]]
     if isinstance(e, tuple):
         return {"concat": [f"0x{v:x}" if isinstance(v, int) else v for v in e]}
     return e
 
 
 def _add_elements(family: str, elements: dict[str, set], table: str = TABLE) -> list[dict]:
-    cmds = []
+    """Commands adding `elements` (name -> elements), with the named counters their counter
+    map elements name: adding a counter that exists leaves its count as it is, so an ADD
+    never resets one."""
+    counters = sorted({e[1] for name, elems in elements.items() if name in COUNT_MAPS for e in elems})
+    cmds = [{"add": {"counter": {"family": family, "table": table, "name": c}}} for c in counters]
     for name, elems in sorted(elements.items()):
         if elems:
             values = [_value(name, e) for e in sorted(elems)]
@@ -456,7 +575,7 @@ def _add_elements(family: str, elements: dict[str, set], table: str = TABLE) -> 
 
 
 def _delete_element(family: str, name: str, elem, table: str = TABLE) -> dict:
-    key = elem[0] if name in GUARD_MAPS else _value(name, elem)  # a map entry goes by its key
+    key = elem[0] if name in KEYED_MAPS else _value(name, elem)  # a map entry goes by its key
     return {"delete": {"element": {"family": family, "table": table, "name": name, "elem": [key]}}}
 
 
@@ -488,13 +607,30 @@ def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dic
     lost the attachments of ports it still protects), else the leaving ports' elements."""
     if not state.exists:
         return []
-    leaving = {s.port for s in r.spoofs}
+    spoofing = {s.port for s in r.spoofs}
+    leaving = spoofing | {p for p, _ in r.uncount} | {m for _, m in r.uncount}  # MACs: the intramac set's
     held = {_port_of(e) for elems in state.elements.values() for e in elems}
     if (r.last or r.last_spoof) and held <= leaving:
         return [{"delete": {"table": {"family": "bridge", "name": spec.name}}}]
-    gone = spoof_elements(r.spoofs)
-    return [_delete_element("bridge", n, e, spec.name) for n in sorted(gone) for e in sorted(gone[n])
+    gone = spoof_elements(r.spoofs) | counted_elements([r], lambda _: r.uncount)
+    name = count_map(reasons.ANTI_SPOOFING)
+    gone[name] = {e for e in state.elements.get(name, set()) if e[0] in spoofing}
+    if r.forget:  # every port still naming the bridge's counters (a lost registry's) lets go of them
+        for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE):
+            mine = counter_name(reason, r.bridge)
+            gone[count_map(reason)] |= {e for e in state.elements.get(count_map(reason), set()) if e[1] == mine}
+    cmds = [_delete_element("bridge", n, e, spec.name) for n in sorted(gone) for e in sorted(gone[n])
             if e in state.elements.get(n, set())]
+    counters = (name, count_map(reasons.INTRA_BRIDGE))
+    return cmds + [c for n in counters for c in _unused_counters(state, n, gone[n], spec)]
+
+
+def _unused_counters(state: "TableState", name: str, gone: set, spec: TableSpec) -> list[dict]:
+    """Commands deleting the counters that the elements `gone` of counter map `name` named and
+    that no element left names (after the elements: a counter in use cannot be deleted)."""
+    left = {e[1] for e in state.elements.get(name, set()) - gone}
+    return [{"delete": {"counter": {"family": spec.family, "table": spec.name, "name": c}}}
+            for c in sorted({e[1] for e in gone} - left) if c in state.counters]
 
 
 def _converge_chains(state: "TableState", want: dict[str, list], scope) -> tuple[list[dict], list[dict]]:
@@ -541,7 +677,7 @@ def plan(states: dict[str, TableState], desired: Desired) -> list[dict]:
         cmds += spec.create(replace=state.exists)  # damaged: rebuilt, keeping what it still held (no stale grant)
         cmds += _converge_chains(TableState(), chains, chains)[0]
         keep = {n: {e for e in state.elements.get(n, set()) if n not in GRANT_SETS or not _touches(e, known)}
-                | want.get(n, set()) for n in spec.sets}
+                | want.get(n, set()) for n in [*spec.sets, *spec.counts]}  # counters: recreated, at zero
         keep |= {n: want.get(n, set()) for n in spec.maps}
         cmds += _add_elements(family, keep)
     return cmds
@@ -580,7 +716,7 @@ def release_families(r: Release) -> list[str]:
     families = []
     if r.last or r.isolate or r.within or r.published or r.drop_intra or r.peers is not None or r.guard is not None:
         families.append("inet")
-    if r.spoofs or r.last or r.last_spoof:
+    if r.spoofs or r.uncount or r.forget or r.last or r.last_spoof:
         families.append("bridge")
     return families
 
@@ -632,8 +768,15 @@ def _bridge_release(inet: TableState, r: Release) -> list[dict]:
             else:
                 gone.append((m, entry))
         first += _add_elements("inet", added)
+    for reason, goes in ((reasons.CROSS_NETWORK, r.isolate), (reasons.INTRA_BRIDGE, r.drop_intra or r.isolate),
+                         (reasons.EGRESS_DENY, r.guard is not None and not r.guard.deny),
+                         (reasons.HOST_ACCESS, r.guard is not None and not r.guard.host_deny)):
+        if goes:
+            gone.append((count_map(reason), (b, counter_name(reason, b))))
     deleted = [_delete_element("inet", name, elem) for name, elem in gone if elem in inet.elements.get(name, set())]
-    return first + deleted + last
+    counters = [c for name, elem in gone if name in COUNT_MAPS
+                for c in _unused_counters(inet, name, {elem} & inet.elements.get(name, set()), INET)]
+    return first + deleted + counters + last
 
 
 def mentioned(state: TableState) -> set[str]:
@@ -641,7 +784,7 @@ def mentioned(state: TableState) -> set[str]:
     found = set()
     for name, elems in state.elements.items():
         for e in elems:
-            if name in GUARD_MAPS:
+            if name in KEYED_MAPS:
                 found.add(e[0])
             elif isinstance(e, tuple):
                 found.update(e)
@@ -767,14 +910,25 @@ def table_problems(state: TableState, want: dict[str, set], spec: TableSpec) -> 
     found = []
     for name, elems in sorted(want.items()):
         for e in sorted(elems - state.elements.get(name, set())):
-            shown = f"{e[0]} : jump {e[1]}" if name in GUARD_MAPS else _shown(e)
-            found.append(f"{shown} is not in {'map' if name in GUARD_MAPS else 'set'} {where} {name}")
+            shown = f"{e[0]} : jump {e[1]}" if name in GUARD_MAPS else f"{e[0]} : {e[1]}" if name in COUNT_MAPS \
+                else _shown(e)
+            found.append(f"{shown} is not in {'map' if name in KEYED_MAPS else 'set'} {where} {name}")
     return found
 
 
-def spoof_cleanup(state: TableState, ports, spec: TableSpec) -> list[list[str]]:
-    """nft commands deleting the anti-spoofing elements of `ports` from table `spec`."""
+def spoof_cleanup(state: TableState, ports, spec: TableSpec, bridge: str) -> list[list[str]]:
+    """nft commands deleting the anti-spoofing elements of `ports` from table `spec`, their
+    counter map elements, and `bridge`'s counters once no port left there names them (the
+    MACs of set intramac stay: without their ports they count nothing)."""
     cmds = []
+    for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE):
+        name = count_map(reason)
+        counted = {e for e in state.elements.get(name, set()) if e[0] in ports}
+        cmds += [["nft", "delete", "element", "bridge", spec.name, name, "{", f'"{e[0]}"', "}"]
+                 for e in sorted(counted)]
+        counter = counter_name(reason, bridge)
+        if counter in state.counters and not {e for e in state.elements.get(name, set()) - counted if e[1] == counter}:
+            cmds.append(["nft", "delete", "counter", "bridge", spec.name, counter])
     for name in SPOOF_SETS:
         for e in sorted(state.elements.get(name, set())):
             if (e[0] if isinstance(e, tuple) else e) in ports:
@@ -782,6 +936,31 @@ def spoof_cleanup(state: TableState, ports, spec: TableSpec) -> list[list[str]]:
                                    for i, v in enumerate(e)) if isinstance(e, tuple) else f'"{e}"'
                 cmds.append(["nft", "delete", "element", "bridge", spec.name, name, "{", shown, "}"])
     return cmds
+
+
+def read_counters(lib: Library, family: str, table: str) -> dict[tuple[str, str], int]:
+    """(reason, bridge) -> packets, from the named counters of one of our tables (none when
+    the table is missing or unreadable). A text listing: it costs no element listing, and
+    never meets libnftables 1.0.6's JSON trouble with a flagged table."""
+    rc, text, _ = lib.cmd(f"list counters table {family} {table}")
+    if rc != 0:
+        return {}
+    found, current = {}, None
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["counter"] and len(words) >= 2:
+            current = parse_counter(words[1].strip('"'))
+        elif words[:1] == ["packets"] and current is not None:
+            found[current] = found.get(current, 0) + int(words[1])
+            current = None
+    return found
+
+
+def add_counts(into: dict[str, dict[str, int]], counts: dict[tuple[str, str], int]) -> None:
+    """Add (reason, bridge) -> packets into bridge -> reason -> packets."""
+    for (reason, bridge), packets in counts.items():
+        per = into.setdefault(bridge, {})
+        per[reason] = per.get(reason, 0) + packets
 
 
 def read_table(lib: Library, spec: TableSpec, terse: bool = False) -> TableState:
@@ -875,10 +1054,12 @@ class NftablesBackend(Backend):
         guarded = {e[0] for m in GUARD_MAPS for e in inet.elements.get(m, set())}
         return set(inet.elements.get("isolated", set())) | guarded | {c.split("-", 1)[1] for c in inet.chains}
 
-    def drops(self) -> tuple[int, dict[str, int]]:
-        """What the inet table's forward drops counted, all bridges together (one rule each)."""
-        rules = chain_rules(self.lib, "inet", TABLE, "forward") or []
-        return sum(x["counter"]["packets"] for expr in rules for x in expr if "counter" in x), {}
+    def drops(self) -> dict[str, dict[str, int]]:
+        """Our named counters, in both tables (see DROP_KEYS)."""
+        found: dict[str, dict[str, int]] = {}
+        for family in SPECS:
+            add_counts(found, read_counters(self.lib, family, TABLE))
+        return found
 
     def cleanup_commands(self, bridge: str | None, facts: dict, ports: list[str]) -> list[list[str]]:
         """nft commands removing our tables, or (bridge given) that bridge's elements and the
@@ -895,10 +1076,16 @@ class NftablesBackend(Backend):
         for pair in sorted(states["inet"].elements.get("peers", set())):  # its group's grants, both ways
             if bridge in pair:
                 cmds.append(["nft", "delete", "element", "inet", TABLE, "peers", "{", f'"{pair[0]}" . "{pair[1]}"', "}"])
+        for reason in DROP_KEYS["inet"]:
+            name, counter = count_map(reason), counter_name(reason, bridge)
+            if (bridge, counter) in states["inet"].elements.get(name, set()):
+                cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", f'"{bridge}"', "}"])
+            if counter in states["inet"].counters:
+                cmds.append(["nft", "delete", "counter", "inet", TABLE, counter])
         for name in GUARD_MAPS:
             entry = (bridge, f"{name}-{bridge}")
             if entry in states["inet"].elements.get(name, set()):
                 cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", f'"{bridge}"', "}"])
             if entry[1] in states["inet"].chains:
                 cmds.append(["nft", "delete", "chain", "inet", TABLE, entry[1]])  # a valid name, unquoted
-        return cmds + spoof_cleanup(states["bridge"], set(ports), BRIDGE)
+        return cmds + spoof_cleanup(states["bridge"], set(ports), BRIDGE, bridge)

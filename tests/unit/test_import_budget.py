@@ -58,7 +58,7 @@ PLUGIN_CORE = {"plugin", "plugin.main", "plugin.trace", "plugin.agent", "plugin.
                "_json", "struct", "_struct", "fcntl", "_socket", "errno", "_sha256", "plugin.native", "_ctypes",
                "types", "time", "gc", "stat", "_stat"}
 ENGINE = {"plugin.backends", "plugin.backends.base", "plugin.backends.nftables", "plugin.backends.libnft",
-          "plugin.backends.ports",
+          "plugin.backends.ports", "plugin.reasons",
           "plugin.policy", "plugin.record", "plugin.registry", "plugin.lifecycle", "operator", "_operator",
           "_thread"}
 ALLOWED = {

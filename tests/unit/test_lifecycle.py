@@ -193,7 +193,8 @@ def test_a_damaged_registry_takes_only_the_departing_ports_own(tmp_path, fake, m
     assert lifecycle.detach(reg, [leaving]) == []
     whole = policy.release(leaving, [])
     assert whole.isolate and whole.last
-    assert fake.did("release") == [policy.port_only(whole)] == [policy.Release(bridge="br0", spoofs=whole.spoofs)]
+    assert fake.did("release") == [policy.port_only(whole)] == [
+        policy.Release(bridge="br0", spoofs=whole.spoofs, uncount=whole.uncount)]
 
 
 def test_deferred_dels_are_carried_out_by_the_next_run_that_holds_the_lock(tmp_path, fake):

@@ -19,7 +19,7 @@ from golden import load
 def intact(*bridges: str) -> TableState:
     """An intact table holding same-bridge, published-ports bridges (the defaults)."""
     elements = {"isolated": set(bridges), "self": {(b, b) for b in bridges}, "published": set(bridges), "intra": set(),
-                "peers": set()}
+                "peers": set(), "count-cross-network": {(b, f"cross-network-{b}") for b in bridges}}
     return TableState(True, True, elements)
 
 
@@ -27,7 +27,7 @@ SPOOF0 = Spoof("veth0", "02:00:00:00:00:0a", ("10.77.1.2", "fd77:1::2"))
 SCENARIOS = {
     "fresh-same-bridge": ({}, intent_for("br0", "same-bridge", "veth0")),
     # isolated, with its default antiSpoofing: the bridge table with veth0's MAC and addresses
-    "fresh-isolated": ({}, intent_for("br0", "isolated", "veth0", spoof=SPOOF0)),
+    "fresh-isolated": ({}, intent_for("br0", "isolated", "veth0", spoof=SPOOF0, mac=SPOOF0.mac)),
     "open": ({}, intent_for("br0", "open", "veth0")),
     "third-bridge": ({"inet": intact("br0", "br1")}, intent_for("br2", "same-bridge", "veth2")),
     "existing-bridge": ({"inet": intact("br0", "br1")}, intent_for("br1", "same-bridge", "veth1")),
@@ -47,12 +47,17 @@ def test_plan_matches_golden(name, golden):
 # `nft -j list table inet isolation` as the kernel printed it (kernel 6.18, nftables 1.0.6) for brA (isolated, with
 # denyEgress 10.98.0.0/16 but UDP 53 to 10.98.0.53, and hostAccess deny) and brB (same-bridge,
 # allowPublishedPorts false), both in isolationGroup "g"; its text form matched the module
-# docstring. One drop counter has moved, as it does on a live host. The published-port rules
-# became one per conntrack direction (issue 14): rule 12 gained `ct direction original` and
-# rule 31 is the reply rule, both in the form `nft -j list` prints them (checked on nft 1.0.6).
+# docstring. One drop counter has moved, as it does on a live host. Listed again from the
+# kernel when every drop became a `goto` to its reason's drop chain, which counts it in the
+# bridge's named counter (issue 19).
 GUARD = Guard(("10.98.0.0/16",), (Hole("udp", ("53",), "10.98.0.53/32"),), True, (Hole("tcp", ("53",)), Hole("udp", ("53",))))
 LISTING = json.loads(r"""[
  {"table": {"family": "inet", "name": "isolation", "handle": 1}},
+ {"counter": {"family": "inet", "name": "cross-network-brA", "table": "isolation", "handle": 47, "packets": 0, "bytes": 0}},
+ {"counter": {"family": "inet", "name": "cross-network-brB", "table": "isolation", "handle": 48, "packets": 12, "bytes": 1008}},
+ {"counter": {"family": "inet", "name": "egress-deny-brA", "table": "isolation", "handle": 49, "packets": 0, "bytes": 0}},
+ {"counter": {"family": "inet", "name": "host-access-brA", "table": "isolation", "handle": 50, "packets": 0, "bytes": 0}},
+ {"counter": {"family": "inet", "name": "intra-bridge-brA", "table": "isolation", "handle": 51, "packets": 0, "bytes": 0}},
  {"set": {"family": "inet", "name": "isolated", "table": "isolation", "type": "ifname", "handle": 1, "elem": ["brA", "brB"]}},
  {"set": {"family": "inet", "name": "self", "table": "isolation", "type": ["ifname", "ifname"], "handle": 2, "elem": [{"concat": ["brA", "brA"]}, {"concat": ["brB", "brB"]}]}},
  {"set": {"family": "inet", "name": "published", "table": "isolation", "type": "ifname", "handle": 3, "elem": ["brA"]}},
@@ -60,28 +65,44 @@ LISTING = json.loads(r"""[
  {"set": {"family": "inet", "name": "peers", "table": "isolation", "type": ["ifname", "ifname"], "handle": 5, "elem": [{"concat": ["brB", "brA"]}, {"concat": ["brA", "brB"]}]}},
  {"map": {"family": "inet", "name": "egress", "table": "isolation", "type": "ifname", "handle": 6, "map": "verdict", "elem": [["brA", {"jump": {"target": "egress-brA"}}]]}},
  {"map": {"family": "inet", "name": "host", "table": "isolation", "type": "ifname", "handle": 7, "map": "verdict", "elem": [["brA", {"jump": {"target": "host-brA"}}]]}},
- {"chain": {"family": "inet", "table": "isolation", "name": "forward", "handle": 8, "type": "filter", "hook": "forward", "prio": -5, "policy": "accept"}},
- {"chain": {"family": "inet", "table": "isolation", "name": "input", "handle": 15, "type": "filter", "hook": "input", "prio": -5, "policy": "accept"}},
- {"chain": {"family": "inet", "table": "isolation", "name": "egress-brA", "handle": 20}},
- {"chain": {"family": "inet", "table": "isolation", "name": "host-brA", "handle": 25}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 9, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@intra"}}, {"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 10, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 11, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@egress"}}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 12, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "original"}}, {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@published"}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 31, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}, {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@published"}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 13, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@peers"}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 14, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@isolated"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@isolated"}}, {"counter": {"packets": 12, "bytes": 1008}}, {"drop": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 17, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "hoplimit"}}, "right": 255}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 18, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@egress"}}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 19, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@host"}}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 21, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 22, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "ip daddr", "dir": "original"}}, "right": "10.98.0.53"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 23, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "ip daddr", "dir": "original"}}, "right": {"prefix": {"addr": "10.98.0.0", "len": 16}}}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 24, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["invalid", "untracked"]}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.98.0.0", "len": 16}}}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 26, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 27, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 53}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 28, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"return": null}]}},
- {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 29, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}
+ {"map": {"family": "inet", "name": "count-cross-network", "table": "isolation", "type": "ifname", "handle": 8, "map": "counter", "elem": [["brA", "cross-network-brA"], ["brB", "cross-network-brB"]]}},
+ {"map": {"family": "inet", "name": "count-intra-bridge", "table": "isolation", "type": "ifname", "handle": 9, "map": "counter", "elem": [["brA", "intra-bridge-brA"]]}},
+ {"map": {"family": "inet", "name": "count-egress-deny", "table": "isolation", "type": "ifname", "handle": 10, "map": "counter", "elem": [["brA", "egress-deny-brA"]]}},
+ {"map": {"family": "inet", "name": "count-host-access", "table": "isolation", "type": "ifname", "handle": 11, "map": "counter", "elem": [["brA", "host-access-brA"]]}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "forward", "handle": 12, "type": "filter", "hook": "forward", "prio": -5, "policy": "accept"}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "input", "handle": 13, "type": "filter", "hook": "input", "prio": -5, "policy": "accept"}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "drop-cross-network", "handle": 14}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "drop-intra-bridge", "handle": 15}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "drop-egress-deny", "handle": 16}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "drop-host-access", "handle": 17}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "egress-brA", "handle": 37}},
+ {"chain": {"family": "inet", "table": "isolation", "name": "host-brA", "handle": 42}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 18, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@intra"}}, {"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"goto": {"target": "drop-intra-bridge"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 19, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@self"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 20, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@egress"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 21, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "original"}}, {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@published"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 22, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}, {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@published"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 23, "expr": [{"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@peers"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "forward", "handle": 24, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@isolated"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@isolated"}}, {"goto": {"target": "drop-cross-network"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 26, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "hoplimit"}}, "right": 255}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 27, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@egress"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 28, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@host"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-cross-network", "handle": 29, "expr": [{"counter": {"map": {"key": {"meta": {"key": "oifname"}}, "data": "@count-cross-network"}}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-cross-network", "handle": 30, "expr": [{"counter": {"packets": 12, "bytes": 1008}}, {"drop": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-intra-bridge", "handle": 31, "expr": [{"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-intra-bridge"}}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-intra-bridge", "handle": 32, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-egress-deny", "handle": 33, "expr": [{"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-egress-deny"}}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-egress-deny", "handle": 34, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-host-access", "handle": 35, "expr": [{"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-host-access"}}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-host-access", "handle": 36, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 38, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 39, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "ip daddr", "dir": "original"}}, "right": "10.98.0.53"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 40, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "ip daddr", "dir": "original"}}, "right": {"prefix": {"addr": "10.98.0.0", "len": 16}}}}, {"goto": {"target": "drop-egress-deny"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 41, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["invalid", "untracked"]}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.98.0.0", "len": 16}}}}, {"goto": {"target": "drop-egress-deny"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 43, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 44, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 53}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 45, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 46, "expr": [{"goto": {"target": "drop-host-access"}}]}}
 ]""")
 
 
@@ -95,14 +116,20 @@ def test_listing_of_our_own_table_is_intact():
     assert state.exists and state.intact
     assert state.elements == {"isolated": {"brA", "brB"}, "self": {("brA", "brA"), ("brB", "brB")},
                               "published": {"brA"}, "intra": {"brA"}, "peers": {("brA", "brB"), ("brB", "brA")},
-                              "egress": {("brA", "egress-brA")}, "host": {("brA", "host-brA")}}
+                              "egress": {("brA", "egress-brA")}, "host": {("brA", "host-brA")},
+                              "count-cross-network": {("brA", "cross-network-brA"), ("brB", "cross-network-brB")},
+                              "count-intra-bridge": {("brA", "intra-bridge-brA")},
+                              "count-egress-deny": {("brA", "egress-deny-brA")},
+                              "count-host-access": {("brA", "host-access-brA")}}
+    assert state.counters == {"cross-network-brA": 0, "cross-network-brB": 12, "egress-deny-brA": 0,
+                              "host-access-brA": 0, "intra-bridge-brA": 0}
     assert sorted(state.chains) == ["egress-brA", "host-brA"]
     intents = [intent_for("brA", "isolated", "vethA", group="g", guard=GUARD),
                intent_for("brB", "same-bridge", "vethB", published=False, group="g")]
     states = {"inet": state, "bridge": TableState(True, True, {})}
     assert problems(states, desired(intents)) == [] and plan(states, desired(intents)) == []
 
-    tampered = _replace_rule(LISTING, "forward", 14, [{"accept": None}])
+    tampered = _replace_rule(LISTING, "forward", 24, [{"accept": None}])
     assert not TableState.parse(tampered, INET).intact
     pre_guard = [o for o in LISTING if not ("map" in o or "chain" in o and o["chain"]["name"] != "forward"
                                             or "rule" in o and o["rule"]["chain"] != "forward")]
@@ -111,7 +138,7 @@ def test_listing_of_our_own_table_is_intact():
 
 
 def test_an_altered_guard_chain_is_named_and_rewritten():
-    opened = TableState.parse(_replace_rule(LISTING, "host-brA", 29, [{"accept": None}]), INET)
+    opened = TableState.parse(_replace_rule(LISTING, "host-brA", 46, [{"accept": None}]), INET)
     assert opened.intact  # the constant part is fine: only the chain is rewritten
     intents = [intent_for("brA", "same-bridge", group="g", guard=GUARD)]
     assert problems({"inet": opened}, desired(intents)) == ["chain inet isolation host-brA is altered"]
@@ -126,6 +153,7 @@ def test_an_altered_guard_chain_is_named_and_rewritten():
 def test_problems_name_what_is_missing():
     assert problems({"inet": intact("br0")}, desired([intent_for("br0", "same-bridge")])) == []
     assert problems({"inet": intact("br0")}, desired([intent_for("br1", "same-bridge")])) == [
+        "br1 : cross-network-br1 is not in map inet isolation count-cross-network",
         "br1 is not in set inet isolation isolated",
         "br1 is not in set inet isolation published",
         "br1 . br1 is not in set inet isolation self",
@@ -136,6 +164,7 @@ def test_problems_name_what_is_missing():
     ]
     assert problems({"inet": intact("br0"), "bridge": _spoofed(SPOOF1)},
                     desired([intent_for("br0", "same-bridge", "veth0", spoof=SPOOF0)])) == [
+        "veth0 : anti-spoofing-br0 is not in map bridge isolation count-anti-spoofing",
         "veth0 is not in set bridge isolation guarded",
         "veth0 . 02:00:00:00:00:0a is not in set bridge isolation mac",
         "veth0 . 0xfd770001000000000000000000000002 is not in set bridge isolation nd6",
@@ -212,6 +241,8 @@ def test_a_rebuilt_table_gets_every_registered_bridge_back():
     cmds = plan({}, desired(intents))
     elements = [c["add"]["element"] for c in cmds if "element" in c["add"]]
     assert elements == [
+        {"family": "inet", "table": "isolation", "name": "count-cross-network",
+         "elem": [["br0", "cross-network-br0"], ["br2", "cross-network-br2"]]},
         {"family": "inet", "table": "isolation", "name": "isolated", "elem": ["br0", "br2"]},
         {"family": "inet", "table": "isolation", "name": "published", "elem": ["br0", "br2"]},
         {"family": "inet", "table": "isolation", "name": "self", "elem": [{"concat": ["br0", "br0"]},
@@ -242,7 +273,9 @@ def test_add_only_plan_adds_this_bridges_elements_and_touches_nothing_else():
     cmds = add_only_plan({"inet": terse}, desired([intent_for("brC", "same-bridge", group="g", guard=Guard(("10.0.0.0/8",))),
                                            intent_for("brB", "same-bridge", published=False, group="g")]))
     kinds = [next(iter(c)) + " " + next(iter(next(iter(c.values())))) for c in cmds]
-    assert set(kinds) == {"add chain", "add rule", "add element"} and "delete" not in str(cmds)
+    assert set(kinds) == {"add chain", "add rule", "add counter", "add element"} and "delete" not in str(cmds)
+    counters = [c["add"]["counter"]["name"] for c in cmds if "counter" in c["add"]]
+    assert counters == ["cross-network-brB", "cross-network-brC", "egress-deny-brC"]  # adding one that exists keeps its count
     added = {c["add"]["element"]["name"]: c["add"]["element"]["elem"] for c in cmds if "element" in c["add"]}
     assert added["egress"] == [["brC", {"jump": {"target": "egress-brC"}}]]
     assert {"concat": ["brC", "brB"]} in added["peers"] and "brC" in added["isolated"]
@@ -276,33 +309,43 @@ def test_release_never_takes_the_table_while_another_bridge_is_in_it():
         {"delete": {"table": {"family": "inet", "name": "isolation"}}}], "with brA alone, the table goes"
 # `nft -j list table bridge isolation` as the kernel printed it for vethA (isolated, so
 # anti-spoofing by default) with SPOOF0's MAC and addresses: the raw-payload sets list as
-# (ifname, integer), their values as integers or hex strings.
+# (ifname, integer), their values as integers or hex strings. Listed again when every drop became
+# a `goto drop-anti-spoofing`, counting it in the port's bridge's counter, and frames to the
+# containers of isolated bridges became counted first (issue 19).
 BRIDGE_LISTING = json.loads(r"""[
- {"table": {"family": "bridge", "name": "isolation", "handle": 2}},
+ {"table": {"family": "bridge", "name": "isolation", "handle": 1}},
+ {"counter": {"family": "bridge", "name": "anti-spoofing-brA", "table": "isolation", "handle": 39, "packets": 0, "bytes": 0}},
  {"set": {"family": "bridge", "name": "nd6", "table": "isolation", "type": ["ifname", "integer"], "handle": 1, "elem": [{"concat": ["vethA", "0xfd770001000000000000000000000002"]}]}},
  {"set": {"family": "bridge", "name": "ndopt", "table": "isolation", "type": ["ifname", "integer"], "handle": 2, "elem": [{"concat": ["vethA", 72341268037894154]}, {"concat": ["vethA", 144398862075822090]}]}},
  {"set": {"family": "bridge", "name": "guarded", "table": "isolation", "type": "ifname", "handle": 3, "elem": ["vethA"]}},
- {"set": {"family": "bridge", "name": "mac", "table": "isolation", "type": ["ifname", "ether_addr"], "handle": 4, "elem": [{"concat": ["vethA", "02:00:00:00:00:0a"]}]}},
- {"set": {"family": "bridge", "name": "src4", "table": "isolation", "type": ["ifname", "ipv4_addr"], "handle": 5, "elem": [{"concat": ["vethA", "10.77.1.2"]}]}},
- {"set": {"family": "bridge", "name": "src6", "table": "isolation", "type": ["ifname", "ipv6_addr"], "handle": 6, "elem": [{"concat": ["vethA", "fd77:1::2"]}]}},
- {"chain": {"family": "bridge", "table": "isolation", "name": "prerouting", "handle": 7, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 8, "expr": [{"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "@guarded"}}, {"return": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 9, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ether", "field": "saddr"}}]}, "right": "@mac"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 11, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "ether", "field": "type"}}, "right": {"set": ["ip", "arp", "ip6"]}}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 12, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "arp", "field": "saddr ether"}}]}, "right": "@mac"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 13, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "arp", "field": "saddr ip"}}, "right": "0.0.0.0"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "arp", "field": "saddr ip"}}]}, "right": "@src4"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 14, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ip", "field": "saddr"}}]}, "right": "@src4"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 16, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"set": ["::", {"prefix": {"addr": "fe80::", "len": 64}}]}}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ip6", "field": "saddr"}}]}, "right": "@src6"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 17, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"meta": {"key": "l4proto"}}, "right": "ipv6-icmp"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 19, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-advert", "nd-redirect"]}}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 21, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "nexthdr"}}, "right": "ipv6-icmp"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 24, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": {"set": [24, 32]}}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 26, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-router-solicit"}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": {"set": [8, 16]}}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 27, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-advert"}}, {"match": {"op": "!=", "left": {"payload": {"base": "th", "offset": 64, "len": 64}}, "right": -108086391056891904}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 64, "len": 128}}]}, "right": "@nd6"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 28, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-advert"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 192, "len": 64}}]}, "right": "@ndopt"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 29, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 192, "len": 64}}]}, "right": "@ndopt"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 30, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"payload": {"base": "th", "offset": 192, "len": 16}}, "right": 3585}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 31, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-router-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 16}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 64, "len": 64}}]}, "right": "@ndopt"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}
+ {"set": {"family": "bridge", "name": "intramac", "table": "isolation", "type": "ether_addr", "handle": 4}},
+ {"set": {"family": "bridge", "name": "mac", "table": "isolation", "type": ["ifname", "ether_addr"], "handle": 5, "elem": [{"concat": ["vethA", "02:00:00:00:00:0a"]}]}},
+ {"set": {"family": "bridge", "name": "src4", "table": "isolation", "type": ["ifname", "ipv4_addr"], "handle": 6, "elem": [{"concat": ["vethA", "10.77.1.2"]}]}},
+ {"set": {"family": "bridge", "name": "src6", "table": "isolation", "type": ["ifname", "ipv6_addr"], "handle": 7, "elem": [{"concat": ["vethA", "fd77:1::2"]}]}},
+ {"map": {"family": "bridge", "name": "count-anti-spoofing", "table": "isolation", "type": "ifname", "handle": 8, "map": "counter", "elem": [["vethA", "anti-spoofing-brA"]]}},
+ {"map": {"family": "bridge", "name": "count-intra-bridge", "table": "isolation", "type": "ifname", "handle": 9, "map": "counter"}},
+ {"chain": {"family": "bridge", "table": "isolation", "name": "prerouting", "handle": 10, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}},
+ {"chain": {"family": "bridge", "table": "isolation", "name": "drop-anti-spoofing", "handle": 11}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 12, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ether", "field": "daddr"}}, "right": "@intramac"}}, {"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-intra-bridge"}}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 13, "expr": [{"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "@guarded"}}, {"return": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 14, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ether", "field": "saddr"}}]}, "right": "@mac"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 16, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "ether", "field": "type"}}, "right": {"set": ["ip", "arp", "ip6"]}}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 17, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "arp", "field": "saddr ether"}}]}, "right": "@mac"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 18, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "arp", "field": "saddr ip"}}, "right": "0.0.0.0"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "arp", "field": "saddr ip"}}]}, "right": "@src4"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 19, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ip", "field": "saddr"}}]}, "right": "@src4"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 21, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"set": ["::", {"prefix": {"addr": "fe80::", "len": 64}}]}}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ip6", "field": "saddr"}}]}, "right": "@src6"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 22, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"meta": {"key": "l4proto"}}, "right": "ipv6-icmp"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 24, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-advert", "nd-redirect"]}}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 26, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "nexthdr"}}, "right": "ipv6-icmp"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 29, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": {"set": [24, 32]}}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 31, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-router-solicit"}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": {"set": [8, 16]}}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 32, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-advert"}}, {"match": {"op": "!=", "left": {"payload": {"base": "th", "offset": 64, "len": 64}}, "right": -108086391056891904}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 64, "len": 128}}]}, "right": "@nd6"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 33, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-advert"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 192, "len": 64}}]}, "right": "@ndopt"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 34, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 192, "len": 64}}]}, "right": "@ndopt"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 35, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"payload": {"base": "th", "offset": 192, "len": 16}}, "right": 3585}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 36, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-router-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 16}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 64, "len": 64}}]}, "right": "@ndopt"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "drop-anti-spoofing", "handle": 37, "expr": [{"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-anti-spoofing"}}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "drop-anti-spoofing", "handle": 38, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}
 ]""")
 
 
@@ -312,7 +355,9 @@ def test_listing_of_the_anti_spoofing_table_is_intact_and_its_elements_read_back
     state = TableState.parse(BRIDGE_LISTING, BRIDGE)
     spoof = Spoof("vethA", SPOOF0.mac, SPOOF0.ips)
     assert state.exists and state.intact
-    assert state.elements == spoof_elements([spoof])
+    assert state.elements == spoof_elements([spoof]) | {"count-anti-spoofing": {("vethA", "anti-spoofing-brA")},
+                                                         "count-intra-bridge": set()}
+    assert state.counters == {"anti-spoofing-brA": 0}
     assert bridge_plan(state, spoof_elements([spoof]), BRIDGE) == []
     assert problems({"bridge": state}, desired([intent_for("brA", "open", "vethA", spoof=spoof)])) == []
     # another port registered: only its elements are added; those of vethA, which no registered
@@ -327,7 +372,7 @@ def test_listing_of_the_anti_spoofing_table_is_intact_and_its_elements_read_back
     assert [c["delete"]["element"] for c in cmds if "delete" in c] == [
         {"family": "bridge", "table": "isolation", "name": "src4", "elem": [{"concat": ["vethA", "10.77.1.2"]}]}]
     # a rule opened by hand: the table is rebuilt (its typeof sets declared by text first)
-    opened = [{"rule": {**o["rule"], "expr": [{"accept": None}]}} if "rule" in o and o["rule"]["handle"] == 9 else o
+    opened = [{"rule": {**o["rule"], "expr": [{"accept": None}]}} if "rule" in o and o["rule"]["handle"] == 13 else o
               for o in BRIDGE_LISTING]
     rebuilt = bridge_plan(TableState.parse(opened, BRIDGE), spoof_elements([spoof]), BRIDGE)
     assert rebuilt[0] == {"text": "delete table bridge isolation\nadd table bridge isolation\n"
@@ -390,7 +435,7 @@ def test_an_exception_nobody_allows_is_named_by_its_rule():
     from plugin.backends.nftables import surplus
 
     extra = [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}}, {"return": None}]
-    at = next(n for n, o in enumerate(LISTING) if "rule" in o and o["rule"]["chain"] == "host-brA" and o["rule"]["handle"] == 29)
+    at = next(n for n, o in enumerate(LISTING) if "rule" in o and o["rule"]["chain"] == "host-brA" and o["rule"]["handle"] == 46)
     added = {"rule": {"family": "inet", "table": "isolation", "chain": "host-brA", "handle": 32, "expr": extra}}
     state = TableState.parse([*LISTING[:at + 1], added, *LISTING[at + 1:]], INET)
     intents = [intent_for("brA", "isolated", "vethA", group="g", guard=GUARD),
@@ -417,3 +462,43 @@ def test_add_only_never_rewrites_the_guard_of_a_group_peers_bridge():
     touched = [c for c in cmds for verb in ("add", "flush", "delete") if "chain" in c.get(verb, {})
                or c.get(verb, {}).get("rule", {}).get("chain") in held]
     assert cmds is None or not touched, f"brB's guard chains rewritten from an ADD that knows half of brB: {touched}"
+
+
+def test_counters_are_read_from_the_text_listing():
+    """`list counters table ...` as nft 1.0.6 prints it; a table that is not there counts nothing."""
+    from plugin.backends.nftables import add_counts, read_counters
+
+    class Lib:
+        def cmd(self, text):
+            if "bridge" in text:
+                return 1, "", "Error: No such file or directory"
+            return 0, ("table inet isolation {\n\tcounter cross-network-cni-podman1 {\n\t\tpackets 7 bytes 588\n\t}\n"
+                       "\tcounter egress-deny-br0 {\n\t\tpackets 2 bytes 120\n\t}\n\tcounter somebody-else {\n"
+                       "\t\tpackets 9 bytes 9\n\t}\n}\n"), ""
+
+    counts = read_counters(Lib(), "inet", "isolation")
+    assert counts == {("cross-network", "cni-podman1"): 7, ("egress-deny", "br0"): 2}
+    assert read_counters(Lib(), "bridge", "isolation") == {}
+    found = {}
+    add_counts(found, counts)
+    add_counts(found, {("egress-deny", "br0"): 1})
+    assert found == {"cni-podman1": {"cross-network": 7}, "br0": {"egress-deny": 3}}
+
+
+def test_a_bridge_that_goes_takes_its_counters_and_the_ports_naming_them():
+    """A bridge nothing is on any more (its last DEL, or an orphan whose registry lines were
+    lost) lets go of its bridge-table counters, also where ports the registry never knew name
+    them; another bridge's stay."""
+    from plugin.backends.nftables import bridge_release
+
+    elements = {"count-anti-spoofing": {("v1", "anti-spoofing-brA"), ("v9", "anti-spoofing-brA"),
+                                        ("v2", "anti-spoofing-brB")},
+                "count-intra-bridge": {("v1", "intra-bridge-brA"), ("v2", "intra-bridge-brB")},
+                "guarded": {"v2"}}
+    counters = {"anti-spoofing-brA": 3, "anti-spoofing-brB": 1, "intra-bridge-brA": 5, "intra-bridge-brB": 0}
+    state = TableState(True, True, elements, counters=counters)
+    cmds = bridge_release(state, Release(bridge="brA", forget=True), BRIDGE)
+    assert [c["delete"]["element"]["elem"] for c in cmds if "element" in c["delete"]] == [["v1"], ["v9"], ["v1"]]
+    assert [c["delete"]["counter"]["name"] for c in cmds if "counter" in c["delete"]] == [
+        "anti-spoofing-brA", "intra-bridge-brA"]
+    assert bridge_release(state, Release(bridge="brA"), BRIDGE) == [], "a bridge that stays keeps them"

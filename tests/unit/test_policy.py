@@ -22,11 +22,11 @@ def test_release_keeps_what_others_still_need():
     # intra-bridge table go, not everything
     assert release(gone, [attachment("br1", "same-bridge", "veth1", "c1")]) == Release(
         bridge="br0", isolate=True, drop_intra=True, within=True, published=True, peers=frozenset(), guard=NO_GUARD,
-        last_guard=True, last_spoof=True)
+        forget=True, last_guard=True, last_spoof=True)
     # only an `open` attachment remains: nothing enforces anything any more
     assert release(gone, [attachment("br1", "open", "veth1", "c1")]) == Release(
         bridge="br0", isolate=True, drop_intra=True, within=True, published=True, peers=frozenset(), guard=NO_GUARD,
-        last=True, last_guard=True, last_spoof=True)
+        forget=True, last=True, last_guard=True, last_spoof=True)
     assert release(attachment("br0", "open", None), []).last
 
 
