@@ -546,3 +546,12 @@ def test_a_logging_bridge_gets_log_chains_for_its_reasons_and_loses_them_with_it
     deleted = [next(iter(c["delete"].values()))["name"] for c in gone if "delete" in c and "element" not in c["delete"]]
     assert deleted == ["logcross-br0", "logintra-br0", "log-br0"], "the limit after the chains using it"
     assert [c["delete"]["element"]["name"] for c in gone if "element" in c.get("delete", {})] == ["logcross", "logintra"]
+
+
+def test_check_counts_the_log_rules_as_part_of_the_layout():
+    logging = desired([intent_for("brB", "same-bridge", "veth1", log=True)])
+    state = TableState.parse(LISTING, INET)  # brB isolates there, without any log rule
+    found = problems({"inet": state}, logging)
+    assert "brB : jump logcross-brB is not in map inet isolation logcross" in found
+    assert "chain inet isolation logcross-brB is missing" in found
+    assert not any("logintra" in p or "logegress" in p or "loghost" in p for p in found), found  # reasons brB lacks
