@@ -10,6 +10,10 @@
       map host      { type ifname : verdict }  BR : jump host-BR (bridges with hostAccess deny)
       map count-R   { type ifname : counter }  BR : "R-BR", for each drop reason R the bridge has
       counter R-BR                             its drops of reason R (plugin.reasons), named
+      map logR      { type ifname : verdict }  BR : jump logR-BR (R: cross, intra, egress, host), for
+                                               bridges with logDrops (LOG_MAPS, log_rules)
+      sets flows4/6, other4/6 (timeout 1m)     flows logged lately, filled by the log chains
+      limit log-BR                             the log's rate for one bridge, all reasons together
       chain forward  hook forward, priority -5, policy accept
         iifname @intra iifname . oifname @self goto drop-intra-bridge   within an `isolated` bridge
                                                           (hairpin through the host, or bridged via br_netfilter)
@@ -32,6 +36,7 @@
       chain host-BR                            replies and each allowHostPorts entry return;
                                                everything else drops
       chain drop-R                             every drop of reason R ends here (goto):
+        iifname vmap @logR                       the sending bridge's log chain, when it logs
         counter name oifname map @count-R        counted for its bridge: the one a cross-network
                                                  packet was going into, else the one it came from
         counter drop                             (a bridge missing from the map breaks only the
