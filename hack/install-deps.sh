@@ -25,7 +25,7 @@ apt-get install -y -qq --no-install-recommends \
   containernetworking-plugins \
   podman containerd runc busybox-static python3-jsonschema \
   python3 python3-venv python3-pip python3-yaml python3-attr binutils make debootstrap git ca-certificates \
-  lintian >/dev/null
+  lintian tcpdump >/dev/null
 # PyInstaller bundles the interpreter's shared library, which Debian ships apart from
 # python3 (nothing else in this list pulls it in on a minimal system).
 pyver=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')

@@ -8,6 +8,7 @@ attachment frees is the difference between the desired state with and without it
 pinned in golden files.
 """
 
+from plugin import reasons
 from plugin.links import valid_name
 from plugin.record import value_class
 
@@ -289,6 +290,17 @@ class BridgeNeeds:
         """The (port, MAC) pairs whose unicast frames count as intra-bridge drops."""
         return self.macs if self.drop_intra else ()
 
+    @property
+    def logged(self) -> tuple[str, ...]:
+        """The drop reasons (plugin.reasons) of the bridge's routed drops that go to the drop
+        log: those it has, when it logs (anti-spoofing is the bridge table's: see spoofs)."""
+        if not self.log:
+            return ()
+        return tuple(r for r, has in ((reasons.CROSS_NETWORK, self.isolate),
+                                      (reasons.INTRA_BRIDGE, self.drop_intra),
+                                      (reasons.EGRESS_DENY, bool(self.guard.deny)),
+                                      (reasons.HOST_ACCESS, self.guard.host_deny)) if has)
+
 
 class Desired:
     """The desired state of a set of attachments: per bridge, its BridgeNeeds, in the order
@@ -384,6 +396,8 @@ class Release:
     guard: the bridge's merged Guard after (NO_GUARD: its guard rules go). None: left as it is.
     spoofs: the anti-spoofing of ports under none after: their elements go.
     uncount: (port, MAC) pairs whose frames are no longer counted as intra-bridge drops.
+    logged: the drop reasons the bridge logs after (BridgeNeeds.logged): the log rules of
+          the others go. None: left as they are.
     forget: after, nothing is on the bridge: its drop counters go, with every element naming them.
     unflag: ports of the bridge whose isolation flag comes off (it stopped dropping traffic
           between its ports; these are the ports still on it).
@@ -402,6 +416,7 @@ class Release:
     guard: Guard | None = None
     spoofs: tuple[Spoof, ...] = ()
     uncount: tuple[tuple[str, str], ...] = ()
+    logged: tuple[str, ...] | None = None
     forget: bool = False
     unflag: tuple[str, ...] = ()
     last: bool = False
@@ -427,6 +442,7 @@ def released(before: Desired, after: Desired, bridge: str) -> Release:
         guard=now.guard,
         spoofs=tuple(s for s in was.spoofs if s.port not in protected),
         uncount=tuple(sorted(set(was.counted) - set(after.counted))),
+        logged=now.logged,
         forget=bridge not in after.bridges,
         unflag=tuple(sorted(unflag)),
         last=not after.enforces_anything,

@@ -10,6 +10,10 @@
       map host      { type ifname : verdict }  BR : jump host-BR (bridges with hostAccess deny)
       map count-R   { type ifname : counter }  BR : "R-BR", for each drop reason R the bridge has
       counter R-BR                             its drops of reason R (plugin.reasons), named
+      map logR      { type ifname : verdict }  BR : jump logR-BR (R: cross, intra, egress, host), for
+                                               bridges with logDrops (LOG_MAPS, log_rules)
+      sets flows4/6, other4/6 (timeout 1m)     flows logged lately, filled by the log chains
+      limit log-BR                             the log's rate for one bridge, all reasons together
       chain forward  hook forward, priority -5, policy accept
         iifname @intra iifname . oifname @self goto drop-intra-bridge   within an `isolated` bridge
                                                           (hairpin through the host, or bridged via br_netfilter)
@@ -32,6 +36,7 @@
       chain host-BR                            replies and each allowHostPorts entry return;
                                                everything else drops
       chain drop-R                             every drop of reason R ends here (goto):
+        iifname vmap @logR                       the sending bridge's log chain, when it logs
         counter name oifname map @count-R        counted for its bridge: the one a cross-network
                                                  packet was going into, else the one it came from
         counter drop                             (a bridge missing from the map breaks only the
@@ -75,7 +80,20 @@ from plugin.policy import ND_HOP_LIMIT, ND_TYPES, Desired, Guard, Hole, Release,
 from plugin.record import Factory, replace, value_class
 
 TABLE = "isolation"
-GUARD_MAPS = ("egress", "host")  # verdict maps: bridge -> jump to its chain "egress-BR" / "host-BR"
+# The drop log (networks with logDrops): per reason, a verdict map from the sending bridge to
+# its chain "logR-BR", jumped to by the reason's drop chain before it counts and drops.
+LOG_MAPS = {reasons.CROSS_NETWORK: "logcross", reasons.INTRA_BRIDGE: "logintra",
+            reasons.EGRESS_DENY: "logegress", reasons.HOST_ACCESS: "loghost"}
+# verdict maps: bridge -> jump to its chain "egress-BR" / "host-BR" / "logR-BR"
+GUARD_MAPS = ("egress", "host", *LOG_MAPS.values())
+# The log's rate, per bridge (all its reasons together: one named limit "log-BR"), and how
+# long a logged flow stays quiet (per family: sets of flows, keyed from the packet's own header,
+# since a dropped packet never gets a confirmed conntrack entry).
+LOG_RATE, LOG_BURST, LOG_QUIET = 10, 20, 60
+FLOW_SETS = {"flows4": ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"],
+             "flows6": ["ipv6_addr", "ipv6_addr", "inet_proto", "inet_service"],
+             "other4": ["ipv4_addr", "ipv4_addr", "inet_proto"],
+             "other6": ["ipv6_addr", "ipv6_addr", "inet_proto"]}
 # The reasons each table drops for, and what names the bridge a drop is counted for: the
 # inet side counts a cross-network drop for the bridge it was going into (whose ingressPolicy
 # refused it), the others for the bridge the packet came from; the bridge family knows only
@@ -139,9 +157,45 @@ def drop_chains(family: str) -> dict:
     """The drop chains of a table: count the packet in its bridge's counter (a bridge without
     one, e.g. of a registry that lost it, breaks that rule only), then drop, counted once
     more for all bridges together. A drop site jumps here with `goto`: nothing returns."""
-    return {drop_chain(r): (None, [[{"counter": {"map": {"key": _meta(key), "data": f"@{count_map(r)}"}}}],
+    return {drop_chain(r): (None, [*_log_jump(r),
+                                   [{"counter": {"map": {"key": _meta(key), "data": f"@{count_map(r)}"}}}],
                                    [COUNTER, {"drop": None}]])
             for r, key in DROP_KEYS[family].items()}
+
+
+def _log_jump(reason: str) -> list[list[dict]]:
+    """The drop chain's first rule: a logging sending bridge's log chain (the packet's own
+    input interface: for a cross-network drop too, whose counter counts the other side)."""
+    return [[{"vmap": {"key": _meta("iifname"), "data": f"@{LOG_MAPS[reason]}"}}]] if reason in LOG_MAPS else []
+
+
+def limit_name(bridge: str) -> str:
+    """The named limit all of `bridge`'s log chains share."""
+    return f"log-{bridge}"
+
+
+def _flow_key(family: int, ports: bool) -> dict:
+    ip = "ip" if family == 4 else "ip6"
+    keys = [{"payload": {"protocol": ip, "field": "saddr"}}, {"payload": {"protocol": ip, "field": "daddr"}},
+            _meta("l4proto")]
+    return {"concat": keys + ([{"payload": {"protocol": "th", "field": "dport"}}] if ports else [])}
+
+
+def log_rules(reason: str, bridge: str) -> list[list[dict]]:
+    """Chain logR-BR: a flow logged in the last LOG_QUIET seconds returns (its retries are not
+    logged again); else, within the bridge's limit, the flow is remembered and the packet sent
+    to the drop log's NFLOG group. A flow is (source, destination, protocol, and for TCP and
+    UDP the destination port), from the packet's own header; per IP family."""
+    rules = []
+    for family in (4, 6):
+        for ports in (True, False):
+            name = f"{'flows' if ports else 'other'}{family}"
+            proto = {"match": {"op": "==" if ports else "!=", "left": _meta("l4proto"), "right": {"set": ["tcp", "udp"]}}}
+            rules.append([proto, _in_set(_flow_key(family, ports), name), RETURN])
+            rules.append([proto, {"limit": limit_name(bridge)},
+                          {"set": {"op": "add", "elem": _flow_key(family, ports), "set": f"@{name}"}},
+                          {"log": {"prefix": reasons.log_prefix(reason, bridge), "group": reasons.NFLOG_GROUP}}])
+    return rules
 # IPv6 router and neighbour solicitation and advertisement, redirect
 ND_NAMES = {133: "nd-router-solicit", 134: "nd-router-advert", 135: "nd-neighbor-solicit",
             136: "nd-neighbor-advert", 137: "nd-redirect"}
@@ -162,6 +216,7 @@ class TableSpec:
     maps: dict = Factory(dict)  # name -> key type (values are verdicts)
     counts: dict = Factory(dict)  # name -> key type (values are named counters)
     typeof: dict = Factory(dict)  # name -> `typeof` text of sets JSON cannot declare (listed as in `sets`)
+    dynamic: dict = Factory(dict)  # name -> type of sets the rules fill (with a timeout): never elements of ours
     name: str = TABLE
 
     def create(self, replace: bool = False) -> list[dict]:
@@ -177,6 +232,8 @@ class TableSpec:
             cmds = [{"text": "\n".join(text)}]
         cmds.append({"add": {"table": {"family": self.family, "name": self.name}}})
         cmds += [{"add": {"set": {**base, "name": n, "type": t}}} for n, t in self.sets.items() if n not in self.typeof]
+        cmds += [{"add": {"set": {**base, "name": n, "type": t, "flags": ["timeout"], "timeout": LOG_QUIET}}}
+                 for n, t in self.dynamic.items()]
         cmds += [{"add": {"map": {**base, "name": n, "type": t, "map": "verdict"}}} for n, t in self.maps.items()]
         cmds += [{"add": {"map": {**base, "name": n, "type": t, "map": "counter"}}} for n, t in self.counts.items()]
         for name, (hook, _) in self.chains.items():  # every chain before any rule: rules jump to the regular ones
@@ -234,8 +291,9 @@ INET = TableSpec(
         "input": ("input", [NEIGHBOUR_DISCOVERY, _vmap("egress"), _vmap("host")]),
         **drop_chains("inet"),
     },
-    maps={"egress": "ifname", "host": "ifname"},
+    maps={m: "ifname" for m in GUARD_MAPS},
     counts={count_map(r): "ifname" for r in DROP_KEYS["inet"]},
+    dynamic=FLOW_SETS,
 )
 
 
@@ -432,13 +490,23 @@ def bridge_chains(bridge: str, guard: Guard) -> dict[str, list[list[dict]]]:
     return chains
 
 
+def log_chains(bridge: str, logged) -> dict[str, list[list[dict]]]:
+    """The log chains of one bridge logging the drop reasons `logged`: name -> rules."""
+    return {f"{LOG_MAPS[r]}-{bridge}": log_rules(r, bridge) for r in logged}
+
+
 def guard_chains(desired: Desired) -> dict[str, list[list[dict]]]:
-    """The per-bridge chains `desired` needs: name -> rules."""
+    """The per-bridge chains `desired` needs (guards and drop logs): name -> rules."""
     chains = {}
     for b in desired:
         if b.guard.active:
             chains |= bridge_chains(b.bridge, b.guard)
+        chains |= log_chains(b.bridge, b.logged)
     return chains
+
+
+def _is_log_chain(name: str) -> bool:
+    return name.split("-", 1)[0] in LOG_MAPS.values()
 
 
 def _is_guard_chain(name: str) -> bool:
@@ -455,13 +523,14 @@ class TableState:
     chains: dict[str, list] = Factory(dict)  # the per-bridge guard chains and their rules
     dormant: bool = False  # `flags dormant`: the table is there and enforces nothing
     counters: dict[str, int] = Factory(dict)  # our named counters -> packets counted
+    limits: set[str] = Factory(set)  # our named limits (the drop log's, one per logging bridge)
 
     @classmethod
     def parse(cls, listing: list[dict] | None, spec: TableSpec) -> "TableState":
         """From the `nftables` array of `list table FAMILY isolation` (None: no such table)."""
         if listing is None:
             return cls()
-        sets, maps, base, rules, counters = {}, {}, {}, {}, {}
+        sets, maps, base, rules, counters, dynamic, limits = {}, {}, {}, {}, {}, {}, set()
         dormant = flagged = False
         for obj in listing:
             if "table" in obj:  # our tables carry no flags: any (dormant above all) is an alteration
@@ -471,12 +540,17 @@ class TableState:
                 flagged = bool(flags)
             elif "set" in obj:
                 s = obj["set"]
-                sets[s["name"]] = (s["type"], {_element(e) for e in s.get("elem", [])})
+                if s["name"] in spec.dynamic:  # the log's flows: the rules' business
+                    dynamic[s["name"]] = s["type"]
+                else:
+                    sets[s["name"]] = (s["type"], {_element(e) for e in s.get("elem", [])})
             elif "map" in obj:
                 m = obj["map"]
                 maps[m["name"]] = ((m["type"], m.get("map")), {_map_element(e) for e in m.get("elem", [])})
             elif "counter" in obj:
                 counters[obj["counter"]["name"]] = obj["counter"].get("packets", 0)
+            elif "limit" in obj:
+                limits.add(obj["limit"]["name"])
             elif "chain" in obj:
                 c = obj["chain"]
                 base[c["name"]] = (c.get("type"), c.get("hook"), c.get("prio"), c.get("policy"))
@@ -487,6 +561,7 @@ class TableState:
         intact = (
             not flagged
             and {n: t for n, (t, _) in sets.items()} == spec.sets
+            and dynamic == spec.dynamic
             and {n: t for n, (t, _) in maps.items()}
             == {n: (t, "verdict") for n, t in spec.maps.items()} | {n: (t, "counter") for n, t in spec.counts.items()}
             and {n: b for n, b in base.items() if n not in guard}
@@ -497,7 +572,8 @@ class TableState:
         elements = {n: elems for n, (t, elems) in sets.items() if spec.sets.get(n) == t}
         elements |= {n: elems for n, ((t, kind), elems) in maps.items()
                      if (spec.maps if kind == "verdict" else spec.counts).get(n) == t}
-        return cls(exists=True, intact=intact, elements=elements, chains=guard, dormant=dormant, counters=counters)
+        return cls(exists=True, intact=intact, elements=elements, chains=guard, dormant=dormant, counters=counters,
+                   limits=limits)
 
 
 def _element(e) -> str | tuple:
@@ -638,6 +714,14 @@ def _converge_chains(state: "TableState", want: dict[str, list], scope) -> tuple
     added: new or rewritten chains; after map elements are deleted: chains to delete)."""
     base = {"family": "inet", "table": TABLE}
     first, last = [], []
+    for bridge in sorted({n.split("-", 1)[1] for n in want if _is_log_chain(n) and want[n] != state.chains.get(n)}):
+        first.append({"add": {"limit": {**base, "name": limit_name(bridge), "rate": LOG_RATE, "per": "second",
+                                        "burst": LOG_BURST}}})  # adding one that exists changes nothing
+    limits = []  # a bridge's limit goes after its last log chain
+    for bridge in sorted({n.split("-", 1)[1] for n in scope if _is_log_chain(n) and n in state.chains}):
+        if limit_name(bridge) in state.limits and not any(_is_log_chain(n) and n.split("-", 1)[1] == bridge
+                                                          for n in [*want, *(set(state.chains) - set(scope))]):
+            limits.append({"delete": {"limit": {**base, "name": limit_name(bridge)}}})
     for name in sorted(scope):
         rules, have = want.get(name), state.chains.get(name)
         if rules == have:
@@ -647,7 +731,7 @@ def _converge_chains(state: "TableState", want: dict[str, list], scope) -> tuple
             continue
         first.append({("flush" if have is not None else "add"): {"chain": {**base, "name": name}}})
         first += [{"add": {"rule": {**base, "chain": name, "expr": expr}}} for expr in rules]
-    return first, last
+    return first, last + limits
 
 
 def plan(states: dict[str, TableState], desired: Desired) -> list[dict]:
@@ -757,10 +841,12 @@ def _bridge_release(inet: TableState, r: Release) -> list[dict]:
             if b in pair and _other(pair, b) not in r.peers:
                 gone.append(("peers", pair))
     first, last = [], []
-    if r.guard is not None:  # None: the bridge's guard is left as it is
-        chains = bridge_chains(b, r.guard)
-        first, last = _converge_chains(inet, chains, [f"{m}-{b}" for m in GUARD_MAPS])
-        entries = {m: (b, f"{m}-{b}") for m in GUARD_MAPS}
+    maps = [m for m in ("egress", "host") if r.guard is not None] + [m for m in LOG_MAPS.values() if r.logged is not None]
+    if maps:  # None: the bridge's guard, or its log, is left as it is
+        chains = {**(bridge_chains(b, r.guard) if r.guard is not None else {}),
+                  **(log_chains(b, r.logged) if r.logged is not None else {})}
+        first, last = _converge_chains(inet, chains, [f"{m}-{b}" for m in maps])
+        entries = {m: (b, f"{m}-{b}") for m in maps}
         added = {}
         for m, entry in entries.items():
             if entry[1] in chains:
@@ -1088,4 +1174,6 @@ class NftablesBackend(Backend):
                 cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", f'"{bridge}"', "}"])
             if entry[1] in states["inet"].chains:
                 cmds.append(["nft", "delete", "chain", "inet", TABLE, entry[1]])  # a valid name, unquoted
+        if limit_name(bridge) in states["inet"].limits:
+            cmds.append(["nft", "delete", "limit", "inet", TABLE, limit_name(bridge)])
         return cmds + spoof_cleanup(states["bridge"], set(ports), BRIDGE, bridge)

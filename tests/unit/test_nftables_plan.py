@@ -69,6 +69,14 @@ LISTING = json.loads(r"""[
  {"map": {"family": "inet", "name": "count-intra-bridge", "table": "isolation", "type": "ifname", "handle": 9, "map": "counter", "elem": [["brA", "intra-bridge-brA"]]}},
  {"map": {"family": "inet", "name": "count-egress-deny", "table": "isolation", "type": "ifname", "handle": 10, "map": "counter", "elem": [["brA", "egress-deny-brA"]]}},
  {"map": {"family": "inet", "name": "count-host-access", "table": "isolation", "type": "ifname", "handle": 11, "map": "counter", "elem": [["brA", "host-access-brA"]]}},
+ {"map": {"family": "inet", "name": "logcross", "table": "isolation", "type": "ifname", "handle": 60, "map": "verdict"}},
+ {"map": {"family": "inet", "name": "logintra", "table": "isolation", "type": "ifname", "handle": 61, "map": "verdict"}},
+ {"map": {"family": "inet", "name": "logegress", "table": "isolation", "type": "ifname", "handle": 62, "map": "verdict"}},
+ {"map": {"family": "inet", "name": "loghost", "table": "isolation", "type": "ifname", "handle": 63, "map": "verdict"}},
+ {"set": {"family": "inet", "name": "flows4", "table": "isolation", "type": ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"], "handle": 70, "size": 65535, "flags": ["timeout"], "timeout": 60}},
+ {"set": {"family": "inet", "name": "flows6", "table": "isolation", "type": ["ipv6_addr", "ipv6_addr", "inet_proto", "inet_service"], "handle": 71, "size": 65535, "flags": ["timeout"], "timeout": 60}},
+ {"set": {"family": "inet", "name": "other4", "table": "isolation", "type": ["ipv4_addr", "ipv4_addr", "inet_proto"], "handle": 72, "size": 65535, "flags": ["timeout"], "timeout": 60}},
+ {"set": {"family": "inet", "name": "other6", "table": "isolation", "type": ["ipv6_addr", "ipv6_addr", "inet_proto"], "handle": 73, "size": 65535, "flags": ["timeout"], "timeout": 60}},
  {"chain": {"family": "inet", "table": "isolation", "name": "forward", "handle": 12, "type": "filter", "hook": "forward", "prio": -5, "policy": "accept"}},
  {"chain": {"family": "inet", "table": "isolation", "name": "input", "handle": 13, "type": "filter", "hook": "input", "prio": -5, "policy": "accept"}},
  {"chain": {"family": "inet", "table": "isolation", "name": "drop-cross-network", "handle": 14}},
@@ -87,12 +95,16 @@ LISTING = json.loads(r"""[
  {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 26, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "hoplimit"}}, "right": 255}}, {"return": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 27, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@egress"}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "input", "handle": 28, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@host"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-cross-network", "handle": 88, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@logcross"}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-cross-network", "handle": 29, "expr": [{"counter": {"map": {"key": {"meta": {"key": "oifname"}}, "data": "@count-cross-network"}}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-cross-network", "handle": 30, "expr": [{"counter": {"packets": 12, "bytes": 1008}}, {"drop": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-intra-bridge", "handle": 88, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@logintra"}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-intra-bridge", "handle": 31, "expr": [{"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-intra-bridge"}}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-intra-bridge", "handle": 32, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-egress-deny", "handle": 89, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@logegress"}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-egress-deny", "handle": 33, "expr": [{"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-egress-deny"}}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-egress-deny", "handle": 34, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-host-access", "handle": 87, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@loghost"}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-host-access", "handle": 35, "expr": [{"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-host-access"}}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-host-access", "handle": 36, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 38, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}, {"return": null}]}},
@@ -120,7 +132,8 @@ def test_listing_of_our_own_table_is_intact():
                               "count-cross-network": {("brA", "cross-network-brA"), ("brB", "cross-network-brB")},
                               "count-intra-bridge": {("brA", "intra-bridge-brA")},
                               "count-egress-deny": {("brA", "egress-deny-brA")},
-                              "count-host-access": {("brA", "host-access-brA")}}
+                              "count-host-access": {("brA", "host-access-brA")},
+                              "logcross": set(), "logintra": set(), "logegress": set(), "loghost": set()}
     assert state.counters == {"cross-network-brA": 0, "cross-network-brB": 12, "egress-deny-brA": 0,
                               "host-access-brA": 0, "intra-bridge-brA": 0}
     assert sorted(state.chains) == ["egress-brA", "host-brA"]
@@ -502,3 +515,43 @@ def test_a_bridge_that_goes_takes_its_counters_and_the_ports_naming_them():
     assert [c["delete"]["counter"]["name"] for c in cmds if "counter" in c["delete"]] == [
         "anti-spoofing-brA", "intra-bridge-brA"]
     assert bridge_release(state, Release(bridge="brA"), BRIDGE) == [], "a bridge that stays keeps them"
+
+
+def test_a_logging_bridge_gets_log_chains_for_its_reasons_and_loses_them_with_its_log():
+    from plugin.policy import released
+
+    # br0: isolated (cross-network and intra-bridge drops) with logDrops; br1: same-bridge, no log
+    logging = intent_for("br0", "isolated", "veth0", log=True)
+    quiet = intent_for("br1", "same-bridge", "veth1")
+    cmds = plan({}, desired([logging, quiet]))
+    chains = sorted(c["add"]["chain"]["name"] for c in cmds if "chain" in c.get("add", {}))
+    assert [c for c in chains if c.startswith("log")] == ["logcross-br0", "logintra-br0"]
+    limits = [c["add"]["limit"] for c in cmds if "limit" in c.get("add", {})]
+    assert [(x["name"], x["rate"], x["burst"]) for x in limits] == [("log-br0", 10, 20)]
+    logs = [x["log"] for c in cmds if "rule" in c.get("add", {}) for x in c["add"]["rule"]["expr"] if "log" in x]
+    assert {(x["prefix"], x["group"]) for x in logs} == {("isolation cross-network br0", 1907),
+                                                        ("isolation intra-bridge br0", 1907)}
+    assert len(logs) == 8  # per chain: IPv4 and IPv6, with and without a destination port
+    elements = {c["add"]["element"]["name"]: c["add"]["element"]["elem"] for c in cmds if "element" in c.get("add", {})}
+    assert elements["logcross"] == [["br0", {"jump": {"target": "logcross-br0"}}]]
+    assert "br1" not in json.dumps({k: v for k, v in elements.items() if k.startswith("log")})
+    # the listing of that table (rules as written) is intact, and its log going takes chains and limit
+    before, after = desired([logging, quiet]), desired([intent_for("br0", "isolated", "veth0"), quiet])
+    r = released(before, after, "br0")
+    assert r.logged == ()
+    held = TableState(exists=True, intact=True, chains={n: [] for n in chains if n.startswith("log")},
+                      elements={"logcross": {("br0", "logcross-br0")}, "logintra": {("br0", "logintra-br0")}},
+                      limits={"log-br0"})
+    gone = release_plan({"inet": held}, r)
+    deleted = [next(iter(c["delete"].values()))["name"] for c in gone if "delete" in c and "element" not in c["delete"]]
+    assert deleted == ["logcross-br0", "logintra-br0", "log-br0"], "the limit after the chains using it"
+    assert [c["delete"]["element"]["name"] for c in gone if "element" in c.get("delete", {})] == ["logcross", "logintra"]
+
+
+def test_check_counts_the_log_rules_as_part_of_the_layout():
+    logging = desired([intent_for("brB", "same-bridge", "veth1", log=True)])
+    state = TableState.parse(LISTING, INET)  # brB isolates there, without any log rule
+    found = problems({"inet": state}, logging)
+    assert "brB : jump logcross-brB is not in map inet isolation logcross" in found
+    assert "chain inet isolation logcross-brB is missing" in found
+    assert not any("logintra" in p or "logegress" in p or "loghost" in p for p in found), found  # reasons brB lacks

@@ -17,16 +17,16 @@ def test_release_keeps_what_others_still_need():
     gone = attachment("br0", "isolated", "veth0", "c0")
     # another container stays on br0: nothing of the bridge goes
     assert release(gone, [attachment("br0", "isolated", "veth1", "c1")]) == Release(
-        bridge="br0", peers=frozenset(), guard=NO_GUARD, last_guard=True, last_spoof=True)
+        bridge="br0", peers=frozenset(), guard=NO_GUARD, logged=(), last_guard=True, last_spoof=True)
     # br0 empties, br1 (same-bridge) stays: br0's rules, its published-port exception and the
     # intra-bridge table go, not everything
     assert release(gone, [attachment("br1", "same-bridge", "veth1", "c1")]) == Release(
         bridge="br0", isolate=True, drop_intra=True, within=True, published=True, peers=frozenset(), guard=NO_GUARD,
-        forget=True, last_guard=True, last_spoof=True)
+        logged=(), forget=True, last_guard=True, last_spoof=True)
     # only an `open` attachment remains: nothing enforces anything any more
     assert release(gone, [attachment("br1", "open", "veth1", "c1")]) == Release(
         bridge="br0", isolate=True, drop_intra=True, within=True, published=True, peers=frozenset(), guard=NO_GUARD,
-        forget=True, last=True, last_guard=True, last_spoof=True)
+        logged=(), forget=True, last=True, last_guard=True, last_spoof=True)
     assert release(attachment("br0", "open", None), []).last
 
 

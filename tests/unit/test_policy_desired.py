@@ -75,7 +75,7 @@ def test_what_all_bridges_share_goes_with_the_last_need_of_each_kind():
     plain = intent_for("br1", "open", "v2")
     r = released(desired([guarded, plain]), desired([plain]), "br0")
     assert r == Release(bridge="br0", isolate=True, within=True, published=True, peers=frozenset(), guard=NO_GUARD,
-                        spoofs=(spoof("v1"),), forget=True, last=True, last_guard=True, last_spoof=True)
+                        spoofs=(spoof("v1"),), logged=(), forget=True, last=True, last_guard=True, last_spoof=True)
 
 
 def test_port_only_and_orphans_say_what_they_are():
@@ -85,7 +85,7 @@ def test_port_only_and_orphans_say_what_they_are():
     after = desired([intent_for("br1", "same-bridge", "v2", guard=DENY_10)])
     assert orphan_release("br9", after) == Release(
         bridge="br9", isolate=True, drop_intra=True, within=True, published=True, peers=frozenset(), guard=NO_GUARD,
-        forget=True, last_spoof=True)
+        logged=(), forget=True, last_spoof=True)
 
 
 def test_an_addition_counts_a_networks_hundreds_of_attachments_once():
