@@ -274,8 +274,8 @@ def recording(state_dir: str) -> bool:
     import fcntl
 
     try:
-        fd = os.open(os.path.join(state_dir, RING_LOCK), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
+        fd = os.open(os.path.join(state_dir, RING_LOCK), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # missing, or a symlink planted there: nobody records (a FIFO opens at once, unlocked)
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -401,6 +401,8 @@ def run(follow: bool, as_json: bool, count: int | None, timeout: float | None) -
 
 def _follow_ring(folder: str, path: str, out: _Printer) -> None:
     """Print the ring's new records until the agent no longer records."""
+    from plugin.hoststate import open_private
+
     print(f"isolation: following the agent's drop log {path}", file=sys.stderr, flush=True)
     seen = max((r["seq"] for r in read(path)), default=0)
     inode, offset, partial = None, 0, b""
@@ -419,7 +421,7 @@ def _follow_ring(folder: str, path: str, out: _Printer) -> None:
             if fresh and fresh[-1]["seq"] < seen:  # the file was made anew: its numbering too
                 seen = 0
         if st is not None and st.st_size > offset:
-            with open(path, "rb") as f:
+            with os.fdopen(open_private(path), "rb") as f:  # never through a symlink, never a FIFO
                 f.seek(offset)
                 data = f.read(st.st_size - offset)
             offset += len(data)
