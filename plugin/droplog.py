@@ -60,6 +60,15 @@ def identify(attachments: list, source: str | None, mac: str | None, physindev: 
         if port is not None and by is None:
             found = [a for a in attachments if a.portindex == port]
             by = found[-1] if found else None
+    entered = next((p for p in (physindev, fdb_port) if p is not None), None)
+    if by is None and entered is not None and all(a.portindex is not None for a in attachments):
+        # the kernel named the port it came in by, and it is no registered container's: whoever
+        # owns its MAC or address is being impersonated, not the sender (never blame them)
+        owners = sorted({f"{a.network}/{a.container}/{a.ifname}" for a in attachments
+                         if (mac and a.mac and a.mac.lower() == mac.lower()) or (source and source in own[id(a)])})
+        if owners:
+            return None, (f"spoofed: came in by port #{entered}, which is not {', '.join(owners)}'s (no container "
+                          f"registered on this bridge has it), from MAC {mac or '-'} address {source or '-'}")
     if by is None and mac:
         found = [a for a in attachments if a.mac and a.mac.lower() == mac.lower()]
         by = found[-1] if len(found) == 1 else None

@@ -42,3 +42,32 @@ def test_a_held_lock_means_recording(tmp_path):
         assert droplog.recording(str(tmp_path)) is True
     finally:
         os.close(fd)
+
+
+# --- who sent it: a port the kernel named outranks a MAC or address anyone can forge --------
+from plugin.droplog import identify  # noqa: E402
+from plugin.registry import Attachment  # noqa: E402
+
+V = Attachment("net1", "victim", "eth0", "tb1", "vethv", "same-bridge", "nftables", ("10.77.1.3/24",),
+               portindex=12, mac="02:00:00:00:00:0b")
+W = Attachment("net1", "other", "eth0", "tb1", "vethw", "same-bridge", "nftables", ("10.77.1.4/24",),
+               portindex=13, mac="02:00:00:00:00:0c")
+
+
+def test_a_port_no_container_has_never_blames_the_owner_of_the_forged_mac_and_address():
+    """Port 99 is on the bridge but no registered attachment's (an interface attached by hand,
+    by another plugin, a VM's tap): it sends with V's MAC and V's address. The kernel said
+    the port (bridge-family log: physindev; inet: the forwarding database). Before the fix
+    the MAC fallback blamed V with no note at all."""
+    for physindev, fdb in ((99, None), (None, 99)):
+        sender, note = identify([V, W], "10.77.1.3", "02:00:00:00:00:0b", physindev, fdb)
+        assert sender is None, f"blamed {sender.container}"
+        assert "spoofed" in note and "net1/victim/eth0" in note and "#99" in note
+    sender, note = identify([V, W], "10.77.1.3", None, 99, None)  # the address alone: the same
+    assert sender is None and "net1/victim/eth0" in note
+
+
+def test_the_victims_own_port_still_identifies_it():
+    """The positive control: from V's port, with V's MAC and address, it is V."""
+    assert identify([V, W], "10.77.1.3", "02:00:00:00:00:0b", 12, None) == (V, None)
+    assert identify([V, W], "10.77.1.3", "02:00:00:00:00:0b", None, 12) == (V, None)
