@@ -144,6 +144,9 @@ class Senders:
 
     @staticmethod
     def _ask_fdb(bridge: str, mac: str) -> int | None:
+        """One entry asked for by MAC (RTM_GETNEIGH, Linux 5.2+), never the whole database
+        dumped: a container can fill a bridge's database with spoofed MACs by the ten thousand,
+        and parsing such a dump took seconds of the agent's CPU per logged packet."""
         try:
             from pyroute2 import IPRoute
 
@@ -151,11 +154,11 @@ class Senders:
                 master = ipr.link_lookup(ifname=bridge)
                 if not master:
                     return None
-                for entry in ipr.get_neighbours(family=socket.AF_BRIDGE):
-                    if entry.get("NDA_MASTER") == master[0] and str(entry.get("NDA_LLADDR", "")).lower() == mac.lower():
+                for entry in ipr.fdb("get", lladdr=mac.lower(), master=master[0]):
+                    if entry.get("ifindex"):
                         return entry["ifindex"]
-        except Exception:  # the database is a hint: without it the MAC and address still identify
-            return None
+        except Exception:  # unknown MAC (ENOENT), an older kernel: the database is a hint; without
+            return None  # it the MAC and address still identify
         return None
 
 
