@@ -60,6 +60,14 @@ def identify(attachments: list, source: str | None, mac: str | None, physindev: 
         if port is not None and by is None:
             found = [a for a in attachments if a.portindex == port]
             by = found[-1] if found else None
+    if physindev is None and by is not None and mac and by.mac and by.mac.lower() != mac.lower():
+        # the port is the bridge's answer now, not the kernel's at the drop: the MAC is another
+        # container's, so one of the two forged it, and which one sent this packet is unknown
+        claimed = sorted(f"{a.network}/{a.container}/{a.ifname}" for a in attachments
+                         if a is not by and a.mac and a.mac.lower() == mac.lower())
+        if claimed:
+            return None, (f"spoofed: MAC {mac} is {', '.join(claimed)}'s, but the bridge now sees it on the port "
+                          f"of {by.network}/{by.container}/{by.ifname}: one of them forged it")
     entered = next((p for p in (physindev, fdb_port) if p is not None), None)
     if by is None and entered is not None and all(a.portindex is not None for a in attachments):
         # the kernel named the port it came in by, and it is no registered container's: whoever
@@ -92,13 +100,10 @@ class Senders:
     """The registry as the drop log needs it: attachments by bridge, read again when the file
     changes, and the bridges' forwarding databases asked when a packet needs them."""
 
-    FDB_FRESH_S = 1.0  # a forwarding database answer is reused this long (a flood costs one dump a second)
-
     def __init__(self, state_dir: str):
         self.state_dir = state_dir
         self._stamp = None
         self._by_bridge: dict[str, list] = {}
-        self._fdb: dict[tuple[str, str], tuple[float, int | None]] = {}
 
     def on(self, bridge: str) -> list:
         from plugin.registry import FILENAME
@@ -129,18 +134,12 @@ class Senders:
         return found
 
     def fdb_port(self, bridge: str, mac: str | None) -> int | None:
-        """The ifindex of the port `bridge` last saw `mac` on (its forwarding database), or None."""
-        if not mac:
-            return None
-        now = time.monotonic()
-        cached = self._fdb.get((bridge, mac))
-        if cached is not None and now - cached[0] < self.FDB_FRESH_S:
-            return cached[1]
-        if len(self._fdb) > 4096:  # spoofed MACs by the thousand: forget, never grow without bound
-            self._fdb.clear()
-        port = self._ask_fdb(bridge, mac)
-        self._fdb[(bridge, mac)] = (now, port)
-        return port
+        """The ifindex of the port `bridge` last saw `mac` on (its forwarding database), or None.
+        Asked anew for every packet (one entry, ~1 ms): an answer kept even for a second let a
+        neighbour forge a container's MAC right after that container's own drop and be taken
+        for it. (What the bridge learns between the drop and this question still counts: the
+        kernel names the port itself only with br_netfilter.)"""
+        return self._ask_fdb(bridge, mac) if mac else None
 
     @staticmethod
     def _ask_fdb(bridge: str, mac: str) -> int | None:
