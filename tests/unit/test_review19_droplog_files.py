@@ -71,3 +71,23 @@ def test_the_victims_own_port_still_identifies_it():
     """The positive control: from V's port, with V's MAC and address, it is V."""
     assert identify([V, W], "10.77.1.3", "02:00:00:00:00:0b", 12, None) == (V, None)
     assert identify([V, W], "10.77.1.3", "02:00:00:00:00:0b", None, 12) == (V, None)
+
+
+# --- `isolation drops --timeout`: a number a socket's timeout accepts, or a usage error -------
+import pytest  # noqa: E402
+
+from plugin.cli import parser  # noqa: E402
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-1"])
+def test_drops_timeout_refuses_what_no_socket_timeout_takes(bad, capsys):
+    """`--timeout nan` reached socket.settimeout(nan) (ValueError, a traceback) once no agent
+    recorded; `inf` an OverflowError. They are usage errors now (exit 2)."""
+    with pytest.raises(SystemExit) as exc:
+        parser().parse_args(["drops", "--follow", "--timeout", bad])
+    assert exc.value.code == 2 and "--timeout" in capsys.readouterr().err
+
+
+def test_drops_timeout_takes_seconds():
+    assert parser().parse_args(["drops", "--follow", "--timeout", "2.5"]).timeout == 2.5
+    assert parser().parse_args(["drops", "--follow", "--timeout", "0"]).timeout == 0
