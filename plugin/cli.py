@@ -100,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="one JSON object per line")
     d.add_argument("--count", type=_positive_int, metavar="N", help="stop after N lines (without --follow: the "
                    "last N recorded)")
-    d.add_argument("--timeout", type=float, metavar="S", help="with --follow: stop after S seconds")
+    d.add_argument("--timeout", type=_seconds, metavar="S", help="with --follow: stop after S seconds")
     m = sub.add_parser("metrics", help="print Prometheus metrics: drops per bridge and reason, attachments, "
                        "and the agent's counters", epilog=EPILOG["metrics"], formatter_class=fmt)
     m.add_argument("--path", action="store_true", help="print the path of the agent's metrics file instead")
@@ -145,6 +145,14 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A finite, non-negative number of seconds (nan or inf would reach a socket's timeout)."""
+    value = float(text)
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError("must be a number of seconds, at least 0")
     return value
 
 

@@ -60,6 +60,23 @@ def identify(attachments: list, source: str | None, mac: str | None, physindev: 
         if port is not None and by is None:
             found = [a for a in attachments if a.portindex == port]
             by = found[-1] if found else None
+    if physindev is None and by is not None and mac and by.mac and by.mac.lower() != mac.lower():
+        # the port is the bridge's answer now, not the kernel's at the drop: the MAC is another
+        # container's, so one of the two forged it, and which one sent this packet is unknown
+        claimed = sorted(f"{a.network}/{a.container}/{a.ifname}" for a in attachments
+                         if a is not by and a.mac and a.mac.lower() == mac.lower())
+        if claimed:
+            return None, (f"spoofed: MAC {mac} is {', '.join(claimed)}'s, but the bridge now sees it on the port "
+                          f"of {by.network}/{by.container}/{by.ifname}: one of them forged it")
+    entered = next((p for p in (physindev, fdb_port) if p is not None), None)
+    if by is None and entered is not None and all(a.portindex is not None for a in attachments):
+        # the kernel named the port it came in by, and it is no registered container's: whoever
+        # owns its MAC or address is being impersonated, not the sender (never blame them)
+        owners = sorted({f"{a.network}/{a.container}/{a.ifname}" for a in attachments
+                         if (mac and a.mac and a.mac.lower() == mac.lower()) or (source and source in own[id(a)])})
+        if owners:
+            return None, (f"spoofed: came in by port #{entered}, which is not {', '.join(owners)}'s (no container "
+                          f"registered on this bridge has it), from MAC {mac or '-'} address {source or '-'}")
     if by is None and mac:
         found = [a for a in attachments if a.mac and a.mac.lower() == mac.lower()]
         by = found[-1] if len(found) == 1 else None
@@ -83,13 +100,10 @@ class Senders:
     """The registry as the drop log needs it: attachments by bridge, read again when the file
     changes, and the bridges' forwarding databases asked when a packet needs them."""
 
-    FDB_FRESH_S = 1.0  # a forwarding database answer is reused this long (a flood costs one dump a second)
-
     def __init__(self, state_dir: str):
         self.state_dir = state_dir
         self._stamp = None
         self._by_bridge: dict[str, list] = {}
-        self._fdb: dict[tuple[str, str], tuple[float, int | None]] = {}
 
     def on(self, bridge: str) -> list:
         from plugin.registry import FILENAME
@@ -120,21 +134,18 @@ class Senders:
         return found
 
     def fdb_port(self, bridge: str, mac: str | None) -> int | None:
-        """The ifindex of the port `bridge` last saw `mac` on (its forwarding database), or None."""
-        if not mac:
-            return None
-        now = time.monotonic()
-        cached = self._fdb.get((bridge, mac))
-        if cached is not None and now - cached[0] < self.FDB_FRESH_S:
-            return cached[1]
-        if len(self._fdb) > 4096:  # spoofed MACs by the thousand: forget, never grow without bound
-            self._fdb.clear()
-        port = self._ask_fdb(bridge, mac)
-        self._fdb[(bridge, mac)] = (now, port)
-        return port
+        """The ifindex of the port `bridge` last saw `mac` on (its forwarding database), or None.
+        Asked anew for every packet (one entry, ~1 ms): an answer kept even for a second let a
+        neighbour forge a container's MAC right after that container's own drop and be taken
+        for it. (What the bridge learns between the drop and this question still counts: the
+        kernel names the port itself only with br_netfilter.)"""
+        return self._ask_fdb(bridge, mac) if mac else None
 
     @staticmethod
     def _ask_fdb(bridge: str, mac: str) -> int | None:
+        """One entry asked for by MAC (RTM_GETNEIGH, Linux 5.2+), never the whole database
+        dumped: a container can fill a bridge's database with spoofed MACs by the ten thousand,
+        and parsing such a dump took seconds of the agent's CPU per logged packet."""
         try:
             from pyroute2 import IPRoute
 
@@ -142,11 +153,11 @@ class Senders:
                 master = ipr.link_lookup(ifname=bridge)
                 if not master:
                     return None
-                for entry in ipr.get_neighbours(family=socket.AF_BRIDGE):
-                    if entry.get("NDA_MASTER") == master[0] and str(entry.get("NDA_LLADDR", "")).lower() == mac.lower():
+                for entry in ipr.fdb("get", lladdr=mac.lower(), master=master[0]):
+                    if entry.get("ifindex"):
                         return entry["ifindex"]
-        except Exception:  # the database is a hint: without it the MAC and address still identify
-            return None
+        except Exception:  # unknown MAC (ENOENT), an older kernel: the database is a hint; without
+            return None  # it the MAC and address still identify
         return None
 
 
@@ -274,8 +285,8 @@ def recording(state_dir: str) -> bool:
     import fcntl
 
     try:
-        fd = os.open(os.path.join(state_dir, RING_LOCK), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
+        fd = os.open(os.path.join(state_dir, RING_LOCK), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # missing, or a symlink planted there: nobody records (a FIFO opens at once, unlocked)
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -401,6 +412,8 @@ def run(follow: bool, as_json: bool, count: int | None, timeout: float | None) -
 
 def _follow_ring(folder: str, path: str, out: _Printer) -> None:
     """Print the ring's new records until the agent no longer records."""
+    from plugin.hoststate import open_private
+
     print(f"isolation: following the agent's drop log {path}", file=sys.stderr, flush=True)
     seen = max((r["seq"] for r in read(path)), default=0)
     inode, offset, partial = None, 0, b""
@@ -419,7 +432,7 @@ def _follow_ring(folder: str, path: str, out: _Printer) -> None:
             if fresh and fresh[-1]["seq"] < seen:  # the file was made anew: its numbering too
                 seen = 0
         if st is not None and st.st_size > offset:
-            with open(path, "rb") as f:
+            with os.fdopen(open_private(path), "rb") as f:  # never through a symlink, never a FIFO
                 f.seek(offset)
                 data = f.read(st.st_size - offset)
             offset += len(data)
