@@ -45,6 +45,17 @@ def find_attachment(prev: dict) -> tuple[str, str | None]:
     )
 
 
+def find_routed_port(prev: dict) -> str | None:
+    """The host-side interface of a routed attachment (the `ptp` plugin's veth, a tap device):
+    when prevResult names no bridge, exactly one host-side interface that exists on the host.
+    None when there is not exactly one (then isolation cannot tell what to enforce)."""
+    interfaces = prev.get("interfaces") if isinstance(prev.get("interfaces"), list) else []
+    found = [iface["name"] for iface in interfaces if isinstance(iface, dict) and not iface.get("sandbox")
+             and isinstance(iface.get("name"), str) and driver(require_name(iface["name"], "prevResult.interfaces"))
+             is not None and not is_bridge(iface["name"])]
+    return found[0] if len(set(found)) == 1 else None
+
+
 _MAC_DIGITS = frozenset("0123456789abcdef")
 
 

@@ -618,6 +618,10 @@ class IptablesBackend(Backend):
         (CniError.facts): its undo may leave them behind."""
         if not desired.enforces_anything:
             return {}
+        routed = [b.bridge for b in desired if b.routed]
+        if routed:  # its rules would name the segment, which no packet passes: fail closed
+            raise CniError(ENFORCEMENT_FAILED, "routed networks (no bridge) need the nftables backend",
+                           f"routed segment(s): {', '.join(routed)}")
         self._ensure_spoofing(desired)
         created: list[str] = []
         chains: list[str] = []
