@@ -110,14 +110,27 @@ class NftablesView(_Base):
     def _els(self, name: str) -> set:
         return self.inet.elements.get(name, set()) if self.inet.exists and not self.inet.dormant else set()
 
+    def _names(self, bridge: str) -> tuple[str, ...]:
+        """The interfaces standing for `bridge` in the sets: itself, or a routed segment's members."""
+        return self.config.needs.get(bridge).interfaces
+
+    def _all_in(self, name: str, bridge: str) -> bool:
+        names = self._names(bridge)
+        return bool(names) and all(n in self._els(name) for n in names)
+
+    def _pairs_in(self, name: str, bridge: str, other: str) -> bool:
+        pairs = [(m, n) for m in self._names(bridge) for n in self._names(other)]
+        return bool(pairs) and all(p in self._els(name) for p in pairs)
+
     def _chain_has(self, bridge: str, kind: str, rules) -> bool:
-        if (bridge, f"{kind}-{bridge}") not in self._els(kind):
+        names = self._names(bridge)
+        if not names or any((n, f"{kind}-{bridge}") not in self._els(kind) for n in names):
             return False
         chain = self.inet.chains.get(f"{kind}-{bridge}", [])
         return all(r in chain for r in rules)
 
     def intra(self, bridge):
-        return bridge in self._els("intra") and (bridge, bridge) in self._els("self")
+        return self._all_in("intra", bridge) and self._pairs_in("self", bridge, bridge)
 
     def deny(self, bridge, family):
         from plugin.backends.nftables import egress_rules
@@ -145,15 +158,15 @@ class NftablesView(_Base):
         return tuple(h for h in self.config.host_ports(bridge) if self._chain_has(bridge, "host", _hole(h)))
 
     def published(self, bridge):
-        return bridge in self._els("published")
+        return self._all_in("published", bridge)
 
     published_reply = published  # one set for both directions
 
     def peer(self, bridge, other):
-        return (bridge, other) in self._els("peers")
+        return self._pairs_in("peers", bridge, other)
 
     def isolate_from(self, bridge):
-        return bridge in self._els("isolated")
+        return self._all_in("isolated", bridge)
 
     isolate_to = isolate_from
 

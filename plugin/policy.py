@@ -308,8 +308,9 @@ class BridgeNeeds:
 
     @property
     def flagged(self) -> tuple[str, ...]:
-        """The ports that carry the bridge-port isolation flag (the intra-bridge drop)."""
-        return self.ports if self.drop_intra else ()
+        """The ports that carry the bridge-port isolation flag (the intra-bridge drop; a routed
+        segment's members are no bridge ports: its forward rule drops instead)."""
+        return self.ports if self.drop_intra and not self.routed else ()
 
     @property
     def counted(self) -> tuple[tuple[str, str], ...]:
