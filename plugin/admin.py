@@ -72,7 +72,7 @@ def status() -> dict:
                 "attachments": len(atts),
                 "networks": sorted({a.network for a in atts}),
                 "exists": _segment_exists(bridge, atts, links),  # None: unknown
-                "drops": drops_by_reason(drops.get(backend_name), bridge),
+                "drops": drops_by_reason(drops.get(backend_name), bridge, {a.port for a in atts if a.routed}),
                 "problems": [],
             }
             if any(a.routed for a in atts):  # a routed segment: its members are its interfaces
@@ -113,10 +113,14 @@ def _segment_exists(bridge: str, atts: list, links) -> bool | None:
     return bridge in links.bridges
 
 
-def drops_by_reason(counted: dict | None, bridge: str) -> dict[str, int | None]:
+def drops_by_reason(counted: dict | None, bridge: str, members=()) -> dict[str, int | None]:
     """Every reason -> packets dropped for `bridge` (0: none counted; None: its backend is not
-    usable here, so nothing can be counted)."""
-    per = (counted or {}).get(bridge, {})
+    usable here, so nothing can be counted). `members`: a routed segment's interfaces, whose
+    counts are the segment's (iptables counts its per-member rules by member)."""
+    per = dict((counted or {}).get(bridge, {}))
+    for m in sorted(members):
+        for r, n in (counted or {}).get(m, {}).items():
+            per[r] = per.get(r, 0) + n
     return {r: (per.get(r, 0) if counted is not None else None) for r in reasons.REASONS}
 
 
