@@ -17,7 +17,7 @@ import json
 import pytest
 
 from explaining import disagreements, explain, reach_keys
-from netlab import addresses
+from netlab import IP, addresses, sh
 
 pytestmark = pytest.mark.e2e
 
@@ -123,3 +123,50 @@ def test_ptp_refuses_anti_spoofing(lab):
     c = lab.add(net)
     rc, out, _ = lab.exec_plugin("isolation", "ADD", lab.isolation_conf(c, antiSpoofing=True), lab._env(c))
     assert rc != 0 and out["code"] == 7 and "antiSpoofing" in out["msg"], out
+
+
+def _blocked_and_reached(lab, a1, a2, b1) -> dict:
+    """a1 -> a2 (same routed network: the positive control) and a1 <-> b1 (two routed networks)."""
+    got = lab.reach([(a1.name, a2.ipv4), (a1.name, a2.ipv6), (a1.name, b1.ipv4), (a1.name, b1.ipv6),
+                     (b1.name, a1.ipv4)])
+    return {"same": all(ok for (_, _, addr), ok in got.items() if addr in addresses(a2)),
+            "cross": any(ok for (_, src, addr), ok in got.items() if addr not in addresses(a2))}
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_ptp_reconcile_prune_cleanup(lab, backend):
+    """reconcile restores a routed network's rules, prune forgets a container whose veth vanished
+    (its rules go), `cleanup --bridge SEGMENT` removes a routed network's rules."""
+    p1 = lab.network(["ptp", "isolation"], isolation={"backend": backend})
+    p2 = lab.network(["ptp", "isolation"], isolation={"backend": backend})
+    a1, a2, a3, b1 = lab.add(p1), lab.add(p1), lab.add(p1), lab.add(p2)
+    assert _blocked_and_reached(lab, a1, a2, b1) == {"same": True, "cross": False}
+
+    if backend == "iptables":  # firewall damage: the STAGE-2 drops are gone
+        for tool in ("iptables", "ip6tables"):
+            sh(tool, "-F", "CNI-ISOLATION-STAGE-2", netns=lab.host)
+    else:
+        sh("nft", "flush", "chain", "inet", "isolation", "forward", netns=lab.host)
+    assert _blocked_and_reached(lab, a1, a2, b1)["cross"], "the damage must open the path (positive control)"
+    assert lab.status()["problems"], "status sees the damage"
+    proc = lab.cli("reconcile")
+    assert proc.returncode == 0 and "restored" in proc.stdout, proc.stdout + proc.stderr
+    assert _blocked_and_reached(lab, a1, a2, b1) == {"same": True, "cross": False}
+    assert not lab.status()["problems"]
+
+    gone = lab.host_port(a3)
+    sh(IP, "link", "del", gone, netns=lab.host)  # the container's veth vanishes, no DEL
+    assert any(gone in p and "vanished" in p for p in lab.status()["problems"])
+    proc = lab.cli("prune")
+    assert proc.returncode == 0 and "pruned 1 attachment" in proc.stdout, proc.stdout + proc.stderr
+    p1.containers.remove(a3)
+    assert _members(lab, backend, p1) == {lab.host_port(a1), lab.host_port(a2)}
+    assert gone not in lab.ruleset()
+    assert not lab.status()["problems"]
+    assert _blocked_and_reached(lab, a1, a2, b1) == {"same": True, "cross": False}
+
+    proc = lab.cli("cleanup", "--bridge", p2.bridge)
+    assert proc.returncode == 0, proc.stderr
+    assert lab.host_port(b1) not in lab.ruleset()
+    assert [r["bridge"] for r in lab.status()["bridges"]] == [p1.bridge]
+    assert not lab.status()["problems"]
