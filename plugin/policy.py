@@ -245,10 +245,8 @@ def segment_of(network: str) -> str:
     and other plugins that leave one host-side interface per container and no bridge): it
     stands where a bridge's name does (registry, counters, guard chains, status), so it is an
     interface-shaped name: "rt." and the network's name, or a digest of a longer one."""
-    from plugin.links import valid_name as _valid
-
     key = SEGMENT_PREFIX + network
-    if _valid(key):
+    if valid_name(key):
         return key
     import hashlib
 
