@@ -207,7 +207,27 @@ class IptablesView(_Base):
         return bool(rules) and all(tuple(r) in index for r in rules)
 
     def _rendered(self, needs: BridgeNeeds) -> dict:
-        return self.ipt.bridge_rules(needs, self.fam)
+        return self.ipt.bridge_rules(needs, self.fam, self._ifs)
+
+    def _ifs(self, bridge: str) -> tuple[str, ...]:
+        """The interfaces `bridge`'s rules name: itself, or a routed segment's members."""
+        return self.config.needs.get(bridge).interfaces
+
+    def _needs(self, bridge: str, **need) -> BridgeNeeds:
+        """One need of `bridge` alone (a routed segment's with its members)."""
+        known = self.config.needs.get(bridge)
+        return BridgeNeeds(bridge=bridge, routed=known.routed, ports=known.ports if known.routed else (), **need)
+
+    def _guard_rules(self, bridge: str, guard: Guard) -> dict:
+        """guard_rules of `bridge`'s interfaces (a routed segment's: each member's)."""
+        rules = {}
+        for i in self._ifs(bridge):
+            for chain, got in self.ipt.guard_rules(i, guard, self.fam).items():
+                rules[chain] = rules.get(chain, []) + got
+        return rules or {self.ipt.EGRESS: [], self.ipt.HOST: []}
+
+    def _holes(self, bridge: str, hole) -> list:
+        return [r for i in self._ifs(bridge) for r in self.ipt._hole(i, hole, self.fam)]
 
     def _only(self, chain: str, needs: BridgeNeeds, base: BridgeNeeds) -> list:
         """The rules `needs` renders in `chain` that `base` does not: those of one need."""
@@ -217,64 +237,63 @@ class IptablesView(_Base):
     def intra(self, bridge):
         ipt = self.ipt
         return self.forward_ok and self._has(ipt.STAGE1, self._only(
-            ipt.STAGE1, BridgeNeeds(bridge=bridge, drop_intra=True), BridgeNeeds(bridge=bridge)))
+            ipt.STAGE1, self._needs(bridge, drop_intra=True), self._needs(bridge)))
 
     def _guard_reached(self, bridge: str, guard: Guard) -> bool:
         """The jump into the guard chains from FORWARD's STAGE-1 (forwarded) or INPUT's HOST."""
         ipt = self.ipt
         if self.to_host:
-            return self.input_ok and self._has(ipt.HOST, [r for r in ipt.guard_rules(bridge, guard, self.fam)[ipt.HOST]
+            return self.input_ok and self._has(ipt.HOST, [r for r in self._guard_rules(bridge, guard)[ipt.HOST]
                                                           if r[-1] == ipt.EGRESS])
-        return self.forward_ok and self._has(ipt.STAGE1, self._rendered(BridgeNeeds(bridge=bridge, guard=guard))[
-            ipt.STAGE1])
+        return self.forward_ok and self._has(ipt.STAGE1, [r for r in self._rendered(self._needs(bridge, guard=guard))[
+            ipt.STAGE1] if r[-1] == ipt.EGRESS])  # (a segment's pair rules are ingressPolicy's)
 
     def deny(self, bridge, family):
         ipt = self.ipt
         found = []
         for c in self.config.deny(bridge, family):
             g = Guard(deny=(c,))
-            rules = ipt.guard_rules(bridge, g, self.fam)[ipt.EGRESS]
+            rules = self._guard_rules(bridge, g)[ipt.EGRESS]
             if self._has(ipt.EGRESS, rules) and self._guard_reached(bridge, g):
                 found.append(c)
         return tuple(found)
 
     def allow(self, bridge, family):
         return tuple(h for h in self.config.allow(bridge, family)
-                     if self._has(self.ipt.EGRESS, self.ipt._hole(bridge, h, self.fam)))
+                     if self._has(self.ipt.EGRESS, self._holes(bridge, h)))
 
     def host_deny(self, bridge):
         ipt = self.ipt
-        return self.input_ok and self._has(ipt.HOST, ipt.guard_rules(bridge, Guard(host_deny=True), self.fam)[ipt.HOST])
+        return self.input_ok and self._has(ipt.HOST, self._guard_rules(bridge, Guard(host_deny=True))[ipt.HOST])
 
     def host_ports(self, bridge):
         return tuple(h for h in self.config.host_ports(bridge)
-                     if self._has(self.ipt.HOST, self.ipt._hole(bridge, h, self.fam)))
+                     if self._has(self.ipt.HOST, self._holes(bridge, h)))
 
     def published(self, bridge):
         ipt = self.ipt
-        return self._has(ipt.STAGE2, self._only(ipt.STAGE2, BridgeNeeds(bridge=bridge, isolate=True, published=True),
-                                                BridgeNeeds(bridge=bridge, isolate=True)))
+        return self._has(ipt.STAGE2, self._only(ipt.STAGE2, self._needs(bridge, isolate=True, published=True),
+                                                self._needs(bridge, isolate=True)))
 
     def published_reply(self, bridge):
         ipt = self.ipt
         return self.forward_ok and self._has(ipt.STAGE1, self._only(
-            ipt.STAGE1, BridgeNeeds(bridge=bridge, isolate=True, published=True),
-            BridgeNeeds(bridge=bridge, isolate=True)))
+            ipt.STAGE1, self._needs(bridge, isolate=True, published=True),
+            self._needs(bridge, isolate=True)))
 
     def peer(self, bridge, other):
         ipt = self.ipt
-        return self._has(ipt.STAGE2, self._only(ipt.STAGE2, BridgeNeeds(bridge=other, isolate=True,
-                                                                        peers=frozenset([bridge])),
-                                                BridgeNeeds(bridge=other, isolate=True)))
+        return self._has(ipt.STAGE2, self._only(ipt.STAGE2, self._needs(other, isolate=True, peers=frozenset([bridge])),
+                                                self._needs(other, isolate=True)))
 
     def isolate_from(self, bridge):
         ipt = self.ipt
-        rules = [r for r in self._rendered(BridgeNeeds(bridge=bridge, isolate=True))[ipt.STAGE1]]
+        rules = [r for r in self._rendered(self._needs(bridge, isolate=True))[ipt.STAGE1] if r[-1] == ipt.STAGE2]
         return self.forward_ok and self._has(ipt.STAGE1, rules)
 
     def isolate_to(self, bridge):
         ipt = self.ipt
-        return self._has(ipt.STAGE2, self._rendered(BridgeNeeds(bridge=bridge, isolate=True))[ipt.STAGE2])
+        return self._has(ipt.STAGE2, self._rendered(self._needs(bridge, isolate=True))[ipt.STAGE2])
 
     def where(self, name: str, args: tuple) -> str:
         b, ipt = args[0], self.ipt

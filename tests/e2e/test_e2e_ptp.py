@@ -60,8 +60,10 @@ def test_ptp_networks_are_isolated_by_network_name(lab, backend):
     wrong = [f"{kind} {src} -> {addr}: expected {'reach' if want[(src, addr)] else 'blocked'}"
              for (kind, src, addr), ok in got.items() if ok != want[(src, addr)]]
     assert not wrong, "\n".join(wrong)
-    answers, _ = explain(lab, reach_keys(got))
+    answers, _ = explain(lab, reach_keys(got), check=True)  # and the kernel's rules agree with the configuration
     assert not disagreements(reach_keys(got), answers), "\n".join(disagreements(reach_keys(got), answers))
+    differ = [(k, a["check"]) for k, a in answers.items() if not a["check"]["agrees"]]
+    assert not differ, differ
 
     # CHECK and status know the routed networks; their drops are counted per network and reason
     for c in (a1, a2, b1, c1, d1, d2, e1, e2):
@@ -113,8 +115,9 @@ def test_ptp_group_and_open(lab, backend):
     wrong = [f"{kind} {src} -> {addr}: expected {'reach' if want[(src, addr)] else 'blocked'}"
              for (kind, src, addr), ok in got.items() if ok != want[(src, addr)]]
     assert not wrong, "\n".join(wrong)
-    answers, _ = explain(lab, reach_keys(got))
+    answers, _ = explain(lab, reach_keys(got), check=True)
     assert not disagreements(reach_keys(got), answers), "\n".join(disagreements(reach_keys(got), answers))
+    assert all(a["check"]["agrees"] for a in answers.values()), [a["check"] for a in answers.values()]
 
 
 def test_ptp_refuses_anti_spoofing(lab):
