@@ -71,10 +71,13 @@ def status() -> dict:
                 "policies": sorted({a.policy for a in atts}),
                 "attachments": len(atts),
                 "networks": sorted({a.network for a in atts}),
-                "exists": bridge in links.bridges if links is not None else None,  # None: unknown
-                "drops": drops_by_reason(drops.get(backend_name), bridge),
+                "exists": _segment_exists(bridge, atts, links),  # None: unknown
+                "drops": drops_by_reason(drops.get(backend_name), bridge, {a.port for a in atts if a.routed}),
                 "problems": [],
             }
+            if any(a.routed for a in atts):  # a routed segment: its members are its interfaces
+                entry["routed"] = True
+                entry["members"] = sorted({a.port for a in atts})
             if entry["exists"] is False:
                 entry["problems"].append("the bridge no longer exists (`isolation prune` forgets it)")
             backend = usable.get(backend_name)
@@ -95,15 +98,29 @@ def status() -> dict:
             )
         for name, bridges in enforced.items():
             registered = {b for (b, n) in groups if n == name}
+            registered |= {a.port for a in reg.on_backend(name) if a.routed}  # in the sets as themselves
             for orphan in sorted(set(bridges) - registered):
                 report["problems"].append(f"{orphan}: {name} rules with no registered attachment")
         return report
 
 
-def drops_by_reason(counted: dict | None, bridge: str) -> dict[str, int | None]:
+def _segment_exists(bridge: str, atts: list, links) -> bool | None:
+    """Whether a bridge, or a routed segment (any of its members' interfaces), is there."""
+    if links is None:
+        return None
+    if any(a.routed for a in atts):
+        return any(a.port in links.interfaces for a in atts)
+    return bridge in links.bridges
+
+
+def drops_by_reason(counted: dict | None, bridge: str, members=()) -> dict[str, int | None]:
     """Every reason -> packets dropped for `bridge` (0: none counted; None: its backend is not
-    usable here, so nothing can be counted)."""
-    per = (counted or {}).get(bridge, {})
+    usable here, so nothing can be counted). `members`: a routed segment's interfaces, whose
+    counts are the segment's (iptables counts its per-member rules by member)."""
+    per = dict((counted or {}).get(bridge, {}))
+    for m in sorted(members):
+        for r, n in (counted or {}).get(m, {}).items():
+            per[r] = per.get(r, 0) + n
     return {r: (per.get(r, 0) if counted is not None else None) for r in reasons.REASONS}
 
 
@@ -133,7 +150,7 @@ def cleanup_commands(bridge: str | None) -> list[list[str]]:
     # the bridge-port isolation flag: on every port of a bridge an `isolated` attachment is on
     isolating = {a.bridge for a in reg.attachments.values() if a.policy == "isolated"}
     flagged = {a.port for a in reg.attachments.values() if a.port and (bridge is None or a.bridge == bridge)
-               and a.bridge in isolating}
+               and a.bridge in isolating and not a.routed}  # a routed member is no bridge port: no flag
     isolated = topology.read().isolated if flagged else frozenset()
     cmds += [["bridge", "link", "set", "dev", port, "isolated", "off"] for port in sorted(flagged & isolated)]
     if bridge is None:

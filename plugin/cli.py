@@ -269,6 +269,8 @@ def render(report: dict) -> str:
         lines.append(f"{b['bridge']:<16}{b['backend']:<10}{','.join(b['policies']):<22}{b['attachments']:>8}"
                      f"{drops:>10}  {state}")
         lines.append(f"  networks: {', '.join(b['networks'])}")
+        if b.get("routed"):  # no bridge: the members' host-side interfaces stand for it
+            lines.append(f"  routed, members: {', '.join(b['members'])}")
         lines.append("  drops: " + "  ".join(f"{r} {'-' if n is None else n}" for r, n in b["drops"].items()))
     if not report["bridges"]:
         lines.append("(no attachments registered)")

@@ -149,10 +149,12 @@ def _engine(inv: Invocation):
     trace.stamp("config")
     inv.log_file, inv.log_level = conf.logFile, conf.logLevel
     prev = require_prev_result(inv.raw)
-    bridge, port = find_attachment(prev)
+    bridge, port, routed = _segment(prev, inv.network)
     inv.notes["bridge"] = bridge
     spoof = None
-    if anti_spoofing(getattr(conf, "antiSpoofing", None), conf.ingressPolicy):
+    if routed and getattr(conf, "antiSpoofing", None):  # a routed member is no bridge port: the bridge-family rules never see it
+        raise CniError(INVALID_CONFIG, "antiSpoofing is not available on routed networks (no bridge): set it to false")
+    if not routed and anti_spoofing(getattr(conf, "antiSpoofing", None), conf.ingressPolicy):
         mac, ips = container_addresses(prev, inv.env.get("CNI_IFNAME", ""))
         if port is None or mac is None:
             raise CniError(INVALID_CONFIG, "antiSpoofing needs prevResult to name the host-side veth and the "
@@ -165,8 +167,27 @@ def _engine(inv: Invocation):
     inv.notes["backend"] = backend.name
     intent = intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts, conf.isolationGroup,
                         guard_for(conf), spoof, getattr(conf, "logDrops", False),
-                        container_mac(prev, inv.env.get("CNI_IFNAME", "")) if port else None)
+                        container_mac(prev, inv.env.get("CNI_IFNAME", "")) if port and not routed else None, routed)
     return prev, backend, intent, conf
+
+
+def _segment(prev: dict, network: str) -> tuple[str, str | None, bool]:
+    """(bridge or routed segment, host-side port, whether routed): a bridge in prevResult, else
+    the routed segment named by the CNI network, whose member is the one host-side interface."""
+    from plugin.errors import NO_BRIDGE
+    from plugin.result import find_routed_port
+
+    try:
+        return (*find_attachment(prev), False)
+    except CniError as err:
+        if err.code != NO_BRIDGE:
+            raise
+        port = find_routed_port(prev)
+        if port is None:
+            raise
+    from plugin.policy import segment_of
+
+    return segment_of(network), port, True
 
 
 def cmd_add(inv: Invocation) -> dict:
@@ -184,7 +205,8 @@ def cmd_add(inv: Invocation) -> dict:
                             conf.isolationGroup, intent.guard.to_json(),
                             portindex=ifindex(intent.port) if intent.port else None,
                             mac=intent.mac,
-                            spoof=intent.spoof.ips if intent.spoof else None, logdrops=intent.log)
+                            spoof=intent.spoof.ips if intent.spoof else None, logdrops=intent.log,
+                            routed=intent.routed)
     with HostLock(deadline=inv.deadline):
         attach(backend, intent, attachment)
     return convert(prev, inv.cni_version)
@@ -284,7 +306,7 @@ def cmd_gc(inv: Invocation) -> None:
         deferred_errors = settle_deferred(reg)
         atts = list(reg.attachments.values())
         stale = [a for a in atts if a.network == inv.network and (a.container, a.ifname) not in keep]
-        orphaned = [a for a in atts if a not in stale and not is_bridge(a.bridge)]
+        orphaned = [a for a in atts if a not in stale and not (_port_alive(a) if a.routed else is_bridge(a.bridge))]
         errors = deferred_errors + detach(reg, stale + orphaned)
         from plugin.config import prune
 
@@ -293,6 +315,14 @@ def cmd_gc(inv: Invocation) -> None:
     if errors:
         raise CniError(ENFORCEMENT_FAILED, "GC could not remove every stale attachment's rules", "; ".join(errors))
     return None
+
+
+def _port_alive(att) -> bool:
+    """Whether a routed attachment's interface is still the one its ADD saw."""
+    from plugin.links import ifindex
+
+    index = ifindex(att.port)
+    return index is not None and att.portindex in (None, index)
 
 
 def cmd_status(inv: Invocation) -> None:

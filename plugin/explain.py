@@ -238,7 +238,11 @@ def decide(view, source, target: Target, probe: Probe) -> Decision:
     if dest is not None and dest.key == source.key:  # its own address: the packet never leaves it
         return Decision(verdict="pass", reason=None, step="itself", source_bridge=s, dest_bridge=d)
     if d == s and target.kind in (CONTAINER, PUBLISHED):
-        if target.kind == CONTAINER:  # bridged between two ports: the ports' isolation flags decide
+        if target.kind == CONTAINER and getattr(source, "routed", False):  # routed through the host: forward rule
+            if view.intra(s):
+                return Decision(verdict="drop", reason=reasons.INTRA_BRIDGE, step="intra-routed", source_bridge=s,
+                                dest_bridge=d)
+        elif target.kind == CONTAINER:  # bridged between two ports: the ports' isolation flags decide
             if view.flagged(s, source.port) and view.flagged(s, dest.port):
                 return Decision(verdict="drop", reason=reasons.INTRA_BRIDGE, step="intra-flag", source_bridge=s,
                                 dest_bridge=d)
@@ -296,14 +300,16 @@ def attribute(dec: Decision, source, target: Target, probe: Probe, attachments) 
     s, d, step = dec.source_bridge, dec.dest_bridge, dec.step
     atts = list(attachments)
     isolating = lambda a: a.policy != "open"  # noqa: E731
-    if step == "intra-flag" or step == "intra-hairpin":
+    if step in ("intra-flag", "intra-hairpin", "intra-routed"):
         nets = _networks(atts, s, lambda a: a.policy == "isolated")
-        how = "" if step == "intra-flag" else ", hairpinned through the host by a published port"
+        how = {"intra-flag": "", "intra-routed": " (routed network)",
+               "intra-hairpin": ", hairpinned through the host by a published port"}[step]
         return {"cause": f"both containers on {s}, network isolated{how}", "networks": nets, "key": "ingressPolicy"}
     if step == "itself":
         return {"cause": "the container's own address", "networks": [], "key": None}
     if step == "same-bridge":
-        return {"cause": f"same bridge {s}", "networks": [source.network], "key": "ingressPolicy"}
+        what = "routed network" if getattr(source, "routed", False) else "bridge"
+        return {"cause": f"same {what} {s}", "networks": [source.network], "key": "ingressPolicy"}
     if step == "egress-deny":
         nets = _networks(atts, s, lambda a: _in_range(target.address, _guard(a).deny) is not None)
         return {"cause": f"{target.address} is in denyEgress range {dec.matched}, no allowEgress entry matches",
@@ -375,6 +381,10 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, conf
         return (f"none: frames between ports of {s} are bridged (inet isolation forward: iifname . oifname @self "
                 "return, for traffic routed back into it)") if nft else \
             f"none: within {s} (CNI-ISOLATION-STAGE-1's rules for {s} match only ! -o {s})"
+    if step == "intra-routed":
+        return f"inet isolation forward: iifname @intra iifname . oifname @self counter drop ({source.port} . " \
+               f"{dport}, members of routed segment {s})" if nft else \
+            f"-A CNI-ISOLATION-STAGE-1 -i {source.port} -o {dport} -j DROP"
     if step == "intra-hairpin":
         return "inet isolation forward: iifname @intra iifname . oifname @self counter drop" if nft else \
             f"-A CNI-ISOLATION-STAGE-1 -i {s} -o {s} -j DROP"

@@ -110,14 +110,27 @@ class NftablesView(_Base):
     def _els(self, name: str) -> set:
         return self.inet.elements.get(name, set()) if self.inet.exists and not self.inet.dormant else set()
 
+    def _names(self, bridge: str) -> tuple[str, ...]:
+        """The interfaces standing for `bridge` in the sets: itself, or a routed segment's members."""
+        return self.config.needs.get(bridge).interfaces
+
+    def _all_in(self, name: str, bridge: str) -> bool:
+        names = self._names(bridge)
+        return bool(names) and all(n in self._els(name) for n in names)
+
+    def _pairs_in(self, name: str, bridge: str, other: str) -> bool:
+        pairs = [(m, n) for m in self._names(bridge) for n in self._names(other)]
+        return bool(pairs) and all(p in self._els(name) for p in pairs)
+
     def _chain_has(self, bridge: str, kind: str, rules) -> bool:
-        if (bridge, f"{kind}-{bridge}") not in self._els(kind):
+        names = self._names(bridge)
+        if not names or any((n, f"{kind}-{bridge}") not in self._els(kind) for n in names):
             return False
         chain = self.inet.chains.get(f"{kind}-{bridge}", [])
         return all(r in chain for r in rules)
 
     def intra(self, bridge):
-        return bridge in self._els("intra") and (bridge, bridge) in self._els("self")
+        return self._all_in("intra", bridge) and self._pairs_in("self", bridge, bridge)
 
     def deny(self, bridge, family):
         from plugin.backends.nftables import egress_rules
@@ -145,15 +158,15 @@ class NftablesView(_Base):
         return tuple(h for h in self.config.host_ports(bridge) if self._chain_has(bridge, "host", _hole(h)))
 
     def published(self, bridge):
-        return bridge in self._els("published")
+        return self._all_in("published", bridge)
 
     published_reply = published  # one set for both directions
 
     def peer(self, bridge, other):
-        return (bridge, other) in self._els("peers")
+        return self._pairs_in("peers", bridge, other)
 
     def isolate_from(self, bridge):
-        return bridge in self._els("isolated")
+        return self._all_in("isolated", bridge)
 
     isolate_to = isolate_from
 
@@ -194,7 +207,27 @@ class IptablesView(_Base):
         return bool(rules) and all(tuple(r) in index for r in rules)
 
     def _rendered(self, needs: BridgeNeeds) -> dict:
-        return self.ipt.bridge_rules(needs, self.fam)
+        return self.ipt.bridge_rules(needs, self.fam, self._ifs)
+
+    def _ifs(self, bridge: str) -> tuple[str, ...]:
+        """The interfaces `bridge`'s rules name: itself, or a routed segment's members."""
+        return self.config.needs.get(bridge).interfaces
+
+    def _needs(self, bridge: str, **need) -> BridgeNeeds:
+        """One need of `bridge` alone (a routed segment's with its members)."""
+        known = self.config.needs.get(bridge)
+        return BridgeNeeds(bridge=bridge, routed=known.routed, ports=known.ports if known.routed else (), **need)
+
+    def _guard_rules(self, bridge: str, guard: Guard) -> dict:
+        """guard_rules of `bridge`'s interfaces (a routed segment's: each member's)."""
+        rules = {}
+        for i in self._ifs(bridge):
+            for chain, got in self.ipt.guard_rules(i, guard, self.fam).items():
+                rules[chain] = rules.get(chain, []) + got
+        return rules or {self.ipt.EGRESS: [], self.ipt.HOST: []}
+
+    def _holes(self, bridge: str, hole) -> list:
+        return [r for i in self._ifs(bridge) for r in self.ipt._hole(i, hole, self.fam)]
 
     def _only(self, chain: str, needs: BridgeNeeds, base: BridgeNeeds) -> list:
         """The rules `needs` renders in `chain` that `base` does not: those of one need."""
@@ -204,64 +237,63 @@ class IptablesView(_Base):
     def intra(self, bridge):
         ipt = self.ipt
         return self.forward_ok and self._has(ipt.STAGE1, self._only(
-            ipt.STAGE1, BridgeNeeds(bridge=bridge, drop_intra=True), BridgeNeeds(bridge=bridge)))
+            ipt.STAGE1, self._needs(bridge, drop_intra=True), self._needs(bridge)))
 
     def _guard_reached(self, bridge: str, guard: Guard) -> bool:
         """The jump into the guard chains from FORWARD's STAGE-1 (forwarded) or INPUT's HOST."""
         ipt = self.ipt
         if self.to_host:
-            return self.input_ok and self._has(ipt.HOST, [r for r in ipt.guard_rules(bridge, guard, self.fam)[ipt.HOST]
+            return self.input_ok and self._has(ipt.HOST, [r for r in self._guard_rules(bridge, guard)[ipt.HOST]
                                                           if r[-1] == ipt.EGRESS])
-        return self.forward_ok and self._has(ipt.STAGE1, self._rendered(BridgeNeeds(bridge=bridge, guard=guard))[
-            ipt.STAGE1])
+        return self.forward_ok and self._has(ipt.STAGE1, [r for r in self._rendered(self._needs(bridge, guard=guard))[
+            ipt.STAGE1] if r[-1] == ipt.EGRESS])  # (a segment's pair rules are ingressPolicy's)
 
     def deny(self, bridge, family):
         ipt = self.ipt
         found = []
         for c in self.config.deny(bridge, family):
             g = Guard(deny=(c,))
-            rules = ipt.guard_rules(bridge, g, self.fam)[ipt.EGRESS]
+            rules = self._guard_rules(bridge, g)[ipt.EGRESS]
             if self._has(ipt.EGRESS, rules) and self._guard_reached(bridge, g):
                 found.append(c)
         return tuple(found)
 
     def allow(self, bridge, family):
         return tuple(h for h in self.config.allow(bridge, family)
-                     if self._has(self.ipt.EGRESS, self.ipt._hole(bridge, h, self.fam)))
+                     if self._has(self.ipt.EGRESS, self._holes(bridge, h)))
 
     def host_deny(self, bridge):
         ipt = self.ipt
-        return self.input_ok and self._has(ipt.HOST, ipt.guard_rules(bridge, Guard(host_deny=True), self.fam)[ipt.HOST])
+        return self.input_ok and self._has(ipt.HOST, self._guard_rules(bridge, Guard(host_deny=True))[ipt.HOST])
 
     def host_ports(self, bridge):
         return tuple(h for h in self.config.host_ports(bridge)
-                     if self._has(self.ipt.HOST, self.ipt._hole(bridge, h, self.fam)))
+                     if self._has(self.ipt.HOST, self._holes(bridge, h)))
 
     def published(self, bridge):
         ipt = self.ipt
-        return self._has(ipt.STAGE2, self._only(ipt.STAGE2, BridgeNeeds(bridge=bridge, isolate=True, published=True),
-                                                BridgeNeeds(bridge=bridge, isolate=True)))
+        return self._has(ipt.STAGE2, self._only(ipt.STAGE2, self._needs(bridge, isolate=True, published=True),
+                                                self._needs(bridge, isolate=True)))
 
     def published_reply(self, bridge):
         ipt = self.ipt
         return self.forward_ok and self._has(ipt.STAGE1, self._only(
-            ipt.STAGE1, BridgeNeeds(bridge=bridge, isolate=True, published=True),
-            BridgeNeeds(bridge=bridge, isolate=True)))
+            ipt.STAGE1, self._needs(bridge, isolate=True, published=True),
+            self._needs(bridge, isolate=True)))
 
     def peer(self, bridge, other):
         ipt = self.ipt
-        return self._has(ipt.STAGE2, self._only(ipt.STAGE2, BridgeNeeds(bridge=other, isolate=True,
-                                                                        peers=frozenset([bridge])),
-                                                BridgeNeeds(bridge=other, isolate=True)))
+        return self._has(ipt.STAGE2, self._only(ipt.STAGE2, self._needs(other, isolate=True, peers=frozenset([bridge])),
+                                                self._needs(other, isolate=True)))
 
     def isolate_from(self, bridge):
         ipt = self.ipt
-        rules = [r for r in self._rendered(BridgeNeeds(bridge=bridge, isolate=True))[ipt.STAGE1]]
+        rules = [r for r in self._rendered(self._needs(bridge, isolate=True))[ipt.STAGE1] if r[-1] == ipt.STAGE2]
         return self.forward_ok and self._has(ipt.STAGE1, rules)
 
     def isolate_to(self, bridge):
         ipt = self.ipt
-        return self._has(ipt.STAGE2, self._rendered(BridgeNeeds(bridge=bridge, isolate=True))[ipt.STAGE2])
+        return self._has(ipt.STAGE2, self._rendered(self._needs(bridge, isolate=True))[ipt.STAGE2])
 
     def where(self, name: str, args: tuple) -> str:
         b, ipt = args[0], self.ipt

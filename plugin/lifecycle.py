@@ -325,8 +325,8 @@ def departed(attachments, links=None) -> tuple[list[Attachment], list[Attachment
     except OSError:
         return [], []
     present = links.interfaces
-    gone = [a for a in attachments if a.bridge not in links.bridges]
-    vanished = [a for a in attachments if a.bridge in links.bridges and a.port is not None and (
+    gone = [a for a in attachments if not a.routed and a.bridge not in links.bridges]
+    vanished = [a for a in attachments if (a.routed or a.bridge in links.bridges) and a.port is not None and (
         a.port not in present or (a.portindex is not None and present[a.port] != a.portindex))]
     return gone, vanished
 
@@ -349,7 +349,8 @@ def _remove_orphans(reg: Registry) -> list[str]:
             continue
         registered = reg.on_backend(name)
         desired = policy.desired(policy.intent_of(a) for a in registered)
-        for bridge in sorted(backend.enforced() - {a.bridge for a in registered}):
+        members = {a.port for a in registered if a.routed}  # a routed segment's interfaces are in its sets
+        for bridge in sorted(backend.enforced() - {a.bridge for a in registered} - members):
             if in_use is None:
                 try:
                     in_use = topology.read().ports

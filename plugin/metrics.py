@@ -102,10 +102,13 @@ def snapshot(attachments, backends: dict, taken: float | None = None) -> Snapsho
 
     snap = Snapshot(time.time() if taken is None else taken)
     networks: dict[tuple[str, str], set[str]] = {}
+    members: dict[tuple[str, str], set[str]] = {}  # a routed segment's interfaces (iptables counts per member)
     for att in attachments:
         key = (att.backend, att.bridge, att.network)
         snap.attachments[key] = snap.attachments.get(key, 0) + 1
         networks.setdefault((att.backend, att.bridge), set()).add(att.network)
+        if getattr(att, "routed", False) and att.port:
+            members.setdefault((att.backend, att.bridge), set()).add(att.port)
     for name in sorted({backend for backend, _ in networks}):
         backend = backends.get(name, "not asked")
         if isinstance(backend, str):
@@ -122,7 +125,10 @@ def snapshot(attachments, backends: dict, taken: float | None = None) -> Snapsho
             continue
         for (on, bridge), names in sorted(networks.items()):
             if on == name:  # every reason, 0 where none was counted (as `status` shows it)
-                per_reason = counts.get(bridge, {})
+                per_reason = dict(counts.get(bridge, {}))
+                for m in sorted(members.get((on, bridge), ())):
+                    for r, n in counts.get(m, {}).items():
+                        per_reason[r] = per_reason.get(r, 0) + n
                 snap.drops[(name, bridge, ",".join(sorted(names)))] = {r: per_reason.get(r, 0) for r in REASONS}
     return snap
 

@@ -172,6 +172,7 @@ class BridgeIntent:
     spoof: Spoof | None = None  # antiSpoofing: what this attachment's port may send
     log: bool = False  # logDrops: its bridge's drops go to the drop log (plugin.reasons.NFLOG_GROUP)
     mac: str | None = None  # the container interface's MAC: on an `isolated` bridge, frames to it are counted
+    routed: bool = False  # `bridge` names a routed segment (segment_of), whose members are the ports
 
     @property
     def enforces_anything(self) -> bool:
@@ -180,7 +181,7 @@ class BridgeIntent:
 
 def intent_for(bridge: str, ingress_policy: str, port: str | None = None, published: bool = True,
                group: str | None = None, guard: Guard = NO_GUARD, spoof: Spoof | None = None,
-               log: bool = False, mac: str | None = None) -> BridgeIntent:
+               log: bool = False, mac: str | None = None, routed: bool = False) -> BridgeIntent:
     """Translate a network's ingressPolicy, allowPublishedPorts, isolationGroup, Guard and
     anti-spoofing into the intent for one attachment to its bridge."""
     if ingress_policy not in ("open", "same-bridge", "isolated"):
@@ -188,7 +189,7 @@ def intent_for(bridge: str, ingress_policy: str, port: str | None = None, publis
     isolate = ingress_policy != "open"
     return BridgeIntent(bridge=bridge, isolate=isolate, drop_intra=ingress_policy == "isolated", port=port,
                         published=published and isolate, group=group if isolate else None, guard=guard, spoof=spoof,
-                        log=log, mac=mac)
+                        log=log, mac=mac, routed=routed)
 
 
 def anti_spoofing(setting: bool | None, ingress_policy: str) -> bool:
@@ -202,10 +203,11 @@ def shared_needs(intents) -> list[BridgeIntent]:
     of one network has a single need."""
     distinct = {}
     for i in intents:
-        key = (i.bridge, i.isolate, i.drop_intra, i.published, i.group, i.guard, i.log)
+        key = (i.bridge, i.isolate, i.drop_intra, i.published, i.group, i.guard, i.log, i.routed)
         if key not in distinct:
             distinct[key] = BridgeIntent(bridge=i.bridge, isolate=i.isolate, drop_intra=i.drop_intra,
-                                         published=i.published, group=i.group, guard=i.guard, log=i.log)
+                                         published=i.published, group=i.group, guard=i.guard, log=i.log,
+                                         routed=i.routed)
     return list(distinct.values())
 
 
@@ -219,7 +221,7 @@ def spoof_of(att) -> Spoof | None:
 def intent_of(att) -> BridgeIntent:
     """The intent a registered Attachment stands for."""
     return intent_for(att.bridge, att.policy, att.port, att.published, att.group, Guard.from_json(att.guard),
-                      spoof_of(att), att.logdrops, att.mac)
+                      spoof_of(att), att.logdrops, att.mac, att.routed)
 
 
 def group_peers(intents) -> dict[str, set[str]]:
@@ -234,6 +236,22 @@ def group_peers(intents) -> dict[str, set[str]]:
             if len(bridges) > 1:
                 found.setdefault(b, set()).update(bridges - {b})
     return found
+
+
+SEGMENT_PREFIX = "rt."  # names a routed segment where a bridge's name would stand
+
+
+def segment_of(network: str) -> str:
+    """The key of the routed segment of CNI network `network` (networks chained after `ptp`
+    and other plugins that leave one host-side interface per container and no bridge): it
+    stands where a bridge's name does (registry, counters, guard chains, status), so it is an
+    interface-shaped name: "rt." and the network's name, or a digest of a longer one."""
+    key = SEGMENT_PREFIX + network
+    if valid_name(key):
+        return key
+    import hashlib
+
+    return SEGMENT_PREFIX + hashlib.sha256(network.encode()).hexdigest()[:12]
 
 
 # --- the desired state: what the kernel must hold, per bridge --------------------------------
@@ -268,10 +286,17 @@ class BridgeNeeds:
     ports: tuple[str, ...] = ()
     macs: tuple[tuple[str, str], ...] = ()
     log: bool = False
+    routed: bool = False  # a routed segment (segment_of): no bridge, its members are its ports
 
     @property
     def enforces_anything(self) -> bool:
         return self.isolate or self.drop_intra or self.guard.active or bool(self.spoofs)
+
+    @property
+    def interfaces(self) -> tuple[str, ...]:
+        """The interface names its traffic enters and leaves the host by: the bridge, or the
+        members' host-side interfaces of a routed segment."""
+        return self.ports if self.routed else (self.bridge,)
 
     @property
     def within(self) -> bool:
@@ -282,8 +307,9 @@ class BridgeNeeds:
 
     @property
     def flagged(self) -> tuple[str, ...]:
-        """The ports that carry the bridge-port isolation flag (the intra-bridge drop)."""
-        return self.ports if self.drop_intra else ()
+        """The ports that carry the bridge-port isolation flag (the intra-bridge drop; a routed
+        segment's members are no bridge ports: its forward rule drops instead)."""
+        return self.ports if self.drop_intra and not self.routed else ()
 
     @property
     def counted(self) -> tuple[tuple[str, str], ...]:
@@ -365,6 +391,7 @@ def desired(intents) -> Desired:
         ports=tuple(dict.fromkeys(i.port for i in its if i.port)),
         macs=tuple(dict.fromkeys((i.port, i.mac) for i in its if i.port and i.mac)),
         log=any(i.log for i in its),
+        routed=any(i.routed for i in its),
     ) for bridge, its in by_bridge.items()})
 
 
@@ -422,6 +449,8 @@ class Release:
     last: bool = False
     last_guard: bool = False
     last_spoof: bool = False
+    routed: bool = False  # the bridge is a routed segment: `members` are its interfaces that leave
+    members: tuple[str, ...] = ()
 
 
 def released(before: Desired, after: Desired, bridge: str) -> Release:
@@ -448,6 +477,8 @@ def released(before: Desired, after: Desired, bridge: str) -> Release:
         last=not after.enforces_anything,
         last_guard=not after.guarded,
         last_spoof=not after.spoofs and not after.counted,
+        routed=was.routed,
+        members=tuple(sorted(set(was.ports) - set(now.ports))) if was.routed else (),
     )
 
 
@@ -465,7 +496,7 @@ def port_only(r: Release) -> Release:
     anti-spoofing elements of its port. The bridge's rules, Guard, group peers, isolation
     flags and every table stay, because attachments the registry does not know of (a
     damaged registry) may still need them."""
-    return Release(bridge=r.bridge, spoofs=r.spoofs, uncount=r.uncount)
+    return Release(bridge=r.bridge, spoofs=r.spoofs, uncount=r.uncount, routed=r.routed, members=r.members)
 
 
 def orphan_release(bridge: str, after: Desired) -> Release:

@@ -48,6 +48,7 @@ class Attachment:
     mac: str | None = None  # the container interface's MAC (prevResult)
     spoof: tuple[str, ...] | None = None  # antiSpoofing: the addresses the port may send from (None: off)
     logdrops: bool = False  # logDrops: its bridge's drops go to the drop log
+    routed: bool = False  # `bridge` is a routed segment (policy.segment_of): no bridge, `port` is its member
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -84,6 +85,8 @@ def _attachment(raw: dict) -> Attachment:
         raise ValueError("mac: not a string")
     if type(fields["logdrops"]) is not bool:
         raise ValueError("logdrops: not a bool")
+    if type(fields["routed"]) is not bool or (fields["routed"] and fields["port"] is None):
+        raise ValueError("routed: not a bool, or a routed attachment without its interface")
     spoof = fields["spoof"]
     if spoof is not None:
         if type(spoof) is not list or not all(type(a) is str for a in spoof):

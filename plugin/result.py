@@ -45,6 +45,19 @@ def find_attachment(prev: dict) -> tuple[str, str | None]:
     )
 
 
+def find_routed_port(prev: dict) -> str | None:
+    """The host-side interface of a routed attachment (the `ptp` plugin's veth, a tap device):
+    when prevResult names no bridge, exactly one host-side interface that exists on the host.
+    None when there is not exactly one (then isolation cannot tell what to enforce)."""
+    interfaces = prev.get("interfaces") if isinstance(prev.get("interfaces"), list) else []
+    host_side = {require_name(iface.get("name"), "prevResult.interfaces") for iface in interfaces
+                 if isinstance(iface, dict) and not iface.get("sandbox")}
+    if len(host_side) != 1:  # none, or several (a bridge that vanished beside its veth): not a routed attachment
+        return None
+    port = host_side.pop()
+    return port if driver(port) is not None and not is_bridge(port) else None
+
+
 _MAC_DIGITS = frozenset("0123456789abcdef")
 
 

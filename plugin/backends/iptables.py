@@ -52,7 +52,8 @@ from plugin import reasons
 from plugin.backends import libnft
 from plugin.backends.base import Backend, first_bridge
 from plugin.errors import ENFORCEMENT_FAILED, TRY_AGAIN_LATER, CniError
-from plugin.policy import ND_HOP_LIMIT, ND_TYPES, NO_GUARD, BridgeNeeds, Desired, Guard, Hole, Release, split_cidr
+from plugin.policy import (ND_HOP_LIMIT, ND_TYPES, NO_GUARD, SEGMENT_PREFIX, BridgeNeeds, Desired, Guard, Hole, Release,
+                           split_cidr)
 from plugin.record import Factory, replace, value_class
 from plugin.tools import find, run_all
 
@@ -218,10 +219,14 @@ def guard_rules(br: str, guard: Guard, family: str) -> dict[str, list[list[str]]
     return {EGRESS: egress, HOST: host}
 
 
-def bridge_rules(needs: BridgeNeeds, family: str = "ipv4") -> dict[str, list[list[str]]]:
+def bridge_rules(needs: BridgeNeeds, family: str = "ipv4", interfaces_of=None) -> dict[str, list[list[str]]]:
     """Per chain, the matches-and-targets one bridge needs in `family`, top to bottom
     (comments left out): the bridges of its isolationGroups may reach it, and its merged
-    Guard gives its rules in the guard chains."""
+    Guard gives its rules in the guard chains. `interfaces_of(peer)`: the interfaces a
+    peer's traffic comes by (a routed segment's members; default: its name)."""
+    interfaces_of = interfaces_of or (lambda name: (name,))
+    if needs.routed:
+        return segment_rules(needs, family, interfaces_of)
     br = needs.bridge
     stage1, stage2 = [], []
     if needs.drop_intra:  # published or not: within an `isolated` bridge nothing passes
@@ -234,9 +239,36 @@ def bridge_rules(needs: BridgeNeeds, family: str = "ipv4") -> dict[str, list[lis
         stage1.append(["-i", br, "!", "-o", br, "-j", STAGE2])
         if needs.published:
             stage2.append(["-o", br, *PUBLISHED_IN])
-        stage2 += [["-i", peer, "-o", br, "-j", "RETURN"] for peer in sorted(needs.peers)]
+        stage2 += [["-i", i, "-o", br, "-j", "RETURN"] for peer in sorted(needs.peers) for i in interfaces_of(peer)]
         stage2.append(["-o", br, "-j", "DROP"])
     return {STAGE1: stage1, STAGE2: stage2, **guard_rules(br, needs.guard, family)}
+
+
+def segment_rules(needs: BridgeNeeds, family: str, interfaces_of) -> dict[str, list[list[str]]]:
+    """A routed segment's rules: a bridge's, written per member (its host-side interface),
+    since iptables cannot say "not into any member". Traffic between two members (routed
+    by the host) drops (`isolated`) or returns before anything else applies; what is left
+    of a member's traffic leaves the segment, and meets the guard and STAGE-2 like a
+    bridge's. Rules per member pair: a segment of n members holds n*n of them."""
+    members = sorted(needs.ports)  # one order, whichever attachment came first
+    within = "DROP" if needs.drop_intra else "RETURN" if needs.isolate or needs.guard.deny_in(VERSION[family]) else None
+    stage1, stage2, chains = [], [], {EGRESS: [], HOST: []}
+    for m in members:
+        if within:
+            stage1 += [["-i", m, "-o", n, "-j", within] for n in members]
+        if needs.guard.deny_in(VERSION[family]):
+            stage1.append(["-i", m, "-j", EGRESS])
+        if needs.isolate:
+            if needs.published:
+                stage1.append(["-i", m, *PUBLISHED_OUT])
+            stage1.append(["-i", m, "-j", STAGE2])
+            if needs.published:
+                stage2.append(["-o", m, *PUBLISHED_IN])
+            stage2 += [["-i", i, "-o", m, "-j", "RETURN"] for peer in sorted(needs.peers) for i in interfaces_of(peer)]
+            stage2.append(["-o", m, "-j", "DROP"])
+        for chain, rules in guard_rules(m, needs.guard, family).items():
+            chains[chain] += rules
+    return {STAGE1: stage1, STAGE2: stage2, **chains}
 
 
 def wanted(desired: Desired, family: str = "ipv4") -> dict[str, list[list[list[str]]]]:
@@ -244,7 +276,7 @@ def wanted(desired: Desired, family: str = "ipv4") -> dict[str, list[list[list[s
     chains appear only when some bridge needs them in `family`."""
     chains: dict[str, list[list[list[str]]]] = {STAGE1: [], STAGE2: [], EGRESS: [], HOST: []}
     for needs in desired:
-        for chain, group in bridge_rules(needs, family).items():
+        for chain, group in bridge_rules(needs, family, lambda peer: desired.get(peer).interfaces).items():
             if group:
                 chains[chain].append(group)
     return {c: groups for c, groups in chains.items() if groups or c in (STAGE1, STAGE2)}
@@ -448,6 +480,8 @@ def release_plan(table: FilterTable, r: Release, family: str = "ipv4", everythin
     `everything` (`isolation cleanup`), `last` and `last_guard` hold only while our rules
     name no other bridge: rules a damaged registry lost track of are never swept along.
     """
+    if r.routed and not everything:
+        return segment_release_plan(table, r, family)
     others = set() if everything else mentioned(table) - {r.bridge}
     if others:  # rules the registry does not account for (lost or damaged): they stay
         guarded = others & mentioned(table, GUARD_CHAINS)
@@ -470,6 +504,30 @@ def release_plan(table: FilterTable, r: Release, family: str = "ipv4", everythin
     lines += insert
     if r.last or r.last_guard:
         lines += [f"-X {chain}" for chain in without_ours(table, r.last)[1]]
+    return lines
+
+
+def segment_release_plan(table: FilterTable, r: Release, family: str) -> list[str]:
+    """What a routed segment's departing members free: every rule of ours naming one of them
+    (their own, the remaining members' pairs with them, peers' returns from them); with the
+    last of everything, our chains as release_plan removes them."""
+    leaving = set(r.members)
+    others = mentioned(table) - leaving
+    remove = [(c, rule) for c, rules in table.chains.items() for rule in rules
+              if is_ours(rule) and _interfaces(strip_comment(rule)) & leaving]
+    last, last_guard = r.last and not others, r.last_guard and not (others & mentioned(table, GUARD_CHAINS))
+    if last:
+        remove = [(c, rule) for c, rules in table.chains.items() for rule in rules if is_ours(rule)]
+    elif last_guard:
+        remove += [(c, rule) for c in GUARD_CHAINS for rule in table.chains.get(c, []) if is_ours(rule)
+                   and (c, rule) not in remove]
+        remove += [("INPUT", rule) for rule in table.chains.get("INPUT", [])
+                   if is_ours(rule) and _is_jump(strip_comment(rule), HOST)]
+    lines = [f"-D {chain} " + " ".join(rule) for chain, rule in remove if all(_SAFE.fullmatch(a) for a in rule)]
+    if last or last_guard:
+        after = FilterTable({c: [x for x in rules if (c, x) not in remove] for c, rules in table.chains.items()},
+                            dict(table.policies), table.nft_variant)
+        lines += [f"-X {chain}" for chain in without_ours(after, last)[1]]
     return lines
 
 
@@ -762,8 +820,10 @@ class IptablesBackend(Backend):
         """Shell commands removing our rules: a bridge's, or (bridge None) all, with our chains
         and the filter tables we created once pristine (iptables-nft), and the anti-spoofing
         elements of `ports` (bridge None: the whole anti-spoofing table)."""
+        routed = bridge is not None and bridge.startswith(SEGMENT_PREFIX)  # its members' rules name them
         everything = Release(bridge=bridge or "", isolate=True, drop_intra=True, published=True, peers=frozenset(),
-                             guard=NO_GUARD, last=bridge is None, last_guard=bridge is None)
+                             guard=NO_GUARD, last=bridge is None, last_guard=bridge is None, routed=routed,
+                             members=tuple(ports) if routed else ())
         cmds = []
         lib = libnft.load()[0]
         if lib is not None:

@@ -602,26 +602,26 @@ def wanted(desired: Desired) -> dict[str, dict[str, set]]:
     under anti-spoofing)."""
     want: dict[str, dict[str, set]] = {}
     for b in desired:
+        names = b.interfaces  # a routed segment's members stand where a bridge's name does
         if b.isolate or b.guard.active:
             inet = want.setdefault("inet", {name: set() for name in [*INET.sets, *INET.maps, *INET.counts]})
         for reason, needed in ((reasons.CROSS_NETWORK, b.isolate), (reasons.INTRA_BRIDGE, b.drop_intra),
                                (reasons.EGRESS_DENY, bool(b.guard.deny)), (reasons.HOST_ACCESS, b.guard.host_deny)):
             if needed:
-                inet[count_map(reason)].add((b.bridge, counter_name(reason, b.bridge)))
+                inet[count_map(reason)].update((n, counter_name(reason, b.bridge)) for n in names)
         if b.isolate:
-            inet["isolated"].add(b.bridge)
-            inet["self"].add((b.bridge, b.bridge))
-            inet["peers"].update((b.bridge, peer) for peer in b.peers)
+            inet["isolated"].update(names)
+            inet["peers"].update((n, p) for peer in b.peers for n in names for p in desired.get(peer).interfaces)
             if b.published:
-                inet["published"].add(b.bridge)
+                inet["published"].update(names)
             if b.drop_intra:
-                inet["intra"].add(b.bridge)
+                inet["intra"].update(names)
+        if b.isolate or b.guard.active:
+            inet["self"].update((m, n) for m in names for n in names)  # within the bridge (segment)
+        for chain in bridge_chains(b.bridge, b.guard) if b.guard.active else ():
+            inet[chain.split("-", 1)[0]].update((n, chain) for n in names)
     if desired.spoofs or desired.counted:
         want["bridge"] = bridge_elements(desired)
-    if "inet" in want:
-        for chain in guard_chains(desired):
-            want["inet"][chain.split("-", 1)[0]].add((chain.split("-", 1)[1], chain))
-        want["inet"]["self"].update((b, b) for b, _ in want["inet"]["egress"] | want["inet"]["host"])
     return want
 
 
@@ -742,7 +742,7 @@ def plan(states: dict[str, TableState], desired: Desired) -> list[dict]:
     cmds = []
     chains = guard_chains(desired)
     # a bridge none of them is on is not theirs to undo; grants touching theirs that they do not need go
-    known = set(desired.bridges)
+    known = set(desired.bridges) | {p for b in desired if b.routed for p in b.ports}
     for family, want in wanted(desired).items():
         spec, state = SPECS[family], states.get(family, TableState())
         if family == "bridge":
@@ -800,6 +800,8 @@ def release_families(r: Release) -> list[str]:
     families = []
     if r.last or r.isolate or r.within or r.published or r.drop_intra or r.peers is not None or r.guard is not None:
         families.append("inet")
+    if r.members and "inet" not in families:
+        families.append("inet")
     if r.spoofs or r.uncount or r.forget or r.last or r.last_spoof:
         families.append("bridge")
     return families
@@ -811,7 +813,7 @@ def release_plan(states: dict[str, TableState], r: Release) -> list[dict]:
     once nothing needs it, unless it holds something of another bridge (rules a lost or
     damaged registry no longer accounts for: they stay)."""
     inet, bridge = states.get("inet", TableState()), states.get("bridge", TableState())
-    if mentioned(inet) - {r.bridge}:
+    if mentioned(inet) - {r.bridge} - set(r.members):
         r = replace(r, last=False)
     cmds = []
     if inet.exists and r.last:
@@ -827,6 +829,8 @@ def _bridge_release(inet: TableState, r: Release) -> list[dict]:
     to the Guard it keeps (added first, deleted last: a map entry must not outlive its
     chain's rules, nor a chain its map entry)."""
     b = r.bridge
+    if r.routed:
+        return _segment_release(inet, r)
     gone = []
     if r.isolate:
         gone.append(("isolated", b))
@@ -863,6 +867,21 @@ def _bridge_release(inet: TableState, r: Release) -> list[dict]:
     counters = [c for name, elem in gone if name in COUNT_MAPS
                 for c in _unused_counters(inet, name, {elem} & inet.elements.get(name, set()), INET)]
     return first + deleted + counters + last
+
+
+def _segment_release(inet: TableState, r: Release) -> list[dict]:
+    """What `r` frees of a routed segment: every element naming one of its leaving members
+    (sets, pairs with the others and with group peers, map entries), the counters no element
+    names any more, and its guard chains once its Guard goes (after their map entries)."""
+    leaving = set(r.members)
+    gone = {name: {e for e in elems if _touches(e[:1] if name in KEYED_MAPS else e, leaving)}
+            for name, elems in inet.elements.items()}
+    cmds = [_delete_element("inet", name, e) for name in sorted(gone) for e in sorted(gone[name])]
+    cmds += [c for name in COUNT_MAPS for c in _unused_counters(inet, name, gone.get(name, set()), INET)]
+    if r.guard is not None:
+        # only chains nothing needs go; a Guard that changed while members stay is the full path's
+        cmds += _converge_chains(inet, bridge_chains(r.bridge, r.guard), [f"{m}-{r.bridge}" for m in GUARD_MAPS])[1]
+    return cmds
 
 
 def mentioned(state: TableState) -> set[str]:
@@ -1024,6 +1043,19 @@ def spoof_cleanup(state: TableState, ports, spec: TableSpec, bridge: str) -> lis
     return cmds
 
 
+def member_cleanup(state: TableState, ports) -> list[list[str]]:
+    """nft commands deleting the inet table's elements naming one of `ports`: a routed
+    segment's members stand in its sets and maps themselves (a bridge's ports never do)."""
+    cmds = []
+    for name, elems in sorted(state.elements.items()):
+        for e in sorted(elems):
+            key = e[:1] if name in KEYED_MAPS else e if isinstance(e, tuple) else (e,)
+            if any(n in ports for n in key):
+                shown = " . ".join(f'"{n}"' for n in key)
+                cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", shown, "}"])
+    return cmds
+
+
 def read_counters(lib: Library, family: str, table: str) -> dict[tuple[str, str], int]:
     """(reason, bridge) -> packets, from the named counters of one of our tables (none when
     the table is missing or unreadable). A text listing: it costs no element listing, and
@@ -1085,6 +1117,8 @@ class NftablesBackend(Backend):
         want = wanted(addition)
         if not want:
             return True
+        if any(b.routed for b in addition):  # a member's pairs with all others: the full path computes them
+            return False
         quick = self._read(want, terse=True)  # only the tables `addition` needs: the other is not touched
         if not all(quick[f].exists and quick[f].intact for f in want):
             return False
@@ -1153,7 +1187,7 @@ class NftablesBackend(Backend):
         states = self._read(SPECS)
         if bridge is None:
             return [["nft", "delete", "table", f, TABLE] for f in SPECS if states[f].exists]
-        cmds = []
+        cmds = member_cleanup(states["inet"], set(ports))
         for name in ("isolated", "self", "published", "intra"):
             raw = (bridge, bridge) if name == "self" else bridge
             if raw in states["inet"].elements.get(name, set()):

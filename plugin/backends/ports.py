@@ -19,7 +19,8 @@ from plugin.links import port_isolated, set_port_isolated
 
 
 def _isolated_bridges(intents) -> set[str]:
-    return {i.bridge for i in intents if i.drop_intra}
+    """The isolated bridges among `intents` (a routed segment has no bridge ports: its forward rule drops)."""
+    return {i.bridge for i in intents if i.drop_intra and not i.routed}
 
 
 def ensure_flags(intent, related) -> None:
@@ -27,6 +28,8 @@ def ensure_flags(intent, related) -> None:
     (failing closed if that cannot be done), and, when it is the first `isolated` attachment
     of a mixed bridge, those of the bridge's other attachments (among `related`, the other
     attachments on its bridge or in its isolationGroup)."""
+    if intent.routed:
+        return
     same = [r for r in related if r.bridge == intent.bridge]
     if not (intent.drop_intra or any(r.drop_intra for r in same)):
         return

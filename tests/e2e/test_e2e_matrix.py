@@ -1,5 +1,7 @@
 """The isolation matrix with real packets: 3 bridges x 2 containers, IPv4 and IPv6,
-bridge-nf-call-iptables 0 and 1, three chain orders, three policies, both backends.
+bridge-nf-call-iptables 0 and 1, three chain orders, three policies, both backends; and
+the `ptp` column: 3 routed networks (the CNI ptp plugin, no bridge) x 2 containers, whose
+"same bridge" is the same CNI network.
 
 Expected verdicts come from the policy definitions, not from the plugin:
   open        everything reaches everything
@@ -26,6 +28,7 @@ CHAINS = {
     "bridge,isolation": ["bridge", "isolation"],
     "bridge,firewall,isolation": ["bridge", "firewall", "isolation"],
     "bridge,isolation,firewall": ["bridge", "isolation", "firewall"],
+    "ptp,isolation": ["ptp", "isolation"],  # routed: no bridge, a host-side veth per container
 }
 OUTSIDE = ("10.99.0.2", "fd99::2")
 

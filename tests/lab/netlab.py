@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from plugin.hoststate import STATE_ROOT, netns_key
+from plugin.policy import segment_of
 
 CNI_DIR = "/usr/lib/cni"
 SYSTEM_LIBNFTABLES = sorted({os.path.realpath(p) for p in glob.glob("/usr/lib/*/libnftables.so.1*")})
@@ -176,6 +177,21 @@ def bridge_plugin(bridge: str, index: int, datadir: str) -> dict:
     }
 
 
+def ptp_plugin(index: int, datadir: str) -> dict:
+    """The CNI `ptp` plugin on the lab's ranges of network `index`: a routed network, no
+    bridge (a host-side veth per container, /32 and /128 routes to it)."""
+    return {
+        "type": "ptp",
+        "ipMasq": False,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": datadir,
+            "ranges": [[{"subnet": f"10.77.{index}.0/24"}], [{"subnet": f"fd77:{index}::/64"}]],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+        },
+    }
+
+
 def localise(lab: "Lab", conflist: dict, index: int) -> list[dict]:
     """A conflist's plugins (conf-examples/), its bridge plugin pointed at lab-owned names and
     ranges: the examples run unchanged otherwise, in the end-to-end tests and with containerd."""
@@ -186,6 +202,8 @@ def localise(lab: "Lab", conflist: dict, index: int) -> list[dict]:
             if p.get("isDefaultGateway"):  # the bridge plugin adds the default routes itself
                 mine["ipam"]["routes"] = []
             plugins[i] = {**p, "bridge": mine["bridge"], "ipMasq": False, "ipam": mine["ipam"]}
+        elif p["type"] == "ptp":
+            plugins[i] = {**p, **ptp_plugin(index, os.path.join(lab.tmp, "ipam"))}
     return plugins
 
 
@@ -316,6 +334,9 @@ class Lab:
                 plugins.append(kind)
             elif kind == "bridge":
                 plugins.append(bridge_plugin(bridge, index, os.path.join(self.tmp, "ipam")))
+            elif kind == "ptp":  # routed: no bridge; its segment stands where the bridge's name would
+                plugins.append(ptp_plugin(index, os.path.join(self.tmp, "ipam")))
+                bridge = segment_of(name)
             elif kind == "isolation":
                 plugins.append({"type": "isolation", **(isolation or {})})
             elif kind == "firewall":
@@ -397,6 +418,8 @@ class Lab:
         lists the bridge first (not always c.network.bridge: a network may share another's),
         then this veth, then the container's end (with a sandbox)."""
         interfaces = self.cache[(c.network.name, c.id)]["interfaces"]
+        if any(p["type"] == "ptp" for p in c.network.plugins):  # no bridge: the veth comes first
+            return next(i["name"] for i in interfaces if not i.get("sandbox"))
         return next(i["name"] for i in interfaces[1:] if not i.get("sandbox"))
 
     def _env(self, c: Container, with_netns: bool = True) -> dict:

@@ -1,0 +1,95 @@
+"""Routed segments (networks chained after `ptp`: no bridge, a host-side veth per container):
+the policy layer, both backends' rendering and release, and explain.
+
+Segment S ("rt.n1") has members m1, m2 (veths); bridge br is a bridge network. Expected
+elements and rules are written by hand from the layouts (nftables: the members stand in
+the sets where a bridge's name would; iptables: a bridge's rules, written per member).
+"""
+
+from plugin.backends import iptables as ipt
+from plugin.backends import nftables as nft
+from plugin.explain import Probe, answer, find_source
+from plugin.links import valid_name
+from plugin.policy import NO_GUARD, Guard, desired, intent_for, release, segment_of
+from plugin.registry import Attachment
+
+S = "rt.n1"
+
+
+def routed(port, policy="same-bridge", group=None, guard=NO_GUARD, bridge=S):
+    return intent_for(bridge, policy, port, group=group, guard=guard, routed=True)
+
+
+def test_segment_names_are_interface_shaped():
+    assert segment_of("n1") == "rt.n1"
+    long = segment_of("a-network-name-longer-than-an-interface")
+    assert valid_name(long) and long.startswith("rt.") and long != segment_of("another-long-network-name-here")
+
+
+def test_members_stand_for_the_segment_and_carry_no_bridge_port_flag():
+    needs = desired([routed("m1", "isolated"), routed("m2", "isolated")]).get(S)
+    assert needs.routed and needs.interfaces == ("m1", "m2") and needs.flagged == ()
+
+
+def test_nftables_elements_of_a_segment_and_a_bridge_in_one_group():
+    want = nft.wanted(desired([routed("m1", group="g"), routed("m2", group="g"),
+                               intent_for("br", "same-bridge", "vb", group="g")]))["inet"]
+    assert want["isolated"] == {"m1", "m2", "br"}
+    assert want["self"] == {("m1", "m1"), ("m1", "m2"), ("m2", "m1"), ("m2", "m2"), ("br", "br")}
+    assert want["peers"] == {("m1", "br"), ("m2", "br"), ("br", "m1"), ("br", "m2")}
+    assert want["count-cross-network"] == {("m1", "cross-network-rt.n1"), ("m2", "cross-network-rt.n1"),
+                                           ("br", "cross-network-br")}
+    assert want["intra"] == set()
+
+
+def test_nftables_guard_of_a_segment_is_reached_from_each_member():
+    want = nft.wanted(desired([routed("m1", guard=Guard(host_deny=True)), routed("m2", guard=Guard(host_deny=True))]))
+    assert want["inet"]["host"] == {("m1", "host-rt.n1"), ("m2", "host-rt.n1")}
+
+
+def _att(port, container, policy="same-bridge"):
+    return Attachment("n1", container, "eth0", S, port, policy, "nftables", (), routed=True)
+
+
+def test_a_departing_member_takes_its_elements_only():
+    a1, a2 = _att("m1", "c1", "isolated"), _att("m2", "c2", "isolated")
+    r = release(a2, [a1])
+    assert r.routed and r.members == ("m2",) and not r.isolate and not r.last
+    state = nft.TableState(exists=True, intact=True, counters={"cross-network-rt.n1": 3, "intra-bridge-rt.n1": 1},
+                           elements=nft.wanted(desired([routed("m1", "isolated"), routed("m2", "isolated")]))["inet"])
+    cmds = nft.release_plan({"inet": state}, r)
+    gone = sorted(str(c["delete"]["element"]["elem"]) + c["delete"]["element"]["name"] for c in cmds)
+    assert len(cmds) == 8, cmds  # isolated, intra, published, 3 self pairs, 2 counter map entries; counters stay
+    assert all("m2" in g for g in gone)
+    alone = nft.TableState(exists=True, intact=True, elements=nft.wanted(desired([routed("m1", "isolated")]))["inet"])
+    assert nft.release_plan({"inet": alone}, release(a1, [])) == [
+        {"delete": {"table": {"family": "inet", "name": "isolation"}}}]  # the last member: the table goes
+    # while the table still names another segment's member, only m1's elements go
+    kept = nft.release_plan({"inet": state}, release(a1, []))
+    assert kept and all("m1" in str(c) or "counter" in c["delete"] for c in kept)
+
+
+def test_iptables_segment_rules_are_a_bridges_per_member():
+    needs = desired([routed("m1"), routed("m2")]).get(S)
+    rules = ipt.bridge_rules(needs, "ipv4")
+    assert rules[ipt.STAGE1] == [
+        ["-i", "m1", "-o", "m1", "-j", "RETURN"], ["-i", "m1", "-o", "m2", "-j", "RETURN"],
+        ["-i", "m1", *ipt.PUBLISHED_OUT], ["-i", "m1", "-j", ipt.STAGE2],
+        ["-i", "m2", "-o", "m1", "-j", "RETURN"], ["-i", "m2", "-o", "m2", "-j", "RETURN"],
+        ["-i", "m2", *ipt.PUBLISHED_OUT], ["-i", "m2", "-j", ipt.STAGE2]]
+    assert rules[ipt.STAGE2] == [["-o", "m1", *ipt.PUBLISHED_IN], ["-o", "m1", "-j", "DROP"],
+                                 ["-o", "m2", *ipt.PUBLISHED_IN], ["-o", "m2", "-j", "DROP"]]
+    isolated = ipt.bridge_rules(desired([routed("m1", "isolated"), routed("m2", "isolated")]).get(S), "ipv4")
+    assert ["-i", "m1", "-o", "m2", "-j", "DROP"] in isolated[ipt.STAGE1]
+
+
+def test_explain_routed_same_network():
+    same = [_att("m1", "c1"), _att("m2", "c2")]
+    same[0] = Attachment("n1", "c1", "eth0", S, "m1", "same-bridge", "nftables", ("10.1.0.2/24",), routed=True)
+    same[1] = Attachment("n1", "c2", "eth0", S, "m2", "same-bridge", "nftables", ("10.1.0.3/24",), routed=True)
+    out, _, _ = answer(find_source("m1", same), Probe("10.1.0.3", "tcp", 80), same, set(), [])
+    assert (out["verdict"], out["cause"]) == ("pass", "same routed network rt.n1")
+    iso = [Attachment(a.network, a.container, a.ifname, a.bridge, a.port, "isolated", a.backend, a.addresses,
+                      routed=True) for a in same]
+    out, _, _ = answer(find_source("m1", iso), Probe("10.1.0.3", "tcp", 80), iso, set(), [])
+    assert (out["verdict"], out["reason"], out["key"]) == ("drop", "intra-bridge", "ingressPolicy")
