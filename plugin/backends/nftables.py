@@ -618,7 +618,8 @@ def wanted(desired: Desired) -> dict[str, dict[str, set]]:
                 inet["intra"].update(names)
         if b.isolate or b.guard.active:
             inet["self"].update((m, n) for m in names for n in names)  # within the bridge (segment)
-        for chain in bridge_chains(b.bridge, b.guard) if b.guard.active else ():
+        chains = [*(bridge_chains(b.bridge, b.guard) if b.guard.active else ()), *log_chains(b.bridge, b.logged)]
+        for chain in chains:  # guard and log chains: each of the bridge's (segment's) names jumps to it
             inet[chain.split("-", 1)[0]].update((n, chain) for n in names)
     if desired.spoofs or desired.counted:
         want["bridge"] = bridge_elements(desired)
@@ -878,9 +879,13 @@ def _segment_release(inet: TableState, r: Release) -> list[dict]:
             for name, elems in inet.elements.items()}
     cmds = [_delete_element("inet", name, e) for name in sorted(gone) for e in sorted(gone[name])]
     cmds += [c for name in COUNT_MAPS for c in _unused_counters(inet, name, gone.get(name, set()), INET)]
-    if r.guard is not None:
-        # only chains nothing needs go; a Guard that changed while members stay is the full path's
-        cmds += _converge_chains(inet, bridge_chains(r.bridge, r.guard), [f"{m}-{r.bridge}" for m in GUARD_MAPS])[1]
+    maps = [m for m in ("egress", "host") if r.guard is not None] + [m for m in LOG_MAPS.values() if r.logged is not None]
+    if maps:  # None: the segment's guard, or its log, is left as it is
+        # only chains nothing needs go (log chains before their limit); a Guard that changed
+        # while members stay is the full path's
+        chains = {**(bridge_chains(r.bridge, r.guard) if r.guard is not None else {}),
+                  **(log_chains(r.bridge, r.logged) if r.logged is not None else {})}
+        cmds += _converge_chains(inet, chains, [f"{m}-{r.bridge}" for m in maps])[1]
     return cmds
 
 
