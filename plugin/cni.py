@@ -151,8 +151,14 @@ def _engine(inv: Invocation):
     prev = require_prev_result(inv.raw)
     bridge, port = find_attachment(prev)
     inv.notes["bridge"] = bridge
+    from plugin.tenant import container_group
+
+    tenant = container_group(inv.raw, inv.env)
+    if tenant is not None and getattr(conf, "antiSpoofing", None) is False:
+        raise CniError(INVALID_CONFIG, "a per-container isolationGroup needs antiSpoofing (tenants are told apart "
+                       "by port, their addresses must be theirs): remove antiSpoofing: false")
     spoof = None
-    if anti_spoofing(getattr(conf, "antiSpoofing", None), conf.ingressPolicy):
+    if tenant is not None or anti_spoofing(getattr(conf, "antiSpoofing", None), conf.ingressPolicy):
         mac, ips = container_addresses(prev, inv.env.get("CNI_IFNAME", ""))
         if port is None or mac is None:
             raise CniError(INVALID_CONFIG, "antiSpoofing needs prevResult to name the host-side veth and the "
@@ -165,7 +171,7 @@ def _engine(inv: Invocation):
     inv.notes["backend"] = backend.name
     intent = intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts, conf.isolationGroup,
                         guard_for(conf), spoof, getattr(conf, "logDrops", False),
-                        container_mac(prev, inv.env.get("CNI_IFNAME", "")) if port else None)
+                        container_mac(prev, inv.env.get("CNI_IFNAME", "")) if port else None, tenant)
     return prev, backend, intent, conf
 
 
@@ -184,7 +190,8 @@ def cmd_add(inv: Invocation) -> dict:
                             conf.isolationGroup, intent.guard.to_json(),
                             portindex=ifindex(intent.port) if intent.port else None,
                             mac=intent.mac,
-                            spoof=intent.spoof.ips if intent.spoof else None, logdrops=intent.log)
+                            spoof=intent.spoof.ips if intent.spoof else None, logdrops=intent.log,
+                            tenant=intent.tenant)
     with HostLock(deadline=inv.deadline):
         attach(backend, intent, attachment)
     return convert(prev, inv.cni_version)
