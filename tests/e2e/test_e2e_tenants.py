@@ -24,6 +24,7 @@ import socket
 import pytest
 
 from frames import ETH_P_IP, drop_counts, listener, seen, echo_request, mac_of, send_frames, settled_counts, with_header_checksum
+from explaining import disagreements, explain, reach_keys
 from netlab import IP, addresses, eventually, sh
 
 pytestmark = pytest.mark.e2e
@@ -78,15 +79,20 @@ def wrong_verdicts(lab, cs) -> list[str]:
             want[(src.name, addr)] = (ts == td, f"{s}({ts}) -> {d}({td}) {addr}")
     got = lab.reach(list(want))
     return [f"{kind} {want[(s, d)][1]}: expected {'reach' if want[(s, d)][0] else 'blocked'}"
-            for (kind, s, d), ok in got.items() if ok != want[(s, d)][0]]
+            for (kind, s, d), ok in got.items() if ok != want[(s, d)][0]], got
 
 
 @pytest.mark.parametrize("backend", ["nftables", "iptables"])
 def test_tenants_on_one_bridge_and_across_two(lab, backend):
     (one, two), cs = tenants(lab, backend)
-    wrong = wrong_verdicts(lab, cs)
+    wrong, got = wrong_verdicts(lab, cs)
     assert not wrong, "\n".join(wrong)
     assert all(rc == 0 for c, _ in cs.values() for _, rc, _ in lab.check(c)), "CHECK agrees with what ADD made"
+    # explain, from the registry and from the kernel (--check), agrees with every probe; a
+    # drop between two of these containers can only be the tenants' (the networks share "g")
+    answers, rc = explain(lab, list(reach_keys(got)), check=True)
+    assert rc == 0 and not disagreements(reach_keys(got), answers), disagreements(reach_keys(got), answers)
+    assert {a["reason"] for a in answers.values() if a["verdict"] == "drop"} == {"cross-tenant"}
 
     # raw frames on bridge 1 (every MAC is learned by now: the probes above): echo requests
     # from a1's own MAC and addresses, unicast to a2's MAC (its own tenant) and to x's (another)
