@@ -362,7 +362,8 @@ def tenancy(desired: "Desired") -> dict[str, set]:
 
     tports: every port (only ports we know are judged: an uplink enslaved to the bridge is not);
     tenanted: ports with a per-container group;
-    tpair: (p, q), p != q on one bridge, one of them tenanted, same effective group;
+    tpair: (p, q) on one bridge, one of them tenanted, same effective group (p itself included:
+          a bridge in hairpin mode sends a port's flooded frames back to it);
     taddr4/6: the tenants' addresses;
     tok4/6: (p, address of tenant t) for every port p whose effective group is t's."""
     want = {name: set() for name in TENANCY_SETS}
@@ -375,7 +376,7 @@ def tenancy(desired: "Desired") -> dict[str, set]:
             if p.tenant:
                 want["tenanted"].add(p.port)
             for q in b.members:
-                if p.port != q.port and (p.tenant or q.tenant) and p.effective == q.effective:
+                if (p.tenant or q.tenant) and p.effective == q.effective:  # p == q: hairpin mode reflects frames
                     want["tpair"].add((p.port, q.port))
     for t in everyone:
         if not t.tenant:

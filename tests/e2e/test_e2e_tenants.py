@@ -162,8 +162,8 @@ def test_unknown_cni_args_keys_are_ignored_and_antispoofing_false_is_refused(lab
     net = lab.network(["bridge"])
     c = lab.add(net)
     env = lab._env(c) | {"CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=web;ISOLATION_GROUP=t1;odd"}
-    rc, out, _ = lab.exec_plugin("isolation", "ADD", lab.isolation_conf(c, backend="nftables"), env)
-    assert rc == 0, out
+    rc, out, err = lab.exec_plugin("isolation", "ADD", lab.isolation_conf(c, backend="nftables"), env)
+    assert rc == 0, (out, err)
     assert eventually(lambda: "t1" not in lab.nft("list", "ruleset")), "groups are not rule names"
     rc, out, _ = lab.exec_plugin("isolation", "ADD", lab.isolation_conf(c, backend="nftables", antiSpoofing=False),
                                  env)

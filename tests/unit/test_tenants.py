@@ -74,8 +74,10 @@ def test_tenancy_elements_by_hand():
     els = tenancy(desired(intent_of(a) for a in ATTS))
     assert els["tports"] == {"v12", "v13", "v14", "v15", "v22"}
     assert els["tenanted"] == {"v12", "v13", "v14", "v22"}
-    # one bridge, one of the two a tenant's, same effective group: a-b only (u is g, x is t2)
-    assert els["tpair"] == {("v12", "v13"), ("v13", "v12")}
+    # one bridge, one of the two a tenant's, same effective group: a-b only (u is g, x is t2),
+    # and each tenant's port with itself (hairpin mode)
+    assert els["tpair"] == {("v12", "v13"), ("v13", "v12"), ("v12", "v12"), ("v13", "v13"), ("v14", "v14"),
+                            ("v22", "v22")}
     assert els["taddr4"] == {"10.1.0.2", "10.1.0.3", "10.1.0.4", "10.2.0.2"}
     t1 = {"10.1.0.2", "10.1.0.3", "10.2.0.2"}
     assert els["tok4"] == {(p, a) for p in ("v12", "v13", "v22") for a in t1} | {("v14", "10.1.0.4")}
