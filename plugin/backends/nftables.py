@@ -950,7 +950,7 @@ def spoof_cleanup(state: TableState, ports, spec: TableSpec, bridge: str) -> lis
     counter map elements, and `bridge`'s counters once no port left there names them (the
     MACs of set intramac stay: without their ports they count nothing)."""
     cmds = []
-    for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE):
+    for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE, reasons.CROSS_TENANT):
         name = count_map(reason)
         counted = {e for e in state.elements.get(name, set()) if e[0] in ports}
         cmds += [["nft", "delete", "element", "bridge", spec.name, name, "{", f'"{e[0]}"', "}"]
@@ -960,8 +960,8 @@ def spoof_cleanup(state: TableState, ports, spec: TableSpec, bridge: str) -> lis
             cmds.append(["nft", "delete", "counter", "bridge", spec.name, counter])
     for name in SPOOF_SETS:
         for e in sorted(state.elements.get(name, set())):
-            if (e[0] if isinstance(e, tuple) else e) in ports:
-                shown = " . ".join(f"0x{v:x}" if isinstance(v, int) else f'"{v}"' if i == 0 else v
+            if (e[0] if isinstance(e, tuple) else e) in ports or (name == "tpair" and e[1] in ports):
+                shown = " . ".join(f"0x{v:x}" if isinstance(v, int) else f'"{v}"' if i == 0 or name == "tpair" else v
                                    for i, v in enumerate(e)) if isinstance(e, tuple) else f'"{e}"'
                 cmds.append(["nft", "delete", "element", "bridge", spec.name, name, "{", shown, "}"])
     return cmds
