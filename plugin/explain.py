@@ -185,7 +185,8 @@ class ConfigView:
         return self.needs.get(bridge).isolate
 
 
-FACTS = ("tenant_frames", "tenant_routed", "flagged", "intra", "deny", "allow", "host_deny", "host_ports", "published", "published_reply", "peer",
+FACTS = ("tenant_frames", "tenant_routed", "flagged", "intra",
+         "deny", "allow", "host_deny", "host_ports", "published", "published_reply", "peer",
          "isolate_from", "isolate_to")
 
 

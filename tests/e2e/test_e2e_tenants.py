@@ -169,3 +169,23 @@ def test_unknown_cni_args_keys_are_ignored_and_antispoofing_false_is_refused(lab
                                  env)
     assert rc != 0 and out["code"] == 7 and "antiSpoofing" in out["msg"], out
     assert drop_counts(lab)[(net.bridge, "cross-tenant")] == 0
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_cleanup_of_one_bridge_takes_its_ports_tenancy_and_keeps_the_others(lab, backend):
+    baseline = lab.ruleset()
+    one, two = (lab.network(["bridge", "isolation"], isolation={"backend": backend}) for _ in range(2))
+    lab.add(one, cni_args=BY_CNI_ARGS.format("t1"))
+    lab.add(one, args=by_args("t2"))
+    b = lab.add(two, cni_args=BY_CNI_ARGS.format("t1"))
+    y = lab.add(two, cni_args=BY_CNI_ARGS.format("t1"))
+    z = lab.add(two, args=by_args("t2"))
+    table = "isolation" if backend == "nftables" else "isolation-iptables"
+    ports = [lab.host_port(c) for c in one.containers]
+    proc = lab.cli("cleanup", "--bridge", one.bridge)
+    assert proc.returncode == 0, proc.stderr
+    left = lab.nft("list", "table", "bridge", table)
+    assert not [p for p in ports if p in left], left
+    assert lab.blocked(b, z) and lab.tcp(b.name, y.ipv4) and lab.tcp(y.name, b.ipv6), "bridge 2's tenants as before"
+    assert lab.cli("cleanup").returncode == 0
+    assert lab.ruleset() == baseline
