@@ -81,6 +81,7 @@ def _enforce(backend, reg: Registry, intent: policy.BridgeIntent, key: tuple, re
     ensure_flags(intent, related)
     # tenancy pairs every port with the ports and addresses of its group, wherever they are:
     # only the full desired state knows them all, so an ADD touching tenants takes the full path
+    # (a port that may meet a tenant is on its bridge or in its network's group: in `related`)
     tenants = intent.tenant or any(i.tenant for i in related)
     if not tenants and backend.ensure(policy.addition(intent, related)):
         return {}

@@ -189,3 +189,18 @@ def test_cleanup_of_one_bridge_takes_its_ports_tenancy_and_keeps_the_others(lab,
     assert lab.blocked(b, z) and lab.tcp(b.name, y.ipv4) and lab.tcp(y.name, b.ipv6), "bridge 2's tenants as before"
     assert lab.cli("cleanup").returncode == 0
     assert lab.ruleset() == baseline
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_container_without_tenant_added_later_still_meets_the_tenants_rule(lab, backend):
+    """Networks 1 and 2 share the network group g; a (t1) on bridge 1 first, then v (no tenant,
+    so g) on bridge 1 and u (g) on bridge 2: u reaches v (g and g), not a (g is not t1), and
+    neither does v on a's own bridge."""
+    one, two = (lab.network(["bridge", "isolation"], isolation={"backend": backend, "isolationGroup": "g"})
+                for _ in range(2))
+    a = lab.add(one, cni_args=BY_CNI_ARGS.format("t1"))
+    v = lab.add(one)
+    u = lab.add(two)
+    got = lab.reach([(u.name, addr) for c in (a, v) for addr in addresses(c)] + [(v.name, addr) for addr in addresses(a)])
+    assert got == {(k, src, addr): c is v for c, src in ((a, u.name), (v, u.name), (a, v.name))
+                   for addr in addresses(c) for k in ("icmp", "tcp")}
