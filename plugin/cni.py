@@ -151,10 +151,18 @@ def _engine(inv: Invocation):
     prev = require_prev_result(inv.raw)
     bridge, port, routed = _segment(prev, inv.network)
     inv.notes["bridge"] = bridge
+    from plugin.tenant import container_group
+
+    tenant = container_group(inv.raw, inv.env)
+    if tenant is not None and getattr(conf, "antiSpoofing", None) is False:
+        raise CniError(INVALID_CONFIG, "a per-container isolationGroup needs antiSpoofing (tenants are told apart "
+                       "by port, their addresses must be theirs): remove antiSpoofing: false")
     spoof = None
-    if routed and getattr(conf, "antiSpoofing", None):  # a routed member is no bridge port: the bridge-family rules never see it
-        raise CniError(INVALID_CONFIG, "antiSpoofing is not available on routed networks (no bridge): set it to false")
-    if not routed and anti_spoofing(getattr(conf, "antiSpoofing", None), conf.ingressPolicy):
+    if routed and (getattr(conf, "antiSpoofing", None) or tenant is not None):
+        # a routed member is no bridge port: the bridge-family rules (anti-spoofing, tenants) never see it
+        raise CniError(INVALID_CONFIG, "antiSpoofing, and a per-container isolationGroup (which needs it), are not "
+                       "available on routed networks (no bridge): set antiSpoofing to false, pass no ISOLATION_GROUP")
+    if not routed and (tenant is not None or anti_spoofing(getattr(conf, "antiSpoofing", None), conf.ingressPolicy)):
         mac, ips = container_addresses(prev, inv.env.get("CNI_IFNAME", ""))
         if port is None or mac is None:
             raise CniError(INVALID_CONFIG, "antiSpoofing needs prevResult to name the host-side veth and the "
@@ -167,7 +175,8 @@ def _engine(inv: Invocation):
     inv.notes["backend"] = backend.name
     intent = intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts, conf.isolationGroup,
                         guard_for(conf), spoof, getattr(conf, "logDrops", False),
-                        container_mac(prev, inv.env.get("CNI_IFNAME", "")) if port and not routed else None, routed)
+                        container_mac(prev, inv.env.get("CNI_IFNAME", "")) if port and not routed else None,
+                        routed=routed, tenant=tenant)
     return prev, backend, intent, conf
 
 
@@ -206,7 +215,7 @@ def cmd_add(inv: Invocation) -> dict:
                             portindex=ifindex(intent.port) if intent.port else None,
                             mac=intent.mac,
                             spoof=intent.spoof.ips if intent.spoof else None, logdrops=intent.log,
-                            routed=intent.routed)
+                            routed=intent.routed, tenant=intent.tenant)
     with HostLock(deadline=inv.deadline):
         attach(backend, intent, attachment)
     return convert(prev, inv.cni_version)

@@ -16,7 +16,7 @@ spoofed sources (its first row) are never the question.
 import ipaddress
 
 from plugin import reasons
-from plugin.policy import NO_GUARD, Guard, Hole, desired, intent_of
+from plugin.policy import NO_GUARD, Guard, Hole, desired, intent_of, tenancy
 from plugin.record import value_class
 
 PROTOCOLS = ("tcp", "udp", "icmp")
@@ -113,11 +113,36 @@ def resolve(probe: Probe, attachments, host_addresses, dnats) -> Target:
 
 
 # --- the facts the walk consults -------------------------------------------------------------
+def frames_pass(els: dict, src_port: str, dst_port: str) -> bool:
+    """Whether the bridge table's tenancy elements `els` (policy.tenancy) let frames from one
+    port to another of one bridge through (nftables TENANT_FORWARD)."""
+    judged = (src_port in els.get("tports", ()) and dst_port in els.get("tenanted", ())) or (
+        src_port in els.get("tenanted", ()) and dst_port in els.get("tports", ()))
+    return not judged or (src_port, dst_port) in els.get("tpair", ())
+
+
+def routed_pass(els: dict, port: str, address: str) -> bool:
+    """Whether a packet from `port` to the host for `address` gets through (TENANT_INPUT)."""
+    v = 6 if ":" in address else 4
+    address = str(ipaddress.ip_address(address))
+    judged = port in els.get("tports", ()) and address in els.get(f"taddr{v}", ())
+    return not judged or (port, address) in els.get(f"tok{v}", ())
+
+
 class ConfigView:
     """The facts as the configuration of the registered attachments (of one backend) has them."""
 
     def __init__(self, attachments) -> None:
         self.needs = desired(intent_of(a) for a in attachments)
+        self.tenancy = tenancy(self.needs)
+
+    def tenant_frames(self, bridge: str, src_port: str, dst_port: str) -> bool:
+        """Frames between the two ports of `bridge` pass the tenants' rule (per-container groups)."""
+        return frames_pass(self.tenancy, src_port, dst_port)
+
+    def tenant_routed(self, bridge: str, port: str, address: str) -> bool:
+        """What `port` (on `bridge`) sends the host for `address` passes the tenants' rule."""
+        return routed_pass(self.tenancy, port, address)
 
     def flagged(self, bridge: str, port: str) -> bool:
         """The port carries the bridge-port isolation flag (frames between two such ports drop)."""
@@ -160,7 +185,8 @@ class ConfigView:
         return self.needs.get(bridge).isolate
 
 
-FACTS = ("flagged", "intra", "deny", "allow", "host_deny", "host_ports", "published", "published_reply", "peer",
+FACTS = ("tenant_frames", "tenant_routed", "flagged", "intra",
+         "deny", "allow", "host_deny", "host_ports", "published", "published_reply", "peer",
          "isolate_from", "isolate_to")
 
 
@@ -237,6 +263,13 @@ def decide(view, source, target: Target, probe: Probe) -> Decision:
     d = dest.bridge if dest is not None else None
     if dest is not None and dest.key == source.key:  # its own address: the packet never leaves it
         return Decision(verdict="pass", reason=None, step="itself", source_bridge=s, dest_bridge=d)
+    if target.kind == CONTAINER and source.port and dest.port:  # tenants: the bridge family, before anything inet
+        if d == s and not view.tenant_frames(s, source.port, dest.port):
+            return Decision(verdict="drop", reason=reasons.CROSS_TENANT, step="tenant-frames", source_bridge=s,
+                            dest_bridge=d)
+        if d != s and not view.tenant_routed(s, source.port, probe.address):
+            return Decision(verdict="drop", reason=reasons.CROSS_TENANT, step="tenant-routed", source_bridge=s,
+                            dest_bridge=d)
     if d == s and target.kind in (CONTAINER, PUBLISHED):
         if target.kind == CONTAINER and getattr(source, "routed", False):  # routed through the host: forward rule
             if view.intra(s):
@@ -307,6 +340,12 @@ def attribute(dec: Decision, source, target: Target, probe: Probe, attachments) 
         return {"cause": f"both containers on {s}, network isolated{how}", "networks": nets, "key": "ingressPolicy"}
     if step == "itself":
         return {"cause": "the container's own address", "networks": [], "key": None}
+    if step in ("tenant-frames", "tenant-routed"):
+        dest = target.attachment
+        mine, theirs = (source.tenant or source.group or "none"), (dest.tenant or dest.group or "none")
+        return {"cause": f"different tenants: isolationGroup {mine} (of {source.container}) and {theirs} "
+                         f"(of {dest.container}); a container's own group replaces its network's",
+                "networks": sorted({source.network, dest.network}), "key": "isolationGroup"}
     if step == "same-bridge":
         what = "routed network" if getattr(source, "routed", False) else "bridge"
         return {"cause": f"same {what} {s}", "networks": [source.network], "key": "ingressPolicy"}
@@ -375,6 +414,14 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, conf
         return f"bridge port isolation flag on {source.port} and {dport} (IFLA_BRPORT_ISOLATED): {s} forwards " \
                "no frame between them"
     nft = backend == "nftables"
+    table = "bridge isolation" if nft else "bridge isolation-iptables"
+    if step == "tenant-frames":
+        return f"{table} forward: iifname @tports oifname @tenanted iifname . oifname != @tpair goto " \
+               f"drop-cross-tenant ({source.port} . {dport})"
+    if step == "tenant-routed":
+        v = probe.family
+        return f"{table} input: iifname @tports ip{'' if v == 4 else '6'} daddr @taddr{v} iifname . " \
+               f"ip{'' if v == 4 else '6'} daddr != @tok{v} goto drop-cross-tenant ({source.port} . {probe.address})"
     if step == "itself":
         return "none: the packet never leaves the container"
     if step == "same-bridge":

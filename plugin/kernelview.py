@@ -83,6 +83,35 @@ class _Base:
     def flagged(self, bridge: str, port: str) -> bool:
         return port in self.flags
 
+    def _tenancy(self) -> dict:
+        """The tenancy elements of this backend's bridge table, read once; none when the table is
+        missing, dormant or altered (its rules cannot be trusted to hold them)."""
+        if not hasattr(self, "_tenant_els"):
+            from plugin.backends import libnft
+            from plugin.backends.nftables import read_table
+
+            lib, spec = libnft.load()[0], self._bridge_spec()
+            state = read_table(lib, spec) if lib is not None else None
+            self._tenant_els = state.elements if state is not None and state.exists and state.intact \
+                and not state.dormant else {}
+        return self._tenant_els
+
+    def tenant_frames(self, bridge: str, src_port: str, dst_port: str) -> bool:
+        from plugin.explain import frames_pass
+
+        return frames_pass(self._tenancy(), src_port, dst_port)
+
+    def tenant_routed(self, bridge: str, port: str, address: str) -> bool:
+        from plugin.explain import routed_pass
+
+        return routed_pass(self._tenancy(), port, address)
+
+    def _tenant_where(self, name: str, args: tuple) -> str:
+        table = self._bridge_spec().name
+        if name == "tenant_frames":
+            return f"{args[1]} . {args[2]} in set bridge {table} tpair (or the ports' tports/tenanted elements)"
+        return f"{args[1]} . {args[2]} in set bridge {table} tok{6 if ':' in args[2] else 4} (or taddr, tports)"
+
     def describe(self, name: str, args: tuple, want, have) -> str:
         where = self.where(name, args)
         if isinstance(want, bool):
@@ -170,8 +199,15 @@ class NftablesView(_Base):
 
     isolate_to = isolate_from
 
+    def _bridge_spec(self):
+        from plugin.backends.nftables import BRIDGE
+
+        return BRIDGE
+
     def where(self, name: str, args: tuple) -> str:
         b = args[0]
+        if name.startswith("tenant_"):
+            return self._tenant_where(name, args)
         return {
             "flagged": lambda: f"the bridge-port isolation flag of {args[-1]} (on {b})",
             "intra": lambda: f"{b} in set inet isolation intra",
@@ -295,8 +331,13 @@ class IptablesView(_Base):
         ipt = self.ipt
         return self._has(ipt.STAGE2, self._rendered(self._needs(bridge, isolate=True))[ipt.STAGE2])
 
+    def _bridge_spec(self):
+        return self.ipt._spoof_spec()
+
     def where(self, name: str, args: tuple) -> str:
         b, ipt = args[0], self.ipt
+        if name.startswith("tenant_"):
+            return self._tenant_where(name, args)
         chain = {"intra": ipt.STAGE1, "isolate_from": ipt.STAGE1, "isolate_to": ipt.STAGE2, "published": ipt.STAGE2,
                  "deny": ipt.EGRESS, "allow": ipt.EGRESS, "host_deny": ipt.HOST, "host_ports": ipt.HOST}
         if name == "flagged":

@@ -46,6 +46,17 @@ from plugin.errors import INVALID_CONFIG, CniError
 IngressPolicy = Literal["same-bridge", "isolated", "open"]
 Backend = Literal["auto", "iptables", "nftables"]
 GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+def group_name(value: object) -> str:
+    """`value` as an isolationGroup name (a per-container one from CNI args), or ValueError:
+    the same GroupName the configuration's isolationGroup is validated with."""
+    from pydantic import TypeAdapter
+
+    try:
+        return TypeAdapter(GroupName).validate_python(value, strict=True)
+    except ValidationError as exc:
+        raise ValueError(exc.errors(include_url=False)[0]["msg"]) from None
 _RANGE = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
 
 

@@ -173,6 +173,7 @@ class BridgeIntent:
     log: bool = False  # logDrops: its bridge's drops go to the drop log (plugin.reasons.NFLOG_GROUP)
     mac: str | None = None  # the container interface's MAC: on an `isolated` bridge, frames to it are counted
     routed: bool = False  # `bridge` names a routed segment (segment_of), whose members are the ports
+    tenant: str | None = None  # its own isolationGroup from CNI args: replaces `group` for this attachment
 
     @property
     def enforces_anything(self) -> bool:
@@ -181,7 +182,8 @@ class BridgeIntent:
 
 def intent_for(bridge: str, ingress_policy: str, port: str | None = None, published: bool = True,
                group: str | None = None, guard: Guard = NO_GUARD, spoof: Spoof | None = None,
-               log: bool = False, mac: str | None = None, routed: bool = False) -> BridgeIntent:
+               log: bool = False, mac: str | None = None, routed: bool = False,
+               tenant: str | None = None) -> BridgeIntent:
     """Translate a network's ingressPolicy, allowPublishedPorts, isolationGroup, Guard and
     anti-spoofing into the intent for one attachment to its bridge."""
     if ingress_policy not in ("open", "same-bridge", "isolated"):
@@ -189,7 +191,7 @@ def intent_for(bridge: str, ingress_policy: str, port: str | None = None, publis
     isolate = ingress_policy != "open"
     return BridgeIntent(bridge=bridge, isolate=isolate, drop_intra=ingress_policy == "isolated", port=port,
                         published=published and isolate, group=group if isolate else None, guard=guard, spoof=spoof,
-                        log=log, mac=mac, routed=routed)
+                        log=log, mac=mac, routed=routed, tenant=tenant)
 
 
 def anti_spoofing(setting: bool | None, ingress_policy: str) -> bool:
@@ -221,7 +223,7 @@ def spoof_of(att) -> Spoof | None:
 def intent_of(att) -> BridgeIntent:
     """The intent a registered Attachment stands for."""
     return intent_for(att.bridge, att.policy, att.port, att.published, att.group, Guard.from_json(att.guard),
-                      spoof_of(att), att.logdrops, att.mac, att.routed)
+                      spoof_of(att), att.logdrops, att.mac, att.routed, att.tenant)
 
 
 def group_peers(intents) -> dict[str, set[str]]:
@@ -255,6 +257,22 @@ def segment_of(network: str) -> str:
 
 
 # --- the desired state: what the kernel must hold, per bridge --------------------------------
+@value_class(frozen=True)
+class Member:
+    """One attachment's port as tenancy sees it: its own isolationGroup (`tenant`, from CNI
+    args), else its network's (`group`); `ips` its addresses (known for tenants, whose
+    anti-spoofing holds them)."""
+
+    port: str
+    tenant: str | None = None
+    group: str | None = None
+    ips: tuple[str, ...] = ()
+
+    @property
+    def effective(self) -> str | None:
+        return self.tenant or self.group
+
+
 @value_class(frozen=True, keywords=True)
 class BridgeNeeds:
     """What one bridge needs enforced, from every attachment on it (see desired()).
@@ -287,6 +305,7 @@ class BridgeNeeds:
     macs: tuple[tuple[str, str], ...] = ()
     log: bool = False
     routed: bool = False  # a routed segment (segment_of): no bridge, its members are its ports
+    members: tuple[Member, ...] = ()
 
     @property
     def enforces_anything(self) -> bool:
@@ -366,6 +385,47 @@ class Desired:
     def counted(self) -> tuple[tuple[str, str], ...]:
         return tuple(m for b in self for m in b.counted)
 
+    @property
+    def tenanted(self) -> bool:
+        return any(m.tenant for b in self for m in b.members)
+
+
+TENANCY_SETS = ("tports", "tenanted", "tpair", "taddr4", "taddr6", "tok4", "tok6")
+
+
+def tenancy(desired: "Desired") -> dict[str, set]:
+    """The bridge table's tenancy elements for `desired` (empty sets when no attachment has a
+    per-container isolationGroup): frames between two ports of one bridge pass only as a
+    `tpair` when either is tenanted; packets a port sends the host for a tenant's address
+    (routed: to another bridge, or hairpinned into its own) pass only as a `tok` pair.
+
+    tports: every port (only ports we know are judged: an uplink enslaved to the bridge is not);
+    tenanted: ports with a per-container group;
+    tpair: (p, q) on one bridge, one of them tenanted, same effective group (p itself included:
+          a bridge in hairpin mode sends a port's flooded frames back to it);
+    taddr4/6: the tenants' addresses;
+    tok4/6: (p, address of tenant t) for every port p whose effective group is t's."""
+    want = {name: set() for name in TENANCY_SETS}
+    if not desired.tenanted:
+        return want
+    everyone = [m for b in desired for m in b.members]
+    for b in desired:
+        for p in b.members:
+            want["tports"].add(p.port)
+            if p.tenant:
+                want["tenanted"].add(p.port)
+            for q in b.members:
+                if (p.tenant or q.tenant) and p.effective == q.effective:  # p == q: hairpin mode reflects frames
+                    want["tpair"].add((p.port, q.port))
+    for t in everyone:
+        if not t.tenant:
+            continue
+        for ip in t.ips:
+            family = family_of(ip)
+            want[f"taddr{family}"].add(ip)
+            want[f"tok{family}"].update((p.port, ip) for p in everyone if p.effective == t.tenant)
+    return want
+
 
 def desired(intents) -> Desired:
     """The one desired state of the attachments asking for `intents`: per bridge, what its
@@ -392,6 +452,8 @@ def desired(intents) -> Desired:
         macs=tuple(dict.fromkeys((i.port, i.mac) for i in its if i.port and i.mac)),
         log=any(i.log for i in its),
         routed=any(i.routed for i in its),
+        members=tuple(dict.fromkeys(Member(i.port, i.tenant, i.group, i.spoof.ips if i.spoof else ())
+                                    for i in its if i.port)) if any(i.tenant for i in intents) else (),
     ) for bridge, its in by_bridge.items()})
 
 
@@ -432,6 +494,8 @@ class Release:
           Guard / has anti-spoofing or counts intra-bridge frames (the bridge table's business): what all bridges share (tables, chains, jumps; the
           guard's; the anti-spoofing table) goes too, unless the kernel holds rules of a
           bridge the desired state does not know (the backends check).
+    tenancy: the bridge table's tenancy elements after (tenancy()), when per-container groups
+          were or are in use: the ones it holds beyond them go. None: left as they are.
     """
 
     bridge: str
@@ -451,6 +515,7 @@ class Release:
     last_spoof: bool = False
     routed: bool = False  # the bridge is a routed segment: `members` are its interfaces that leave
     members: tuple[str, ...] = ()
+    tenancy: dict | None = None
 
 
 def released(before: Desired, after: Desired, bridge: str) -> Release:
@@ -479,6 +544,7 @@ def released(before: Desired, after: Desired, bridge: str) -> Release:
         last_spoof=not after.spoofs and not after.counted,
         routed=was.routed,
         members=tuple(sorted(set(was.ports) - set(now.ports))) if was.routed else (),
+        tenancy=tenancy(after) if before.tenanted or after.tenanted else None,
     )
 
 

@@ -49,6 +49,7 @@ class Attachment:
     spoof: tuple[str, ...] | None = None  # antiSpoofing: the addresses the port may send from (None: off)
     logdrops: bool = False  # logDrops: its bridge's drops go to the drop log
     routed: bool = False  # `bridge` is a routed segment (policy.segment_of): no bridge, `port` is its member
+    tenant: str | None = None  # its own isolationGroup from CNI args (absent from older lines: none)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -83,6 +84,8 @@ def _attachment(raw: dict) -> Attachment:
             raise ValueError("guard: malformed") from None
     if fields["mac"] is not None and type(fields["mac"]) is not str:
         raise ValueError("mac: not a string")
+    if fields["tenant"] is not None and type(fields["tenant"]) is not str:
+        raise ValueError("tenant: not a string")
     if type(fields["logdrops"]) is not bool:
         raise ValueError("logdrops: not a bool")
     if type(fields["routed"]) is not bool or (fields["routed"] and fields["port"] is None):

@@ -754,7 +754,8 @@ class IptablesBackend(Backend):
         failed = self._transact(lambda fam, table: release_plan(table, change, fam))
         if failed:
             raise CniError(ENFORCEMENT_FAILED, f"could not remove the rules of {change.bridge}", failed[0][1].strip())
-        if change.spoofs or change.uncount or change.forget or change.last or change.last_spoof:  # else nothing ours
+        if (change.spoofs or change.uncount or change.forget or change.last or change.last_spoof
+                or change.tenancy is not None):  # else nothing ours
             lib = libnft.load()[0]
             if lib is not None:
                 from plugin.backends.nftables import bridge_release, read_table

@@ -76,7 +76,7 @@ from plugin import reasons
 from plugin.backends.base import Backend, first_bridge
 from plugin.backends.libnft import Library, apply, flagged_tables, load, table_objects, terse_table_objects
 from plugin.errors import CniError
-from plugin.policy import ND_HOP_LIMIT, ND_TYPES, Desired, Guard, Hole, Release, split_cidr
+from plugin.policy import ND_HOP_LIMIT, ND_TYPES, TENANCY_SETS, Desired, Guard, Hole, Release, split_cidr, tenancy
 from plugin.record import Factory, replace, value_class
 
 TABLE = "isolation"
@@ -102,7 +102,7 @@ FLOW_SETS = {"flows4": ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"],
 DROP_KEYS = {
     "inet": {reasons.CROSS_NETWORK: "oifname", reasons.INTRA_BRIDGE: "iifname", reasons.EGRESS_DENY: "iifname",
              reasons.HOST_ACCESS: "iifname"},
-    "bridge": {reasons.ANTI_SPOOFING: "iifname"},
+    "bridge": {reasons.ANTI_SPOOFING: "iifname", reasons.CROSS_TENANT: "iifname"},
 }
 
 
@@ -357,13 +357,31 @@ SPOOF_RULES = [
 SPOOF_SETS = {"guarded": "ifname", "intramac": "ether_addr", "mac": ["ifname", "ether_addr"],
               "src4": ["ifname", "ipv4_addr"],
               "src6": ["ifname", "ipv6_addr"], "nd6": ["ifname", "integer"], "ndopt": ["ifname", "integer"]}
+# Tenants (per-container isolationGroups, policy.tenancy): judged by port, so a forged MAC or
+# address changes nothing here. Bridged frames between two known ports, one of them a tenant's,
+# pass only between ports of one effective group (any ethertype: IP, ARP, the rest); packets a
+# known port sends the host for a tenant's address (routed, to another bridge or back into its
+# own) only from a port of that tenant. Each a set lookup per frame, however many tenants.
+TENANT_DROP = _goto_drop(reasons.CROSS_TENANT)
+PORT_PAIR = {"concat": [_meta("iifname"), _meta("oifname")]}
+TENANT_FORWARD = [
+    [_in_set(_meta("iifname"), "tports"), _in_set(_meta("oifname"), "tenanted"), _ne(PORT_PAIR, "@tpair"), TENANT_DROP],
+    [_in_set(_meta("iifname"), "tenanted"), _in_set(_meta("oifname"), "tports"), _ne(PORT_PAIR, "@tpair"), TENANT_DROP],
+]
+TENANT_INPUT = [[_in_set(_meta("iifname"), "tports"), _in_set(_p(proto, "daddr"), f"taddr{v}"),
+                 _ne(_port_and(_p(proto, "daddr")), f"@tok{v}"), TENANT_DROP] for proto, v in (("ip", 4), ("ip6", 6))]
+TENANCY_TYPES = {"tports": "ifname", "tenanted": "ifname", "tpair": ["ifname", "ifname"], "taddr4": "ipv4_addr",
+                 "taddr6": "ipv6_addr", "tok4": ["ifname", "ipv4_addr"], "tok6": ["ifname", "ipv6_addr"]}
+assert tuple(TENANCY_TYPES) == TENANCY_SETS
+SPOOF_SETS |= TENANCY_TYPES
 SPOOF_TYPEOF = {"nd6": "iifname . @th,64,128", "ndopt": "iifname . @th,192,64"}
 
 
 def bridge_spec(name: str = TABLE) -> TableSpec:
     """The anti-spoofing table (the iptables backend keeps its own, under another name)."""
     return TableSpec(family="bridge", prio=-300, sets=SPOOF_SETS,
-                     chains={"prerouting": ("prerouting", SPOOF_RULES), **drop_chains("bridge")},
+                     chains={"prerouting": ("prerouting", SPOOF_RULES), "forward": ("forward", TENANT_FORWARD),
+                             "input": ("input", TENANT_INPUT), **drop_chains("bridge")},
                      counts={count_map(r): "ifname" for r in (*DROP_KEYS["bridge"], reasons.INTRA_BRIDGE)},
                      typeof=SPOOF_TYPEOF, name=name)
 
@@ -395,6 +413,9 @@ def bridge_elements(desired: Desired) -> dict[str, set]:
     want[count_map(reasons.ANTI_SPOOFING)] = {(s.port, counter_name(reasons.ANTI_SPOOFING, b.bridge))
                                              for b in desired for s in b.spoofs}
     want |= counted_elements(desired, lambda b: b.counted)
+    want |= tenancy(desired)
+    want[count_map(reasons.CROSS_TENANT)] = {(m.port, counter_name(reasons.CROSS_TENANT, b.bridge))
+                                            for b in desired for m in b.members if desired.tenanted}
     return want
 
 
@@ -686,20 +707,28 @@ def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dic
         return []
     spoofing = {s.port for s in r.spoofs}
     leaving = spoofing | {p for p, _ in r.uncount} | {m for _, m in r.uncount}  # MACs: the intramac set's
-    held = {_port_of(e) for elems in state.elements.values() for e in elems}
+    tenants = {}  # tenancy elements the state after does not hold (None: left as they are)
+    if r.tenancy is not None:
+        tenants = {n: state.elements.get(n, set()) - r.tenancy[n] for n in TENANCY_SETS}
+        tenants[count_map(reasons.CROSS_TENANT)] = {e for e in state.elements.get(count_map(reasons.CROSS_TENANT), set())
+                                                   if e[0] not in r.tenancy["tports"]}
+    held = {_port_of(e) for n, elems in state.elements.items() for e in elems - tenants.get(n, set())}
     if (r.last or r.last_spoof) and held <= leaving:
         return [{"delete": {"table": {"family": "bridge", "name": spec.name}}}]
     gone = spoof_elements(r.spoofs) | counted_elements([r], lambda _: r.uncount)
+    for n, elems in tenants.items():
+        gone[n] = gone.get(n, set()) | elems
     name = count_map(reasons.ANTI_SPOOFING)
     gone[name] = {e for e in state.elements.get(name, set()) if e[0] in spoofing}
     if r.forget:  # every port still naming the bridge's counters (a lost registry's) lets go of them
-        for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE):
+        for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE, reasons.CROSS_TENANT):
             mine = counter_name(reason, r.bridge)
-            gone[count_map(reason)] |= {e for e in state.elements.get(count_map(reason), set()) if e[1] == mine}
+            gone[count_map(reason)] = gone.get(count_map(reason), set()) | {
+                e for e in state.elements.get(count_map(reason), set()) if e[1] == mine}
     cmds = [_delete_element("bridge", n, e, spec.name) for n in sorted(gone) for e in sorted(gone[n])
             if e in state.elements.get(n, set())]
-    counters = (name, count_map(reasons.INTRA_BRIDGE))
-    return cmds + [c for n in counters for c in _unused_counters(state, n, gone[n], spec)]
+    counters = (name, count_map(reasons.INTRA_BRIDGE), count_map(reasons.CROSS_TENANT))
+    return cmds + [c for n in counters for c in _unused_counters(state, n, gone.get(n, set()), spec)]
 
 
 def _unused_counters(state: "TableState", name: str, gone: set, spec: TableSpec) -> list[dict]:
@@ -803,7 +832,7 @@ def release_families(r: Release) -> list[str]:
         families.append("inet")
     if r.members and "inet" not in families:
         families.append("inet")
-    if r.spoofs or r.uncount or r.forget or r.last or r.last_spoof:
+    if r.spoofs or r.uncount or r.forget or r.last or r.last_spoof or r.tenancy is not None:
         families.append("bridge")
     return families
 
@@ -1031,7 +1060,7 @@ def spoof_cleanup(state: TableState, ports, spec: TableSpec, bridge: str) -> lis
     counter map elements, and `bridge`'s counters once no port left there names them (the
     MACs of set intramac stay: without their ports they count nothing)."""
     cmds = []
-    for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE):
+    for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE, reasons.CROSS_TENANT):
         name = count_map(reason)
         counted = {e for e in state.elements.get(name, set()) if e[0] in ports}
         cmds += [["nft", "delete", "element", "bridge", spec.name, name, "{", f'"{e[0]}"', "}"]
@@ -1041,8 +1070,8 @@ def spoof_cleanup(state: TableState, ports, spec: TableSpec, bridge: str) -> lis
             cmds.append(["nft", "delete", "counter", "bridge", spec.name, counter])
     for name in SPOOF_SETS:
         for e in sorted(state.elements.get(name, set())):
-            if (e[0] if isinstance(e, tuple) else e) in ports:
-                shown = " . ".join(f"0x{v:x}" if isinstance(v, int) else f'"{v}"' if i == 0 else v
+            if (e[0] if isinstance(e, tuple) else e) in ports or (name == "tpair" and e[1] in ports):
+                shown = " . ".join(f"0x{v:x}" if isinstance(v, int) else f'"{v}"' if i == 0 or name == "tpair" else v
                                    for i, v in enumerate(e)) if isinstance(e, tuple) else f'"{e}"'
                 cmds.append(["nft", "delete", "element", "bridge", spec.name, name, "{", shown, "}"])
     return cmds

@@ -37,6 +37,16 @@ def echo_request(src: str, dst: str) -> tuple[int, bytes]:
     return ETH_P_IPV6, header + s.packed + d.packed + icmp
 
 
+def with_header_checksum(packet: bytes) -> bytes:
+    """An IPv4 packet of echo_request() with its header checksum filled in: br_netfilter (bridge-nf-call
+    on) drops IPv4 with a wrong one before the bridge's forward hook. The ICMP checksum stays zero,
+    so a receiver discards it silently (no reply to tell apart from the probe)."""
+    total = sum(int.from_bytes(packet[i:i + 2], "big") for i in range(0, 20, 2))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return packet[:10] + (~total & 0xFFFF).to_bytes(2, "big") + packet[12:]
+
+
 def send_frames(netns: str, ifname: str, dst_mac: str, src_mac: str, ethertype: int, payload: bytes,
                 count: int) -> None:
     """Send `count` copies of one Ethernet frame out of `ifname` in `netns`."""
@@ -49,6 +59,31 @@ def send_frames(netns: str, ifname: str, dst_mac: str, src_mac: str, ethertype: 
                 s.send(frame)
 
     in_netns(netns, send)
+
+
+def listener(netns: str, ifname: str = "eth0") -> socket.socket:
+    """A raw socket seeing every frame `ifname` in `netns` receives from now on (read it with seen())."""
+    def make():
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+        s.bind((ifname, 0))
+        return s
+
+    return in_netns(netns, make)
+
+
+def seen(sock: socket.socket, needle: bytes, wait: float = 1.0) -> bool:
+    """Whether a frame containing `needle` reached `sock` (waiting up to `wait` seconds); closes it."""
+    end = time.monotonic() + wait
+    with sock:
+        while (left := end - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                frame, (_, _, kind, *_) = sock.recvfrom(65535)
+            except TimeoutError:
+                return False
+            if kind != socket.PACKET_OUTGOING and needle in frame:
+                return True
+    return False
 
 
 def drop_counts(lab) -> dict[tuple[str, str], int | None]:

@@ -141,6 +141,8 @@ class Container:
     network: "Network"
     ipv4: str = ""
     ipv6: str = ""
+    cni_args: str = "IgnoreUnknown=1"  # CNI_ARGS, as the runtime passes it to every plugin of the chain
+    args: dict | None = None  # the runtime's per-attachment `args` (libcni puts it in every plugin's conf)
 
 
 @dataclass
@@ -399,8 +401,11 @@ class Lab:
             script = f'mount --bind {self.state_root} {STATE_ROOT} || exit 99; {script}'
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, empty, *SYSTEM_LIBNFTABLES, "--", *argv]
 
-    def _conf(self, net: Network, plugin: dict, prev: dict | None, port_mappings: list | None = None) -> dict:
+    def _conf(self, net: Network, plugin: dict, prev: dict | None, port_mappings: list | None = None,
+              args: dict | None = None) -> dict:
         conf = {"cniVersion": net.cni_version, "name": net.name, **plugin}
+        if args is not None:
+            conf["args"] = args
         if port_mappings and plugin.get("capabilities", {}).get("portMappings"):
             conf["runtimeConfig"] = {"portMappings": port_mappings}  # as libcni injects capabilities
         if prev is not None:
@@ -423,21 +428,26 @@ class Lab:
         return next(i["name"] for i in interfaces[1:] if not i.get("sandbox"))
 
     def _env(self, c: Container, with_netns: bool = True) -> dict:
-        env = {"CNI_CONTAINERID": c.id, "CNI_IFNAME": "eth0", "CNI_ARGS": "IgnoreUnknown=1"}
+        env = {"CNI_CONTAINERID": c.id, "CNI_IFNAME": "eth0", "CNI_ARGS": c.cni_args}
         if with_netns:
             env["CNI_NETNS"] = f"/run/netns/{c.name}"
         return env
 
-    def add(self, net: Network, port_mappings: list | None = None) -> Container:
+    def add(self, net: Network, port_mappings: list | None = None, cni_args: str | None = None,
+            args: dict | None = None) -> Container:
         """Start a container on `net` the way libcni does, and record its cached result.
 
         `port_mappings` ({hostPort, containerPort, protocol}) go to plugins declaring the
-        portMappings capability (portmap), as `-p` does with a runtime."""
+        portMappings capability (portmap), as `-p` does with a runtime. `cni_args`: the
+        container's CNI_ARGS (default "IgnoreUnknown=1"); `args`: its runtime `args`
+        (e.g. {"cni": {"isolationGroup": "t1"}}), both given to every plugin, at every verb."""
         n = sum(len(x.containers) for x in self.networks) + 1
-        c = Container(self._netns(f"c{n}"), f"{self.prefix}-ctr{n}", net)
+        c = Container(self._netns(f"c{n}"), f"{self.prefix}-ctr{n}", net, args=args)
+        if cni_args is not None:
+            c.cni_args = cni_args
         prev = None
         for plugin in net.plugins:
-            conf = self._conf(net, plugin, prev, port_mappings)
+            conf = self._conf(net, plugin, prev, port_mappings, args)
             rc, out, err = self.exec_plugin(plugin["type"], "ADD", conf, self._env(c))
             if rc != 0:
                 raise PluginError(plugin["type"], "ADD", rc, out, err)
@@ -457,7 +467,8 @@ class Lab:
         """CHECK each plugin with the cached result; returns (type, rc, output) per plugin."""
         prev = self.cache[(c.network.name, c.id)]
         return [
-            (p["type"], *self.exec_plugin(p["type"], "CHECK", self._conf(c.network, p, prev), self._env(c))[:2])
+            (p["type"], *self.exec_plugin(p["type"], "CHECK", self._conf(c.network, p, prev, args=c.args),
+                                          self._env(c))[:2])
             for p in c.network.plugins
         ]
 
@@ -465,7 +476,8 @@ class Lab:
         prev = self.cache.get((c.network.name, c.id)) if with_prev else None
         results = []
         for p in reversed(c.network.plugins):
-            rc, _, _ = self.exec_plugin(p["type"], "DEL", self._conf(c.network, p, prev), self._env(c, with_netns))
+            rc, _, _ = self.exec_plugin(p["type"], "DEL", self._conf(c.network, p, prev, args=c.args),
+                                        self._env(c, with_netns))
             results.append((p["type"], rc))
         return results
 

@@ -59,7 +59,7 @@ PLUGIN_CORE = {"plugin", "plugin.main", "plugin.trace", "plugin.agent", "plugin.
                "types", "time", "gc", "stat", "_stat"}
 ENGINE = {"plugin.backends", "plugin.backends.base", "plugin.backends.nftables", "plugin.backends.libnft",
           "plugin.backends.ports", "plugin.reasons",
-          "plugin.policy", "plugin.record", "plugin.registry", "plugin.lifecycle", "operator", "_operator",
+          "plugin.policy", "plugin.record", "plugin.registry", "plugin.lifecycle", "plugin.tenant", "operator", "_operator",
           "_thread"}
 ALLOWED = {
     "VERSION": {"plugin", "plugin.main"},

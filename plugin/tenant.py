@@ -1,0 +1,51 @@
+"""The per-container isolationGroup (a tenant) an attachment's runtime passes in its CNI args.
+
+Two channels, as libcni offers them: `args.cni.isolationGroup` in the network configuration
+(the runtime's per-attachment `args`) and `ISOLATION_GROUP=...` in `CNI_ARGS` (semicolon-
+separated K=V pairs; keys of others are ignored, as libcni's IgnoreUnknown does). When both
+are given, `args.cni` wins: it is the structured, per-network channel, while CNI_ARGS is one
+string for every plugin of the chain. A malformed value of ours is error 7, never ignored:
+a container whose tenant cannot be read must not land in no tenant at all (fail closed).
+The value is checked with the model's GroupName (plugin.model), loaded only when one is given.
+"""
+
+from plugin.errors import INVALID_CONFIG, CniError
+
+CNI_ARGS_KEY = "ISOLATION_GROUP"
+ARGS_KEY = "isolationGroup"
+
+
+def _from_cni_args(text: str) -> str | None:
+    found = None
+    for pair in text.split(";") if text else ():
+        key, sep, value = pair.partition("=")
+        if key != CNI_ARGS_KEY:
+            continue  # another plugin's key (or its malformed pair): not ours to judge
+        if found is not None:
+            raise CniError(INVALID_CONFIG, f"CNI_ARGS: {CNI_ARGS_KEY} is given more than once")
+        found = value if sep else ""
+    return found
+
+
+def _from_args(raw: dict):
+    args = raw.get("args")
+    if args is None:
+        return None
+    if not isinstance(args, dict) or not isinstance(args.get("cni", {}), dict):
+        raise CniError(INVALID_CONFIG, "args: must be an object, args.cni too")
+    return args.get("cni", {}).get(ARGS_KEY)
+
+
+def container_group(raw: dict, env: dict) -> str | None:
+    """The attachment's own isolationGroup (None: it has none, the network's applies)."""
+    value, where = _from_args(raw), f"args.cni.{ARGS_KEY}"
+    if value is None:
+        value, where = _from_cni_args(env.get("CNI_ARGS", "")), f"CNI_ARGS {CNI_ARGS_KEY}"
+    if value is None:
+        return None
+    from plugin.model import group_name
+
+    try:
+        return group_name(value)
+    except ValueError as exc:
+        raise CniError(INVALID_CONFIG, f"invalid configuration: {where}: {exc} (got {value!r})") from None

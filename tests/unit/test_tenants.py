@@ -1,0 +1,113 @@
+"""Per-container isolationGroups (tenants): reading them from CNI args, the registry line,
+the bridge table's elements, and explain's verdicts.
+
+Expected values are written from the definitions (plugin/tenant.py, policy.tenancy): a
+container's own group replaces its network's; two ports of one bridge, one of them a
+tenant's, exchange frames only within one effective group; a packet a port sends the host
+for a tenant's address passes only from a port of that tenant's group.
+"""
+
+import json
+
+import pytest
+
+from plugin.errors import CniError
+from plugin.explain import Probe, answer, find_source
+from plugin.policy import desired, intent_of, released, tenancy
+from plugin.registry import Attachment, _attachment
+from plugin.tenant import container_group
+
+HOSTS = {"10.1.0.1", "10.2.0.1"}
+
+
+# --- reading the group -------------------------------------------------------------------------
+def test_args_cni_wins_over_cni_args_and_unknown_keys_are_ignored():
+    both = {"args": {"cni": {"isolationGroup": "t2"}}}
+    assert container_group(both, {"CNI_ARGS": "ISOLATION_GROUP=t1"}) == "t2"
+    assert container_group({}, {"CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=web;ISOLATION_GROUP=t1;odd"}) == "t1"
+    assert container_group({"args": {"cni": {"other": 1}}}, {"CNI_ARGS": "ISOLATION_GROUP=t1"}) == "t1"
+    assert container_group({}, {"CNI_ARGS": "IgnoreUnknown=1"}) is None
+    assert container_group({}, {}) is None
+
+
+@pytest.mark.parametrize("raw,env", [
+    ({}, {"CNI_ARGS": "ISOLATION_GROUP="}),
+    ({}, {"CNI_ARGS": "ISOLATION_GROUP"}),
+    ({}, {"CNI_ARGS": "ISOLATION_GROUP=t1;ISOLATION_GROUP=t2"}),
+    ({}, {"CNI_ARGS": "ISOLATION_GROUP=-lead"}),
+    ({"args": {"cni": {"isolationGroup": "two words"}}}, {}),
+    ({"args": {"cni": {"isolationGroup": "x" * 65}}}, {}),
+    ({"args": {"cni": {"isolationGroup": 7}}}, {}),
+    ({"args": {"cni": "t1"}}, {}),
+    ({"args": []}, {}),
+])
+def test_a_malformed_group_is_error_7(raw, env):
+    with pytest.raises(CniError) as err:
+        container_group(raw, env)
+    assert err.value.code == 7
+
+
+# --- the registry ------------------------------------------------------------------------------
+def test_an_old_registry_line_without_tenant_still_loads():
+    old = {"network": "n", "container": "c", "ifname": "eth0", "bridge": "br0", "port": "veth0",
+           "policy": "same-bridge", "backend": "nftables", "addresses": ["10.1.0.2/24"], "published": True,
+           "group": None, "guard": None, "portindex": None, "mac": None, "spoof": None, "logdrops": False}
+    assert _attachment(json.loads(json.dumps(old))).tenant is None
+    assert _attachment(old | {"tenant": "t1"}).tenant == "t1"
+    with pytest.raises(ValueError):
+        _attachment(old | {"tenant": 5})
+
+
+# --- the elements ------------------------------------------------------------------------------
+def att(net, ctr, n, host, tenant=None, group=None, bridge=None):
+    return Attachment(net, ctr, "eth0", bridge or f"b{n}", f"v{n}{host}", "same-bridge", "nftables",
+                      (f"10.{n}.0.{host}/24", f"fd0{n}::{host}/64"), True, group, None,
+                      mac=f"02:00:00:00:0{n}:0{host}", spoof=(f"10.{n}.0.{host}", f"fd0{n}::{host}"), tenant=tenant)
+
+
+# b1: a (t1), b (t1), x (t2), u (no tenant, network group g); b2: y (t1)
+ATTS = [att("n1", "a", 1, 2, "t1", "g"), att("n1", "b", 1, 3, "t1", "g"), att("n1", "x", 1, 4, "t2", "g"),
+        att("n1", "u", 1, 5, None, "g"), att("n2", "y", 2, 2, "t1", "g")]
+
+
+def test_tenancy_elements_by_hand():
+    els = tenancy(desired(intent_of(a) for a in ATTS))
+    assert els["tports"] == {"v12", "v13", "v14", "v15", "v22"}
+    assert els["tenanted"] == {"v12", "v13", "v14", "v22"}
+    # one bridge, one of the two a tenant's, same effective group: a-b only (u is g, x is t2),
+    # and each tenant's port with itself (hairpin mode)
+    assert els["tpair"] == {("v12", "v13"), ("v13", "v12"), ("v12", "v12"), ("v13", "v13"), ("v14", "v14"),
+                            ("v22", "v22")}
+    assert els["taddr4"] == {"10.1.0.2", "10.1.0.3", "10.1.0.4", "10.2.0.2"}
+    t1 = {"10.1.0.2", "10.1.0.3", "10.2.0.2"}
+    assert els["tok4"] == {(p, a) for p in ("v12", "v13", "v22") for a in t1} | {("v14", "10.1.0.4")}
+    assert els["tok6"] == {(p, a) for p in ("v12", "v13", "v22") for a in ("fd01::2", "fd01::3", "fd02::2")} | {
+        ("v14", "fd01::4")}
+    assert tenancy(desired(intent_of(a) for a in ATTS if not a.tenant)) == {n: set() for n in els}
+
+
+def test_the_last_tenant_leaving_frees_every_tenancy_element():
+    before = desired(intent_of(a) for a in ATTS[2:4])  # x (t2) and u on b1
+    r = released(before, desired([intent_of(ATTS[3])]), "b1")
+    assert r.tenancy is not None and all(not v for v in r.tenancy.values())
+    untouched = released(desired([intent_of(ATTS[3])]), desired([]), "b1")
+    assert untouched.tenancy is None, "no tenant before or after: the tenancy elements are not its business"
+
+
+# --- explain -----------------------------------------------------------------------------------
+def ask(src, dst, proto="tcp"):
+    out, _, _ = answer(find_source(src, ATTS), Probe(dst, proto, 80 if proto != "icmp" else None), ATTS, HOSTS, [])
+    return out["verdict"], out["reason"], out["key"], out["rule"]
+
+
+def test_explain_knows_tenants_on_one_bridge_and_across_two():
+    assert ask("a", "10.1.0.3")[:2] == ("pass", None)  # same tenant, same bridge
+    v, reason, key, rule = ask("a", "10.1.0.4")  # t1 -> t2, bridged
+    assert (v, reason, key) == ("drop", "cross-tenant", "isolationGroup")
+    assert rule.startswith("bridge isolation forward:") and "(v12 . v14)" in rule
+    assert ask("x", "fd01::2", "icmp")[:2] == ("drop", "cross-tenant")
+    assert ask("u", "10.1.0.2")[:2] == ("drop", "cross-tenant")  # g is not t1
+    assert ask("a", "10.2.0.2")[:2] == ("pass", None)  # t1 on b1 -> t1 on b2 (networks share g)
+    v, reason, _, rule = ask("x", "fd02::2")  # t2 -> t1 across bridges: routed through the host
+    assert (v, reason) == ("drop", "cross-tenant") and "tok6" in rule and "(v14 . fd02::2)" in rule
+    assert ask("y", "10.1.0.5")[:2] == ("pass", None), "an untenanted destination: network rules only (group g)"
