@@ -51,7 +51,7 @@ print(time.monotonic() - start)
 """
 
 
-@pytest.mark.parametrize("backend", ["nftables"])
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
 def test_each_reason_logs_one_line_per_flow_and_a_flood_is_held_to_the_limit(lab, backend):
     lab.management()
     a_net = lab.network(["bridge", "isolation"], isolation={
