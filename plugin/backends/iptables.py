@@ -25,6 +25,14 @@
                             -i BR -m conntrack --ctorigdst CIDR -j DROP                  (each denyEgress range)
                             -d CIDR -i BR -m conntrack --ctstate INVALID,UNTRACKED -j DROP   (and untracked)
                             -j RETURN
+    CNI-ISOLATION-DROPLOG:  -i BR <log limits> -j NFLOG --nflog-prefix "isolation cross-network BR"
+                            -j RETURN                (each bridge logging cross-network drops)
+
+The drop log (logDrops): above each DROP of a logging bridge, the same match with two
+hashlimits (first packet per flow, the bridge's rate) and `-j NFLOG` (see log_tail). STAGE-2's
+DROP names only the receiving bridge, so while any bridge logs cross-network drops each
+isolating bridge's DROP is preceded by `-o BR -j CNI-ISOLATION-DROPLOG`, where the logging
+senders' rules are.
 
 Neighbour discovery is exempted only on its way to the host (INPUT, hop limit 255): routers
 never forward it. `isolated` between the ports of a bridge is the kernel's bridge-port
