@@ -17,8 +17,10 @@ only, at most LOG_BURST lines at once and LOG_RATE a second after, per bridge):
   a1 sends 2000 UDP datagrams to distinct ports   egress-deny counter +2000; at most
         of .2 within about a second               LOG_BURST + LOG_RATE * seconds lines
 
-nftables backend only: the iptables backend's log rules, and the anti-spoofing log of the
-bridge family, are not written yet (see notes/README-droprules.md).
+Both backends: nftables' log chains, iptables' NFLOG rules with their two hashlimits
+(cross-network through CNI-ISOLATION-DROPLOG, keyed by the sender). Not covered because not
+written yet: the anti-spoofing log of the bridge family, and cross-network drops logged for
+a receiving network with logDrops whose sender does not log (see notes/README-droprules2.md).
 """
 
 import time
