@@ -330,6 +330,20 @@ def test_a_published_port_turned_off_loses_its_returns():
     assert release_plan(table, Release(bridge="br0", published=True, peers=frozenset(), guard=NO_GUARD)) == expected[::-1]
 
 
+def applied(lines: list[str]) -> FilterTable:
+    """empty.before once iptables-restore applied `lines` (-N, -I CHAIN N, -A only)."""
+    table = FilterTable.parse(read("empty.before"))
+    for line in lines:
+        args = split_rule(line)
+        if args[0] == "-N":
+            table.chains[args[1]] = []
+        elif args[0] == "-I":
+            table.chains[args[1]].insert(int(args[2]) - 1, args[3:])
+        else:
+            table.chains[args[1]].append(args[2:])
+    return table
+
+
 LOGGING = [intent_for("br0", "isolated", guard=Guard(("10.98.0.2/32", "fd98::2/128"), (), True, ()), log=True),
            intent_for("br1", "same-bridge")]
 
@@ -359,21 +373,22 @@ def test_log_rules_say_reason_and_sending_bridge_and_limit_per_flow_and_per_brid
 
 
 def test_a_bridge_that_stops_logging_or_leaves_loses_its_log_rules():
-    applied = FilterTable.parse(read("empty.before"))
-    for line in plan(applied, desired(LOGGING), "ipv4"):  # as iptables-restore applies it
-        args = split_rule(line)
-        if args[0] == "-N":
-            applied.chains[args[1]] = []
-        elif args[0] == "-I":
-            applied.chains[args[1]].insert(int(args[2]) - 1, args[3:])
-        else:
-            applied.chains[args[1]].append(args[2:])
-    assert problems(applied, desired(LOGGING), "ipv4") == [] and plan(applied, desired(LOGGING), "ipv4") == []
+    table = applied(plan(FilterTable.parse(read("empty.before")), desired(LOGGING), "ipv4"))
+    assert problems(table, desired(LOGGING), "ipv4") == [] and plan(table, desired(LOGGING), "ipv4") == []
     quiet = [intent_for("br0", "isolated", guard=Guard(("10.98.0.2/32", "fd98::2/128"), (), True, ())), LOGGING[1]]
     from plugin.policy import released
-    lines = release_plan(applied, released(desired(LOGGING), desired(quiet), "br0"), "ipv4")
+    lines = release_plan(table, released(desired(LOGGING), desired(quiet), "br0"), "ipv4")
     assert sum("NFLOG" in line for line in lines) == 5 and all(line.startswith("-D ") for line in lines)
-    stale = plan(applied, desired(quiet), "ipv4")
+    stale = plan(table, desired(quiet), "ipv4")
     assert any(line.startswith("-D CNI-ISOLATION-STAGE-2 -o br1") and "DROPLOG" in line for line in stale)
-    gone = release_plan(applied, released(desired(LOGGING), desired(LOGGING[1:]), "br0"), "ipv4")
+    gone = release_plan(table, released(desired(LOGGING), desired(LOGGING[1:]), "br0"), "ipv4")
     assert sum("NFLOG" in line for line in gone) == 5  # br0's log rules go with it
+
+
+def test_check_names_a_logging_bridges_missing_log_rule():
+    table = applied(plan(FilterTable.parse(read("empty.before")), desired(LOGGING), "ipv4"))
+    table.chains["CNI-ISOLATION-HOST"] = [r for r in table.chains["CNI-ISOLATION-HOST"] if "NFLOG" not in r]
+    found = problems(table, desired(LOGGING), "ipv4")
+    assert len(found) == 1 and found[0].startswith("CNI-ISOLATION-HOST lacks '-i br0 -m hashlimit") \
+        and "isolation host-access br0" in found[0], found
+    assert problems(table, desired([intent_for("br0", "isolated", guard=LOGGING[0].guard), LOGGING[1]]), "ipv4") == []
