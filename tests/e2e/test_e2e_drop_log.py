@@ -56,6 +56,7 @@ print(time.monotonic() - start)
 @pytest.mark.parametrize("backend", ["nftables", "iptables"])
 def test_each_reason_logs_one_line_per_flow_and_a_flood_is_held_to_the_limit(lab, backend):
     lab.management()
+    baseline = lab.ruleset()
     a_net = lab.network(["bridge", "isolation"], isolation={
         "backend": backend, "ingressPolicy": "isolated", "logDrops": True,
         "denyEgress": ["10.98.0.2/32", "fd98::2/128"],
@@ -110,3 +111,10 @@ def test_each_reason_logs_one_line_per_flow_and_a_flood_is_held_to_the_limit(lab
     assert 1 <= len(lines) <= LOG_BURST + LOG_RATE * (took + 1), (len(lines), took)
     print(f"flood: {FLOOD} datagrams in {took:.3f} s, {len(lines)} lines")
     assert not any(r["bridge"] == B for r in flood)
+
+    # the log rules go with their bridge; after the last DEL nothing of ours is left
+    lab.delete(a1)
+    lab.delete(a2)
+    assert lab.ours_mentioning(A) == []
+    lab.delete(b1)
+    assert lab.ruleset() == baseline

@@ -10,7 +10,7 @@ import pytest
 
 from plugin.backends.iptables import SPOOF_TABLE, FilterTable, plan, problems, release_plan, split_rule, strip_comment
 from plugin.backends.nftables import TableState, bridge_plan, bridge_release, bridge_spec, spoof_elements
-from plugin.policy import NO_GUARD, Guard, Hole, Release, Spoof, desired, intent_for
+from plugin.policy import NO_GUARD, Guard, Hole, Release, Spoof, desired, intent_for, released
 from golden import read as read_golden
 
 SCENARIOS = [
@@ -376,7 +376,6 @@ def test_a_bridge_that_stops_logging_or_leaves_loses_its_log_rules():
     table = applied(plan(FilterTable.parse(read("empty.before")), desired(LOGGING), "ipv4"))
     assert problems(table, desired(LOGGING), "ipv4") == [] and plan(table, desired(LOGGING), "ipv4") == []
     quiet = [intent_for("br0", "isolated", guard=Guard(("10.98.0.2/32", "fd98::2/128"), (), True, ())), LOGGING[1]]
-    from plugin.policy import released
     lines = release_plan(table, released(desired(LOGGING), desired(quiet), "br0"), "ipv4")
     assert sum("NFLOG" in line for line in lines) == 5 and all(line.startswith("-D ") for line in lines)
     stale = plan(table, desired(quiet), "ipv4")
