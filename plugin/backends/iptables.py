@@ -25,6 +25,14 @@
                             -i BR -m conntrack --ctorigdst CIDR -j DROP                  (each denyEgress range)
                             -d CIDR -i BR -m conntrack --ctstate INVALID,UNTRACKED -j DROP   (and untracked)
                             -j RETURN
+    CNI-ISOLATION-DROPLOG:  -i BR <log limits> -j NFLOG --nflog-prefix "isolation cross-network BR"
+                            -j RETURN                (each bridge logging cross-network drops)
+
+The drop log (logDrops): above each DROP of a logging bridge, the same match with two
+hashlimits (first packet per flow, the bridge's rate) and `-j NFLOG` (see log_tail). STAGE-2's
+DROP names only the receiving bridge, so while any bridge logs cross-network drops each
+isolating bridge's DROP is preceded by `-o BR -j CNI-ISOLATION-DROPLOG`, where the logging
+senders' rules are.
 
 Neighbour discovery is exempted only on its way to the host (INPUT, hop limit 255): routers
 never forward it. `isolated` between the ports of a bridge is the kernel's bridge-port
@@ -47,6 +55,7 @@ table in between, the transaction fails as a whole and is recomputed.
 
 import os
 import re
+import shlex
 
 from plugin import reasons
 from plugin.backends import libnft
@@ -61,7 +70,9 @@ STAGE1 = "CNI-ISOLATION-STAGE-1"
 STAGE2 = "CNI-ISOLATION-STAGE-2"
 EGRESS = "CNI-ISOLATION-EGRESS"
 HOST = "CNI-ISOLATION-HOST"
-GUARD_CHAINS = (EGRESS, HOST)  # wholly ours: a rule of ours there that no bridge needs goes
+DROPLOG = "CNI-ISOLATION-DROPLOG"  # the drop log of cross-network drops, per sending bridge
+GUARD_CHAINS = (EGRESS, HOST)
+WHOLLY_OURS = (*GUARD_CHAINS, DROPLOG)  # a rule of ours there that no bridge needs goes
 FIREWALL_CHAIN = "CNI-FORWARD"  # the firewall plugin's per-container ACCEPT chain
 TAG = "isolation-plugin"  # our comment; the old Go plugin used "CNI isolation plugin rules"
 COMMENT = ["-m", "comment", "--comment", TAG]
@@ -198,7 +209,40 @@ def _neighbour_discovery(br: str, family: str) -> list[list[str]]:
              str(ND_HOP_LIMIT), "-j", "RETURN"] for t in ND_TYPES]
 
 
-def guard_rules(br: str, guard: Guard, family: str) -> dict[str, list[list[str]]]:
+# The drop log (networks with logDrops): before each DROP of a logging bridge, the same match
+# sends the packet to NFLOG when it is the first of its flow (a hashlimit per bridge and reason
+# keyed by source, destination and destination port, one packet a minute) and the bridge is
+# within its rate (a hashlimit per bridge shared by all its log rules, no key: 10/s, burst 20).
+LOG_RATE, LOG_BURST = "10/sec", "20"
+FLOW = ["--hashlimit-upto", "1/min", "--hashlimit-burst", "1", "--hashlimit-mode", "srcip,dstip,dstport"]
+LOG_NAMES = {reasons.CROSS_NETWORK: "c", reasons.INTRA_BRIDGE: "i", reasons.EGRESS_DENY: "e", reasons.HOST_ACCESS: "h"}
+
+
+def log_tail(reason: str, br: str) -> list[str]:
+    """What follows a drop's match in its log rule: the two limits, then NFLOG."""
+    return ["-m", "hashlimit", *FLOW, "--hashlimit-name", f"f{LOG_NAMES[reason]}-{br}",
+            "-m", "hashlimit", "--hashlimit-upto", LOG_RATE, "--hashlimit-burst", LOG_BURST, "--hashlimit-name",
+            f"l-{br}", "-j", "NFLOG", "--nflog-prefix", reasons.log_prefix(reason, br),
+            "--nflog-group", str(reasons.NFLOG_GROUP)]
+
+
+def logging(rules: list[list[str]], reason: str, br: str, logged) -> list[list[str]]:
+    """`rules` with, before each DROP, its log rule when `br` logs `reason`."""
+    if reason not in logged:
+        return rules
+    out = []
+    for rule in rules:
+        if rule[-2:] == ["-j", "DROP"]:
+            out.append(rule[:-2] + log_tail(reason, br))
+        out.append(rule)
+    return out
+
+
+def is_log_rule(rule: list[str]) -> bool:
+    return "NFLOG" in rule and "--nflog-prefix" in rule
+
+
+def guard_rules(br: str, guard: Guard, family: str, logged=()) -> dict[str, list[list[str]]]:
     """The rules of `br`'s guard in `family`: its group in CNI-ISOLATION-EGRESS and -HOST.
     Replies to connections opened toward the container pass (conntrack reply direction);
     a deny range drops what the container addressed (before DNAT) and, for packets
@@ -216,17 +260,19 @@ def guard_rules(br: str, guard: Guard, family: str) -> dict[str, list[list[str]]
         host.append(["-i", br, "-j", "DROP"])
     if host:
         host = _neighbour_discovery(br, family) + host
-    return {EGRESS: egress, HOST: host}
+    return {EGRESS: logging(egress, reasons.EGRESS_DENY, br, logged),
+            HOST: logging(host, reasons.HOST_ACCESS, br, logged)}
 
 
-def bridge_rules(needs: BridgeNeeds, family: str = "ipv4", interfaces_of=None) -> dict[str, list[list[str]]]:
+def bridge_rules(needs: BridgeNeeds, family: str = "ipv4", interfaces_of=None,
+                 log_cross: bool = False) -> dict[str, list[list[str]]]:
     """Per chain, the matches-and-targets one bridge needs in `family`, top to bottom
     (comments left out): the bridges of its isolationGroups may reach it, and its merged
     Guard gives its rules in the guard chains. `interfaces_of(peer)`: the interfaces a
     peer's traffic comes by (a routed segment's members; default: its name)."""
     interfaces_of = interfaces_of or (lambda name: (name,))
     if needs.routed:
-        return segment_rules(needs, family, interfaces_of)
+        return segment_rules(needs, family, interfaces_of, log_cross)
     br = needs.bridge
     stage1, stage2 = [], []
     if needs.drop_intra:  # published or not: within an `isolated` bridge nothing passes
@@ -240,11 +286,16 @@ def bridge_rules(needs: BridgeNeeds, family: str = "ipv4", interfaces_of=None) -
         if needs.published:
             stage2.append(["-o", br, *PUBLISHED_IN])
         stage2 += [["-i", i, "-o", br, "-j", "RETURN"] for peer in sorted(needs.peers) for i in interfaces_of(peer)]
+        if log_cross:  # some bridge logs its cross-network drops: the sender's rule there
+            stage2.append(["-o", br, "-j", DROPLOG])
         stage2.append(["-o", br, "-j", "DROP"])
-    return {STAGE1: stage1, STAGE2: stage2, **guard_rules(br, needs.guard, family)}
+    logged = needs.logged
+    droplog = [["-i", br, *log_tail(reasons.CROSS_NETWORK, br)]] if reasons.CROSS_NETWORK in logged else []
+    return {STAGE1: logging(stage1, reasons.INTRA_BRIDGE, br, logged), STAGE2: stage2,
+            **guard_rules(br, needs.guard, family, logged), DROPLOG: droplog}
 
 
-def segment_rules(needs: BridgeNeeds, family: str, interfaces_of) -> dict[str, list[list[str]]]:
+def segment_rules(needs: BridgeNeeds, family: str, interfaces_of, log_cross: bool = False) -> dict[str, list[list[str]]]:
     """A routed segment's rules: a bridge's, written per member (its host-side interface),
     since iptables cannot say "not into any member". Traffic between two members (routed
     by the host) drops (`isolated`) or returns before anything else applies; what is left
@@ -265,18 +316,29 @@ def segment_rules(needs: BridgeNeeds, family: str, interfaces_of) -> dict[str, l
             if needs.published:
                 stage2.append(["-o", m, *PUBLISHED_IN])
             stage2 += [["-i", i, "-o", m, "-j", "RETURN"] for peer in sorted(needs.peers) for i in interfaces_of(peer)]
+            if log_cross:  # as a bridge's: the logging sender's rule in DROPLOG first
+                stage2.append(["-o", m, "-j", DROPLOG])
             stage2.append(["-o", m, "-j", "DROP"])
         for chain, rules in guard_rules(m, needs.guard, family).items():
             chains[chain] += rules
-    return {STAGE1: stage1, STAGE2: stage2, **chains}
+    # the drop log names the segment (the reader finds the sender among its attachments),
+    # whichever member the rule matches
+    seg, logged = needs.bridge, needs.logged
+    droplog = [["-i", m, *log_tail(reasons.CROSS_NETWORK, seg)] for m in members] \
+        if reasons.CROSS_NETWORK in logged else []
+    return {STAGE1: logging(stage1, reasons.INTRA_BRIDGE, seg, logged), STAGE2: stage2,
+            EGRESS: logging(chains[EGRESS], reasons.EGRESS_DENY, seg, logged),
+            HOST: logging(chains[HOST], reasons.HOST_ACCESS, seg, logged), DROPLOG: droplog}
 
 
 def wanted(desired: Desired, family: str = "ipv4") -> dict[str, list[list[list[str]]]]:
     """Per chain, the ordered groups of rules `desired` needs: one group per bridge. The guard
     chains appear only when some bridge needs them in `family`."""
-    chains: dict[str, list[list[list[str]]]] = {STAGE1: [], STAGE2: [], EGRESS: [], HOST: []}
+    chains: dict[str, list[list[list[str]]]] = {STAGE1: [], STAGE2: [], EGRESS: [], HOST: [], DROPLOG: []}
+    log_cross = any(reasons.CROSS_NETWORK in needs.logged for needs in desired)
     for needs in desired:
-        for chain, group in bridge_rules(needs, family, lambda peer: desired.get(peer).interfaces).items():
+        for chain, group in bridge_rules(needs, family, lambda peer: desired.get(peer).interfaces,
+                                          log_cross).items():
             if group:
                 chains[chain].append(group)
     return {c: groups for c, groups in chains.items() if groups or c in (STAGE1, STAGE2)}
@@ -306,7 +368,20 @@ def group_problem(rules: list[list[str]], group: list[list[str]], index: dict | 
 
 def _tagged(spec: list[str]) -> list[str]:
     """Our rule text: the match, our comment, then the target (iptables-save's order)."""
-    return spec[:-2] + COMMENT + spec[-2:]
+    at = len(spec) - 1 - spec[::-1].index("-j")
+    return spec[:at] + COMMENT + spec[at:]
+
+
+def _safe(rule: list[str]) -> bool:
+    """Whether every token of `rule` is one we write: validated names, our chains, our comment,
+    our drop log's prefix."""
+    return all(_SAFE.fullmatch(a) or (reasons.parse_prefix(a) is not None and _SAFE.fullmatch(a.replace(" ", "")))
+               for a in rule)
+
+
+def _text(rule: list[str]) -> str:
+    """`rule` as an iptables-restore line's arguments (the drop log's prefix quoted)."""
+    return " ".join(f'"{a}"' if " " in a else a for a in rule)
 
 
 def _first(rules: list[list[str]], pred) -> int:
@@ -362,10 +437,10 @@ def _sync_group(rules: list[list[str]], chain: str, group: list[list[str]], thei
         return
     for spec in group:
         if tuple(spec) in ours:
-            lines.append(f"-D {chain} " + " ".join(_tagged(spec)))
+            lines.append(f"-D {chain} " + _text(_tagged(spec)))
     for spec in reversed(group):
         if tuple(spec) not in theirs:
-            lines.append(f"-I {chain} 1 " + " ".join(_tagged(spec)))
+            lines.append(f"-I {chain} 1 " + _text(_tagged(spec)))
 
 
 def plan(table: FilterTable, desired: Desired, family: str = "ipv4") -> list[str]:
@@ -390,12 +465,13 @@ def plan(table: FilterTable, desired: Desired, family: str = "ipv4") -> list[str
         rules = table.chains.get(chain, [])
         theirs = {tuple(strip_comment(r)) for r in rules if not is_ours(r)}
         ours = {tuple(strip_comment(r)) for r in rules if is_ours(r)}
-        if chain in GUARD_CHAINS:
+        if chain in WHOLLY_OURS:
             keep = {tuple(spec) for g in groups for spec in g} | {("-j", "RETURN")}
-            lines += [f"-D {chain} " + " ".join(r) for r in rules if is_ours(r) and tuple(strip_comment(r)) not in keep
-                      and r[:1] == ["-i"] and r[1] in known and all(_SAFE.fullmatch(a) for a in r)]
+            lines += [f"-D {chain} " + _text(r) for r in rules if is_ours(r) and tuple(strip_comment(r)) not in keep
+                      and r[:1] == ["-i"] and r[1] in known and _safe(r)]
         elif chain in (STAGE1, STAGE2):  # grants no registered attachment needs any more
             lines += [f"-D {chain} " + " ".join(r) for r in surplus_rules(table, chain, groups, known)]
+            lines += [f"-D {chain} " + _text(r) for r in stale_log_rules(table, chain, groups, known)]
         index = positions(rules)
         for group in groups:
             _sync_group(rules, chain, group, theirs, ours, lines, index)
@@ -442,6 +518,14 @@ def surplus_rules(table: FilterTable, chain: str, groups, bridges) -> list[list[
     return [r for r in table.chains.get(chain, []) if is_ours(r) and r[-2:] == ["-j", "RETURN"]
             and all(_SAFE.fullmatch(a) for a in r) and tuple(strip_comment(r)) not in keep
             and _interfaces(strip_comment(r)) & set(bridges)]
+
+
+def stale_log_rules(table: FilterTable, chain: str, groups, bridges) -> list[list[str]]:
+    """Our drop log's rules (and jumps to it) in `chain` concerning one of `bridges` that no
+    group of `groups` holds: the bridge stopped logging, or nothing logs cross-network drops."""
+    keep = {tuple(spec) for g in groups for spec in g}
+    return [r for r in table.chains.get(chain, []) if is_ours(r) and (is_log_rule(r) or r[-2:] == ["-j", DROPLOG])
+            and _safe(r) and tuple(strip_comment(r)) not in keep and _interfaces(strip_comment(r)) & set(bridges)]
 
 
 def _grant_kind(chain: str, spec: list[str]) -> str:
@@ -498,9 +582,9 @@ def release_plan(table: FilterTable, r: Release, family: str = "ipv4", everythin
             remove += [("INPUT", rule) for rule in table.chains.get("INPUT", [])
                        if is_ours(rule) and _is_jump(strip_comment(rule), HOST)]
         elif r.guard is not None:  # None: the bridge's guard is left as it is
-            rewritten, insert = _guard_rewrite(table, r.bridge, r.guard, family)
+            rewritten, insert = _guard_rewrite(table, r.bridge, r.guard, family, r.logged)
             remove += rewritten
-    lines = [f"-D {chain} " + " ".join(rule) for chain, rule in remove if all(_SAFE.fullmatch(a) for a in rule)]
+    lines = [f"-D {chain} " + _text(rule) for chain, rule in remove if _safe(rule)]
     lines += insert
     if r.last or r.last_guard:
         lines += [f"-X {chain}" for chain in without_ours(table, r.last)[1]]
@@ -540,6 +624,12 @@ def _released_specs(r: Release, family: str) -> list[tuple[str, list[str]]]:
         specs.append((STAGE2, ["-o", br, "-j", "DROP"]))
     if r.drop_intra:
         specs.append((STAGE1, ["-i", br, "-o", br, "-j", "DROP"]))
+    if r.isolate:
+        specs.append((STAGE2, ["-o", br, "-j", DROPLOG]))
+    if r.drop_intra or (r.logged is not None and reasons.INTRA_BRIDGE not in r.logged):
+        specs.append((STAGE1, ["-i", br, "-o", br, *log_tail(reasons.INTRA_BRIDGE, br)]))
+    if r.isolate or (r.logged is not None and reasons.CROSS_NETWORK not in r.logged):
+        specs.append((DROPLOG, ["-i", br, *log_tail(reasons.CROSS_NETWORK, br)]))
     if r.published or r.isolate:
         specs.append((STAGE2, ["-o", br, *PUBLISHED_IN]))
         specs.append((STAGE1, ["-i", br, "!", "-o", br, *PUBLISHED_OUT]))
@@ -566,19 +656,21 @@ def _released_peer_returns(table: FilterTable, r: Release) -> list[tuple[str, li
     return found
 
 
-def _guard_rewrite(table: FilterTable, br: str, guard: Guard, family: str
+def _guard_rewrite(table: FilterTable, br: str, guard: Guard, family: str, logged=None
                    ) -> tuple[list[tuple[str, list[str]]], list[str]]:
     """(rules of ours to delete, lines inserting rules) making the bridge's groups in the guard
-    chains what `guard` needs: rules it no longer needs go; a group out of order or
-    incomplete is rewritten whole (what is left of it goes too)."""
+    chains what `guard` needs, logged as `logged` says (None: its log rules are left as they
+    are): rules it no longer needs go; a group out of order or incomplete is rewritten whole
+    (what is left of it goes too)."""
     remove, insert = [], []
-    for chain, group in guard_rules(br, guard, family).items():
+    for chain, group in guard_rules(br, guard, family, logged or ()).items():
         rules = table.chains.get(chain, [])
-        mine = [rule for rule in rules if is_ours(rule) and _in_interface(rule) == br]
+        mine = [rule for rule in rules if is_ours(rule) and _in_interface(rule) == br
+                and (logged is not None or not is_log_rule(rule))]
         remove += [(chain, rule) for rule in mine if strip_comment(rule) not in group]
         if group and group_problem(rules, group):
             remove += [(chain, rule) for rule in mine if strip_comment(rule) in group]
-            insert += [f"-I {chain} 1 " + " ".join(_tagged(spec)) for spec in reversed(group)]
+            insert += [f"-I {chain} 1 " + _text(_tagged(spec)) for spec in reversed(group)]
     return remove, insert
 
 
@@ -615,7 +707,7 @@ def without_ours(table: FilterTable, everything: bool = True) -> tuple[FilterTab
     progress = True
     while progress:
         progress = False
-        for chain in (STAGE1, STAGE2, FIREWALL_CHAIN, *GUARD_CHAINS) if everything else GUARD_CHAINS:
+        for chain in (STAGE1, STAGE2, FIREWALL_CHAIN, *WHOLLY_OURS) if everything else GUARD_CHAINS:
             if chain in after.chains and not after.chains[chain] and not _jumps_to(after, chain):
                 del after.chains[chain]
                 deleted.append(chain)
@@ -823,7 +915,7 @@ class IptablesBackend(Backend):
         elements of `ports` (bridge None: the whole anti-spoofing table)."""
         routed = bridge is not None and bridge.startswith(SEGMENT_PREFIX)  # its members' rules name them
         everything = Release(bridge=bridge or "", isolate=True, drop_intra=True, published=True, peers=frozenset(),
-                             guard=NO_GUARD, last=bridge is None, last_guard=bridge is None, routed=routed,
+                             guard=NO_GUARD, logged=(), last=bridge is None, last_guard=bridge is None, routed=routed,
                              members=tuple(ports) if routed else ())
         cmds = []
         lib = libnft.load()[0]
@@ -839,7 +931,7 @@ class IptablesBackend(Backend):
         for fam, table in self._read().items():
             tool = "iptables" if fam == "ipv4" else "ip6tables"
             lines = release_plan(table, everything, fam, everything=bridge is None)
-            cmds += [[tool, "-w", "-t", "filter", *line.split(" ")] for line in lines]
+            cmds += [[tool, "-w", "-t", "filter", *shlex.split(line)] for line in lines]
             created = bridge is None and fam in facts.get("created_filter", []) and table.nft_variant
             after = without_ours(table)[0]
             if created and after.pristine():

@@ -10,7 +10,7 @@ import pytest
 
 from plugin.backends.iptables import SPOOF_TABLE, FilterTable, plan, problems, release_plan, split_rule, strip_comment
 from plugin.backends.nftables import TableState, bridge_plan, bridge_release, bridge_spec, spoof_elements
-from plugin.policy import NO_GUARD, Guard, Hole, Release, Spoof, desired, intent_for
+from plugin.policy import NO_GUARD, Guard, Hole, Release, Spoof, desired, intent_for, released
 from golden import read as read_golden
 
 SCENARIOS = [
@@ -328,3 +328,66 @@ def test_a_published_port_turned_off_loses_its_returns():
         "-o br0 -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN"]
     assert plan(table, desired(intents)) == expected
     assert release_plan(table, Release(bridge="br0", published=True, peers=frozenset(), guard=NO_GUARD)) == expected[::-1]
+
+
+def applied(lines: list[str]) -> FilterTable:
+    """empty.before once iptables-restore applied `lines` (-N, -I CHAIN N, -A only)."""
+    table = FilterTable.parse(read("empty.before"))
+    for line in lines:
+        args = split_rule(line)
+        if args[0] == "-N":
+            table.chains[args[1]] = []
+        elif args[0] == "-I":
+            table.chains[args[1]].insert(int(args[2]) - 1, args[3:])
+        else:
+            table.chains[args[1]].append(args[2:])
+    return table
+
+
+LOGGING = [intent_for("br0", "isolated", guard=Guard(("10.98.0.2/32", "fd98::2/128"), (), True, ()), log=True),
+           intent_for("br1", "same-bridge")]
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_logging_plan_matches_golden(family, golden):
+    """br0 logs (logDrops): a log rule right above each of its DROPs, its cross-network log in
+    CNI-ISOLATION-DROPLOG behind a jump above every isolating bridge's STAGE-2 DROP; br1 logs nothing."""
+    got = plan(FilterTable.parse(read("empty.before")), desired(LOGGING), family)
+    golden.check(f"iptables/empty-logging-{family}.plan", got)
+
+
+def test_log_rules_say_reason_and_sending_bridge_and_limit_per_flow_and_per_bridge():
+    lines = plan(FilterTable.parse(read("empty.before")), desired(LOGGING), "ipv4")
+    logs = [line for line in lines if "NFLOG" in line]
+    # by hand: br0 drops intra-bridge (isolated), cross-network, host-access, and egress to
+    # 10.98.0.2 twice (by conntrack's original destination, and untracked): a log rule each
+    assert sorted(line.split('"')[1] for line in logs) == [
+        "isolation cross-network br0", "isolation egress-deny br0", "isolation egress-deny br0",
+        "isolation host-access br0", "isolation intra-bridge br0"]
+    for line in logs:
+        assert "--hashlimit-upto 1/min --hashlimit-burst 1 --hashlimit-mode srcip,dstip,dstport" in line
+        assert "--hashlimit-upto 10/sec --hashlimit-burst 20 --hashlimit-name l-br0 " in line
+        assert line.endswith("--nflog-group 1907")
+    assert "-I CNI-ISOLATION-STAGE-2 1 -o br1 -m comment --comment isolation-plugin -j CNI-ISOLATION-DROPLOG" in lines
+    assert not any("br1" in line for line in logs)
+
+
+def test_a_bridge_that_stops_logging_or_leaves_loses_its_log_rules():
+    table = applied(plan(FilterTable.parse(read("empty.before")), desired(LOGGING), "ipv4"))
+    assert problems(table, desired(LOGGING), "ipv4") == [] and plan(table, desired(LOGGING), "ipv4") == []
+    quiet = [intent_for("br0", "isolated", guard=Guard(("10.98.0.2/32", "fd98::2/128"), (), True, ())), LOGGING[1]]
+    lines = release_plan(table, released(desired(LOGGING), desired(quiet), "br0"), "ipv4")
+    assert sum("NFLOG" in line for line in lines) == 5 and all(line.startswith("-D ") for line in lines)
+    stale = plan(table, desired(quiet), "ipv4")
+    assert any(line.startswith("-D CNI-ISOLATION-STAGE-2 -o br1") and "DROPLOG" in line for line in stale)
+    gone = release_plan(table, released(desired(LOGGING), desired(LOGGING[1:]), "br0"), "ipv4")
+    assert sum("NFLOG" in line for line in gone) == 5  # br0's log rules go with it
+
+
+def test_check_names_a_logging_bridges_missing_log_rule():
+    table = applied(plan(FilterTable.parse(read("empty.before")), desired(LOGGING), "ipv4"))
+    table.chains["CNI-ISOLATION-HOST"] = [r for r in table.chains["CNI-ISOLATION-HOST"] if "NFLOG" not in r]
+    found = problems(table, desired(LOGGING), "ipv4")
+    assert len(found) == 1 and found[0].startswith("CNI-ISOLATION-HOST lacks '-i br0 -m hashlimit") \
+        and "isolation host-access br0" in found[0], found
+    assert problems(table, desired([intent_for("br0", "isolated", guard=LOGGING[0].guard), LOGGING[1]]), "ipv4") == []
