@@ -118,3 +118,41 @@ def test_each_reason_logs_one_line_per_flow_and_a_flood_is_held_to_the_limit(lab
     assert lab.ours_mentioning(A) == []
     lab.delete(b1)
     assert lab.ruleset() == baseline
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_routed_network_logs_under_its_segment_name(lab, backend):
+    """ptp networks: the rules match the members' veths, the log names the segment, and the
+    reader finds the sending container among the segment's attachments. Expected by hand:
+    p1 (P logs, denies management .2/::2) pinging q1 (Q, another isolating network) and .2,
+    5 times each, gives one cross-network and one egress-deny line per family; TCP to .3 (the
+    control) passes and gives none; q1 pinging p1 (Q does not log) gives none."""
+    lab.management()
+    p_net = lab.network(["ptp", "isolation"], isolation={
+        "backend": backend, "logDrops": True, "denyEgress": ["10.98.0.2/32", "fd98::2/128"]})
+    q_net = lab.network(["ptp", "isolation"], isolation={"backend": backend})
+    p1, q1 = lab.add(p_net), lab.add(q_net)
+    time.sleep(2)
+    reader = lab.follow_drops("--timeout", "15")
+    expected = []
+    for v, (p_addr, q_addr, denied, allowed) in enumerate((
+            (p1.ipv4, q1.ipv4, "10.98.0.2", "10.98.0.3"), (p1.ipv6, q1.ipv6, "fd98::2", "fd98::3"))):
+        icmp = ("icmp", "icmpv6")[v]
+        assert lab.tcp(p1.name, allowed)  # the positive control
+        assert not ping_n(p1.name, q_addr)
+        expected.append((p_addr, q_addr, icmp, "cross-network", "ingressPolicy"))
+        assert not ping_n(q1.name, p_addr)  # Q does not log
+        assert not ping_n(p1.name, denied)
+        expected.append((p_addr, denied, icmp, "egress-deny", "denyEgress"))
+    rc, got, said = reader.finish()
+    assert rc == 0, said
+    seen = [(r["source"], r["destination"], r["protocol"], r["reason"], r["key"]) for r in got]
+    for e in expected:
+        assert seen.count(e) == 1, f"{e}: {seen.count(e)} lines of {N} retries\n{got}"
+    for r in got:
+        assert r["network"] == p_net.name and r["source"] in (p1.ipv4, p1.ipv6), r
+        assert r["destination"] not in ("10.98.0.3", "fd98::3"), r
+        if (r["source"], r["destination"], r["protocol"], r["reason"], r["key"]) in expected:
+            assert (r["container"], r["ifname"]) == (p1.id, "eth0"), r
+    lab.delete(p1)
+    lab.delete(q1)
