@@ -13,8 +13,9 @@ INTRA_BRIDGE = "intra-bridge"  # between two containers of one `isolated` bridge
 EGRESS_DENY = "egress-deny"  # to a denyEgress range, no allowEgress entry matching
 HOST_ACCESS = "host-access"  # to the host itself under hostAccess deny, not an allowHostPorts service
 ANTI_SPOOFING = "anti-spoofing"  # from an address or MAC the container was not given
+INTERNAL = "internal"  # into or out of an `internal` network (forwarded, not within its bridge)
 
-REASONS = (CROSS_NETWORK, INTRA_BRIDGE, EGRESS_DENY, HOST_ACCESS, ANTI_SPOOFING)
+REASONS = (CROSS_NETWORK, INTRA_BRIDGE, EGRESS_DENY, HOST_ACCESS, ANTI_SPOOFING, INTERNAL)
 
 KEY = {  # the configuration key behind each reason
     CROSS_NETWORK: "ingressPolicy",
@@ -22,6 +23,7 @@ KEY = {  # the configuration key behind each reason
     EGRESS_DENY: "denyEgress",
     HOST_ACCESS: "hostAccess",
     ANTI_SPOOFING: "antiSpoofing",
+    INTERNAL: "internal",
 }
 
 # The NFLOG group the drop log goes to (networks with `logDrops: true`); one per host

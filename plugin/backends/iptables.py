@@ -2,6 +2,8 @@
 
     FORWARD:                -j CNI-ISOLATION-STAGE-1            (always first)
     CNI-ISOLATION-STAGE-1:  -i BR -o BR -j DROP                      (drop_intra)
+                            -i BR ! -o BR -j DROP                    (internal: nothing out,
+                            ! -i BR -o BR -j DROP                     nothing in, replies included)
                             -i BR ! -o BR -j CNI-ISOLATION-EGRESS    (denyEgress in this family)
                             -i BR ! -o BR -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN
                                                                      (published: the replies)
@@ -218,6 +220,12 @@ def guard_rules(br: str, guard: Guard, family: str) -> dict[str, list[list[str]]
     return {EGRESS: egress, HOST: host}
 
 
+def internal_rules(br: str) -> list[list[str]]:
+    """An internal bridge's drops in STAGE-1: whatever is forwarded out of it or into it (the
+    host's own traffic never is: INPUT and OUTPUT)."""
+    return [["-i", br, "!", "-o", br, "-j", "DROP"], ["!", "-i", br, "-o", br, "-j", "DROP"]]
+
+
 def bridge_rules(needs: BridgeNeeds, family: str = "ipv4") -> dict[str, list[list[str]]]:
     """Per chain, the matches-and-targets one bridge needs in `family`, top to bottom
     (comments left out): the bridges of its isolationGroups may reach it, and its merged
@@ -226,6 +234,7 @@ def bridge_rules(needs: BridgeNeeds, family: str = "ipv4") -> dict[str, list[lis
     stage1, stage2 = [], []
     if needs.drop_intra:  # published or not: within an `isolated` bridge nothing passes
         stage1.append(["-i", br, "-o", br, "-j", "DROP"])
+    stage1 += internal_rules(br) if needs.guard.internal else []
     if needs.guard.deny_in(VERSION[family]):
         stage1.append(["-i", br, "!", "-o", br, "-j", EGRESS])
     if needs.isolate:
@@ -485,6 +494,8 @@ def _released_specs(r: Release, family: str) -> list[tuple[str, list[str]]]:
     if r.published or r.isolate:
         specs.append((STAGE2, ["-o", br, *PUBLISHED_IN]))
         specs.append((STAGE1, ["-i", br, "!", "-o", br, *PUBLISHED_OUT]))
+    if r.guard is not None and not r.guard.internal:
+        specs += [(STAGE1, spec) for spec in internal_rules(br)]
     if r.guard is not None and not r.guard.deny_in(VERSION[family]):
         specs.append((STAGE1, ["-i", br, "!", "-o", br, "-j", EGRESS]))
     return specs
@@ -569,7 +580,11 @@ def drop_reason(chain: str, spec: list[str]) -> tuple[str, str] | None:
     """(reason, bridge) of one of our DROP rules (`spec`: without its comment) in `chain`:
     STAGE-2 drops what goes into its bridge from another isolated one (counted for the
     bridge whose ingressPolicy refused it, as on the nftables backend), STAGE-1 what its
-    bridge hairpins back into itself, the guard chains what the bridge's containers sent."""
+    bridge hairpins back into itself (-i BR -o BR) or, negated, what leaves or enters an
+    internal bridge, the guard chains what the bridge's containers sent."""
+    if chain == STAGE1 and "!" in spec:
+        option = "-o" if spec[0] == "!" else "-i"
+        return (reasons.INTERNAL, spec[spec.index(option) + 1]) if option in spec[:-1] else None
     reason = {STAGE1: reasons.INTRA_BRIDGE, STAGE2: reasons.CROSS_NETWORK, EGRESS: reasons.EGRESS_DENY,
               HOST: reasons.HOST_ACCESS}.get(chain)
     option = "-o" if chain == STAGE2 else "-i"

@@ -6,6 +6,7 @@
       set published { type ifname }            isolated bridges whose published ports stay reachable
       set intra     { type ifname }            `isolated` bridges (no traffic between their ports)
       set peers     { type ifname . ifname }   (A . B) for bridges A != B of one isolationGroup
+      set internal  { type ifname }            `internal` bridges (nothing forwarded in or out)
       map egress    { type ifname : verdict }  BR : jump egress-BR (bridges with denyEgress)
       map host      { type ifname : verdict }  BR : jump host-BR (bridges with hostAccess deny)
       map count-R   { type ifname : counter }  BR : "R-BR", for each drop reason R the bridge has
@@ -14,6 +15,8 @@
         iifname @intra iifname . oifname @self goto drop-intra-bridge   within an `isolated` bridge
                                                           (hairpin through the host, or bridged via br_netfilter)
         iifname . oifname @self return                    within one bridge: nothing else applies
+        iifname @internal goto drop-internal              out of an internal bridge, and into one:
+        oifname @internal goto drop-internal              replies, DNAT'd, invalid, fragments alike
         iifname vmap @egress                              the bridge's deny list
         ct direction original ct status dnat oifname @published return   a published port (the
         ct direction reply ct status dnat iifname @published return      publisher decides, replies too)
@@ -36,6 +39,10 @@
                                                  packet was going into, else the one it came from
         counter drop                             (a bridge missing from the map breaks only the
                                                  rule above: the drop holds)
+      chain drop-internal                      counted for the bridge it left and the one it was
+        counter name iifname map @count-internal  going into, whichever of them is internal
+        counter name oifname map @count-internal
+        counter drop
 
     table bridge isolation                     (only once an attachment has antiSpoofing)
       sets guarded, mac, src4, src6, nd6, ndopt   per port: its MAC and addresses (see SPOOF_RULES)
@@ -83,7 +90,7 @@ GUARD_MAPS = ("egress", "host")  # verdict maps: bridge -> jump to its chain "eg
 # their bridge's counter.
 DROP_KEYS = {
     "inet": {reasons.CROSS_NETWORK: "oifname", reasons.INTRA_BRIDGE: "iifname", reasons.EGRESS_DENY: "iifname",
-             reasons.HOST_ACCESS: "iifname"},
+             reasons.HOST_ACCESS: "iifname", reasons.INTERNAL: ("iifname", "oifname")},
     "bridge": {reasons.ANTI_SPOOFING: "iifname"},
 }
 
@@ -139,9 +146,10 @@ def drop_chains(family: str) -> dict:
     """The drop chains of a table: count the packet in its bridge's counter (a bridge without
     one, e.g. of a registry that lost it, breaks that rule only), then drop, counted once
     more for all bridges together. A drop site jumps here with `goto`: nothing returns."""
-    return {drop_chain(r): (None, [[{"counter": {"map": {"key": _meta(key), "data": f"@{count_map(r)}"}}}],
+    return {drop_chain(r): (None, [*([{"counter": {"map": {"key": _meta(k), "data": f"@{count_map(r)}"}}}]
+                                     for k in (keys if isinstance(keys, tuple) else (keys,))),
                                    [COUNTER, {"drop": None}]])
-            for r, key in DROP_KEYS[family].items()}
+            for r, keys in DROP_KEYS[family].items()}
 # IPv6 router and neighbour solicitation and advertisement, redirect
 ND_NAMES = {133: "nd-router-solicit", 134: "nd-router-advert", 135: "nd-neighbor-solicit",
             136: "nd-neighbor-advert", 137: "nd-redirect"}
@@ -220,11 +228,13 @@ INET = TableSpec(
     family="inet",
     prio=-5,
     sets={"isolated": "ifname", "self": ["ifname", "ifname"], "published": "ifname", "intra": "ifname",
-          "peers": ["ifname", "ifname"]},
+          "peers": ["ifname", "ifname"], "internal": "ifname"},
     chains={
         "forward": ("forward", [
             [_in_set(_meta("iifname"), "intra"), SAME_BRIDGE, _goto_drop(reasons.INTRA_BRIDGE)],
             [SAME_BRIDGE, RETURN],
+            [_in_set(_meta("iifname"), "internal"), _goto_drop(reasons.INTERNAL)],
+            [_in_set(_meta("oifname"), "internal"), _goto_drop(reasons.INTERNAL)],
             _vmap("egress"),
             *PUBLISHED_PORTS,
             [_in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "peers"), RETURN],
@@ -529,9 +539,13 @@ def wanted(desired: Desired) -> dict[str, dict[str, set]]:
         if b.isolate or b.guard.active:
             inet = want.setdefault("inet", {name: set() for name in [*INET.sets, *INET.maps, *INET.counts]})
         for reason, needed in ((reasons.CROSS_NETWORK, b.isolate), (reasons.INTRA_BRIDGE, b.drop_intra),
-                               (reasons.EGRESS_DENY, bool(b.guard.deny)), (reasons.HOST_ACCESS, b.guard.host_deny)):
+                               (reasons.EGRESS_DENY, bool(b.guard.deny)), (reasons.HOST_ACCESS, b.guard.host_deny),
+                               (reasons.INTERNAL, b.guard.internal)):
             if needed:
                 inet[count_map(reason)].add((b.bridge, counter_name(reason, b.bridge)))
+        if b.guard.internal:
+            inet["internal"].add(b.bridge)
+            inet["self"].add((b.bridge, b.bridge))
         if b.isolate:
             inet["isolated"].add(b.bridge)
             inet["self"].add((b.bridge, b.bridge))
@@ -752,6 +766,8 @@ def _bridge_release(inet: TableState, r: Release) -> list[dict]:
         gone.append(("published", b))
     if r.drop_intra or r.isolate:
         gone.append(("intra", b))
+    if r.guard is not None and not r.guard.internal:
+        gone.append(("internal", b))
     if r.peers is not None:  # None: its group pairs are left as they are
         for pair in sorted(inet.elements.get("peers", set())):
             if b in pair and _other(pair, b) not in r.peers:
@@ -770,7 +786,8 @@ def _bridge_release(inet: TableState, r: Release) -> list[dict]:
         first += _add_elements("inet", added)
     for reason, goes in ((reasons.CROSS_NETWORK, r.isolate), (reasons.INTRA_BRIDGE, r.drop_intra or r.isolate),
                          (reasons.EGRESS_DENY, r.guard is not None and not r.guard.deny),
-                         (reasons.HOST_ACCESS, r.guard is not None and not r.guard.host_deny)):
+                         (reasons.HOST_ACCESS, r.guard is not None and not r.guard.host_deny),
+                         (reasons.INTERNAL, r.guard is not None and not r.guard.internal)):
         if goes:
             gone.append((count_map(reason), (b, counter_name(reason, b))))
     deleted = [_delete_element("inet", name, elem) for name, elem in gone if elem in inet.elements.get(name, set())]
@@ -1068,7 +1085,7 @@ class NftablesBackend(Backend):
         if bridge is None:
             return [["nft", "delete", "table", f, TABLE] for f in SPECS if states[f].exists]
         cmds = []
-        for name in ("isolated", "self", "published", "intra"):
+        for name in ("isolated", "self", "published", "intra", "internal"):
             raw = (bridge, bridge) if name == "self" else bridge
             if raw in states["inet"].elements.get(name, set()):
                 shown = f'"{bridge}" . "{bridge}"' if name == "self" else f'"{bridge}"'
