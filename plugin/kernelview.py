@@ -149,6 +149,9 @@ class NftablesView(_Base):
 
     published_reply = published  # one set for both directions
 
+    def internal(self, bridge):
+        return bridge in self._els("internal") and (bridge, bridge) in self._els("self")
+
     def peer(self, bridge, other):
         return (bridge, other) in self._els("peers")
 
@@ -171,6 +174,7 @@ class NftablesView(_Base):
             "peer": lambda: f"{b} . {args[-1]} in set inet isolation peers",
             "isolate_from": lambda: f"{b} in set inet isolation isolated",
             "isolate_to": lambda: f"{b} in set inet isolation isolated",
+            "internal": lambda: f"{b} in set inet isolation internal",
         }[name]()
 
 
@@ -259,6 +263,9 @@ class IptablesView(_Base):
         rules = [r for r in self._rendered(BridgeNeeds(bridge=bridge, isolate=True))[ipt.STAGE1]]
         return self.forward_ok and self._has(ipt.STAGE1, rules)
 
+    def internal(self, bridge):
+        return self.forward_ok and self._has(self.ipt.STAGE1, self.ipt.internal_rules(bridge))
+
     def isolate_to(self, bridge):
         ipt = self.ipt
         return self._has(ipt.STAGE2, self._rendered(BridgeNeeds(bridge=bridge, isolate=True))[ipt.STAGE2])
@@ -275,6 +282,8 @@ class IptablesView(_Base):
             return f"{self.fam} {ipt.STAGE1}: -i {b} -o {b} -j DROP"
         if name == "isolate_from":
             return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -j {ipt.STAGE2}"
+        if name == "internal":
+            return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -j DROP and ! -i {b} -o {b} -j DROP"
         if name == "isolate_to":
             return f"{self.fam} {ipt.STAGE2}: -o {b} -j DROP"
         if name == "published_reply":
