@@ -148,6 +148,17 @@ class ConfigView:
         """Nothing is forwarded out of the bridge or into it (`internal: true`)."""
         return self.needs.get(bridge).guard.internal
 
+    def direct(self, bridge: str) -> bool:
+        """Unsolicited packets from untrusted interfaces into the bridge drop (`directAccess: deny`)."""
+        return self.needs.get(bridge).guard.direct_deny
+
+    def managed(self, bridge: str) -> bool:
+        """The plugin isolates or guards the bridge: it is no stranger to a directAccess deny bridge."""
+        return self.needs.get(bridge).within
+
+    def trusted(self, bridge: str, interface: str) -> bool:
+        return interface in self.needs.get(bridge).guard.trusted
+
     def published_reply(self, bridge: str) -> bool:
         """The replies of connections DNAT'd into the bridge pass back (allowPublishedPorts)."""
         return self.needs.get(bridge).published
@@ -165,7 +176,8 @@ class ConfigView:
 
 
 FACTS = ("flagged", "intra", "deny", "allow", "host_deny", "host_ports", "published", "published_reply", "peer",
-         "isolate_from", "isolate_to", "internal")
+         "isolate_from", "isolate_to", "internal", "direct",
+         "managed", "trusted")
 
 
 class Recorder:
@@ -257,6 +269,9 @@ def decide(view, source, target: Target, probe: Probe) -> Decision:
         if d is not None and view.internal(d):
             return Decision(verdict="drop", reason=reasons.INTERNAL, step="internal-in", source_bridge=s,
                             dest_bridge=d)
+    if target.kind == CONTAINER and d is not None and view.direct(d) and not view.managed(s) \
+            and not view.trusted(d, s):  # from a bridge the plugin leaves alone: a stranger's interface
+        return Decision(verdict="drop", reason=reasons.DIRECT_ACCESS, step="direct", source_bridge=s, dest_bridge=d)
     exception = None
     hit = _in_range(probe.address, view.deny(s, probe.family))  # the address the container chose
     if hit:
@@ -324,6 +339,9 @@ def attribute(dec: Decision, source, target: Target, probe: Probe, attachments) 
         nets = _networks(atts, b, lambda a: _guard(a).internal)
         return {"cause": f"{b} is internal: nothing is forwarded {'out of' if b == s else 'into'} it",
                 "networks": nets, "key": "internal"}
+    if step == "direct":
+        return {"cause": f"{s} is neither a bridge the plugin isolates or guards nor a trusted interface of {d}",
+                "networks": _networks(atts, d, lambda a: _guard(a).direct_deny), "key": "directAccess"}
     if step == "host-deny" and _networks(atts, s, lambda a: _guard(a).internal):
         return {"cause": f"{target.address} is the host; network internal (its host is closed as by hostAccess "
                          "deny), not an allowHostPorts service",
@@ -416,6 +434,8 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, conf
             return f"inet isolation forward: {'iif' if b == s else 'oif'}name @internal goto drop-internal ({b})"
         return f"-A CNI-ISOLATION-STAGE-1 -i {b} ! -o {b} -j DROP" if b == s else \
             f"-A CNI-ISOLATION-STAGE-1 ! -i {b} -o {b} -j DROP"
+    if step == "direct":
+        return f"inet isolation direct: goto drop-direct-access (via forward: oifname @direct jump direct; {d})"
     if step == "host-deny":
         return f"inet isolation host-{s}: counter drop (via input: iifname vmap @host)" if nft else \
             f"-A CNI-ISOLATION-HOST -i {s} -j DROP"

@@ -152,6 +152,15 @@ class NftablesView(_Base):
     def internal(self, bridge):
         return bridge in self._els("internal") and (bridge, bridge) in self._els("self")
 
+    def direct(self, bridge):
+        return bridge in self._els("direct")
+
+    def managed(self, bridge):
+        return (bridge, bridge) in self._els("self")
+
+    def trusted(self, bridge, interface):
+        return (bridge, interface) in self._els("trusted")
+
     def peer(self, bridge, other):
         return (bridge, other) in self._els("peers")
 
@@ -175,6 +184,9 @@ class NftablesView(_Base):
             "isolate_from": lambda: f"{b} in set inet isolation isolated",
             "isolate_to": lambda: f"{b} in set inet isolation isolated",
             "internal": lambda: f"{b} in set inet isolation internal",
+            "direct": lambda: f"{b} in set inet isolation direct",
+            "managed": lambda: f"{b} . {b} in set inet isolation self",
+            "trusted": lambda: f"{b} . {args[-1]} in set inet isolation trusted",
         }[name]()
 
 
@@ -262,6 +274,15 @@ class IptablesView(_Base):
         ipt = self.ipt
         rules = [r for r in self._rendered(BridgeNeeds(bridge=bridge, isolate=True))[ipt.STAGE1]]
         return self.forward_ok and self._has(ipt.STAGE1, rules)
+
+    def direct(self, bridge):
+        return False  # directAccess deny is refused on this backend (plugin.cni)
+
+    def managed(self, bridge):
+        return True
+
+    def trusted(self, bridge, interface):
+        return False
 
     def internal(self, bridge):
         return self.forward_ok and self._has(self.ipt.STAGE1, self.ipt.internal_rules(bridge))

@@ -46,6 +46,7 @@ from plugin.errors import INVALID_CONFIG, CniError
 IngressPolicy = Literal["same-bridge", "isolated", "open"]
 Backend = Literal["auto", "iptables", "nftables"]
 GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+IfName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")]
 _RANGE = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
 
 
@@ -161,6 +162,12 @@ class NetConf(BaseModel):
         False, description="containers reach each other and nothing else: nothing forwarded leaves or enters the "
         "network (published ports included), the host is closed as by hostAccess deny, with allowHostPorts "
         "defaulting to none; the host may still open connections to them")
+    directAccess: Literal["allow", "deny"] = Field(
+        "allow", description="deny: packets forwarded to this network's containers from an interface that is "
+        "neither a bridge the plugin isolates or guards nor in trustedInterfaces are dropped, unless they are "
+        "replies or DNAT'd by a published port (nftables backend)")
+    trustedInterfaces: list[IfName] = Field(
+        [], description="with directAccess deny, the host interfaces whose traffic may reach the containers directly")
     hostAccess: Literal["allow", "deny"] = Field(
         "allow", description="deny: containers cannot reach the host's own addresses, except allowHostPorts")
     allowHostPorts: list[HostPort] | None = Field(

@@ -7,6 +7,8 @@
       set intra     { type ifname }            `isolated` bridges (no traffic between their ports)
       set peers     { type ifname . ifname }   (A . B) for bridges A != B of one isolationGroup
       set internal  { type ifname }            `internal` bridges (nothing forwarded in or out)
+      set direct    { type ifname }            bridges with directAccess deny
+      set trusted   { type ifname . ifname }   (BR . IF) for each of BR's trustedInterfaces
       map egress    { type ifname : verdict }  BR : jump egress-BR (bridges with denyEgress)
       map host      { type ifname : verdict }  BR : jump host-BR (bridges with hostAccess deny)
       map count-R   { type ifname : counter }  BR : "R-BR", for each drop reason R the bridge has
@@ -17,6 +19,7 @@
         iifname . oifname @self return                    within one bridge: nothing else applies
         iifname @internal goto drop-internal              out of an internal bridge, and into one:
         oifname @internal goto drop-internal              replies, DNAT'd, invalid, fragments alike
+        oifname @direct jump direct                       into a bridge closed to direct access
         iifname vmap @egress                              the bridge's deny list
         ct direction original ct status dnat oifname @published return   a published port (the
         ct direction reply ct status dnat iifname @published return      publisher decides, replies too)
@@ -39,6 +42,13 @@
                                                  packet was going into, else the one it came from
         counter drop                             (a bridge missing from the map breaks only the
                                                  rule above: the drop holds)
+      chain direct                             what may enter a directAccess deny bridge:
+        iifname . iifname @self return           from a bridge the plugin isolates or guards
+        oifname . iifname @trusted return        through one of its trustedInterfaces
+        ct state established,related ct direction reply return    replies
+        ct direction original ct status dnat return               a published port
+        goto drop-direct-access                  the rest (invalid and untracked included),
+                                                 counted for the bridge it was going into
       chain drop-internal                      counted for the bridge it left and the one it was
         counter name iifname map @count-internal  going into, whichever of them is internal
         counter name oifname map @count-internal
@@ -90,7 +100,8 @@ GUARD_MAPS = ("egress", "host")  # verdict maps: bridge -> jump to its chain "eg
 # their bridge's counter.
 DROP_KEYS = {
     "inet": {reasons.CROSS_NETWORK: "oifname", reasons.INTRA_BRIDGE: "iifname", reasons.EGRESS_DENY: "iifname",
-             reasons.HOST_ACCESS: "iifname", reasons.INTERNAL: ("iifname", "oifname")},
+             reasons.HOST_ACCESS: "iifname", reasons.INTERNAL: ("iifname", "oifname"),
+             reasons.DIRECT_ACCESS: "oifname"},
     "bridge": {reasons.ANTI_SPOOFING: "iifname"},
 }
 
@@ -228,13 +239,15 @@ INET = TableSpec(
     family="inet",
     prio=-5,
     sets={"isolated": "ifname", "self": ["ifname", "ifname"], "published": "ifname", "intra": "ifname",
-          "peers": ["ifname", "ifname"], "internal": "ifname"},
+          "peers": ["ifname", "ifname"], "internal": "ifname", "direct": "ifname",
+          "trusted": ["ifname", "ifname"]},
     chains={
         "forward": ("forward", [
             [_in_set(_meta("iifname"), "intra"), SAME_BRIDGE, _goto_drop(reasons.INTRA_BRIDGE)],
             [SAME_BRIDGE, RETURN],
             [_in_set(_meta("iifname"), "internal"), _goto_drop(reasons.INTERNAL)],
             [_in_set(_meta("oifname"), "internal"), _goto_drop(reasons.INTERNAL)],
+            [_in_set(_meta("oifname"), "direct"), {"jump": {"target": "direct"}}],
             _vmap("egress"),
             *PUBLISHED_PORTS,
             [_in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "peers"), RETURN],
@@ -242,6 +255,14 @@ INET = TableSpec(
              _goto_drop(reasons.CROSS_NETWORK)],
         ]),
         "input": ("input", [NEIGHBOUR_DISCOVERY, _vmap("egress"), _vmap("host")]),
+        "direct": (None, [
+            [_in_set({"concat": [_meta("iifname"), _meta("iifname")]}, "self"), RETURN],
+            [_in_set({"concat": [_meta("oifname"), _meta("iifname")]}, "trusted"), RETURN],
+            [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+             _eq({"ct": {"key": "direction"}}, "reply"), RETURN],
+            [_eq({"ct": {"key": "direction"}}, "original"), DNAT, RETURN],
+            [_goto_drop(reasons.DIRECT_ACCESS)],
+        ]),
         **drop_chains("inet"),
     },
     maps={"egress": "ifname", "host": "ifname"},
@@ -540,11 +561,15 @@ def wanted(desired: Desired) -> dict[str, dict[str, set]]:
             inet = want.setdefault("inet", {name: set() for name in [*INET.sets, *INET.maps, *INET.counts]})
         for reason, needed in ((reasons.CROSS_NETWORK, b.isolate), (reasons.INTRA_BRIDGE, b.drop_intra),
                                (reasons.EGRESS_DENY, bool(b.guard.deny)), (reasons.HOST_ACCESS, b.guard.host_deny),
-                               (reasons.INTERNAL, b.guard.internal)):
+                               (reasons.INTERNAL, b.guard.internal), (reasons.DIRECT_ACCESS, b.guard.direct_deny)):
             if needed:
                 inet[count_map(reason)].add((b.bridge, counter_name(reason, b.bridge)))
         if b.guard.internal:
             inet["internal"].add(b.bridge)
+        if b.guard.direct_deny:
+            inet["direct"].add(b.bridge)
+            inet["trusted"].update((b.bridge, t) for t in b.guard.trusted)
+        if b.guard.active:
             inet["self"].add((b.bridge, b.bridge))
         if b.isolate:
             inet["isolated"].add(b.bridge)
@@ -768,6 +793,11 @@ def _bridge_release(inet: TableState, r: Release) -> list[dict]:
         gone.append(("intra", b))
     if r.guard is not None and not r.guard.internal:
         gone.append(("internal", b))
+    if r.guard is not None and not r.guard.direct_deny:
+        gone.append(("direct", b))
+    if r.guard is not None:  # trusted interfaces the bridge's remaining guard does not keep
+        gone += [("trusted", pair) for pair in sorted(inet.elements.get("trusted", set()))
+                 if pair[0] == b and pair[1] not in r.guard.trusted]
     if r.peers is not None:  # None: its group pairs are left as they are
         for pair in sorted(inet.elements.get("peers", set())):
             if b in pair and _other(pair, b) not in r.peers:
@@ -787,7 +817,8 @@ def _bridge_release(inet: TableState, r: Release) -> list[dict]:
     for reason, goes in ((reasons.CROSS_NETWORK, r.isolate), (reasons.INTRA_BRIDGE, r.drop_intra or r.isolate),
                          (reasons.EGRESS_DENY, r.guard is not None and not r.guard.deny),
                          (reasons.HOST_ACCESS, r.guard is not None and not r.guard.host_deny),
-                         (reasons.INTERNAL, r.guard is not None and not r.guard.internal)):
+                         (reasons.INTERNAL, r.guard is not None and not r.guard.internal),
+                         (reasons.DIRECT_ACCESS, r.guard is not None and not r.guard.direct_deny)):
         if goes:
             gone.append((count_map(reason), (b, counter_name(reason, b))))
     deleted = [_delete_element("inet", name, elem) for name, elem in gone if elem in inet.elements.get(name, set())]
@@ -815,7 +846,7 @@ def _other(pair: tuple, bridge: str) -> str:
     return pair[1] if pair[0] == bridge else pair[0]
 
 
-GRANT_SETS = ("peers", "published")  # elements that open a path; the other sets close one
+GRANT_SETS = ("peers", "published", "trusted")  # elements that open a path; the other sets close one
 
 
 def _touches(elem, bridges) -> bool:
@@ -1085,11 +1116,14 @@ class NftablesBackend(Backend):
         if bridge is None:
             return [["nft", "delete", "table", f, TABLE] for f in SPECS if states[f].exists]
         cmds = []
-        for name in ("isolated", "self", "published", "intra", "internal"):
+        for name in ("isolated", "self", "published", "intra", "internal", "direct"):
             raw = (bridge, bridge) if name == "self" else bridge
             if raw in states["inet"].elements.get(name, set()):
                 shown = f'"{bridge}" . "{bridge}"' if name == "self" else f'"{bridge}"'
                 cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", shown, "}"])
+        for pair in sorted(states["inet"].elements.get("trusted", set())):
+            if pair[0] == bridge:
+                cmds.append(["nft", "delete", "element", "inet", TABLE, "trusted", "{", f'"{pair[0]}" . "{pair[1]}"', "}"])
         for pair in sorted(states["inet"].elements.get("peers", set())):  # its group's grants, both ways
             if bridge in pair:
                 cmds.append(["nft", "delete", "element", "inet", TABLE, "peers", "{", f'"{pair[0]}" . "{pair[1]}"', "}"])
