@@ -1,0 +1,110 @@
+"""`directAccess: deny` with `trustedInterfaces`: a LAN peer that routes the container subnets
+via the host reaches a protected network's containers only through a trusted interface or a
+published port, proven with real packets, IPv4 and IPv6, and `isolation explain` agreeing.
+
+The lab's host has two LANs: "outside" on the uplink (10.99.0.2, fd99::2; untrusted) and
+"management" (10.98.0.2, fd98::2; its link is trusted); both route 10.77.0.0/16 and fd77::/16
+via the host. Network D has directAccess deny and publishes d1's TCP 8080 on host port 18083;
+network N has the default (allow); network G is `open` but guarded (hostAccess deny), so the
+plugin manages its bridge; network O is `open` and unguarded, a bridge the plugin leaves
+alone. Expected, from the key's definition (drop what enters D from an interface that is
+neither a bridge the plugin isolates or guards nor trusted, unless a reply or DNAT'd):
+  outside -> d1's address                 blocked (TCP, ICMP)
+  outside -> n1's address                 reach (the control: routing via the host works)
+  outside -> UPLINK:18083 (published)     reach
+  management -> d1's address              reach (trusted interface)
+  d1 -> outside, management               reach (the replies pass)
+  g1 -> d1 (managed bridge)               reach: cross-bridge traffic is ingressPolicy's
+  o1 -> d1 (unmanaged bridge)             blocked;  o1 -> n1  reach (the control)
+  host -> d1                              reach (the host's own traffic is not forwarded)
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from explaining import disagreements, explain
+from frames import settled_counts
+from netlab import PluginError
+
+pytestmark = pytest.mark.e2e
+PORTMAP = {"type": "portmap", "capabilities": {"portMappings": True}}
+UPLINK = ("10.99.0.1", "fd99::1")
+OUTSIDE = ("10.99.0.2", "fd99::2")
+MANAGEMENT = ("10.98.0.2", "fd98::2")
+
+
+def _probe_all(lab, want: dict) -> tuple[dict, list[str]]:
+    run = {"icmp": lambda s, a, p: lab.ping(s, a), "tcp": lab.tcp}
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        got = dict(zip(want, pool.map(lambda k: run[k[0]](*k[1:]), want)))
+    return got, [f"{kind} {src} -> [{addr}]:{port}: expected {'reach' if want[(kind, src, addr, port)] else 'blocked'}"
+                 for (kind, src, addr, port), ok in got.items() if ok != want[(kind, src, addr, port)]]
+
+
+def test_lan_peer_reaches_protected_containers_only_when_trusted_or_published(lab):
+    mgmt = lab.management()
+    conf = {"backend": "nftables"}
+    dnet = lab.network(["bridge", PORTMAP, "isolation"], isolation={
+        **conf, "directAccess": "deny", "trustedInterfaces": [f"{lab.prefix}mg"]})
+    nnet = lab.network(["bridge", "isolation"], isolation=conf)
+    gnet = lab.network(["bridge", "isolation"], isolation={**conf, "ingressPolicy": "open", "hostAccess": "deny"})
+    onet = lab.network(["bridge", "isolation"], isolation={**conf, "ingressPolicy": "open"})
+    d1 = lab.add(dnet, port_mappings=[{"hostPort": 18083, "containerPort": 8080, "protocol": "tcp"}])
+    n1, g1, o1 = lab.add(nnet), lab.add(gnet), lab.add(onet)
+    before = settled_counts(lab, quiet=0.7)
+
+    want = {}
+    for v in (0, 1):
+        da, na = (d1.ipv4, d1.ipv6)[v], (n1.ipv4, n1.ipv6)[v]
+        want |= {("tcp", lab.outside, da, 8080): False, ("icmp", lab.outside, da, 0): False,
+                 ("tcp", lab.outside, na, 8080): True, ("icmp", lab.outside, na, 0): True,
+                 ("tcp", lab.outside, UPLINK[v], 18083): True,
+                 ("tcp", mgmt, da, 8080): True, ("icmp", mgmt, da, 0): True,
+                 ("tcp", d1.name, OUTSIDE[v], 8080): True, ("icmp", d1.name, OUTSIDE[v], 0): True,
+                 ("tcp", d1.name, MANAGEMENT[v], 8080): True,
+                 ("tcp", g1.name, da, 8080): True, ("icmp", g1.name, da, 0): True,
+                 ("tcp", o1.name, da, 8080): False, ("icmp", o1.name, da, 0): False,
+                 ("tcp", o1.name, na, 8080): True,
+                 ("tcp", lab.host, da, 8080): True}
+    got, wrong = _probe_all(lab, want)
+    assert not wrong, "\n".join(wrong)
+
+    answers, rc = explain(lab, list(want))
+    assert rc == 0 and not disagreements(got, answers), disagreements(got, answers)
+    drop = answers[("tcp", o1.name, d1.ipv4, 8080)]
+    assert (drop["reason"], drop["key"], drop["network"]) == ("direct-access", "directAccess", dnet.name), drop
+
+    after = settled_counts(lab, quiet=0.7)
+    assert after[(dnet.bridge, "direct-access")] > before[(dnet.bridge, "direct-access")], after
+    assert after[(nnet.bridge, "direct-access")] == 0, after
+    assert all(rc == 0 for c in (d1, n1, g1, o1) for _, rc, _ in lab.check(c))
+
+    # the last DEL of D takes its rules: the outside reaches the subnet's next container again
+    lab.delete(d1)
+    assert not lab.ours_mentioning(dnet.bridge), lab.ruleset()
+    d2 = lab.add(lab.network(["bridge", "isolation"], isolation=conf))
+    assert lab.tcp(lab.outside, d2.ipv4, 8080) and lab.tcp(lab.outside, d2.ipv6, 8080)
+
+
+def test_without_trust_the_management_lan_is_dropped_too(lab):
+    """The same LAN, its interface not trusted: dropped like any other (next to N, reached)."""
+    mgmt = lab.management()
+    dnet = lab.network(["bridge", "isolation"], isolation={"backend": "nftables", "directAccess": "deny"})
+    nnet = lab.network(["bridge", "isolation"], isolation={"backend": "nftables"})
+    d1, n1 = lab.add(dnet), lab.add(nnet)
+    want = {("tcp", mgmt, d1.ipv4, 8080): False, ("tcp", mgmt, d1.ipv6, 8080): False,
+            ("tcp", mgmt, n1.ipv4, 8080): True, ("tcp", mgmt, n1.ipv6, 8080): True}
+    _, wrong = _probe_all(lab, want)
+    assert not wrong, "\n".join(wrong)
+
+
+def test_iptables_refuses_direct_access_deny(lab):
+    """Fail closed: the iptables backend does not render the drop, so it refuses the key (error
+    7, nothing applied) rather than run without it."""
+    net = lab.network(["bridge", "isolation"], isolation={"backend": "iptables", "directAccess": "deny"})
+    before = lab.ruleset()
+    with pytest.raises(PluginError) as failed:
+        lab.add(net)
+    assert failed.value.out["code"] == 7 and "directAccess deny" in failed.value.out["msg"], failed.value
+    assert lab.ruleset() == before
