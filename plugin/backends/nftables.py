@@ -1123,7 +1123,8 @@ class NftablesBackend(Backend):
                 cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", shown, "}"])
         for pair in sorted(states["inet"].elements.get("trusted", set())):
             if pair[0] == bridge:
-                cmds.append(["nft", "delete", "element", "inet", TABLE, "trusted", "{", f'"{pair[0]}" . "{pair[1]}"', "}"])
+                shown = f'"{pair[0]}" . "{pair[1]}"'
+                cmds.append(["nft", "delete", "element", "inet", TABLE, "trusted", "{", shown, "}"])
         for pair in sorted(states["inet"].elements.get("peers", set())):  # its group's grants, both ways
             if bridge in pair:
                 cmds.append(["nft", "delete", "element", "inet", TABLE, "peers", "{", f'"{pair[0]}" . "{pair[1]}"', "}"])

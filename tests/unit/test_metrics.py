@@ -48,7 +48,8 @@ def test_the_kernels_series_follow_the_registry_and_the_counters():
     kind, drops = got["isolation_dropped_packets"]
     assert kind == "counter"
     name = "isolation_dropped_packets_total"
-    reasons = ("cross-network", "intra-bridge", "egress-deny", "host-access", "anti-spoofing", "internal", "direct-access")
+    reasons = ("cross-network", "intra-bridge", "egress-deny", "host-access", "anti-spoofing", "internal",
+               "direct-access")
     by_hand = {"br-red": {"cross-network": 7, "host-access": 2}, "br-shared": {"intra-bridge": 3}, "br-blue": {}}
     networks = {"br-red": "red", "br-shared": "green,teal", "br-blue": "blue"}
     assert drops == {
