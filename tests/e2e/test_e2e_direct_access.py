@@ -70,7 +70,7 @@ def test_lan_peer_reaches_protected_containers_only_when_trusted_or_published(la
     got, wrong = _probe_all(lab, want)
     assert not wrong, "\n".join(wrong)
 
-    answers, rc = explain(lab, list(want))
+    answers, rc = explain(lab, list(want), check=True)
     assert rc == 0 and not disagreements(got, answers), disagreements(got, answers)
     drop = answers[("tcp", o1.name, d1.ipv4, 8080)]
     assert (drop["reason"], drop["key"], drop["network"]) == ("direct-access", "directAccess", dnet.name), drop

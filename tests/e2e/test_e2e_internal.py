@@ -82,7 +82,7 @@ def test_internal_network_reaches_only_itself(lab, backend):
     assert not wrong, "\n".join(wrong)
 
     # every probe from a container, explained: explain agrees with the packets
-    answers, rc = explain(lab, [k for k in want if k[1] != lab.host and k[1] != lab.outside])
+    answers, rc = explain(lab, [k for k in want if k[1] != lab.host and k[1] != lab.outside], check=True)
     assert rc == 0 and not disagreements(got, answers), disagreements(got, answers)
     out = answers[("tcp", i1.name, OUTSIDE[0], 8080)]
     assert (out["reason"], out["key"], out["network"]) == ("internal", "internal", inet.name), out
@@ -125,5 +125,5 @@ def test_internal_network_keeps_dns_when_told(lab, backend):
                  ("tcp", i1.name, OUTSIDE[v], 8080): False, ("tcp", o.name, OUTSIDE[v], 8080): True}
     got, wrong = _probe_all(lab, want)
     assert not wrong, "\n".join(wrong)
-    answers, rc = explain(lab, list(want))
+    answers, rc = explain(lab, list(want), check=True)
     assert rc == 0 and not disagreements(got, answers), disagreements(got, answers)
