@@ -869,6 +869,11 @@ def surplus(state: TableState, desired: Desired, bridges) -> list[tuple[str, lis
             found.append((f"{pair[0]} . {pair[1]} is in set inet {TABLE} peers ({pair[0]} reaches {pair[1]}) "
                           "though no registered attachment puts both in one isolationGroup",
                           [_delete_element("inet", "peers", pair)]))
+    for pair in sorted(state.elements.get("trusted", set()) - want.get("trusted", set())):
+        if pair[0] in bridges:
+            found.append((f"{pair[0]} . {pair[1]} is in set inet {TABLE} trusted ({pair[1]} reaches {pair[0]} "
+                          "directly) though no registered attachment trusts it",
+                          [_delete_element("inet", "trusted", pair)]))
     for bridge in sorted(state.elements.get("published", set()) - want.get("published", set())):
         if bridge in bridges:
             found.append((f"{bridge} is in set inet {TABLE} published though no registered attachment of it "
@@ -1100,7 +1105,8 @@ class NftablesBackend(Backend):
         network's denyEgress or hostAccess isolates nothing, yet its rules are ours)."""
         inet = self._read(["inet"])["inet"]
         guarded = {e[0] for m in GUARD_MAPS for e in inet.elements.get(m, set())}
-        return set(inet.elements.get("isolated", set())) | guarded | {c.split("-", 1)[1] for c in inet.chains}
+        closed = {b for name in ("internal", "direct") for b in inet.elements.get(name, set())}
+        return set(inet.elements.get("isolated", set())) | guarded | closed | {c.split("-", 1)[1] for c in inet.chains}
 
     def drops(self) -> dict[str, dict[str, int]]:
         """Our named counters, in both tables (see DROP_KEYS)."""
