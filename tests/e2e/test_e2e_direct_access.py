@@ -108,3 +108,20 @@ def test_iptables_refuses_direct_access_deny(lab):
         lab.add(net)
     assert failed.value.out["code"] == 7 and "directAccess deny" in failed.value.out["msg"], failed.value
     assert lab.ruleset() == before
+
+
+@pytest.mark.parametrize("key", ["directAccess", "internal"])
+def test_cleanup_of_the_bridge_removes_every_element_of_it(lab, key):
+    """`isolation cleanup --bridge` takes the bridge's internal / direct / trusted elements and
+    counters: the outside reaches the container afterwards (it did not before), and another
+    network's rules stay."""
+    extra = {"directAccess": "deny", "trustedInterfaces": ["wg0"]} if key == "directAccess" else {"internal": True}
+    dnet = lab.network(["bridge", "isolation"], isolation={"backend": "nftables", **extra})
+    other = lab.network(["bridge", "isolation"], isolation={"backend": "nftables", "directAccess": "deny"})
+    d1, o1 = lab.add(dnet), lab.add(other)
+    assert not lab.tcp(lab.outside, d1.ipv4, 8080) and not lab.tcp(lab.outside, o1.ipv4, 8080)
+    proc = lab.cli("cleanup", "--bridge", dnet.bridge)
+    assert proc.returncode == 0, proc.stderr
+    assert not lab.ours_mentioning(dnet.bridge), lab.ruleset()
+    assert lab.tcp(lab.outside, d1.ipv4, 8080) and lab.tcp(lab.outside, d1.ipv6, 8080)
+    assert not lab.tcp(lab.outside, o1.ipv4, 8080), "the other network stays protected"
