@@ -163,12 +163,8 @@ def _engine(inv: Invocation):
     backend = select(conf.backend, state_dir())
     trace.stamp("backend")
     inv.notes["backend"] = backend.name
-    guard = guard_for(conf)
-    if guard.direct_deny and backend.name != "nftables":  # fail closed: never run without the asked-for drop
-        raise CniError(INVALID_CONFIG, f"directAccess deny is enforced by the nftables backend only; the "
-                       f"{backend.name} backend is in use (set backend to nftables, or directAccess to allow)")
     intent = intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts, conf.isolationGroup,
-                        guard, spoof, getattr(conf, "logDrops", False),
+                        guard_for(conf), spoof, getattr(conf, "logDrops", False),
                         container_mac(prev, inv.env.get("CNI_IFNAME", "")) if port else None)
     return prev, backend, intent, conf
 

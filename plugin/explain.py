@@ -435,7 +435,9 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, conf
         return f"-A CNI-ISOLATION-STAGE-1 -i {b} ! -o {b} -j DROP" if b == s else \
             f"-A CNI-ISOLATION-STAGE-1 ! -i {b} -o {b} -j DROP"
     if step == "direct":
-        return f"inet isolation direct: goto drop-direct-access (via forward: oifname @direct jump direct; {d})"
+        return f"inet isolation direct: goto drop-direct-access (via forward: oifname @direct jump direct; {d})" \
+            if nft else f"-A CNI-ISOLATION-DIRECT -o {d} -j DROP (reached by -A CNI-ISOLATION-STAGE-1 ! -i {d} " \
+            f"-o {d} -j CNI-ISOLATION-DIRECT)"
     if step == "host-deny":
         return f"inet isolation host-{s}: counter drop (via input: iifname vmap @host)" if nft else \
             f"-A CNI-ISOLATION-HOST -i {s} -j DROP"

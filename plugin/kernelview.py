@@ -276,13 +276,24 @@ class IptablesView(_Base):
         return self.forward_ok and self._has(ipt.STAGE1, rules)
 
     def direct(self, bridge):
-        return False  # directAccess deny is refused on this backend (plugin.cni)
+        ipt = self.ipt
+        return self.forward_ok and self._has(ipt.STAGE1, [ipt.direct_jump(bridge)]) and self._has(
+            ipt.DIRECT, [["-o", bridge, "-j", "DROP"]])
+
+    def _lets_in(self, bridge, interface):
+        return self._has(self.ipt.DIRECT, [["-i", interface, "-o", bridge, "-j", "RETURN"]])
 
     def managed(self, bridge):
-        return True
+        """Our other chains hold rules for the bridge, and every directAccess deny bridge's group
+        lets it in (a managed bridge's RETURN looks like a trusted interface's: both are asked)."""
+        ipt = self.ipt
+        ours = ipt.managed_in(self.table)
+        protected = [r[1] for r in self.table.chains.get(ipt.DIRECT, [])
+                     if ipt.is_ours(r) and ipt.strip_comment(r)[:1] == ["-o"] and r[-2:] == ["-j", "DROP"]]
+        return bridge in ours and all(self._lets_in(p, bridge) for p in protected if p != bridge)
 
     def trusted(self, bridge, interface):
-        return False
+        return self._lets_in(bridge, interface)
 
     def internal(self, bridge):
         return self.forward_ok and self._has(self.ipt.STAGE1, self.ipt.internal_rules(bridge))
@@ -307,6 +318,12 @@ class IptablesView(_Base):
             return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -j DROP and ! -i {b} -o {b} -j DROP"
         if name == "isolate_to":
             return f"{self.fam} {ipt.STAGE2}: -o {b} -j DROP"
+        if name == "direct":
+            return f"{self.fam} {ipt.STAGE1}: ! -i {b} -o {b} -j {ipt.DIRECT} and {ipt.DIRECT}: -o {b} -j DROP"
+        if name == "managed":
+            return f"{self.fam}: rules of {b} in our chains, and {ipt.DIRECT}: -i {b} -o BR -j RETURN for each BR"
+        if name == "trusted":
+            return f"{self.fam} {ipt.DIRECT}: -i {args[-1]} -o {b} -j RETURN"
         if name == "published_reply":
             return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN"
         if name == "published":
