@@ -315,3 +315,14 @@ def test_direct_access_deny_drops_containers_of_unmanaged_bridges_only():
     dnat = Dnat("tcp", (18080, 18080), "10.1.0.2", 80)
     assert verdict(ask(atts, "c2", "10.0.0.1", port=18080, dnats=[dnat]))[0] == "pass"  # published
     assert verdict(ask(atts, "c1", "10.2.0.2"))[0] == "pass"  # out of it: not the key's business
+
+
+def test_iptables_rule_of_a_direct_access_drop():
+    """On iptables the drop is the bridge's DROP in CNI-ISOLATION-DIRECT, reached from STAGE-1."""
+    direct = Guard(direct_deny=True)
+    atts = [att("n1", "c1", 1, 2, guard=direct, backend="iptables"),
+            att("n2", "c2", 2, 2, policy="open", backend="iptables")]
+    out = ask(atts, "c2", "10.1.0.2")
+    assert verdict(out) == ("drop", "direct-access", "directAccess")
+    assert out["rule"] == ("-A CNI-ISOLATION-DIRECT -o b1 -j DROP (reached by -A CNI-ISOLATION-STAGE-1 ! -i b1 -o b1 "
+                           "-j CNI-ISOLATION-DIRECT)")
