@@ -425,10 +425,10 @@ def plan(table: FilterTable, desired: Desired, family: str = "ipv4") -> list[str
 
 def _guard_rule_of(chain: str, rule: list[str], known: set) -> bool:
     """Whether `rule`, ours in a guard chain, is one of the `known` bridges' (their business to
-    keep or remove). In CNI-ISOLATION-DIRECT every grant is (a RETURN there only opens: one no
-    bridge needs goes, whoever it names) and so is each rule into a known bridge (-o)."""
-    if chain == DIRECT and (rule[-2:] == ["-j", "RETURN"] or (rule[:1] == ["-o"] and rule[1] in known)):
-        return True
+    keep or remove): by -i, but in CNI-ISOLATION-DIRECT by the bridge it protects (-o; the -i
+    there is a source let in)."""
+    if chain == DIRECT:
+        return bool(_granted_to(DIRECT, rule) & known)
     return rule[:1] == ["-i"] and rule[1] in known
 
 
