@@ -165,7 +165,7 @@ class NetConf(BaseModel):
     directAccess: Literal["allow", "deny"] = Field(
         "allow", description="deny: packets forwarded to this network's containers from an interface that is "
         "neither a bridge the plugin isolates or guards nor in trustedInterfaces are dropped, unless they are "
-        "replies or DNAT'd by a published port (nftables backend)")
+        "replies or DNAT'd by a published port")
     trustedInterfaces: list[IfName] = Field(
         [], description="with directAccess deny, the host interfaces whose traffic may reach the containers directly")
     hostAccess: Literal["allow", "deny"] = Field(
