@@ -169,6 +169,21 @@ class ConfigView:
     def published(self, bridge: str) -> bool:
         return self.needs.get(bridge).published
 
+    def internal(self, bridge: str) -> bool:
+        """Nothing is forwarded out of the bridge or into it (`internal: true`)."""
+        return self.needs.get(bridge).guard.internal
+
+    def direct(self, bridge: str) -> bool:
+        """Unsolicited packets from untrusted interfaces into the bridge drop (`directAccess: deny`)."""
+        return self.needs.get(bridge).guard.direct_deny
+
+    def managed(self, bridge: str) -> bool:
+        """The plugin isolates or guards the bridge: it is no stranger to a directAccess deny bridge."""
+        return self.needs.get(bridge).within
+
+    def trusted(self, bridge: str, interface: str) -> bool:
+        return interface in self.needs.get(bridge).guard.trusted
+
     def published_reply(self, bridge: str) -> bool:
         """The replies of connections DNAT'd into the bridge pass back (allowPublishedPorts)."""
         return self.needs.get(bridge).published
@@ -187,7 +202,7 @@ class ConfigView:
 
 FACTS = ("tenant_frames", "tenant_routed", "flagged", "intra",
          "deny", "allow", "host_deny", "host_ports", "published", "published_reply", "peer",
-         "isolate_from", "isolate_to")
+         "isolate_from", "isolate_to", "internal", "direct", "managed", "trusted")
 
 
 class Recorder:
@@ -283,6 +298,16 @@ def decide(view, source, target: Target, probe: Probe) -> Decision:
             return Decision(verdict="drop", reason=reasons.INTRA_BRIDGE, step="intra-hairpin", source_bridge=s,
                             dest_bridge=d)
         return Decision(verdict="pass", reason=None, step="same-bridge", source_bridge=s, dest_bridge=d)
+    if target.kind != HOST:  # forwarded: an internal bridge lets nothing out, nor in (published or not)
+        if view.internal(s):
+            return Decision(verdict="drop", reason=reasons.INTERNAL, step="internal-out", source_bridge=s,
+                            dest_bridge=d)
+        if d is not None and view.internal(d):
+            return Decision(verdict="drop", reason=reasons.INTERNAL, step="internal-in", source_bridge=s,
+                            dest_bridge=d)
+    if target.kind == CONTAINER and d is not None and view.direct(d) and not view.managed(s) \
+            and not view.trusted(d, s):  # from a bridge the plugin leaves alone: a stranger's interface
+        return Decision(verdict="drop", reason=reasons.DIRECT_ACCESS, step="direct", source_bridge=s, dest_bridge=d)
     exception = None
     hit = _in_range(probe.address, view.deny(s, probe.family))  # the address the container chose
     if hit:
@@ -353,6 +378,18 @@ def attribute(dec: Decision, source, target: Target, probe: Probe, attachments) 
         nets = _networks(atts, s, lambda a: _in_range(target.address, _guard(a).deny) is not None)
         return {"cause": f"{target.address} is in denyEgress range {dec.matched}, no allowEgress entry matches",
                 "networks": nets, "key": "denyEgress"}
+    if step in ("internal-out", "internal-in"):
+        b = s if step == "internal-out" else d
+        nets = _networks(atts, b, lambda a: _guard(a).internal)
+        return {"cause": f"{b} is internal: nothing is forwarded {'out of' if b == s else 'into'} it",
+                "networks": nets, "key": "internal"}
+    if step == "direct":
+        return {"cause": f"{s} is neither a bridge the plugin isolates or guards nor a trusted interface of {d}",
+                "networks": _networks(atts, d, lambda a: _guard(a).direct_deny), "key": "directAccess"}
+    if step == "host-deny" and _networks(atts, s, lambda a: _guard(a).internal):
+        return {"cause": f"{target.address} is the host; network internal (its host is closed as by hostAccess "
+                         "deny), not an allowHostPorts service",
+                "networks": _networks(atts, s, lambda a: _guard(a).internal), "key": "internal"}
     if step == "host-deny":
         nets = _networks(atts, s, lambda a: _guard(a).host_deny)
         return {"cause": f"{target.address} is the host; hostAccess deny, not an allowHostPorts service",
@@ -447,6 +484,16 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, conf
     if step == "allow-egress":
         return f"inet isolation egress-{s}: {_nft_hole(dec.exception, fam)}" if nft else \
             f"-A CNI-ISOLATION-EGRESS {_ipt_hole(s, dec.exception, fam)}"
+    if step in ("internal-out", "internal-in"):
+        b = s if step == "internal-out" else d
+        if nft:
+            return f"inet isolation forward: {'iif' if b == s else 'oif'}name @internal goto drop-internal ({b})"
+        return f"-A CNI-ISOLATION-STAGE-1 -i {b} ! -o {b} -j DROP" if b == s else \
+            f"-A CNI-ISOLATION-STAGE-1 ! -i {b} -o {b} -j DROP"
+    if step == "direct":
+        return f"inet isolation direct: goto drop-direct-access (via forward: oifname @direct jump direct; {d})" \
+            if nft else f"-A CNI-ISOLATION-DIRECT -o {d} -j DROP (reached by -A CNI-ISOLATION-STAGE-1 ! -i {d} " \
+            f"-o {d} -j CNI-ISOLATION-DIRECT)"
     if step == "host-deny":
         return f"inet isolation host-{s}: counter drop (via input: iifname vmap @host)" if nft else \
             f"-A CNI-ISOLATION-HOST -i {s} -j DROP"

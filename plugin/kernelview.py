@@ -191,6 +191,18 @@ class NftablesView(_Base):
 
     published_reply = published  # one set for both directions
 
+    def internal(self, bridge):
+        return bridge in self._els("internal") and (bridge, bridge) in self._els("self")
+
+    def direct(self, bridge):
+        return bridge in self._els("direct")
+
+    def managed(self, bridge):
+        return (bridge, bridge) in self._els("self")
+
+    def trusted(self, bridge, interface):
+        return (bridge, interface) in self._els("trusted")
+
     def peer(self, bridge, other):
         return self._pairs_in("peers", bridge, other)
 
@@ -220,6 +232,10 @@ class NftablesView(_Base):
             "peer": lambda: f"{b} . {args[-1]} in set inet isolation peers",
             "isolate_from": lambda: f"{b} in set inet isolation isolated",
             "isolate_to": lambda: f"{b} in set inet isolation isolated",
+            "internal": lambda: f"{b} in set inet isolation internal",
+            "direct": lambda: f"{b} in set inet isolation direct",
+            "managed": lambda: f"{b} . {b} in set inet isolation self",
+            "trusted": lambda: f"{b} . {args[-1]} in set inet isolation trusted",
         }[name]()
 
 
@@ -327,6 +343,29 @@ class IptablesView(_Base):
         rules = [r for r in self._rendered(self._needs(bridge, isolate=True))[ipt.STAGE1] if r[-1] == ipt.STAGE2]
         return self.forward_ok and self._has(ipt.STAGE1, rules)
 
+    def direct(self, bridge):
+        ipt = self.ipt
+        return self.forward_ok and self._has(ipt.STAGE1, [ipt.direct_jump(bridge)]) and self._has(
+            ipt.DIRECT, [["-o", bridge, "-j", "DROP"]])
+
+    def _lets_in(self, bridge, interface):
+        return self._has(self.ipt.DIRECT, [["-i", interface, "-o", bridge, "-j", "RETURN"]])
+
+    def managed(self, bridge):
+        """Our other chains hold rules for the bridge, and every directAccess deny bridge's group
+        lets it in (a managed bridge's RETURN looks like a trusted interface's: both are asked)."""
+        ipt = self.ipt
+        ours = ipt.managed_in(self.table)
+        protected = [r[1] for r in self.table.chains.get(ipt.DIRECT, [])
+                     if ipt.is_ours(r) and ipt.strip_comment(r)[:1] == ["-o"] and r[-2:] == ["-j", "DROP"]]
+        return bridge in ours and all(self._lets_in(p, bridge) for p in protected if p != bridge)
+
+    def trusted(self, bridge, interface):
+        return self._lets_in(bridge, interface)
+
+    def internal(self, bridge):
+        return self.forward_ok and self._has(self.ipt.STAGE1, self.ipt.internal_rules(bridge))
+
     def isolate_to(self, bridge):
         ipt = self.ipt
         return self._has(ipt.STAGE2, self._rendered(self._needs(bridge, isolate=True))[ipt.STAGE2])
@@ -348,8 +387,16 @@ class IptablesView(_Base):
             return f"{self.fam} {ipt.STAGE1}: -i {b} -o {b} -j DROP"
         if name == "isolate_from":
             return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -j {ipt.STAGE2}"
+        if name == "internal":
+            return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -j DROP and ! -i {b} -o {b} -j DROP"
         if name == "isolate_to":
             return f"{self.fam} {ipt.STAGE2}: -o {b} -j DROP"
+        if name == "direct":
+            return f"{self.fam} {ipt.STAGE1}: ! -i {b} -o {b} -j {ipt.DIRECT} and {ipt.DIRECT}: -o {b} -j DROP"
+        if name == "managed":
+            return f"{self.fam}: rules of {b} in our chains, and {ipt.DIRECT}: -i {b} -o BR -j RETURN for each BR"
+        if name == "trusted":
+            return f"{self.fam} {ipt.DIRECT}: -i {args[-1]} -o {b} -j RETURN"
         if name == "published_reply":
             return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN"
         if name == "published":

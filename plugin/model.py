@@ -57,6 +57,9 @@ def group_name(value: object) -> str:
         return TypeAdapter(GroupName).validate_python(value, strict=True)
     except ValidationError as exc:
         raise ValueError(exc.errors(include_url=False)[0]["msg"]) from None
+
+
+IfName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")]
 _RANGE = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
 
 
@@ -168,10 +171,21 @@ class NetConf(BaseModel):
         [], description="destinations containers of this network cannot open connections to, forwarded or "
         "on the host itself; replies pass")
     allowEgress: list[EgressException] = Field([], description="exceptions punched into denyEgress")
+    internal: bool = Field(
+        False, description="containers reach each other and nothing else: nothing forwarded leaves or enters the "
+        "network (published ports included), the host is closed as by hostAccess deny, with allowHostPorts "
+        "defaulting to none; the host may still open connections to them")
+    directAccess: Literal["allow", "deny"] = Field(
+        "allow", description="deny: packets forwarded to this network's containers from an interface that is "
+        "neither a bridge the plugin isolates or guards nor in trustedInterfaces are dropped, unless they are "
+        "replies or DNAT'd by a published port")
+    trustedInterfaces: list[IfName] = Field(
+        [], description="with directAccess deny, the host interfaces whose traffic may reach the containers directly")
     hostAccess: Literal["allow", "deny"] = Field(
         "allow", description="deny: containers cannot reach the host's own addresses, except allowHostPorts")
     allowHostPorts: list[HostPort] | None = Field(
-        None, description="with hostAccess deny, the host services containers may use (default: TCP and UDP 53)")
+        None, description="with hostAccess deny, the host services containers may use (default: TCP and UDP 53; "
+        "none for an internal network)")
     antiSpoofing: bool | None = Field(
         None, description="containers may send only from the MAC and IP addresses their attachment was given "
         "(ARP, neighbour discovery, IP sources); default (null): on for ingressPolicy isolated, off otherwise")
@@ -202,8 +216,8 @@ class NetConf(BaseModel):
 
     @model_validator(mode="after")
     def _host_ports_default(self):
-        if self.allowHostPorts is None:
-            object.__setattr__(self, "allowHostPorts", list(DEFAULT_HOST_PORTS))
+        if self.allowHostPorts is None:  # an internal network opens nothing of the host unless told
+            object.__setattr__(self, "allowHostPorts", [] if self.internal else list(DEFAULT_HOST_PORTS))
         return self
 
 

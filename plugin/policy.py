@@ -53,6 +53,11 @@ class Guard:
     allow: exceptions to `deny` (Holes with a cidr);
     host_deny: the host's own addresses are closed to them (`hostAccess: deny`) except
           host_ports (Holes without cidr), IPv6 neighbour discovery and replies.
+    internal: nothing is forwarded out of the bridge or into it, replies and published
+          ports included (`internal: true`, which also sets host_deny).
+    direct_deny: packets forwarded into the bridge from an interface that is neither a
+          bridge the plugin isolates or guards nor one of `trusted` drop, unless they are
+          replies or DNAT'd by a published port (`directAccess: deny`, `trustedInterfaces`).
     Replies (conntrack established/related) always pass; traffic within the bridge is
     never a Guard's business.
     """
@@ -61,10 +66,13 @@ class Guard:
     allow: tuple[Hole, ...] = ()
     host_deny: bool = False
     host_ports: tuple[Hole, ...] = ()
+    internal: bool = False
+    direct_deny: bool = False
+    trusted: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
-        return bool(self.deny) or self.host_deny
+        return bool(self.deny) or self.host_deny or self.internal or self.direct_deny
 
     def deny_in(self, family: int) -> tuple[str, ...]:
         return tuple(c for c in self.deny if family_of(c) == family)
@@ -76,7 +84,9 @@ class Guard:
         if not self.active:
             return None
         return {"deny": list(self.deny), "allow": [[h.cidr, h.protocol, list(h.ports)] for h in self.allow],
-                "hostDeny": self.host_deny, "hostPorts": [[h.protocol, list(h.ports)] for h in self.host_ports]}
+                "hostDeny": self.host_deny, "hostPorts": [[h.protocol, list(h.ports)] for h in self.host_ports],
+                **({"internal": True} if self.internal else {}),  # absent: registries written before them
+                **({"directDeny": True, "trusted": list(self.trusted)} if self.direct_deny else {})}
 
     @classmethod
     def from_json(cls, data: dict | None) -> "Guard":
@@ -84,22 +94,35 @@ class Guard:
             return NO_GUARD
         return cls(deny=tuple(data["deny"]), allow=tuple(Hole(p, tuple(ports), c) for c, p, ports in data["allow"]),
                    host_deny=bool(data["hostDeny"]),
-                   host_ports=tuple(Hole(p, tuple(ports)) for p, ports in data["hostPorts"]))
+                   host_ports=tuple(Hole(p, tuple(ports)) for p, ports in data["hostPorts"]),
+                   internal=data.get("internal", False) is True,
+                   direct_deny=data.get("directDeny", False) is True, trusted=_names(data.get("trusted", [])))
 
 
 NO_GUARD = Guard()
 
 
+def _names(values) -> tuple[str, ...]:
+    """Interface names read back from a registry: each must be one, or the guard is malformed."""
+    if not isinstance(values, list) or not all(valid_name(v) for v in values):
+        raise ValueError("trusted: not a list of interface names")
+    return tuple(values)
+
+
 def guard_for(conf) -> Guard:
     """The Guard a validated configuration (plugin.model.NetConf, dumped) asks for."""
-    host_deny = conf.hostAccess == "deny"
+    internal = getattr(conf, "internal", False)
+    host_deny = conf.hostAccess == "deny" or internal  # an internal network's host is closed too
     allow = ()
     if conf.denyEgress:
         allow = tuple(Hole(e["protocol"], tuple(e["ports"]), e["cidr"]) for e in conf.allowEgress)
     host_ports = ()
     if host_deny:
         host_ports = tuple(Hole(h["protocol"], (h["port"],) if h["port"] else ()) for h in conf.allowHostPorts)
-    return Guard(deny=tuple(conf.denyEgress), allow=allow, host_deny=host_deny, host_ports=host_ports)
+    direct_deny = getattr(conf, "directAccess", "allow") == "deny"
+    trusted = tuple(dict.fromkeys(getattr(conf, "trustedInterfaces", []))) if direct_deny else ()
+    return Guard(deny=tuple(conf.denyEgress), allow=allow, host_deny=host_deny, host_ports=host_ports,
+                 internal=internal, direct_deny=direct_deny, trusted=trusted)
 
 
 def merge(guards) -> Guard:
@@ -108,7 +131,9 @@ def merge(guards) -> Guard:
     When they differ (a conflist edited while its containers run, or two conflists naming
     one bridge) the strictest combination holds until the older attachments are gone:
     every deny range, only the exceptions all denying configurations share, and the host
-    closed if any closes it, with only the ports all closing configurations open.
+    closed if any closes it, with only the ports all closing configurations open, and the
+    bridge internal if any attachment asks, closed to direct access if any closes it, with only
+    the trusted interfaces all closing configurations share.
     """
     distinct = list(dict.fromkeys(g for g in guards if g.active))
     if len(distinct) <= 1:
@@ -121,7 +146,10 @@ def merge(guards) -> Guard:
     allow = _shared_by([g.allow for g in deniers])
     closers = [g for g in distinct if g.host_deny]
     ports = _shared_by([g.host_ports for g in closers])
-    return Guard(deny=deny, allow=allow, host_deny=bool(closers), host_ports=ports)
+    directs = [g for g in distinct if g.direct_deny]
+    return Guard(deny=deny, allow=allow, host_deny=bool(closers), host_ports=ports,
+                 internal=any(g.internal for g in distinct), direct_deny=bool(directs),
+                 trusted=_shared_by([g.trusted for g in directs]))
 
 
 def _shared_by(lists: list[tuple]) -> tuple:

@@ -14,8 +14,10 @@ EGRESS_DENY = "egress-deny"  # to a denyEgress range, no allowEgress entry match
 HOST_ACCESS = "host-access"  # to the host itself under hostAccess deny, not an allowHostPorts service
 ANTI_SPOOFING = "anti-spoofing"  # from an address or MAC the container was not given
 CROSS_TENANT = "cross-tenant"  # between containers of different per-container isolationGroups (tenants)
+INTERNAL = "internal"  # into or out of an `internal` network (forwarded, not within its bridge)
+DIRECT_ACCESS = "direct-access"  # into a directAccess deny network from an untrusted interface, unsolicited
 
-REASONS = (CROSS_NETWORK, INTRA_BRIDGE, EGRESS_DENY, HOST_ACCESS, ANTI_SPOOFING, CROSS_TENANT)
+REASONS = (CROSS_NETWORK, INTRA_BRIDGE, EGRESS_DENY, HOST_ACCESS, ANTI_SPOOFING, CROSS_TENANT, INTERNAL, DIRECT_ACCESS)
 
 KEY = {  # the configuration key behind each reason
     CROSS_NETWORK: "ingressPolicy",
@@ -24,6 +26,8 @@ KEY = {  # the configuration key behind each reason
     HOST_ACCESS: "hostAccess",
     ANTI_SPOOFING: "antiSpoofing",
     CROSS_TENANT: "isolationGroup",
+    INTERNAL: "internal",
+    DIRECT_ACCESS: "directAccess",
 }
 
 # The NFLOG group the drop log goes to (networks with `logDrops: true`); one per host

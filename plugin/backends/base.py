@@ -100,9 +100,10 @@ class Backend(ABC):
         """Packets the isolation dropped: bridge -> reason (plugin.reasons) -> packets, for every
         bridge the kernel holds counters for, registered or not; a reason the bridge has no
         counter for is left out. A cross-network drop counts for the bridge it was going
-        into (whose ingressPolicy refused it); every other reason for the bridge the packet
-        or frame came from. Counters live as long as the bridge's rules: adding or removing
-        another network never resets them (a table rebuilt after damage starts again at
+        into (whose ingressPolicy refused it), as does a direct-access drop; an internal drop
+        counts for each internal bridge among the two it left and was going into; every other
+        reason for the bridge the packet or frame came from. Counters live as long as the
+        bridge's rules: adding or removing another network never resets them (a table rebuilt after damage starts again at
         zero). Reads only; a ruleset that cannot be read counts as nothing dropped."""
 
     @abstractmethod

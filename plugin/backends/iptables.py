@@ -2,6 +2,9 @@
 
     FORWARD:                -j CNI-ISOLATION-STAGE-1            (always first)
     CNI-ISOLATION-STAGE-1:  -i BR -o BR -j DROP                      (drop_intra)
+                            -i BR ! -o BR -j DROP                    (internal: nothing out,
+                            ! -i BR -o BR -j DROP                     nothing in, replies included)
+                            ! -i BR -o BR -j CNI-ISOLATION-DIRECT    (directAccess deny)
                             -i BR ! -o BR -j CNI-ISOLATION-EGRESS    (denyEgress in this family)
                             -i BR ! -o BR -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN
                                                                      (published: the replies)
@@ -24,6 +27,13 @@
                             -i BR [-p P] -m conntrack --ctorigdst CIDR [-m P --dport N] -j RETURN  (allowEgress)
                             -i BR -m conntrack --ctorigdst CIDR -j DROP                  (each denyEgress range)
                             -d CIDR -i BR -m conntrack --ctstate INVALID,UNTRACKED -j DROP   (and untracked)
+                            -j RETURN
+    CNI-ISOLATION-DIRECT:   -o BR -m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY -j RETURN
+                                                                     (directAccess deny: replies,)
+                            -o BR -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN  (published ports,)
+                            -i M -o BR -j RETURN                     (each bridge M the plugin isolates
+                                                                      or guards, each trustedInterface)
+                            -o BR -j DROP                            (the rest: invalid, untracked too)
                             -j RETURN
     CNI-ISOLATION-DROPLOG:  -i BR <log limits> -j NFLOG --nflog-prefix "isolation cross-network BR"
                             -j RETURN                (each bridge logging cross-network drops)
@@ -71,8 +81,9 @@ STAGE2 = "CNI-ISOLATION-STAGE-2"
 EGRESS = "CNI-ISOLATION-EGRESS"
 HOST = "CNI-ISOLATION-HOST"
 DROPLOG = "CNI-ISOLATION-DROPLOG"  # the drop log of cross-network drops, per sending bridge
-GUARD_CHAINS = (EGRESS, HOST)
-WHOLLY_OURS = (*GUARD_CHAINS, DROPLOG)  # a rule of ours there that no bridge needs goes
+DIRECT = "CNI-ISOLATION-DIRECT"  # what may enter a directAccess deny bridge (per bridge, by -o)
+GUARD_CHAINS = (EGRESS, HOST, DIRECT)  # wholly ours: a rule of ours there that no bridge needs goes
+WHOLLY_OURS = (*GUARD_CHAINS, DROPLOG)
 FIREWALL_CHAIN = "CNI-FORWARD"  # the firewall plugin's per-container ACCEPT chain
 TAG = "isolation-plugin"  # our comment; the old Go plugin used "CNI isolation plugin rules"
 COMMENT = ["-m", "comment", "--comment", TAG]
@@ -264,19 +275,46 @@ def guard_rules(br: str, guard: Guard, family: str, logged=()) -> dict[str, list
             HOST: logging(host, reasons.HOST_ACCESS, br, logged)}
 
 
+def internal_rules(br: str) -> list[list[str]]:
+    """An internal bridge's drops in STAGE-1: whatever is forwarded out of it or into it (the
+    host's own traffic never is: INPUT and OUTPUT)."""
+    return [["-i", br, "!", "-o", br, "-j", "DROP"], ["!", "-i", br, "-o", br, "-j", "DROP"]]
+
+
+def direct_jump(br: str) -> list[str]:
+    """STAGE-1's jump for a directAccess deny bridge: whatever is forwarded into it from elsewhere."""
+    return ["!", "-i", br, "-o", br, "-j", DIRECT]
+
+
+def direct_rules(br: str, guard: Guard, managed=()) -> list[list[str]]:
+    """A directAccess deny bridge's group in CNI-ISOLATION-DIRECT (every rule names it with -o,
+    so groups never meet): replies and published ports return, and so does what comes from
+    one of the `managed` bridges (those the plugin isolates or guards) or a trusted
+    interface; the rest drops, invalid and untracked packets included."""
+    if not guard.direct_deny:
+        return []
+    sources = [m for m in dict.fromkeys([*sorted(managed), *guard.trusted]) if m != br]
+    return [["-o", br, *ESTABLISHED], ["-o", br, *PUBLISHED_IN],
+            *(["-i", m, "-o", br, "-j", "RETURN"] for m in sources), ["-o", br, "-j", "DROP"]]
+
+
 def bridge_rules(needs: BridgeNeeds, family: str = "ipv4", interfaces_of=None,
-                 log_cross: bool = False) -> dict[str, list[list[str]]]:
+                 log_cross: bool = False, managed=()) -> dict[str, list[list[str]]]:
     """Per chain, the matches-and-targets one bridge needs in `family`, top to bottom
     (comments left out): the bridges of its isolationGroups may reach it, and its merged
     Guard gives its rules in the guard chains. `interfaces_of(peer)`: the interfaces a
-    peer's traffic comes by (a routed segment's members; default: its name)."""
+    peer's traffic comes by (a routed segment's members; default: its name); `managed`: the
+    bridges the plugin isolates or guards, which a directAccess deny bridge lets in."""
     interfaces_of = interfaces_of or (lambda name: (name,))
     if needs.routed:
         return segment_rules(needs, family, interfaces_of, log_cross)
     br = needs.bridge
+    logged = needs.logged
     stage1, stage2 = [], []
     if needs.drop_intra:  # published or not: within an `isolated` bridge nothing passes
-        stage1.append(["-i", br, "-o", br, "-j", "DROP"])
+        stage1 += logging([["-i", br, "-o", br, "-j", "DROP"]], reasons.INTRA_BRIDGE, br, logged)
+    stage1 += internal_rules(br) if needs.guard.internal else []
+    stage1 += [direct_jump(br)] if needs.guard.direct_deny else []
     if needs.guard.deny_in(VERSION[family]):
         stage1.append(["-i", br, "!", "-o", br, "-j", EGRESS])
     if needs.isolate:
@@ -289,10 +327,9 @@ def bridge_rules(needs: BridgeNeeds, family: str = "ipv4", interfaces_of=None,
         if log_cross:  # some bridge logs its cross-network drops: the sender's rule there
             stage2.append(["-o", br, "-j", DROPLOG])
         stage2.append(["-o", br, "-j", "DROP"])
-    logged = needs.logged
     droplog = [["-i", br, *log_tail(reasons.CROSS_NETWORK, br)]] if reasons.CROSS_NETWORK in logged else []
-    return {STAGE1: logging(stage1, reasons.INTRA_BRIDGE, br, logged), STAGE2: stage2,
-            **guard_rules(br, needs.guard, family, logged), DROPLOG: droplog}
+    return {STAGE1: stage1, STAGE2: stage2, **guard_rules(br, needs.guard, family, logged), DROPLOG: droplog,
+            DIRECT: direct_rules(br, needs.guard, managed)}
 
 
 def segment_rules(needs: BridgeNeeds, family: str, interfaces_of, log_cross: bool = False) -> dict[str, list[list[str]]]:
@@ -301,6 +338,9 @@ def segment_rules(needs: BridgeNeeds, family: str, interfaces_of, log_cross: boo
     by the host) drops (`isolated`) or returns before anything else applies; what is left
     of a member's traffic leaves the segment, and meets the guard and STAGE-2 like a
     bridge's. Rules per member pair: a segment of n members holds n*n of them."""
+    if needs.guard.internal or needs.guard.direct_deny:  # never a routed network left open by mistake
+        raise CniError(ENFORCEMENT_FAILED, f"{needs.bridge}: internal and directAccess deny are not available on "
+                       "routed networks with the iptables backend (use nftables)")
     members = sorted(needs.ports)  # one order, whichever attachment came first
     within = "DROP" if needs.drop_intra else "RETURN" if needs.isolate or needs.guard.deny_in(VERSION[family]) else None
     stage1, stage2, chains = [], [], {EGRESS: [], HOST: []}
@@ -331,17 +371,24 @@ def segment_rules(needs: BridgeNeeds, family: str, interfaces_of, log_cross: boo
             HOST: logging(chains[HOST], reasons.HOST_ACCESS, seg, logged), DROPLOG: droplog}
 
 
-def wanted(desired: Desired, family: str = "ipv4") -> dict[str, list[list[list[str]]]]:
+def wanted(desired: Desired, family: str = "ipv4", managed=None) -> dict[str, list[list[list[str]]]]:
     """Per chain, the ordered groups of rules `desired` needs: one group per bridge. The guard
-    chains appear only when some bridge needs them in `family`."""
-    chains: dict[str, list[list[list[str]]]] = {STAGE1: [], STAGE2: [], EGRESS: [], HOST: [], DROPLOG: []}
+    chains appear only when some bridge needs them in `family`. `managed`: the bridges a
+    directAccess deny bridge lets in, when `desired` is not every attachment (default: its own)."""
+    chains: dict[str, list[list[list[str]]]] = {STAGE1: [], STAGE2: [], EGRESS: [], HOST: [], DIRECT: [], DROPLOG: []}
+    managed = managed_bridges(desired) if managed is None else managed
     log_cross = any(reasons.CROSS_NETWORK in needs.logged for needs in desired)
     for needs in desired:
         for chain, group in bridge_rules(needs, family, lambda peer: desired.get(peer).interfaces,
-                                          log_cross).items():
+                                          log_cross, managed).items():
             if group:
                 chains[chain].append(group)
     return {c: groups for c, groups in chains.items() if groups or c in (STAGE1, STAGE2)}
+
+
+def managed_bridges(desired: Desired) -> list[str]:
+    """The bridges the plugin isolates or guards (the nftables backend's set `self`)."""
+    return [b.bridge for b in desired if b.within]
 
 
 def positions(rules: list[list[str]]) -> dict[tuple, int]:
@@ -468,7 +515,7 @@ def plan(table: FilterTable, desired: Desired, family: str = "ipv4") -> list[str
         if chain in WHOLLY_OURS:
             keep = {tuple(spec) for g in groups for spec in g} | {("-j", "RETURN")}
             lines += [f"-D {chain} " + _text(r) for r in rules if is_ours(r) and tuple(strip_comment(r)) not in keep
-                      and r[:1] == ["-i"] and r[1] in known and _safe(r)]
+                      and _guard_rule_of(chain, r, known) and _safe(r)]
         elif chain in (STAGE1, STAGE2):  # grants no registered attachment needs any more
             lines += [f"-D {chain} " + " ".join(r) for r in surplus_rules(table, chain, groups, known)]
             lines += [f"-D {chain} " + _text(r) for r in stale_log_rules(table, chain, groups, known)]
@@ -484,6 +531,15 @@ def plan(table: FilterTable, desired: Desired, family: str = "ipv4") -> list[str
     if HOST in chains and input_problem(table):
         _move_to_top(table, "INPUT", lines, HOST)
     return lines
+
+
+def _guard_rule_of(chain: str, rule: list[str], known: set) -> bool:
+    """Whether `rule`, ours in a guard chain, is one of the `known` bridges' (their business to
+    keep or remove): by -i, but in CNI-ISOLATION-DIRECT by the bridge it protects (-o; the -i
+    there is a source let in)."""
+    if chain == DIRECT:
+        return bool(_granted_to(DIRECT, rule) & known)
+    return rule[:1] == ["-i"] and rule[1] in known
 
 
 def problems(table: FilterTable, desired: Desired, family: str = "ipv4") -> list[str]:
@@ -517,7 +573,15 @@ def surplus_rules(table: FilterTable, chain: str, groups, bridges) -> list[list[
     keep = {tuple(spec) for g in groups for spec in g}
     return [r for r in table.chains.get(chain, []) if is_ours(r) and r[-2:] == ["-j", "RETURN"]
             and all(_SAFE.fullmatch(a) for a in r) and tuple(strip_comment(r)) not in keep
-            and _interfaces(strip_comment(r)) & set(bridges)]
+            and _granted_to(chain, strip_comment(r)) & set(bridges)]
+
+
+def _granted_to(chain: str, spec: list[str]) -> set[str]:
+    """The bridges a grant concerns: those it names, but in CNI-ISOLATION-DIRECT only the one it
+    lets into (-o; the -i there is the source, granted nothing)."""
+    if chain == DIRECT:
+        return {spec[i + 1] for i, a in enumerate(spec[:-1]) if a == "-o"}
+    return _interfaces(spec)
 
 
 def stale_log_rules(table: FilterTable, chain: str, groups, bridges) -> list[list[str]]:
@@ -529,6 +593,8 @@ def stale_log_rules(table: FilterTable, chain: str, groups, bridges) -> list[lis
 
 
 def _grant_kind(chain: str, spec: list[str]) -> str:
+    if chain == DIRECT:
+        return "a direct-access exception"
     if _is_peer_return(spec):
         return "an isolationGroup peer"
     if "DNAT" in spec:
@@ -541,10 +607,11 @@ def _surplus_text(family: str, chain: str, spec: list[str]) -> str:
             "attachment needs")
 
 
-def surplus(table: FilterTable, desired: Desired, bridges, family: str = "ipv4") -> list[tuple[str, list[str]]]:
+def surplus(table: FilterTable, desired: Desired, bridges, family: str = "ipv4",
+            managed=None) -> list[tuple[str, list[str]]]:
     """(chain, rule) of every grant for `bridges` that `desired` (of the registered attachments
-    on them and in their isolationGroups) does not need."""
-    chains = wanted(desired, family)
+    on them and in their isolationGroups) does not need (`managed`: see wanted)."""
+    chains = wanted(desired, family, managed)
     return [(c, r) for c in (STAGE1, STAGE2, *GUARD_CHAINS) for r in surplus_rules(table, c, chains.get(c, []), bridges)]
 
 
@@ -568,7 +635,7 @@ def release_plan(table: FilterTable, r: Release, family: str = "ipv4", everythin
         return segment_release_plan(table, r, family)
     others = set() if everything else mentioned(table) - {r.bridge}
     if others:  # rules the registry does not account for (lost or damaged): they stay
-        guarded = others & mentioned(table, GUARD_CHAINS)
+        guarded = others & (mentioned(table, (EGRESS, HOST)) | _protected(table))
         r = replace(r, last=False, last_guard=r.last_guard and not guarded)
     insert: list[str] = []
     if r.last:
@@ -577,13 +644,17 @@ def release_plan(table: FilterTable, r: Release, family: str = "ipv4", everythin
         remove = [(c, rule) for c, spec in _released_specs(r, family) for rule in table.chains.get(c, [])
                   if is_ours(rule) and strip_comment(rule) == spec]
         remove += _released_peer_returns(table, r)
+        remove += _released_direct(table, r)
         if r.last_guard:
             remove += [(c, rule) for c in GUARD_CHAINS for rule in table.chains.get(c, []) if is_ours(rule)]
             remove += [("INPUT", rule) for rule in table.chains.get("INPUT", [])
                        if is_ours(rule) and _is_jump(strip_comment(rule), HOST)]
+            remove += [(STAGE1, rule) for rule in table.chains.get(STAGE1, [])
+                       if is_ours(rule) and rule[-2:] == ["-j", DIRECT]]
         elif r.guard is not None:  # None: the bridge's guard is left as it is
             rewritten, insert = _guard_rewrite(table, r.bridge, r.guard, family, r.logged)
             remove += rewritten
+    remove = list({id(rule): (chain, rule) for chain, rule in remove}.values())  # each rule of the table once
     lines = [f"-D {chain} " + _text(rule) for chain, rule in remove if _safe(rule)]
     lines += insert
     if r.last or r.last_guard:
@@ -633,9 +704,32 @@ def _released_specs(r: Release, family: str) -> list[tuple[str, list[str]]]:
     if r.published or r.isolate:
         specs.append((STAGE2, ["-o", br, *PUBLISHED_IN]))
         specs.append((STAGE1, ["-i", br, "!", "-o", br, *PUBLISHED_OUT]))
+    if r.guard is not None and not r.guard.internal:
+        specs += [(STAGE1, spec) for spec in internal_rules(br)]
     if r.guard is not None and not r.guard.deny_in(VERSION[family]):
         specs.append((STAGE1, ["-i", br, "!", "-o", br, "-j", EGRESS]))
+    if r.guard is not None and not r.guard.direct_deny:
+        specs.append((STAGE1, direct_jump(br)))
     return specs
+
+
+def _released_direct(table: FilterTable, r: Release) -> list[tuple[str, list[str]]]:
+    """Our rules in CNI-ISOLATION-DIRECT that `r` frees: the bridge's whole group once it is no
+    longer closed to direct access, and the RETURNs letting it into other bridges once the
+    plugin no longer isolates or guards it (a trusted interface of theirs with its name comes
+    back with the next ADD or reconcile: missing, it only closes)."""
+    closed_no_more = r.guard is not None and not r.guard.direct_deny
+    unmanaged = r.within or r.forget
+    found = []
+    for rule in table.chains.get(DIRECT, []):
+        if not is_ours(rule):
+            continue
+        spec = strip_comment(rule)
+        into = spec[spec.index("-o") + 1] if "-o" in spec[:-1] else None
+        source = _in_interface(spec)
+        if (closed_no_more and into == r.bridge) or (unmanaged and source == r.bridge and spec[-1] == "RETURN"):
+            found.append((DIRECT, rule))
+    return found
 
 
 def _released_peer_returns(table: FilterTable, r: Release) -> list[tuple[str, list[str]]]:
@@ -685,6 +779,17 @@ def mentioned(table: FilterTable, chains=None) -> set[str]:
     return found
 
 
+def managed_in(table: FilterTable) -> set[str]:
+    """The bridges the table shows the plugin isolating or guarding: those our chains other than
+    CNI-ISOLATION-DIRECT name (there, an -i is only a source let in)."""
+    return mentioned(table, (STAGE1, STAGE2, EGRESS, HOST))
+
+
+def _protected(table: FilterTable) -> set[str]:
+    """The bridges our rules in CNI-ISOLATION-DIRECT protect (-o; an -i there is a source let in)."""
+    return {r[1] for r in table.chains.get(DIRECT, []) if is_ours(r) and r[:1] == ["-o"]}
+
+
 def _in_interface(rule: list[str]) -> str | None:
     """The `-i` interface a rule matches (iptables-save prints `-s`/`-d` before it)."""
     return rule[rule.index("-i") + 1] if "-i" in rule[:-1] else None
@@ -719,10 +824,15 @@ def drop_reason(chain: str, spec: list[str]) -> tuple[str, str] | None:
     """(reason, bridge) of one of our DROP rules (`spec`: without its comment) in `chain`:
     STAGE-2 drops what goes into its bridge from another isolated one (counted for the
     bridge whose ingressPolicy refused it, as on the nftables backend), STAGE-1 what its
-    bridge hairpins back into itself, the guard chains what the bridge's containers sent."""
+    bridge hairpins back into itself (-i BR -o BR) or, negated, what leaves or enters an
+    internal bridge, the guard chains what the bridge's containers sent, and
+    CNI-ISOLATION-DIRECT what was going into its directAccess deny bridge (-o)."""
+    if chain == STAGE1 and "!" in spec:
+        option = "-o" if spec[0] == "!" else "-i"
+        return (reasons.INTERNAL, spec[spec.index(option) + 1]) if option in spec[:-1] else None
     reason = {STAGE1: reasons.INTRA_BRIDGE, STAGE2: reasons.CROSS_NETWORK, EGRESS: reasons.EGRESS_DENY,
-              HOST: reasons.HOST_ACCESS}.get(chain)
-    option = "-o" if chain == STAGE2 else "-i"
+              HOST: reasons.HOST_ACCESS, DIRECT: reasons.DIRECT_ACCESS}.get(chain)
+    option = "-o" if chain in (STAGE2, DIRECT) else "-i"
     if reason is None or option not in spec[:-1]:
         return None
     return reason, spec[spec.index(option) + 1]
@@ -889,12 +999,13 @@ class IptablesBackend(Backend):
         return drops
 
     def enforced(self) -> set[str]:
-        """The bridges our STAGE-2 DROP isolates, in either family, and those our guard chains
-        hold rules for (an `open` network's denyEgress or hostAccess isolates nothing, yet
+        """The bridges our STAGE-2 DROP isolates, in either family, those our internal and
+        direct-access DROPs protect, and those our EGRESS and HOST chains hold rules for (an `open` network's denyEgress or hostAccess isolates nothing, yet
         its rules are ours)."""
-        guarded = {_in_interface(rule) for table in self._read().values() for chain in GUARD_CHAINS
+        guarded = {_in_interface(rule) for table in self._read().values() for chain in (EGRESS, HOST)
                    for rule in table.chains.get(chain, []) if is_ours(rule)}
-        isolated = {bridge for reason, bridge in self._drop_counts() if reason == reasons.CROSS_NETWORK}
+        isolated = {bridge for reason, bridge in self._drop_counts()
+                    if reason in (reasons.CROSS_NETWORK, reasons.INTERNAL, reasons.DIRECT_ACCESS)}
         return isolated | (guarded - {None})
 
     def drops(self) -> dict[str, dict[str, int]]:
@@ -914,9 +1025,9 @@ class IptablesBackend(Backend):
         and the filter tables we created once pristine (iptables-nft), and the anti-spoofing
         elements of `ports` (bridge None: the whole anti-spoofing table)."""
         routed = bridge is not None and bridge.startswith(SEGMENT_PREFIX)  # its members' rules name them
-        everything = Release(bridge=bridge or "", isolate=True, drop_intra=True, published=True, peers=frozenset(),
-                             guard=NO_GUARD, logged=(), last=bridge is None, last_guard=bridge is None, routed=routed,
-                             members=tuple(ports) if routed else ())
+        everything = Release(bridge=bridge or "", isolate=True, drop_intra=True, within=True, published=True,
+                             peers=frozenset(), guard=NO_GUARD, logged=(), last=bridge is None,
+                             last_guard=bridge is None, routed=routed, members=tuple(ports) if routed else ())
         cmds = []
         lib = libnft.load()[0]
         if lib is not None:
@@ -948,7 +1059,7 @@ class IptablesBackend(Backend):
         for fam, table in self._read().items():
             for chain, r in surplus(table, desired, bridges, fam):
                 spec = strip_comment(r)
-                for bridge in sorted(_interfaces(spec) & bridges):
+                for bridge in sorted(_granted_to(chain, spec) & bridges):
                     found.setdefault(bridge, []).append(_surplus_text(fam, chain, spec))
         return found
 
@@ -972,8 +1083,11 @@ class IptablesBackend(Backend):
 
     def audit(self, desired: Desired, granted: Desired) -> tuple[list[str], list[str]]:
         tables = self._read()
+        # `granted` is not every attachment: the bridges our other chains hold rules for stand in
+        # for those the plugin manages (a directAccess deny bridge lets them in)
         extra = [_surplus_text(fam, chain, strip_comment(r)) for fam, table in tables.items()
-                 for chain, r in surplus(table, granted, set(desired.bridges), fam)]
+                 for chain, r in surplus(table, granted, set(desired.bridges), fam,
+                                         sorted(set(managed_bridges(granted)) | managed_in(table)))]
         return self._missing(tables, desired), extra
 
     def _missing(self, tables: dict[str, FilterTable], desired: Desired) -> list[str]:

@@ -6,6 +6,9 @@
       set published { type ifname }            isolated bridges whose published ports stay reachable
       set intra     { type ifname }            `isolated` bridges (no traffic between their ports)
       set peers     { type ifname . ifname }   (A . B) for bridges A != B of one isolationGroup
+      set internal  { type ifname }            `internal` bridges (nothing forwarded in or out)
+      set direct    { type ifname }            bridges with directAccess deny
+      set trusted   { type ifname . ifname }   (BR . IF) for each of BR's trustedInterfaces
       map egress    { type ifname : verdict }  BR : jump egress-BR (bridges with denyEgress)
       map host      { type ifname : verdict }  BR : jump host-BR (bridges with hostAccess deny)
       map count-R   { type ifname : counter }  BR : "R-BR", for each drop reason R the bridge has
@@ -18,6 +21,9 @@
         iifname @intra iifname . oifname @self goto drop-intra-bridge   within an `isolated` bridge
                                                           (hairpin through the host, or bridged via br_netfilter)
         iifname . oifname @self return                    within one bridge: nothing else applies
+        iifname @internal goto drop-internal              out of an internal bridge, and into one:
+        oifname @internal goto drop-internal              replies, DNAT'd, invalid, fragments alike
+        oifname @direct jump direct                       into a bridge closed to direct access
         iifname vmap @egress                              the bridge's deny list
         ct direction original ct status dnat oifname @published return   a published port (the
         ct direction reply ct status dnat iifname @published return      publisher decides, replies too)
@@ -41,6 +47,17 @@
                                                  packet was going into, else the one it came from
         counter drop                             (a bridge missing from the map breaks only the
                                                  rule above: the drop holds)
+      chain direct                             what may enter a directAccess deny bridge:
+        iifname . iifname @self return           from a bridge the plugin isolates or guards
+        oifname . iifname @trusted return        through one of its trustedInterfaces
+        ct state established,related ct direction reply return    replies
+        ct direction original ct status dnat return               a published port
+        goto drop-direct-access                  the rest (invalid and untracked included),
+                                                 counted for the bridge it was going into
+      chain drop-internal                      counted for the bridge it left and the one it was
+        counter name iifname map @count-internal  going into, whichever of them is internal
+        counter name oifname map @count-internal
+        counter drop
 
     table bridge isolation                     (only once an attachment has antiSpoofing)
       sets guarded, mac, src4, src6, nd6, ndopt   per port: its MAC and addresses (see SPOOF_RULES)
@@ -101,7 +118,8 @@ FLOW_SETS = {"flows4": ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"],
 # their bridge's counter.
 DROP_KEYS = {
     "inet": {reasons.CROSS_NETWORK: "oifname", reasons.INTRA_BRIDGE: "iifname", reasons.EGRESS_DENY: "iifname",
-             reasons.HOST_ACCESS: "iifname"},
+             reasons.HOST_ACCESS: "iifname", reasons.INTERNAL: ("iifname", "oifname"),
+             reasons.DIRECT_ACCESS: "oifname"},
     "bridge": {reasons.ANTI_SPOOFING: "iifname", reasons.CROSS_TENANT: "iifname"},
 }
 
@@ -158,9 +176,10 @@ def drop_chains(family: str) -> dict:
     one, e.g. of a registry that lost it, breaks that rule only), then drop, counted once
     more for all bridges together. A drop site jumps here with `goto`: nothing returns."""
     return {drop_chain(r): (None, [*_log_jump(r),
-                                   [{"counter": {"map": {"key": _meta(key), "data": f"@{count_map(r)}"}}}],
+                                   *([{"counter": {"map": {"key": _meta(k), "data": f"@{count_map(r)}"}}}]
+                                     for k in (keys if isinstance(keys, tuple) else (keys,))),
                                    [COUNTER, {"drop": None}]])
-            for r, key in DROP_KEYS[family].items()}
+            for r, keys in DROP_KEYS[family].items()}
 
 
 def _log_jump(reason: str) -> list[list[dict]]:
@@ -277,11 +296,15 @@ INET = TableSpec(
     family="inet",
     prio=-5,
     sets={"isolated": "ifname", "self": ["ifname", "ifname"], "published": "ifname", "intra": "ifname",
-          "peers": ["ifname", "ifname"]},
+          "peers": ["ifname", "ifname"], "internal": "ifname", "direct": "ifname",
+          "trusted": ["ifname", "ifname"]},
     chains={
         "forward": ("forward", [
             [_in_set(_meta("iifname"), "intra"), SAME_BRIDGE, _goto_drop(reasons.INTRA_BRIDGE)],
             [SAME_BRIDGE, RETURN],
+            [_in_set(_meta("iifname"), "internal"), _goto_drop(reasons.INTERNAL)],
+            [_in_set(_meta("oifname"), "internal"), _goto_drop(reasons.INTERNAL)],
+            [_in_set(_meta("oifname"), "direct"), {"jump": {"target": "direct"}}],
             _vmap("egress"),
             *PUBLISHED_PORTS,
             [_in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "peers"), RETURN],
@@ -289,6 +312,14 @@ INET = TableSpec(
              _goto_drop(reasons.CROSS_NETWORK)],
         ]),
         "input": ("input", [NEIGHBOUR_DISCOVERY, _vmap("egress"), _vmap("host")]),
+        "direct": (None, [
+            [_in_set({"concat": [_meta("iifname"), _meta("iifname")]}, "self"), RETURN],
+            [_in_set({"concat": [_meta("oifname"), _meta("iifname")]}, "trusted"), RETURN],
+            [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+             _eq({"ct": {"key": "direction"}}, "reply"), RETURN],
+            [_eq({"ct": {"key": "direction"}}, "original"), DNAT, RETURN],
+            [_goto_drop(reasons.DIRECT_ACCESS)],
+        ]),
         **drop_chains("inet"),
     },
     maps={m: "ifname" for m in GUARD_MAPS},
@@ -627,9 +658,15 @@ def wanted(desired: Desired) -> dict[str, dict[str, set]]:
         if b.isolate or b.guard.active:
             inet = want.setdefault("inet", {name: set() for name in [*INET.sets, *INET.maps, *INET.counts]})
         for reason, needed in ((reasons.CROSS_NETWORK, b.isolate), (reasons.INTRA_BRIDGE, b.drop_intra),
-                               (reasons.EGRESS_DENY, bool(b.guard.deny)), (reasons.HOST_ACCESS, b.guard.host_deny)):
+                               (reasons.EGRESS_DENY, bool(b.guard.deny)), (reasons.HOST_ACCESS, b.guard.host_deny),
+                               (reasons.INTERNAL, b.guard.internal), (reasons.DIRECT_ACCESS, b.guard.direct_deny)):
             if needed:
                 inet[count_map(reason)].update((n, counter_name(reason, b.bridge)) for n in names)
+        if b.guard.internal:
+            inet["internal"].update(names)
+        if b.guard.direct_deny:
+            inet["direct"].update(names)
+            inet["trusted"].update((n, t) for n in names for t in b.guard.trusted)
         if b.isolate:
             inet["isolated"].update(names)
             inet["peers"].update((n, p) for peer in b.peers for n in names for p in desired.get(peer).interfaces)
@@ -870,6 +907,13 @@ def _bridge_release(inet: TableState, r: Release) -> list[dict]:
         gone.append(("published", b))
     if r.drop_intra or r.isolate:
         gone.append(("intra", b))
+    if r.guard is not None and not r.guard.internal:
+        gone.append(("internal", b))
+    if r.guard is not None and not r.guard.direct_deny:
+        gone.append(("direct", b))
+    if r.guard is not None:  # trusted interfaces the bridge's remaining guard does not keep
+        gone += [("trusted", pair) for pair in sorted(inet.elements.get("trusted", set()))
+                 if pair[0] == b and pair[1] not in r.guard.trusted]
     if r.peers is not None:  # None: its group pairs are left as they are
         for pair in sorted(inet.elements.get("peers", set())):
             if b in pair and _other(pair, b) not in r.peers:
@@ -890,7 +934,9 @@ def _bridge_release(inet: TableState, r: Release) -> list[dict]:
         first += _add_elements("inet", added)
     for reason, goes in ((reasons.CROSS_NETWORK, r.isolate), (reasons.INTRA_BRIDGE, r.drop_intra or r.isolate),
                          (reasons.EGRESS_DENY, r.guard is not None and not r.guard.deny),
-                         (reasons.HOST_ACCESS, r.guard is not None and not r.guard.host_deny)):
+                         (reasons.HOST_ACCESS, r.guard is not None and not r.guard.host_deny),
+                         (reasons.INTERNAL, r.guard is not None and not r.guard.internal),
+                         (reasons.DIRECT_ACCESS, r.guard is not None and not r.guard.direct_deny)):
         if goes:
             gone.append((count_map(reason), (b, counter_name(reason, b))))
     deleted = [_delete_element("inet", name, elem) for name, elem in gone if elem in inet.elements.get(name, set())]
@@ -937,7 +983,7 @@ def _other(pair: tuple, bridge: str) -> str:
     return pair[1] if pair[0] == bridge else pair[0]
 
 
-GRANT_SETS = ("peers", "published")  # elements that open a path; the other sets close one
+GRANT_SETS = ("peers", "published", "trusted")  # elements that open a path; the other sets close one
 
 
 def _touches(elem, bridges) -> bool:
@@ -960,6 +1006,11 @@ def surplus(state: TableState, desired: Desired, bridges) -> list[tuple[str, lis
             found.append((f"{pair[0]} . {pair[1]} is in set inet {TABLE} peers ({pair[0]} reaches {pair[1]}) "
                           "though no registered attachment puts both in one isolationGroup",
                           [_delete_element("inet", "peers", pair)]))
+    for pair in sorted(state.elements.get("trusted", set()) - want.get("trusted", set())):
+        if pair[0] in bridges:
+            found.append((f"{pair[0]} . {pair[1]} is in set inet {TABLE} trusted ({pair[1]} reaches {pair[0]} "
+                          "directly) though no registered attachment trusts it",
+                          [_delete_element("inet", "trusted", pair)]))
     for bridge in sorted(state.elements.get("published", set()) - want.get("published", set())):
         if bridge in bridges:
             found.append((f"{bridge} is in set inet {TABLE} published though no registered attachment of it "
@@ -1206,7 +1257,8 @@ class NftablesBackend(Backend):
         network's denyEgress or hostAccess isolates nothing, yet its rules are ours)."""
         inet = self._read(["inet"])["inet"]
         guarded = {e[0] for m in GUARD_MAPS for e in inet.elements.get(m, set())}
-        return set(inet.elements.get("isolated", set())) | guarded | {c.split("-", 1)[1] for c in inet.chains}
+        closed = {b for name in ("internal", "direct") for b in inet.elements.get(name, set())}
+        return set(inet.elements.get("isolated", set())) | guarded | closed | {c.split("-", 1)[1] for c in inet.chains}
 
     def drops(self) -> dict[str, dict[str, int]]:
         """Our named counters, in both tables (see DROP_KEYS)."""
@@ -1222,11 +1274,15 @@ class NftablesBackend(Backend):
         if bridge is None:
             return [["nft", "delete", "table", f, TABLE] for f in SPECS if states[f].exists]
         cmds = member_cleanup(states["inet"], set(ports))
-        for name in ("isolated", "self", "published", "intra"):
+        for name in ("isolated", "self", "published", "intra", "internal", "direct"):
             raw = (bridge, bridge) if name == "self" else bridge
             if raw in states["inet"].elements.get(name, set()):
                 shown = f'"{bridge}" . "{bridge}"' if name == "self" else f'"{bridge}"'
                 cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", shown, "}"])
+        for pair in sorted(states["inet"].elements.get("trusted", set())):
+            if pair[0] == bridge:
+                shown = f'"{pair[0]}" . "{pair[1]}"'
+                cmds.append(["nft", "delete", "element", "inet", TABLE, "trusted", "{", shown, "}"])
         for pair in sorted(states["inet"].elements.get("peers", set())):  # its group's grants, both ways
             if bridge in pair:
                 cmds.append(["nft", "delete", "element", "inet", TABLE, "peers", "{", f'"{pair[0]}" . "{pair[1]}"', "}"])

@@ -167,3 +167,44 @@ def test_orphan_rules_go_once_their_bridge_is_empty_and_cleanup_takes_the_rest(l
     assert verdicts(lab, (a1, c1.ipv4)) == [True], "A is no longer isolated: nothing drops between A and C"
     assert cli(lab, "cleanup").returncode == 0
     assert lab.ruleset() == baseline
+
+
+def trust(lab, backend: str, bridge: str, interface: str) -> None:
+    """A trusted interface nobody configured (added by hand, or left by an older configuration)."""
+    if backend == "nftables":
+        sh("nft", "add", "element", "inet", "isolation", "trusted", f'{{ "{bridge}" . "{interface}" }}', netns=lab.host)
+        return
+    for tool in ("iptables", "ip6tables"):
+        sh(tool, "-I", "CNI-ISOLATION-DIRECT", "1", "-i", interface, "-o", bridge, "-m", "comment", "--comment",
+           "isolation-plugin", "-j", "RETURN", netns=lab.host)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_direct_access_deny_the_same_on_both_and_an_unasked_trust_is_revoked(lab, backend):
+    """D (open, directAccess deny) drops what comes from O (open, unguarded: a bridge the plugin
+    leaves alone); a trust of O's bridge nobody configured opens it, CHECK and status name it,
+    reconcile removes it; the last DELs leave the baseline."""
+    baseline = lab.ruleset()
+    d_net = lab.network(["bridge", "isolation"], isolation={"backend": backend, "ingressPolicy": "open",
+                                                            "directAccess": "deny"})
+    o_net, = networks(lab, backend, "open")
+    d1, o1 = lab.add(d_net), lab.add(o_net)
+    assert verdicts(lab, (d1, OUTSIDE), (o1, OUTSIDE), (d1, o1.ipv4)) == [True, True, True]  # controls
+    assert verdicts(lab, (o1, d1.ipv4), (o1, d1.ipv6)) == [False, False]
+    assert all(check(lab, c)[0] == 0 for c in (d1, o1))
+    rc, report = status(lab)
+    assert rc == 0 and report["problems"] == [], report["problems"]
+    assert next(r for r in report["bridges"] if r["bridge"] == d_net.bridge)["drops"]["direct-access"] >= 1, report
+
+    trust(lab, backend, d_net.bridge, o_net.bridge)
+    assert verdicts(lab, (o1, d1.ipv4), (o1, d1.ipv6)) == [True, True], "the unasked trust opens D to O"
+    rc, out = check(lab, d1)
+    assert rc == 102 and "grants bridge" in out["msg"], out
+    proc = cli(lab, "reconcile")
+    assert proc.returncode == 0 and "removed grants no registered attachment needs" in proc.stdout, proc.stdout
+    assert verdicts(lab, (o1, d1.ipv4), (o1, d1.ipv6), (d1, OUTSIDE)) == [False, False, True]
+    assert check(lab, d1)[0] == 0 and status(lab)[0] == 0
+
+    for c in (d1, o1):
+        assert all(rc == 0 for _, rc in lab.delete(c))
+    assert lab.ruleset() == baseline

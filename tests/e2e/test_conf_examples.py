@@ -7,7 +7,12 @@ traffic is checked against what the example's own keys define:
   to the lab's management and outside addresses (TCP 8080), with denyEgress: blocked when a
                     denied range holds the address and no allowEgress entry lets TCP 8080 to it
   to the own gateway, with hostAccess deny: TCP 8080 blocked, TCP 53 open iff allowHostPorts
-                    (default: TCP and UDP 53) lists it."""
+                    (default: TCP and UDP 53) lists it.
+  with internal: the outside (TCP 8080) and the own gateway's TCP 8080 blocked, its TCP 53 open
+                    iff allowHostPorts (default for internal: none) lists it.
+  with directAccess deny: the outside LAN (routing the subnet via the host, on an untrusted
+                    interface) cannot reach a container's TCP 8080, while it reaches the other
+                    direction's destination (the container reaches it)."""
 
 import ipaddress
 import json
@@ -42,13 +47,19 @@ def test_example(lab, example):
         lab.management()
         for dest in ("10.98.0.2", "10.98.0.3", "fd98::2", "10.99.0.2", "fd99::2"):
             tcp_want[(dest, 8080)] = egress_allowed(ours, dest, 8080)
-    if ours.get("hostAccess") == "deny":
+    if ours.get("internal"):
+        tcp_want[("10.99.0.2", 8080)] = False
+    if ours.get("hostAccess") == "deny" or ours.get("internal"):
         lab.listen(lab.host, 53)
-        ports = ours.get("allowHostPorts", [{"protocol": "tcp", "port": 53}, {"protocol": "udp", "port": 53}])
+        default = [] if ours.get("internal") else [{"protocol": "tcp", "port": 53}, {"protocol": "udp", "port": 53}]
+        ports = ours.get("allowHostPorts", default)
         tcp_want[(nets[0].gateway4, 8080)] = False
         tcp_want[(nets[0].gateway4, 53)] = {"protocol": "tcp", "port": 53} in ports
     wrong = [f"{d}:{p}" for (d, p), ok in tcp_want.items() if lab.tcp(a1.name, d, p) != ok]
     assert not wrong, f"{example}: TCP from a container to {wrong} (want {tcp_want})"
+    if ours.get("directAccess") == "deny":
+        assert lab.tcp(a1.name, "10.99.0.2", 8080), f"{example}: the container does not reach the outside"
+        assert not lab.tcp(lab.outside, a1.ipv4, 8080), f"{example}: the outside LAN reaches {a1.ipv4} directly"
     if conflist["cniVersion"] != "0.3.1":
         assert all(rc == 0 for _, rc, _ in lab.check(a1))
 

@@ -17,7 +17,8 @@ from netlab import eventually, read_text, send_datagrams, sh
 
 pytestmark = pytest.mark.e2e
 BACKENDS = ("nftables", "iptables")
-REASONS = ("cross-network", "intra-bridge", "egress-deny", "host-access", "anti-spoofing", "cross-tenant")
+REASONS = ("cross-network", "intra-bridge", "egress-deny", "host-access", "anti-spoofing", "cross-tenant", "internal",
+           "direct-access")
 AGENT_SAMPLES = ("isolation_agent_requests_total", "isolation_agent_request_duration_seconds_bucket",
                  "isolation_agent_request_duration_seconds_sum", "isolation_agent_request_duration_seconds_count",
                  "isolation_agent_repairs_total", "isolation_agent_reconcile_failures_total",

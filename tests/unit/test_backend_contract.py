@@ -78,6 +78,7 @@ def test_status_shows_every_reason_for_every_bridge():
 
     counted = {"br0": {"cross-network": 3, "anti-spoofing": 1}}
     assert drops_by_reason(counted, "br0") == {"cross-network": 3, "intra-bridge": 0, "egress-deny": 0,
-                                               "host-access": 0, "anti-spoofing": 1, "cross-tenant": 0}
+                                               "host-access": 0, "anti-spoofing": 1, "cross-tenant": 0, "internal": 0,
+                                               "direct-access": 0}
     assert drops_by_reason(counted, "br1") == dict.fromkeys(drops_by_reason(counted, "br0"), 0)
     assert set(drops_by_reason(None, "br0").values()) == {None}  # the backend is not usable here

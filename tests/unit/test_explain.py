@@ -274,3 +274,55 @@ def test_published_ports_are_read_from_portmaps_nat_chains():
 def test_a_container_to_its_own_address_never_leaves_it():
     atts = [att("n1", "c1", 1, 2, policy="isolated")]
     assert verdict(ask(atts, "c1", "10.1.0.2")) == ("pass", None, None)
+
+
+# --- internal (issue 21) -------------------------------------------------------------------------
+INTERNAL = Guard(host_deny=True, internal=True)
+
+
+def test_an_internal_network_reaches_itself_only():
+    atts = [att("n1", "c1", 1, 2, guard=INTERNAL), att("n1", "c2", 1, 3, guard=INTERNAL),
+            att("n2", "c3", 2, 2, policy="open")]
+    assert verdict(ask(atts, "c1", "10.1.0.3")) == ("pass", None, "ingressPolicy")  # its own network
+    out = ask(atts, "c1", "192.0.2.7")
+    assert verdict(out) == ("drop", "internal", "internal") and out["network"] == "n1"
+    assert out["rule"] == "inet isolation forward: iifname @internal goto drop-internal (b1)"
+    assert verdict(ask(atts, "c1", "fd02::2", "icmp")) == ("drop", "internal", "internal")  # another network
+    out = ask(atts, "c3", "10.1.0.2")  # into it, from an open network nothing else stops
+    assert verdict(out) == ("drop", "internal", "internal") and out["network"] == "n1"
+    dnat = Dnat("tcp", (18080, 18080), "10.1.0.2", 80)  # its published port, from another network
+    assert verdict(ask(atts, "c3", "10.0.0.1", port=18080, dnats=[dnat])) == ("drop", "internal", "internal")
+    out = ask(atts, "c1", "10.1.0.1", "udp", 53)  # the host: closed, no allowHostPorts by default
+    assert verdict(out) == ("drop", "host-access", "internal")
+
+
+def test_an_internal_network_gets_the_host_ports_it_lists():
+    guard = Guard(host_deny=True, host_ports=(Hole("udp", ("53",)),), internal=True)
+    atts = [att("n1", "c1", 1, 2, guard=guard)]
+    assert verdict(ask(atts, "c1", "10.1.0.1", "udp", 53)) == ("pass", None, "allowHostPorts")
+    assert verdict(ask(atts, "c1", "10.1.0.1", "tcp", 53))[:2] == ("drop", "host-access")
+
+
+# --- directAccess deny (issue 21) ----------------------------------------------------------------
+def test_direct_access_deny_drops_containers_of_unmanaged_bridges_only():
+    direct = Guard(direct_deny=True, trusted=("b3",))
+    atts = [att("n1", "c1", 1, 2, guard=direct), att("n2", "c2", 2, 2, policy="open"),
+            att("n3", "c3", 3, 2, policy="open"), att("n4", "c4", 4, 2, policy="open", guard=HOST_DENY)]
+    out = ask(atts, "c2", "10.1.0.2")  # b2: an open, unguarded bridge, not trusted
+    assert verdict(out) == ("drop", "direct-access", "directAccess") and out["network"] == "n1"
+    assert verdict(ask(atts, "c3", "10.1.0.2"))[0] == "pass"  # b3 is trusted
+    assert verdict(ask(atts, "c4", "fd01::2"))[0] == "pass"  # b4 is guarded: the plugin manages it
+    dnat = Dnat("tcp", (18080, 18080), "10.1.0.2", 80)
+    assert verdict(ask(atts, "c2", "10.0.0.1", port=18080, dnats=[dnat]))[0] == "pass"  # published
+    assert verdict(ask(atts, "c1", "10.2.0.2"))[0] == "pass"  # out of it: not the key's business
+
+
+def test_iptables_rule_of_a_direct_access_drop():
+    """On iptables the drop is the bridge's DROP in CNI-ISOLATION-DIRECT, reached from STAGE-1."""
+    direct = Guard(direct_deny=True)
+    atts = [att("n1", "c1", 1, 2, guard=direct, backend="iptables"),
+            att("n2", "c2", 2, 2, policy="open", backend="iptables")]
+    out = ask(atts, "c2", "10.1.0.2")
+    assert verdict(out) == ("drop", "direct-access", "directAccess")
+    assert out["rule"] == ("-A CNI-ISOLATION-DIRECT -o b1 -j DROP (reached by -A CNI-ISOLATION-STAGE-1 ! -i b1 -o b1 "
+                           "-j CNI-ISOLATION-DIRECT)")

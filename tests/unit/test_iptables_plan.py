@@ -391,3 +391,85 @@ def test_check_names_a_logging_bridges_missing_log_rule():
     assert len(found) == 1 and found[0].startswith("CNI-ISOLATION-HOST lacks '-i br0 -m hashlimit") \
         and "isolation host-access br0" in found[0], found
     assert problems(table, desired([intent_for("br0", "isolated", guard=LOGGING[0].guard), LOGGING[1]]), "ipv4") == []
+
+
+# --- directAccess deny (issue 21) ------------------------------------------------------------
+DIRECT_GUARD = Guard(direct_deny=True, trusted=("wg0",))
+DIRECT_INTENTS = [intent_for("br0", "open", guard=DIRECT_GUARD), intent_for("br1", "isolated"),
+                  intent_for("br2", "open")]  # br1: managed (isolated); br2: left alone, a stranger
+
+
+def _applied(table: FilterTable, lines: list[str]) -> FilterTable:
+    """`table` after iptables-restore --noflush ran `lines` (-N, -I CHAIN 1, -A, -D, -X)."""
+    chains = {c: list(r) for c, r in table.chains.items()}
+    for line in lines:
+        op, chain, *rest = line.split(" ")
+        if op == "-N":
+            chains[chain] = []
+        elif op == "-X":
+            del chains[chain]
+        elif op == "-I":
+            chains[chain].insert(int(rest[0]) - 1, rest[1:])
+        elif op == "-A":
+            chains[chain].append(rest)
+        elif op == "-D":
+            chains[chain].remove(rest)
+    return FilterTable(chains, dict(table.policies), table.nft_variant)
+
+
+def test_direct_access_plan_matches_golden(golden):
+    """br0 (directAccess deny, wg0 trusted) lets in replies, published ports, wg0 and br1 (which
+    the plugin isolates), and drops the rest; br2 (open, unguarded) is a stranger to it."""
+    got = plan(FilterTable.parse(read("empty.before")), desired(DIRECT_INTENTS), "ipv4")
+    golden.check("iptables/empty-direct-ipv4.plan", got)
+    c = "-m comment --comment isolation-plugin"
+    assert f"-I CNI-ISOLATION-STAGE-1 1 ! -i br0 -o br0 {c} -j CNI-ISOLATION-DIRECT" in got
+    assert f"-I CNI-ISOLATION-DIRECT 1 -i br1 -o br0 {c} -j RETURN" in got
+    assert f"-I CNI-ISOLATION-DIRECT 1 -i wg0 -o br0 {c} -j RETURN" in got
+    assert not any("-i br2" in line for line in got)
+
+
+def test_direct_access_applied_needs_nothing_and_counts_its_drop():
+    from plugin.backends.iptables import DIRECT, drop_reason
+
+    for family in ("ipv4", "ipv6"):
+        table = _applied(FilterTable.parse(read("empty.before")), plan(FilterTable.parse(read("empty.before")),
+                                                                     desired(DIRECT_INTENTS), family))
+        assert problems(table, desired(DIRECT_INTENTS), family) == []
+        assert plan(table, desired(DIRECT_INTENTS), family) == []
+    assert drop_reason(DIRECT, ["-o", "br0", "-j", "DROP"]) == ("direct-access", "br0")
+
+
+def test_direct_access_release_of_a_managed_bridge_takes_its_returns_along():
+    """br1's last container goes: its RETURN into br0 goes with it (br1, no longer isolated by the
+    plugin, is a stranger to br0 from then on); br0's own group stays."""
+    table = _applied(FilterTable.parse(read("empty.before")), plan(FilterTable.parse(read("empty.before")),
+                                                                 desired(DIRECT_INTENTS)))
+    gone = release_plan(table, Release(bridge="br1", isolate=True, drop_intra=True, within=True, published=True,
+                                       peers=frozenset(), guard=NO_GUARD, forget=True))
+    after = _applied(table, gone)
+    rest = [DIRECT_INTENTS[0], DIRECT_INTENTS[2]]
+    assert problems(after, desired(rest)) == [] and plan(after, desired(rest)) == []
+    assert not any("br1" in a for r in after.chains["CNI-ISOLATION-DIRECT"] for a in r)
+
+
+def test_direct_access_release_of_the_protected_bridge_removes_its_group_and_jump():
+    table = _applied(FilterTable.parse(read("empty.before")), plan(FilterTable.parse(read("empty.before")),
+                                                                 desired(DIRECT_INTENTS)))
+    after = _applied(table, release_plan(table, Release(bridge="br0", within=True, peers=frozenset(), guard=NO_GUARD,
+                                                        forget=True, last_guard=True)))
+    assert "CNI-ISOLATION-DIRECT" not in after.chains
+    assert not any(r[-1] == "CNI-ISOLATION-DIRECT" for r in after.chains["CNI-ISOLATION-STAGE-1"])
+    assert problems(after, desired(DIRECT_INTENTS[1:])) == []
+
+
+def test_a_trusted_interface_no_longer_trusted_is_a_surplus_grant_and_goes_on_the_next_add():
+    from plugin.backends.iptables import surplus
+
+    table = _applied(FilterTable.parse(read("empty.before")), plan(FilterTable.parse(read("empty.before")),
+                                                                 desired(DIRECT_INTENTS)))
+    now = [intent_for("br0", "open", guard=Guard(direct_deny=True)), *DIRECT_INTENTS[1:]]
+    assert [(c, strip_comment(r)) for c, r in surplus(table, desired(now), {"br0", "br1", "br2"})] == [
+        ("CNI-ISOLATION-DIRECT", ["-i", "wg0", "-o", "br0", "-j", "RETURN"])]
+    after = _applied(table, plan(table, desired(now)))
+    assert problems(after, desired(now)) == [] and not any("wg0" in r for r in after.chains["CNI-ISOLATION-DIRECT"])

@@ -48,7 +48,8 @@ def test_the_kernels_series_follow_the_registry_and_the_counters():
     kind, drops = got["isolation_dropped_packets"]
     assert kind == "counter"
     name = "isolation_dropped_packets_total"
-    reasons = ("cross-network", "intra-bridge", "egress-deny", "host-access", "anti-spoofing", "cross-tenant")
+    reasons = ("cross-network", "intra-bridge", "egress-deny", "host-access", "anti-spoofing", "cross-tenant",
+               "internal", "direct-access")
     by_hand = {"br-red": {"cross-network": 7, "host-access": 2}, "br-shared": {"intra-bridge": 3}, "br-blue": {}}
     networks = {"br-red": "red", "br-shared": "green,teal", "br-blue": "blue"}
     assert drops == {
@@ -91,8 +92,8 @@ def test_hostile_network_names_stay_inside_their_label():
     assert sorted(dict(labels)["network"] for _, labels in samples) == sorted(HOSTILE)
     assert all(v == 1.0 for v in samples.values()), "nothing forged: every sample is one of ours"
     assert "forged" not in {dict(labels)["network"] for _, labels in samples}
-    # timestamp: HELP, TYPE, sample; drops: HELP, TYPE, six reasons of br0; attachments: HELP, TYPE, one each
-    assert len(text.split("\n")) - 1 == 3 + 8 + 2 + len(HOSTILE), "no label value ended a line"
+    # timestamp: HELP, TYPE, sample; drops: HELP, TYPE, eight reasons of br0; attachments: HELP, TYPE, one each
+    assert len(text.split("\n")) - 1 == 3 + 10 + 2 + len(HOSTILE), "no label value ended a line"
     # a lone surrogate (JSON may carry one) cannot be written as UTF-8: it becomes "?"
     lone = promtext.render(metrics.snapshot([att("bad\ud800name", "c", "br0")], {}).families())
     assert 'network="bad?name"' in lone and parse(lone)
@@ -234,7 +235,7 @@ def test_isolation_metrics_takes_the_agents_series_only_from_a_fresh_file(tmp_pa
     got = parse(text)
     assert complete and set(got) == {f.removesuffix("_total") for f in metrics.FAMILIES}
     assert got["isolation_agent_requests"][1] == {("isolation_agent_requests_total", (("result", "ok"), ("verb", "ADD"))): 1}
-    assert sorted(got["isolation_dropped_packets"][1].values()) == [0, 0, 0, 0, 0, 4]
+    assert sorted(got["isolation_dropped_packets"][1].values()) == [0, 0, 0, 0, 0, 0, 0, 4]
     assert "omitted" not in text
 
     old = time.time() - metrics.FRESH_S - 5

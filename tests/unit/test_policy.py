@@ -1,6 +1,8 @@
 """The pure policy: intents per ingressPolicy, guards merged per bridge, shared needs, and
 what a departing attachment releases."""
 
+import pytest
+
 from plugin.policy import intent_for
 from fakes import attachment
 
@@ -115,3 +117,27 @@ def test_shared_needs_collapse_a_bridges_attachments():
     assert shared_needs(mixed) == [BridgeIntent("br0", True, False, None, True),
                                    BridgeIntent("br0", True, False, None, True, guard=deny),
                                    BridgeIntent("br0", True, True, None, True)]
+
+
+def test_internal_and_direct_access_round_trip_through_the_registry_and_merge_strictly():
+    from plugin.policy import Guard, merge
+
+    g = Guard(host_deny=True, internal=True, direct_deny=True, trusted=("wg0", "eth1"))
+    assert Guard.from_json(g.to_json()) == g
+    assert "internal" not in Guard(host_deny=True).to_json()  # registries without it read as before
+    merged = merge([g, Guard(direct_deny=True, trusted=("eth1",))])
+    assert merged.internal and merged.direct_deny and merged.trusted == ("eth1",)
+    with pytest.raises(ValueError):
+        Guard.from_json({**g.to_json(), "trusted": ["bad name/"]})
+
+
+def test_internal_defaults_allow_host_ports_to_none():
+    from plugin.model import parse
+    from plugin.policy import guard_for
+    from types import SimpleNamespace
+
+    conf = parse({"type": "isolation", "internal": True})
+    g = guard_for(SimpleNamespace(**conf.model_dump(mode="json")))
+    assert g.internal and g.host_deny and g.host_ports == ()
+    conf = parse({"type": "isolation"})
+    assert len(conf.allowHostPorts) == 2
