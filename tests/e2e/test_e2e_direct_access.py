@@ -30,7 +30,7 @@ import pytest
 from explaining import disagreements, explain
 from frames import settled_counts
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.beside]  # run beside the rest by make test, to keep the suite under 30 minutes
 PORTMAP = {"type": "portmap", "capabilities": {"portMappings": True}}
 UPLINK = ("10.99.0.1", "fd99::1")
 OUTSIDE = ("10.99.0.2", "fd99::2")

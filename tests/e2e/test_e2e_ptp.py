@@ -19,7 +19,7 @@ import pytest
 from explaining import disagreements, explain, reach_keys
 from netlab import IP, addresses, sh
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.beside]  # run beside the rest by make test, to keep the suite under 30 minutes
 
 HOST = ("10.99.0.1", "fd99::1")  # the host's uplink addresses (its listener answers there)
 OUTSIDE = ("10.99.0.2", "fd99::2")

@@ -27,7 +27,7 @@ from frames import ETH_P_IP, drop_counts, listener, seen, echo_request, mac_of, 
 from explaining import disagreements, explain, reach_keys
 from netlab import IP, addresses, eventually, sh
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.beside]  # run beside the rest by make test, to keep the suite under 30 minutes
 
 BY_CNI_ARGS = "IgnoreUnknown=1;ISOLATION_GROUP={}"
 
