@@ -20,7 +20,7 @@ only, at most LOG_BURST lines at once and LOG_RATE a second after, per bridge):
 Both backends: nftables' log chains, iptables' NFLOG rules with their two hashlimits
 (cross-network through CNI-ISOLATION-DROPLOG, keyed by the sender). Not covered because not
 written yet: the anti-spoofing log of the bridge family, and cross-network drops logged for
-a receiving network with logDrops whose sender does not log (see notes/README-droprules2.md).
+a receiving network with logDrops whose sender does not log (see README, Seeing what is blocked).
 """
 
 import time
@@ -32,7 +32,7 @@ from netlab import IP, sh
 
 pytestmark = pytest.mark.e2e
 N = 5
-LOG_RATE, LOG_BURST = 10, 20  # as documented in notes/README-counters.md
+LOG_RATE, LOG_BURST = 10, 20  # as documented in README (logDrops)
 FLOOD = 2000
 
 
