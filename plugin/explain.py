@@ -466,17 +466,17 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, conf
                 "return, for traffic routed back into it)") if nft else \
             f"none: within {s} (CNI-ISOLATION-STAGE-1's rules for {s} match only ! -o {s})"
     if step == "intra-routed":
-        return f"inet isolation forward: iifname @intra iifname . oifname @self counter drop ({source.port} . " \
+        return f"inet isolation forward: iifname @intra iifname . oifname @self goto drop-intra-bridge ({source.port} . " \
                f"{dport}, members of routed segment {s})" if nft else \
             f"-A CNI-ISOLATION-STAGE-1 -i {source.port} -o {dport} -j DROP"
     if step == "intra-hairpin":
-        return "inet isolation forward: iifname @intra iifname . oifname @self counter drop" if nft else \
+        return "inet isolation forward: iifname @intra iifname . oifname @self goto drop-intra-bridge" if nft else \
             f"-A CNI-ISOLATION-STAGE-1 -i {s} -o {s} -j DROP"
     if step == "egress-deny":
         if nft:
             ip, ranges = "ip" if fam == 4 else "ip6", config.deny(s, fam)
             shown = ranges[0] if len(ranges) == 1 else "{ " + ", ".join(ranges) + " }"
-            return f"inet isolation egress-{s}: ct original {ip} daddr {shown} counter drop " \
+            return f"inet isolation egress-{s}: ct original {ip} daddr {shown} goto drop-egress-deny " \
                    "(via forward/input: iifname vmap @egress)"
         from plugin.backends.iptables import _address
 
@@ -495,7 +495,7 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, conf
             if nft else f"-A CNI-ISOLATION-DIRECT -o {d} -j DROP (reached by -A CNI-ISOLATION-STAGE-1 ! -i {d} " \
             f"-o {d} -j CNI-ISOLATION-DIRECT)"
     if step == "host-deny":
-        return f"inet isolation host-{s}: counter drop (via input: iifname vmap @host)" if nft else \
+        return f"inet isolation host-{s}: goto drop-host-access (via input: iifname vmap @host)" if nft else \
             f"-A CNI-ISOLATION-HOST -i {s} -j DROP"
     if step == "host-port":
         return f"inet isolation host-{s}: {_nft_hole(dec.exception, fam)}" if nft else \
@@ -507,10 +507,10 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, conf
         return f"inet isolation forward: iifname . oifname @peers return ({s} . {d})" if nft else \
             f"-A CNI-ISOLATION-STAGE-2 -i {s} -o {d} -j RETURN"
     if step == "cross-reply":
-        return "inet isolation forward: iifname @isolated oifname @isolated counter drop (the replies)" if nft else \
+        return "inet isolation forward: iifname @isolated oifname @isolated goto drop-cross-network (the replies)" if nft else \
             f"-A CNI-ISOLATION-STAGE-2 -o {s} -j DROP (the replies from {d})"
     if step == "cross":
-        return "inet isolation forward: iifname @isolated oifname @isolated counter drop" if nft else \
+        return "inet isolation forward: iifname @isolated oifname @isolated goto drop-cross-network" if nft else \
             f"-A CNI-ISOLATION-STAGE-2 -o {d} -j DROP (reached by -A CNI-ISOLATION-STAGE-1 -i {s} ! -o {s} " \
             "-j CNI-ISOLATION-STAGE-2)"
     return "none: no rule of ours matches (our chains' policy is accept)"

@@ -57,7 +57,7 @@ def test_within_an_isolated_bridge_everything_drops_bridged_or_hairpinned():
     dnat = Dnat("tcp", (18080, 18080), "10.1.0.3", 80)  # c2's published port, from c1 through the host
     out = ask(atts, "c1", "10.0.0.1", port=18080, dnats=[dnat])
     assert verdict(out) == ("drop", "intra-bridge", "ingressPolicy")
-    assert out["rule"] == "inet isolation forward: iifname @intra iifname . oifname @self counter drop"
+    assert out["rule"] == "inet isolation forward: iifname @intra iifname . oifname @self goto drop-intra-bridge"
 
 
 def test_within_a_bridge_otherwise_everything_passes_even_inside_a_deny_range():
@@ -166,7 +166,7 @@ def test_two_isolating_networks_drop_each_other_and_open_ones_do_not():
     atts = [att("n1", "c1", 1, 2), att("n2", "c2", 2, 2, policy="isolated"), att("n3", "c3", 3, 2, policy="open")]
     out = ask(atts, "c1", "10.2.0.2")
     assert verdict(out) == ("drop", "cross-network", "ingressPolicy") and out["network"] == "n2"
-    assert out["rule"] == "inet isolation forward: iifname @isolated oifname @isolated counter drop"
+    assert out["rule"] == "inet isolation forward: iifname @isolated oifname @isolated goto drop-cross-network"
     ipt = [Attachment(**{**a.__dict__, "backend": "iptables"}) for a in atts]
     assert ask(ipt, "c1", "10.2.0.2")["rule"].startswith("-A CNI-ISOLATION-STAGE-2 -o b2 -j DROP")
     for src, dst in (("c1", "10.3.0.2"), ("c3", "10.1.0.2"), ("c2", "10.1.0.1"), ("c2", "192.0.2.7")):
