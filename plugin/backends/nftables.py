@@ -84,8 +84,12 @@ TABLE = "isolation"
 # its chain "logR-BR", jumped to by the reason's drop chain before it counts and drops.
 LOG_MAPS = {reasons.CROSS_NETWORK: "logcross", reasons.INTRA_BRIDGE: "logintra",
             reasons.EGRESS_DENY: "logegress", reasons.HOST_ACCESS: "loghost"}
+# The bridge table's drop log: per reason, a verdict map from each port of a logging bridge to
+# that bridge's chain "logR-BR" in the bridge table (its own limit and flow sets there).
+BRIDGE_LOG_MAPS = {reasons.ANTI_SPOOFING: "logspoof", reasons.CROSS_TENANT: "logtenant"}
 # verdict maps: bridge -> jump to its chain "egress-BR" / "host-BR" / "logR-BR"
 GUARD_MAPS = ("egress", "host", *LOG_MAPS.values())
+VERDICT_MAPS = GUARD_MAPS + tuple(BRIDGE_LOG_MAPS.values())  # (the bridge table's: port -> jump)
 # The log's rate, per bridge (all its reasons together: one named limit "log-BR"), and how
 # long a logged flow stays quiet (per family: sets of flows, keyed from the packet's own header,
 # since a dropped packet never gets a confirmed conntrack entry).
@@ -94,6 +98,8 @@ FLOW_SETS = {"flows4": ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"],
              "flows6": ["ipv6_addr", "ipv6_addr", "inet_proto", "inet_service"],
              "other4": ["ipv4_addr", "ipv4_addr", "inet_proto"],
              "other6": ["ipv6_addr", "ipv6_addr", "inet_proto"]}
+# The bridge table sees ARP and other ethertypes too: such a flow is (port, source MAC, ethertype).
+FRAME_SETS = {"frames": ["ifname", "ether_addr", "ether_type"]}
 # The reasons each table drops for, and what names the bridge a drop is counted for: the
 # inet side counts a cross-network drop for the bridge it was going into (whose ingressPolicy
 # refused it), the others for the bridge the packet came from; the bridge family knows only
@@ -130,7 +136,7 @@ def parse_counter(name: str) -> tuple[str, str] | None:
 
 
 COUNT_MAPS = tuple(count_map(r) for keys in DROP_KEYS.values() for r in keys)
-KEYED_MAPS = GUARD_MAPS + COUNT_MAPS  # maps whose elements are (key, value) pairs, deleted by their key
+KEYED_MAPS = VERDICT_MAPS + COUNT_MAPS  # maps whose elements are (key, value) pairs, deleted by their key
 
 
 def _meta(key: str) -> dict:
@@ -143,6 +149,14 @@ def _in_set(left: dict, name: str) -> dict:
 
 def _eq(left: dict, right) -> dict:
     return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _ne(left: dict, right) -> dict:
+    return {"match": {"op": "!=", "left": left, "right": right}}
+
+
+def _p(protocol: str, field: str) -> dict:
+    return {"payload": {"protocol": protocol, "field": field}}
 
 
 COUNTER = {"counter": {"packets": 0, "bytes": 0}}
@@ -165,8 +179,10 @@ def drop_chains(family: str) -> dict:
 
 def _log_jump(reason: str) -> list[list[dict]]:
     """The drop chain's first rule: a logging sending bridge's log chain (the packet's own
-    input interface: for a cross-network drop too, whose counter counts the other side)."""
-    return [[{"vmap": {"key": _meta("iifname"), "data": f"@{LOG_MAPS[reason]}"}}]] if reason in LOG_MAPS else []
+    input interface: for a cross-network drop too, whose counter counts the other side; in the
+    bridge table, the port the frame came in by)."""
+    maps = LOG_MAPS | BRIDGE_LOG_MAPS
+    return [[{"vmap": {"key": _meta("iifname"), "data": f"@{maps[reason]}"}}]] if reason in maps else []
 
 
 def limit_name(bridge: str) -> str:
@@ -181,12 +197,19 @@ def _flow_key(family: int, ports: bool) -> dict:
     return {"concat": keys + ([{"payload": {"protocol": "th", "field": "dport"}}] if ports else [])}
 
 
-def log_rules(reason: str, bridge: str) -> list[list[dict]]:
+def log_rules(reason: str, bridge: str, frames: bool = False) -> list[list[dict]]:
     """Chain logR-BR: a flow logged in the last LOG_QUIET seconds returns (its retries are not
     logged again); else, within the bridge's limit, the flow is remembered and the packet sent
     to the drop log's NFLOG group. A flow is (source, destination, protocol, and for TCP and
-    UDP the destination port), from the packet's own header; per IP family."""
+    UDP the destination port), from the packet's own header; per IP family. `frames` (the
+    bridge table): any other ethertype's flow is (port, source MAC, ethertype)."""
     rules = []
+    if frames:
+        other = _ne(_p("ether", "type"), {"set": ["ip", "ip6"]})
+        key = {"concat": [_meta("iifname"), _p("ether", "saddr"), _p("ether", "type")]}
+        rules.append([other, _in_set(key, "frames"), RETURN])
+        rules.append([other, {"limit": limit_name(bridge)}, {"set": {"op": "add", "elem": key, "set": "@frames"}},
+                      {"log": {"prefix": reasons.log_prefix(reason, bridge), "group": reasons.NFLOG_GROUP}}])
     for family in (4, 6):
         for ports in (True, False):
             name = f"{'flows' if ports else 'other'}{family}"
@@ -298,14 +321,6 @@ INET = TableSpec(
 
 
 # --- anti-spoofing, in the bridge family: every frame entering the bridge from a guarded port ---
-def _ne(left: dict, right) -> dict:
-    return {"match": {"op": "!=", "left": left, "right": right}}
-
-
-def _p(protocol: str, field: str) -> dict:
-    return {"payload": {"protocol": protocol, "field": field}}
-
-
 def _raw(offset: int, length: int) -> dict:
     return {"payload": {"base": "th", "offset": offset, "len": length}}
 
@@ -383,6 +398,7 @@ def bridge_spec(name: str = TABLE) -> TableSpec:
                      chains={"prerouting": ("prerouting", SPOOF_RULES), "forward": ("forward", TENANT_FORWARD),
                              "input": ("input", TENANT_INPUT), **drop_chains("bridge")},
                      counts={count_map(r): "ifname" for r in (*DROP_KEYS["bridge"], reasons.INTRA_BRIDGE)},
+                     maps={m: "ifname" for m in BRIDGE_LOG_MAPS.values()}, dynamic=FLOW_SETS | FRAME_SETS,
                      typeof=SPOOF_TYPEOF, name=name)
 
 
@@ -416,7 +432,27 @@ def bridge_elements(desired: Desired) -> dict[str, set]:
     want |= tenancy(desired)
     want[count_map(reasons.CROSS_TENANT)] = {(m.port, counter_name(reasons.CROSS_TENANT, b.bridge))
                                             for b in desired for m in b.members if desired.tenanted}
+    for reason, ports in bridge_logged(desired).items():  # each port of a logging bridge: its log chain
+        want[BRIDGE_LOG_MAPS[reason]] = {(port, bridge_log_chain(reason, b)) for b, p in ports for port in p}
     return want
+
+
+def bridge_log_chain(reason: str, bridge: str) -> str:
+    return f"{BRIDGE_LOG_MAPS[reason]}-{bridge}"
+
+
+def bridge_logged(desired: Desired) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
+    """reason -> (bridge, its ports) for the bridge table's drops that go to the drop log: the
+    anti-spoofing ports and, with tenants, every port of the bridges that log (BridgeNeeds.log)."""
+    return {reasons.ANTI_SPOOFING: [(b.bridge, tuple(s.port for s in b.spoofs)) for b in desired if b.log and b.spoofs],
+            reasons.CROSS_TENANT: [(b.bridge, tuple(m.port for m in b.members)) for b in desired
+                                   if b.log and b.members and desired.tenanted]}
+
+
+def bridge_log_chains(desired: Desired) -> dict[str, list[list[dict]]]:
+    """The bridge table's log chains `desired` needs: name -> rules."""
+    return {bridge_log_chain(reason, b): log_rules(reason, b, frames=True)
+            for reason, bridges in bridge_logged(desired).items() for b, _ in bridges}
 
 
 def counted_elements(bridges, pairs) -> dict[str, set]:
@@ -527,11 +563,11 @@ def guard_chains(desired: Desired) -> dict[str, list[list[dict]]]:
 
 
 def _is_log_chain(name: str) -> bool:
-    return name.split("-", 1)[0] in LOG_MAPS.values()
+    return name.split("-", 1)[0] in (*LOG_MAPS.values(), *BRIDGE_LOG_MAPS.values())
 
 
 def _is_guard_chain(name: str) -> bool:
-    return name.split("-", 1)[0] in GUARD_MAPS and "-" in name
+    return name.split("-", 1)[0] in VERDICT_MAPS and "-" in name
 
 
 @value_class
@@ -650,7 +686,7 @@ def wanted(desired: Desired) -> dict[str, dict[str, set]]:
 def _value(name: str, e):
     """An element as libnftables JSON: map entries jump to their chain, pairs are concatenations
     (a raw-payload value as hex: JSON integers stop at 64 bits)."""
-    if name in GUARD_MAPS:
+    if name in VERDICT_MAPS:
         return [e[0], {"jump": {"target": e[1]}}]
     if name in COUNT_MAPS:
         return [e[0], e[1]]
@@ -677,21 +713,29 @@ def _delete_element(family: str, name: str, elem, table: str = TABLE) -> dict:
     return {"delete": {"element": {"family": family, "table": table, "name": name, "elem": [key]}}}
 
 
-def bridge_plan(state: "TableState", want: dict[str, set], spec: TableSpec) -> list[dict]:
+def bridge_plan(state: "TableState", want: dict[str, set], spec: TableSpec, chains: dict[str, list] | None = None,
+                bridges=()) -> list[dict]:
     """The commands making the anti-spoofing table hold `want` (every registered attachment's
-    elements): missing ones added, stale ones of registered ports deleted, a damaged or
-    missing table (re)created. Elements of ports no registered attachment names stay, also
-    through a rebuild: a damaged registry may have lost the attachments they protect (their
-    DEL, or cleanup, takes them)."""
+    elements) and the log chains `chains` (bridge_log_chains; `bridges`: the registered
+    attachments' bridges, whose other log chains go): missing ones added, stale ones of
+    registered ports deleted, a damaged or missing table (re)created. Elements of ports no
+    registered attachment names stay, also through a rebuild (but for their log's jumps: a
+    rebuilt table holds only the log chains wanted): a damaged registry may have lost the
+    attachments they protect (their DEL, or cleanup, takes them)."""
     known = {_port_of(e) for elems in want.values() for e in elems}
+    chains = chains or {}
     if state.exists and state.intact:
+        scope = set(chains) | {c for c in state.chains if c.split("-", 1)[1] in bridges}
+        first, last = _converge_chains(state, chains, scope, spec)
         missing = {n: want[n] - state.elements.get(n, set()) for n in want}
         stale = [_delete_element("bridge", n, e, spec.name) for n in want
-                 for e in sorted(state.elements.get(n, set()) - want[n]) if _port_of(e) in known]
-        return _add_elements("bridge", missing, spec.name) + stale
-    kept = {n: {e for e in state.elements.get(n, set()) if _port_of(e) not in known} | want.get(n, set())
-            for n in set(want) | set(state.elements)}
-    return spec.create(replace=state.exists) + _add_elements("bridge", kept, spec.name)
+                 for e in sorted(state.elements.get(n, set()) - want[n])
+                 if _port_of(e) in known or (n in spec.maps and e[1] in scope)]
+        return first + _add_elements("bridge", missing, spec.name) + stale + last
+    kept = {n: {e for e in state.elements.get(n, set()) if _port_of(e) not in known and n not in spec.maps}
+            | want.get(n, set()) for n in set(want) | set(state.elements)}
+    return (spec.create(replace=state.exists) + _converge_chains(TableState(), chains, chains, spec)[0]
+            + _add_elements("bridge", kept, spec.name))
 
 
 def _port_of(elem) -> str:
@@ -710,8 +754,8 @@ def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dic
     tenants = {}  # tenancy elements the state after does not hold (None: left as they are)
     if r.tenancy is not None:
         tenants = {n: state.elements.get(n, set()) - r.tenancy[n] for n in TENANCY_SETS}
-        tenants[count_map(reasons.CROSS_TENANT)] = {e for e in state.elements.get(count_map(reasons.CROSS_TENANT), set())
-                                                   if e[0] not in r.tenancy["tports"]}
+        for name in (count_map(reasons.CROSS_TENANT), BRIDGE_LOG_MAPS[reasons.CROSS_TENANT]):
+            tenants[name] = {e for e in state.elements.get(name, set()) if e[0] not in r.tenancy["tports"]}
     held = {_port_of(e) for n, elems in state.elements.items() for e in elems - tenants.get(n, set())}
     if (r.last or r.last_spoof) and held <= leaving:
         return [{"delete": {"table": {"family": "bridge", "name": spec.name}}}]
@@ -720,6 +764,12 @@ def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dic
         gone[n] = gone.get(n, set()) | elems
     name = count_map(reasons.ANTI_SPOOFING)
     gone[name] = {e for e in state.elements.get(name, set()) if e[0] in spoofing}
+    logspoof = BRIDGE_LOG_MAPS[reasons.ANTI_SPOOFING]
+    gone[logspoof] = {e for e in state.elements.get(logspoof, set()) if e[0] in spoofing}
+    logs = {c for c in state.chains if c.split("-", 1)[1] == r.bridge}  # the bridge's log chains
+    if r.unlog:  # the bridge stopped logging: every port's jump to its log chains goes
+        for m in spec.maps:
+            gone[m] = gone.get(m, set()) | {e for e in state.elements.get(m, set()) if e[1] in logs}
     if r.forget:  # every port still naming the bridge's counters (a lost registry's) lets go of them
         for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE, reasons.CROSS_TENANT):
             mine = counter_name(reason, r.bridge)
@@ -728,7 +778,11 @@ def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dic
     cmds = [_delete_element("bridge", n, e, spec.name) for n in sorted(gone) for e in sorted(gone[n])
             if e in state.elements.get(n, set())]
     counters = (name, count_map(reasons.INTRA_BRIDGE), count_map(reasons.CROSS_TENANT))
-    return cmds + [c for n in counters for c in _unused_counters(state, n, gone.get(n, set()), spec)]
+    cmds += [c for n in counters for c in _unused_counters(state, n, gone.get(n, set()), spec)]
+    # log chains no port jumps to any more go after the jumps, the bridge's limit after its last chain
+    jumped = {e[1] for m in spec.maps for e in state.elements.get(m, set()) - gone.get(m, set())}
+    unused = {c for c in logs if c not in jumped}
+    return cmds + _converge_chains(state, {c: state.chains[c] for c in logs - unused}, unused, spec)[1]
 
 
 def _unused_counters(state: "TableState", name: str, gone: set, spec: TableSpec) -> list[dict]:
@@ -739,10 +793,11 @@ def _unused_counters(state: "TableState", name: str, gone: set, spec: TableSpec)
             for c in sorted({e[1] for e in gone} - left) if c in state.counters]
 
 
-def _converge_chains(state: "TableState", want: dict[str, list], scope) -> tuple[list[dict], list[dict]]:
+def _converge_chains(state: "TableState", want: dict[str, list], scope,
+                     spec: TableSpec = INET) -> tuple[list[dict], list[dict]]:
     """Commands making the guard chains in `scope` (names) match `want`: (before elements are
     added: new or rewritten chains; after map elements are deleted: chains to delete)."""
-    base = {"family": "inet", "table": TABLE}
+    base = {"family": spec.family, "table": spec.name}
     first, last = [], []
     for bridge in sorted({n.split("-", 1)[1] for n in want if _is_log_chain(n) and want[n] != state.chains.get(n)}):
         first.append({"add": {"limit": {**base, "name": limit_name(bridge), "rate": LOG_RATE, "per": "second",
@@ -776,7 +831,7 @@ def plan(states: dict[str, TableState], desired: Desired) -> list[dict]:
     for family, want in wanted(desired).items():
         spec, state = SPECS[family], states.get(family, TableState())
         if family == "bridge":
-            cmds += bridge_plan(state, want, spec)
+            cmds += bridge_plan(state, want, spec, bridge_log_chains(desired), known)
             continue
         if state.exists and state.intact:
             scope = set(chains) | {c for c in state.chains if c.split("-", 1)[1] in known}
@@ -832,7 +887,7 @@ def release_families(r: Release) -> list[str]:
         families.append("inet")
     if r.members and "inet" not in families:
         families.append("inet")
-    if r.spoofs or r.uncount or r.forget or r.last or r.last_spoof or r.tenancy is not None:
+    if r.spoofs or r.uncount or r.forget or r.last or r.last_spoof or r.unlog or r.tenancy is not None:
         families.append("bridge")
     return families
 
@@ -1024,11 +1079,15 @@ def problems(states: dict[str, TableState], desired: Desired) -> list[str]:
         state = states.get(family, TableState())
         found += table_problems(state, want, SPECS[family])
         if state.exists and state.intact:
-            if family == "inet":
-                for name, rules in sorted(guard_chains(desired).items()):
-                    if state.chains.get(name) != rules:
-                        found.append(f"chain inet {TABLE} {name} is {'altered' if name in state.chains else 'missing'}")
+            found += chain_problems(state, guard_chains(desired) if family == "inet" else bridge_log_chains(desired),
+                                    SPECS[family])
     return found
+
+
+def chain_problems(state: TableState, chains: dict[str, list], spec: TableSpec) -> list[str]:
+    """What table `spec` lacks of the per-bridge chains `chains` (name -> rules)."""
+    return [f"chain {spec.family} {spec.name} {name} is {'altered' if name in state.chains else 'missing'}"
+            for name, rules in sorted(chains.items()) if state.chains.get(name) != rules]
 
 
 def _shown(e) -> str:
@@ -1049,7 +1108,7 @@ def table_problems(state: TableState, want: dict[str, set], spec: TableSpec) -> 
     found = []
     for name, elems in sorted(want.items()):
         for e in sorted(elems - state.elements.get(name, set())):
-            shown = f"{e[0]} : jump {e[1]}" if name in GUARD_MAPS else f"{e[0]} : {e[1]}" if name in COUNT_MAPS \
+            shown = f"{e[0]} : jump {e[1]}" if name in VERDICT_MAPS else f"{e[0]} : {e[1]}" if name in COUNT_MAPS \
                 else _shown(e)
             found.append(f"{shown} is not in {'map' if name in KEYED_MAPS else 'set'} {where} {name}")
     return found
