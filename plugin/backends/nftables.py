@@ -449,9 +449,17 @@ def bridge_logged(desired: Desired) -> dict[str, list[tuple[str, tuple[str, ...]
                                    if b.log and b.members and desired.tenanted]}
 
 
+# A broadcast or multicast frame the bridge floods to another tenant's port is dropped there,
+# but it is nobody's attempt to reach that tenant (ARP, neighbour discovery): not logged.
+# (Its destination MAC's group bit: the bridge's forward hook does not see them as `pkttype`.)
+GROUP_BIT = "01:00:00:00:00:00"
+FLOODED = [_eq({"&": [_p("ether", "daddr"), GROUP_BIT]}, GROUP_BIT), RETURN]
+
+
 def bridge_log_chains(desired: Desired) -> dict[str, list[list[dict]]]:
     """The bridge table's log chains `desired` needs: name -> rules."""
-    return {bridge_log_chain(reason, b): log_rules(reason, b, frames=True)
+    return {bridge_log_chain(reason, b): [*([FLOODED] if reason == reasons.CROSS_TENANT else []),
+                                          *log_rules(reason, b, frames=True)]
             for reason, bridges in bridge_logged(desired).items() for b, _ in bridges}
 
 
