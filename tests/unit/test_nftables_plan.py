@@ -585,3 +585,74 @@ def test_check_counts_the_log_rules_as_part_of_the_layout():
     assert "brB : jump logcross-brB is not in map inet isolation logcross" in found
     assert "chain inet isolation logcross-brB is missing" in found
     assert not any("logintra" in p or "logegress" in p or "loghost" in p for p in found), found  # reasons brB lacks
+
+
+def _bridge_log_state(d) -> TableState:
+    """The bridge table as plan() would leave it for `d` (intact; chains and limits as listed)."""
+    from plugin.backends.nftables import bridge_elements, bridge_log_chains
+
+    chains = bridge_log_chains(d)
+    return TableState(exists=True, intact=True, elements=bridge_elements(d), chains=chains,
+                      limits={f"log-{n.split('-', 1)[1]}" for n in chains})
+
+
+def test_the_bridge_table_logs_anti_spoofing_and_tenant_drops_per_port_of_a_logging_bridge():
+    """Issue 19: each port of a logging bridge jumps, per bridge-table reason, to its bridge's
+    log chain there (with its own limit); a bridge without logDrops gets nothing of it."""
+    spoof_b = Spoof("veth1", "02:00:00:00:00:0b", ("10.77.2.2",))
+    logging = intent_for("br0", "same-bridge", "veth0", spoof=SPOOF0, log=True, tenant="t1")
+    quiet = intent_for("br1", "same-bridge", "veth1", spoof=spoof_b, tenant="t2")
+    cmds = plan({}, desired([logging, quiet]))
+    bridge_cmds = [c for c in cmds if json.dumps(c).count('"family": "bridge"')]
+    chains = [c["add"]["chain"]["name"] for c in bridge_cmds if "chain" in c.get("add", {})]
+    assert [c for c in chains if c.startswith("log")] == ["logspoof-br0", "logtenant-br0"]
+    limits = [c["add"]["limit"] for c in bridge_cmds if "limit" in c.get("add", {})]
+    assert [(x["name"], x["rate"], x["burst"]) for x in limits] == [("log-br0", 10, 20)]
+    elements = {c["add"]["element"]["name"]: c["add"]["element"]["elem"] for c in bridge_cmds
+                if "element" in c.get("add", {})}
+    assert elements["logspoof"] == [["veth0", {"jump": {"target": "logspoof-br0"}}]]
+    assert elements["logtenant"] == [["veth0", {"jump": {"target": "logtenant-br0"}}]]
+    logs = {x["log"]["prefix"] for c in bridge_cmds if "rule" in c.get("add", {}) for x in c["add"]["rule"]["expr"]
+            if "log" in x}
+    assert logs == {"isolation anti-spoofing br0", "isolation cross-tenant br0"}
+    assert "br1" not in json.dumps([c for c in bridge_cmds if "log" in json.dumps(c)])
+    # intact: nothing to do; a log chain or a port's jump missing is damage CHECK reports
+    d = desired([logging, quiet])
+    from plugin.record import replace
+
+    def bridge_problems(state):  # (the inet table is not under test here)
+        return [p for p in problems({"bridge": state}, d) if "bridge isolation" in p]
+
+    state = _bridge_log_state(d)
+    assert [c for c in plan({"bridge": state}, d) if json.dumps(c).count('"family": "bridge"')] == []
+    assert bridge_problems(state) == []
+    broken = replace(state, chains={k: v for k, v in state.chains.items() if k != "logspoof-br0"})
+    assert bridge_problems(broken) == ["chain bridge isolation logspoof-br0 is missing"]
+    unjumped = replace(state, elements={**state.elements, "logtenant": set()})
+    assert bridge_problems(unjumped) == ["veth0 : jump logtenant-br0 is not in map bridge isolation logtenant"]
+
+
+def test_the_bridge_tables_log_goes_with_its_port_and_with_the_bridges_last_logging_attachment():
+    from plugin.policy import released
+
+    spoof_c = Spoof("veth2", "02:00:00:00:00:0c", ("10.77.1.3",))
+    a = intent_for("br0", "same-bridge", "veth0", spoof=SPOOF0, log=True)
+    c = intent_for("br0", "same-bridge", "veth2", spoof=spoof_c, log=True)
+    quiet = intent_for("br0", "same-bridge", "veth2", spoof=spoof_c)
+    # one of two logging ports leaves: only its jump goes, the chain and limit stay
+    both = desired([a, c])
+    cmds = release_plan({"bridge": _bridge_log_state(both)}, released(both, desired([c]), "br0"))
+    assert [x["delete"]["element"]["elem"] for x in cmds if x["delete"].get("element", {}).get("name") == "logspoof"] \
+        == [["veth0"]]
+    assert not [x for x in cmds if "chain" in x["delete"] or "limit" in x["delete"]]
+    # the logging attachment leaves, a quiet one stays: every jump, then the chain, then the limit go
+    mixed = desired([a, quiet])
+    cmds = release_plan({"bridge": _bridge_log_state(mixed)}, released(mixed, desired([quiet]), "br0"))
+    tail = [next(iter(x["delete"])) for x in cmds][-2:]
+    assert tail == ["chain", "limit"], cmds
+    assert {"delete": {"element": {"family": "bridge", "table": "isolation", "name": "logspoof", "elem": ["veth0"]}}} \
+        in cmds
+    # the last attachment: the whole table
+    one = desired([a])
+    assert release_plan({"bridge": _bridge_log_state(one)}, released(one, desired([]), "br0")) == [
+        {"delete": {"table": {"family": "bridge", "name": "isolation"}}}]
