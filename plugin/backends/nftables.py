@@ -1125,8 +1125,20 @@ def table_problems(state: TableState, want: dict[str, set], spec: TableSpec) -> 
 def spoof_cleanup(state: TableState, ports, spec: TableSpec, bridge: str) -> list[list[str]]:
     """nft commands deleting the anti-spoofing elements of `ports` from table `spec`, their
     counter map elements, and `bridge`'s counters once no port left there names them (the
-    MACs of set intramac stay: without their ports they count nothing)."""
-    cmds = []
+    MACs of set intramac stay: without their ports they count nothing), their jumps to their
+    bridge's log chains, and `bridge`'s log chains no port jumps to any more, then its limit."""
+    cmds, jumped = [], set()
+    for name in spec.maps:  # the drop log's jumps (port : jump logR-BR)
+        for e in sorted(state.elements.get(name, set())):
+            if e[0] in ports:
+                cmds.append(["nft", "delete", "element", "bridge", spec.name, name, "{", f'"{e[0]}"', "}"])
+            else:
+                jumped.add(e[1])
+    logs = sorted(c for c in state.chains if c.split("-", 1)[1] == bridge and c not in jumped)
+    unused = [["nft", "delete", "chain", "bridge", spec.name, c] for c in logs]
+    if logs and limit_name(bridge) in state.limits and not any(
+            c.split("-", 1)[1] == bridge for c in set(state.chains) - set(logs)):
+        unused.append(["nft", "delete", "limit", "bridge", spec.name, limit_name(bridge)])
     for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE, reasons.CROSS_TENANT):
         name = count_map(reason)
         counted = {e for e in state.elements.get(name, set()) if e[0] in ports}
@@ -1141,7 +1153,7 @@ def spoof_cleanup(state: TableState, ports, spec: TableSpec, bridge: str) -> lis
                 shown = " . ".join(f"0x{v:x}" if isinstance(v, int) else f'"{v}"' if i == 0 or name == "tpair" else v
                                    for i, v in enumerate(e)) if isinstance(e, tuple) else f'"{e}"'
                 cmds.append(["nft", "delete", "element", "bridge", spec.name, name, "{", shown, "}"])
-    return cmds
+    return cmds + unused
 
 
 def member_cleanup(state: TableState, ports) -> list[list[str]]:

@@ -656,3 +656,16 @@ def test_the_bridge_tables_log_goes_with_its_port_and_with_the_bridges_last_logg
     one = desired([a])
     assert release_plan({"bridge": _bridge_log_state(one)}, released(one, desired([]), "br0")) == [
         {"delete": {"table": {"family": "bridge", "name": "isolation"}}}]
+
+
+def test_cleanup_of_a_logging_bridge_takes_its_ports_jumps_then_its_log_chains_then_its_limit():
+    from plugin.backends.nftables import spoof_cleanup
+
+    spoof_c = Spoof("veth2", "02:00:00:00:00:0c", ("10.77.2.3",))
+    d = desired([intent_for("br0", "same-bridge", "veth0", spoof=SPOOF0, log=True),
+                 intent_for("br2", "same-bridge", "veth2", spoof=spoof_c, log=True)])
+    cmds = spoof_cleanup(_bridge_log_state(d), {"veth0"}, BRIDGE, "br0")
+    assert cmds[0] == ["nft", "delete", "element", "bridge", "isolation", "logspoof", "{", '"veth0"', "}"]
+    assert cmds[-2:] == [["nft", "delete", "chain", "bridge", "isolation", "logspoof-br0"],
+                         ["nft", "delete", "limit", "bridge", "isolation", "log-br0"]]
+    assert "br2" not in json.dumps(cmds) and "veth2" not in json.dumps(cmds)  # the other bridge keeps its log
