@@ -870,14 +870,16 @@ def add_only_plan(states: dict[str, TableState], addition: Desired) -> list[dict
     the attachments in the group, so that bridge's guard chains are left as they are
     (converged to that part's guard they would lose what its other attachments deny), and
     one it needs that is missing needs the full path."""
-    chains = guard_chains(addition)
-    scope = [f"{m}-{first_bridge(addition)}" for m in GUARD_MAPS]
-    held = states.get("inet", TableState()).chains
-    if any(name not in held for name in chains if name not in scope):
-        return None
+    bridge = first_bridge(addition)
+    chains = {"inet": guard_chains(addition), "bridge": bridge_log_chains(addition)}
+    scope = {"inet": [f"{m}-{bridge}" for m in GUARD_MAPS], "bridge": [f"{m}-{bridge}" for m in BRIDGE_LOG_MAPS.values()]}
+    for family in chains:
+        held = states.get(family, TableState()).chains
+        if any(name not in held for name in chains[family] if name not in scope[family]):
+            return None
     cmds = []
     for family, want in wanted(addition).items():
-        first, last = _converge_chains(states[family], chains, scope) if family == "inet" else ([], [])
+        first, last = _converge_chains(states[family], chains[family], scope[family], SPECS[family])
         if last:
             return None
         cmds += first + _add_elements(family, want)

@@ -30,6 +30,7 @@ import pytest
 
 from frames import echo_request, mac_of, send_frames, settled_counts
 from netlab import IP, sh
+from plugin.droplog import line
 
 pytestmark = pytest.mark.e2e
 N = 5
@@ -183,10 +184,10 @@ def test_the_bridge_tables_drops_log_one_line_per_flow_by_the_port_it_came_in_by
         "backend": backend, "ingressPolicy": "same-bridge", "antiSpoofing": True, "logDrops": True})
     q_net = lab.network(["bridge", "isolation"], isolation={
         "backend": backend, "ingressPolicy": "same-bridge", "antiSpoofing": True})
+    q1 = lab.add(q_net)  # first: S's log chains join a bridge table that is there
     s1 = lab.add(s_net, cni_args=BY_CNI_ARGS.format("t1"))
     s2 = lab.add(s_net, cni_args=BY_CNI_ARGS.format("t1"))
     s3 = lab.add(s_net, cni_args=BY_CNI_ARGS.format("t2"))
-    q1 = lab.add(q_net)
     S, Q = s_net.bridge, q_net.bridge
     time.sleep(2)  # let start-up traffic pass before the reader starts
     before = settled_counts(lab, quiet=0.7)
@@ -226,7 +227,7 @@ def test_the_bridge_tables_drops_log_one_line_per_flow_by_the_port_it_came_in_by
     for r in got:
         if (r["source"], r["destination"], r["protocol"], r["reason"], r["key"]) in expected:
             assert (r["container"], r["ifname"]) == (s1.id, "eth0"), r
-    print("\n".join(str(s) for s in seen))
+    print("\n".join(line(r) for r in got))  # as `isolation drops` prints them
 
     # the bridge table's log chains go with their bridge; after the last DEL nothing of ours is left
     for c in (s1, s2, s3):

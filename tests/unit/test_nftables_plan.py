@@ -669,3 +669,18 @@ def test_cleanup_of_a_logging_bridge_takes_its_ports_jumps_then_its_log_chains_t
     assert cmds[-2:] == [["nft", "delete", "chain", "bridge", "isolation", "logspoof-br0"],
                          ["nft", "delete", "limit", "bridge", "isolation", "log-br0"]]
     assert "br2" not in json.dumps(cmds) and "veth2" not in json.dumps(cmds)  # the other bridge keeps its log
+
+
+def test_an_add_onto_a_bridge_table_without_its_log_chains_adds_them_before_its_jumps():
+    """The ADD's add-only path: a logging bridge's first ADD where the bridge table exists
+    (another network's anti-spoofing) adds the limit and log chain, then the port's jump."""
+    spoof_b = Spoof("veth1", "02:00:00:00:00:0b", ("10.77.2.2",))
+    there = _bridge_log_state(desired([intent_for("br1", "same-bridge", "veth1", spoof=spoof_b)]))
+    addition = desired([intent_for("br0", "same-bridge", "veth0", spoof=SPOOF0, log=True)])
+    cmds = add_only_plan({"inet": TableState(exists=True, intact=True), "bridge": there}, addition)
+    ours = [c for c in cmds if '"family": "bridge"' in json.dumps(c)]
+    kinds = [(verb, next(iter(c[verb]))) for c in ours for verb in c]
+    assert kinds[:2] == [("add", "limit"), ("add", "chain")], kinds
+    jump = [i for i, c in enumerate(ours) if c.get("add", {}).get("element", {}).get("name") == "logspoof"]
+    assert jump and all(k == ("add", "rule") for k in kinds[2:jump[0]] if k[1] not in ("counter", "element")), kinds
+    assert ours[jump[0]]["add"]["element"]["elem"] == [["veth0", {"jump": {"target": "logspoof-br0"}}]]
