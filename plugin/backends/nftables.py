@@ -48,6 +48,9 @@
         iifname != @guarded return             then every frame from a guarded port is checked,
                                                each drop a `goto drop-anti-spoofing`, counted by
                                                map count-anti-spoofing (port : its bridge's counter)
+      chains forward, input                    tenants: each drop a `goto drop-cross-tenant`
+      map logspoof, logtenant                  port : jump logR-BR, for the ports of logging bridges
+      sets flows4/6, other4/6, frames; limit log-BR   the bridge table's own log state and rate
 
 `isolated` between the ports of a bridge is the kernel's bridge-port isolation flag, set on
 the ports (plugin/backends/ports.py); the forward rule above catches what the host routes
