@@ -516,6 +516,7 @@ class Release:
     logged: the drop reasons the bridge logs after (BridgeNeeds.logged): the log rules of
           the others go. None: left as they are.
     forget: after, nothing is on the bridge: its drop counters go, with every element naming them.
+    unlog: the bridge logged its drops before, not after: its bridge-table log chains go.
     unflag: ports of the bridge whose isolation flag comes off (it stopped dropping traffic
           between its ports; these are the ports still on it).
     last / last_guard / last_spoof: after, nothing on the backend enforces anything / has a
@@ -537,6 +538,7 @@ class Release:
     uncount: tuple[tuple[str, str], ...] = ()
     logged: tuple[str, ...] | None = None
     forget: bool = False
+    unlog: bool = False
     unflag: tuple[str, ...] = ()
     last: bool = False
     last_guard: bool = False
@@ -566,6 +568,7 @@ def released(before: Desired, after: Desired, bridge: str) -> Release:
         uncount=tuple(sorted(set(was.counted) - set(after.counted))),
         logged=now.logged,
         forget=bridge not in after.bridges,
+        unlog=was.log and not now.log,
         unflag=tuple(sorted(unflag)),
         last=not after.enforces_anything,
         last_guard=not after.guarded,

@@ -945,10 +945,12 @@ class IptablesBackend(Backend):
         if lib is None:
             raise CniError(ENFORCEMENT_FAILED, "antiSpoofing needs nf_tables' bridge family (libnftables), which is "
                            "unusable here (set antiSpoofing to false to run without it)", reason)
-        from plugin.backends.nftables import bridge_elements, bridge_plan, read_table
+        from plugin.backends.nftables import bridge_elements, bridge_log_chains, bridge_plan, read_table
 
         spec = _spoof_spec()
-        libnft.apply(lib, bridge_plan(read_table(lib, spec), bridge_elements(desired), spec),
+        known = set(desired.bridges) | {p for b in desired if b.routed for p in b.ports}
+        libnft.apply(lib, bridge_plan(read_table(lib, spec), bridge_elements(desired), spec,
+                                      bridge_log_chains(desired), known),
                      f"could not apply anti-spoofing ({spec.family} {spec.name})")
 
     def release(self, change: Release, facts: dict) -> None:
@@ -957,7 +959,7 @@ class IptablesBackend(Backend):
         if failed:
             raise CniError(ENFORCEMENT_FAILED, f"could not remove the rules of {change.bridge}", failed[0][1].strip())
         if (change.spoofs or change.uncount or change.forget or change.last or change.last_spoof
-                or change.tenancy is not None):  # else nothing ours
+                or change.unlog or change.tenancy is not None):  # else nothing ours
             lib = libnft.load()[0]
             if lib is not None:
                 from plugin.backends.nftables import bridge_release, read_table
@@ -1101,10 +1103,14 @@ class IptablesBackend(Backend):
             elif lib is None:
                 missing.append(f"anti-spoofing cannot be read: {reason}")
             else:
-                from plugin.backends.nftables import bridge_elements, read_table, table_problems
+                from plugin.backends.nftables import (bridge_elements, bridge_log_chains, chain_problems, read_table,
+                                                      table_problems)
 
                 spec = _spoof_spec()
-                found = table_problems(read_table(lib, spec), bridge_elements(desired), spec)
+                state = read_table(lib, spec)
+                found = table_problems(state, bridge_elements(desired), spec)
+                if state.exists and state.intact:
+                    found += chain_problems(state, bridge_log_chains(desired), spec)
                 missing += [f"nftables: {p}" for p in found]
         return missing
 

@@ -65,6 +65,9 @@
         iifname != @guarded return             then every frame from a guarded port is checked,
                                                each drop a `goto drop-anti-spoofing`, counted by
                                                map count-anti-spoofing (port : its bridge's counter)
+      chains forward, input                    tenants: each drop a `goto drop-cross-tenant`
+      map logspoof, logtenant                  port : jump logR-BR, for the ports of logging bridges
+      sets flows4/6, other4/6, frames; limit log-BR   the bridge table's own log state and rate
 
 `isolated` between the ports of a bridge is the kernel's bridge-port isolation flag, set on
 the ports (plugin/backends/ports.py); the forward rule above catches what the host routes
@@ -101,8 +104,12 @@ TABLE = "isolation"
 # its chain "logR-BR", jumped to by the reason's drop chain before it counts and drops.
 LOG_MAPS = {reasons.CROSS_NETWORK: "logcross", reasons.INTRA_BRIDGE: "logintra",
             reasons.EGRESS_DENY: "logegress", reasons.HOST_ACCESS: "loghost"}
+# The bridge table's drop log: per reason, a verdict map from each port of a logging bridge to
+# that bridge's chain "logR-BR" in the bridge table (its own limit and flow sets there).
+BRIDGE_LOG_MAPS = {reasons.ANTI_SPOOFING: "logspoof", reasons.CROSS_TENANT: "logtenant"}
 # verdict maps: bridge -> jump to its chain "egress-BR" / "host-BR" / "logR-BR"
 GUARD_MAPS = ("egress", "host", *LOG_MAPS.values())
+VERDICT_MAPS = GUARD_MAPS + tuple(BRIDGE_LOG_MAPS.values())  # (the bridge table's: port -> jump)
 # The log's rate, per bridge (all its reasons together: one named limit "log-BR"), and how
 # long a logged flow stays quiet (per family: sets of flows, keyed from the packet's own header,
 # since a dropped packet never gets a confirmed conntrack entry).
@@ -111,6 +118,8 @@ FLOW_SETS = {"flows4": ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"],
              "flows6": ["ipv6_addr", "ipv6_addr", "inet_proto", "inet_service"],
              "other4": ["ipv4_addr", "ipv4_addr", "inet_proto"],
              "other6": ["ipv6_addr", "ipv6_addr", "inet_proto"]}
+# The bridge table sees ARP and other ethertypes too: such a flow is (port, source MAC, ethertype).
+FRAME_SETS = {"frames": ["ifname", "ether_addr", "ether_type"]}
 # The reasons each table drops for, and what names the bridge a drop is counted for: the
 # inet side counts a cross-network drop for the bridge it was going into (whose ingressPolicy
 # refused it), the others for the bridge the packet came from; the bridge family knows only
@@ -148,7 +157,7 @@ def parse_counter(name: str) -> tuple[str, str] | None:
 
 
 COUNT_MAPS = tuple(count_map(r) for keys in DROP_KEYS.values() for r in keys)
-KEYED_MAPS = GUARD_MAPS + COUNT_MAPS  # maps whose elements are (key, value) pairs, deleted by their key
+KEYED_MAPS = VERDICT_MAPS + COUNT_MAPS  # maps whose elements are (key, value) pairs, deleted by their key
 
 
 def _meta(key: str) -> dict:
@@ -161,6 +170,14 @@ def _in_set(left: dict, name: str) -> dict:
 
 def _eq(left: dict, right) -> dict:
     return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _ne(left: dict, right) -> dict:
+    return {"match": {"op": "!=", "left": left, "right": right}}
+
+
+def _p(protocol: str, field: str) -> dict:
+    return {"payload": {"protocol": protocol, "field": field}}
 
 
 COUNTER = {"counter": {"packets": 0, "bytes": 0}}
@@ -184,8 +201,10 @@ def drop_chains(family: str) -> dict:
 
 def _log_jump(reason: str) -> list[list[dict]]:
     """The drop chain's first rule: a logging sending bridge's log chain (the packet's own
-    input interface: for a cross-network drop too, whose counter counts the other side)."""
-    return [[{"vmap": {"key": _meta("iifname"), "data": f"@{LOG_MAPS[reason]}"}}]] if reason in LOG_MAPS else []
+    input interface: for a cross-network drop too, whose counter counts the other side; in the
+    bridge table, the port the frame came in by)."""
+    maps = LOG_MAPS | BRIDGE_LOG_MAPS
+    return [[{"vmap": {"key": _meta("iifname"), "data": f"@{maps[reason]}"}}]] if reason in maps else []
 
 
 def limit_name(bridge: str) -> str:
@@ -200,12 +219,19 @@ def _flow_key(family: int, ports: bool) -> dict:
     return {"concat": keys + ([{"payload": {"protocol": "th", "field": "dport"}}] if ports else [])}
 
 
-def log_rules(reason: str, bridge: str) -> list[list[dict]]:
+def log_rules(reason: str, bridge: str, frames: bool = False) -> list[list[dict]]:
     """Chain logR-BR: a flow logged in the last LOG_QUIET seconds returns (its retries are not
     logged again); else, within the bridge's limit, the flow is remembered and the packet sent
     to the drop log's NFLOG group. A flow is (source, destination, protocol, and for TCP and
-    UDP the destination port), from the packet's own header; per IP family."""
+    UDP the destination port), from the packet's own header; per IP family. `frames` (the
+    bridge table): any other ethertype's flow is (port, source MAC, ethertype)."""
     rules = []
+    if frames:
+        other = _ne(_p("ether", "type"), {"set": ["ip", "ip6"]})
+        key = {"concat": [_meta("iifname"), _p("ether", "saddr"), _p("ether", "type")]}
+        rules.append([other, _in_set(key, "frames"), RETURN])
+        rules.append([other, {"limit": limit_name(bridge)}, {"set": {"op": "add", "elem": key, "set": "@frames"}},
+                      {"log": {"prefix": reasons.log_prefix(reason, bridge), "group": reasons.NFLOG_GROUP}}])
     for family in (4, 6):
         for ports in (True, False):
             name = f"{'flows' if ports else 'other'}{family}"
@@ -329,14 +355,6 @@ INET = TableSpec(
 
 
 # --- anti-spoofing, in the bridge family: every frame entering the bridge from a guarded port ---
-def _ne(left: dict, right) -> dict:
-    return {"match": {"op": "!=", "left": left, "right": right}}
-
-
-def _p(protocol: str, field: str) -> dict:
-    return {"payload": {"protocol": protocol, "field": field}}
-
-
 def _raw(offset: int, length: int) -> dict:
     return {"payload": {"base": "th", "offset": offset, "len": length}}
 
@@ -414,6 +432,7 @@ def bridge_spec(name: str = TABLE) -> TableSpec:
                      chains={"prerouting": ("prerouting", SPOOF_RULES), "forward": ("forward", TENANT_FORWARD),
                              "input": ("input", TENANT_INPUT), **drop_chains("bridge")},
                      counts={count_map(r): "ifname" for r in (*DROP_KEYS["bridge"], reasons.INTRA_BRIDGE)},
+                     maps={m: "ifname" for m in BRIDGE_LOG_MAPS.values()}, dynamic=FLOW_SETS | FRAME_SETS,
                      typeof=SPOOF_TYPEOF, name=name)
 
 
@@ -447,7 +466,35 @@ def bridge_elements(desired: Desired) -> dict[str, set]:
     want |= tenancy(desired)
     want[count_map(reasons.CROSS_TENANT)] = {(m.port, counter_name(reasons.CROSS_TENANT, b.bridge))
                                             for b in desired for m in b.members if desired.tenanted}
+    for reason, ports in bridge_logged(desired).items():  # each port of a logging bridge: its log chain
+        want[BRIDGE_LOG_MAPS[reason]] = {(port, bridge_log_chain(reason, b)) for b, p in ports for port in p}
     return want
+
+
+def bridge_log_chain(reason: str, bridge: str) -> str:
+    return f"{BRIDGE_LOG_MAPS[reason]}-{bridge}"
+
+
+def bridge_logged(desired: Desired) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
+    """reason -> (bridge, its ports) for the bridge table's drops that go to the drop log: the
+    anti-spoofing ports and, with tenants, every port of the bridges that log (BridgeNeeds.log)."""
+    return {reasons.ANTI_SPOOFING: [(b.bridge, tuple(s.port for s in b.spoofs)) for b in desired if b.log and b.spoofs],
+            reasons.CROSS_TENANT: [(b.bridge, tuple(m.port for m in b.members)) for b in desired
+                                   if b.log and b.members and desired.tenanted]}
+
+
+# A broadcast or multicast frame the bridge floods to another tenant's port is dropped there,
+# but it is nobody's attempt to reach that tenant (ARP, neighbour discovery): not logged.
+# (Its destination MAC's group bit: the bridge's forward hook does not see them as `pkttype`.)
+GROUP_BIT = "01:00:00:00:00:00"
+FLOODED = [_eq({"&": [_p("ether", "daddr"), GROUP_BIT]}, GROUP_BIT), RETURN]
+
+
+def bridge_log_chains(desired: Desired) -> dict[str, list[list[dict]]]:
+    """The bridge table's log chains `desired` needs: name -> rules."""
+    return {bridge_log_chain(reason, b): [*([FLOODED] if reason == reasons.CROSS_TENANT else []),
+                                          *log_rules(reason, b, frames=True)]
+            for reason, bridges in bridge_logged(desired).items() for b, _ in bridges}
 
 
 def counted_elements(bridges, pairs) -> dict[str, set]:
@@ -558,11 +605,11 @@ def guard_chains(desired: Desired) -> dict[str, list[list[dict]]]:
 
 
 def _is_log_chain(name: str) -> bool:
-    return name.split("-", 1)[0] in LOG_MAPS.values()
+    return name.split("-", 1)[0] in (*LOG_MAPS.values(), *BRIDGE_LOG_MAPS.values())
 
 
 def _is_guard_chain(name: str) -> bool:
-    return name.split("-", 1)[0] in GUARD_MAPS and "-" in name
+    return name.split("-", 1)[0] in VERDICT_MAPS and "-" in name
 
 
 @value_class
@@ -687,7 +734,7 @@ def wanted(desired: Desired) -> dict[str, dict[str, set]]:
 def _value(name: str, e):
     """An element as libnftables JSON: map entries jump to their chain, pairs are concatenations
     (a raw-payload value as hex: JSON integers stop at 64 bits)."""
-    if name in GUARD_MAPS:
+    if name in VERDICT_MAPS:
         return [e[0], {"jump": {"target": e[1]}}]
     if name in COUNT_MAPS:
         return [e[0], e[1]]
@@ -714,21 +761,29 @@ def _delete_element(family: str, name: str, elem, table: str = TABLE) -> dict:
     return {"delete": {"element": {"family": family, "table": table, "name": name, "elem": [key]}}}
 
 
-def bridge_plan(state: "TableState", want: dict[str, set], spec: TableSpec) -> list[dict]:
+def bridge_plan(state: "TableState", want: dict[str, set], spec: TableSpec, chains: dict[str, list] | None = None,
+                bridges=()) -> list[dict]:
     """The commands making the anti-spoofing table hold `want` (every registered attachment's
-    elements): missing ones added, stale ones of registered ports deleted, a damaged or
-    missing table (re)created. Elements of ports no registered attachment names stay, also
-    through a rebuild: a damaged registry may have lost the attachments they protect (their
-    DEL, or cleanup, takes them)."""
+    elements) and the log chains `chains` (bridge_log_chains; `bridges`: the registered
+    attachments' bridges, whose other log chains go): missing ones added, stale ones of
+    registered ports deleted, a damaged or missing table (re)created. Elements of ports no
+    registered attachment names stay, also through a rebuild (but for their log's jumps: a
+    rebuilt table holds only the log chains wanted): a damaged registry may have lost the
+    attachments they protect (their DEL, or cleanup, takes them)."""
     known = {_port_of(e) for elems in want.values() for e in elems}
+    chains = chains or {}
     if state.exists and state.intact:
+        scope = set(chains) | {c for c in state.chains if c.split("-", 1)[1] in bridges}
+        first, last = _converge_chains(state, chains, scope, spec)
         missing = {n: want[n] - state.elements.get(n, set()) for n in want}
         stale = [_delete_element("bridge", n, e, spec.name) for n in want
-                 for e in sorted(state.elements.get(n, set()) - want[n]) if _port_of(e) in known]
-        return _add_elements("bridge", missing, spec.name) + stale
-    kept = {n: {e for e in state.elements.get(n, set()) if _port_of(e) not in known} | want.get(n, set())
-            for n in set(want) | set(state.elements)}
-    return spec.create(replace=state.exists) + _add_elements("bridge", kept, spec.name)
+                 for e in sorted(state.elements.get(n, set()) - want[n])
+                 if _port_of(e) in known or (n in spec.maps and e[1] in scope)]
+        return first + _add_elements("bridge", missing, spec.name) + stale + last
+    kept = {n: {e for e in state.elements.get(n, set()) if _port_of(e) not in known and n not in spec.maps}
+            | want.get(n, set()) for n in set(want) | set(state.elements)}
+    return (spec.create(replace=state.exists) + _converge_chains(TableState(), chains, chains, spec)[0]
+            + _add_elements("bridge", kept, spec.name))
 
 
 def _port_of(elem) -> str:
@@ -747,8 +802,8 @@ def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dic
     tenants = {}  # tenancy elements the state after does not hold (None: left as they are)
     if r.tenancy is not None:
         tenants = {n: state.elements.get(n, set()) - r.tenancy[n] for n in TENANCY_SETS}
-        tenants[count_map(reasons.CROSS_TENANT)] = {e for e in state.elements.get(count_map(reasons.CROSS_TENANT), set())
-                                                   if e[0] not in r.tenancy["tports"]}
+        for name in (count_map(reasons.CROSS_TENANT), BRIDGE_LOG_MAPS[reasons.CROSS_TENANT]):
+            tenants[name] = {e for e in state.elements.get(name, set()) if e[0] not in r.tenancy["tports"]}
     held = {_port_of(e) for n, elems in state.elements.items() for e in elems - tenants.get(n, set())}
     if (r.last or r.last_spoof) and held <= leaving:
         return [{"delete": {"table": {"family": "bridge", "name": spec.name}}}]
@@ -757,6 +812,12 @@ def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dic
         gone[n] = gone.get(n, set()) | elems
     name = count_map(reasons.ANTI_SPOOFING)
     gone[name] = {e for e in state.elements.get(name, set()) if e[0] in spoofing}
+    logspoof = BRIDGE_LOG_MAPS[reasons.ANTI_SPOOFING]
+    gone[logspoof] = {e for e in state.elements.get(logspoof, set()) if e[0] in spoofing}
+    logs = {c for c in state.chains if c.split("-", 1)[1] == r.bridge}  # the bridge's log chains
+    if r.unlog:  # the bridge stopped logging: every port's jump to its log chains goes
+        for m in spec.maps:
+            gone[m] = gone.get(m, set()) | {e for e in state.elements.get(m, set()) if e[1] in logs}
     if r.forget:  # every port still naming the bridge's counters (a lost registry's) lets go of them
         for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE, reasons.CROSS_TENANT):
             mine = counter_name(reason, r.bridge)
@@ -765,7 +826,11 @@ def bridge_release(state: "TableState", r: Release, spec: TableSpec) -> list[dic
     cmds = [_delete_element("bridge", n, e, spec.name) for n in sorted(gone) for e in sorted(gone[n])
             if e in state.elements.get(n, set())]
     counters = (name, count_map(reasons.INTRA_BRIDGE), count_map(reasons.CROSS_TENANT))
-    return cmds + [c for n in counters for c in _unused_counters(state, n, gone.get(n, set()), spec)]
+    cmds += [c for n in counters for c in _unused_counters(state, n, gone.get(n, set()), spec)]
+    # log chains no port jumps to any more go after the jumps, the bridge's limit after its last chain
+    jumped = {e[1] for m in spec.maps for e in state.elements.get(m, set()) - gone.get(m, set())}
+    unused = {c for c in logs if c not in jumped}
+    return cmds + _converge_chains(state, {c: state.chains[c] for c in logs - unused}, unused, spec)[1]
 
 
 def _unused_counters(state: "TableState", name: str, gone: set, spec: TableSpec) -> list[dict]:
@@ -776,10 +841,11 @@ def _unused_counters(state: "TableState", name: str, gone: set, spec: TableSpec)
             for c in sorted({e[1] for e in gone} - left) if c in state.counters]
 
 
-def _converge_chains(state: "TableState", want: dict[str, list], scope) -> tuple[list[dict], list[dict]]:
+def _converge_chains(state: "TableState", want: dict[str, list], scope,
+                     spec: TableSpec = INET) -> tuple[list[dict], list[dict]]:
     """Commands making the guard chains in `scope` (names) match `want`: (before elements are
     added: new or rewritten chains; after map elements are deleted: chains to delete)."""
-    base = {"family": "inet", "table": TABLE}
+    base = {"family": spec.family, "table": spec.name}
     first, last = [], []
     for bridge in sorted({n.split("-", 1)[1] for n in want if _is_log_chain(n) and want[n] != state.chains.get(n)}):
         first.append({"add": {"limit": {**base, "name": limit_name(bridge), "rate": LOG_RATE, "per": "second",
@@ -813,7 +879,7 @@ def plan(states: dict[str, TableState], desired: Desired) -> list[dict]:
     for family, want in wanted(desired).items():
         spec, state = SPECS[family], states.get(family, TableState())
         if family == "bridge":
-            cmds += bridge_plan(state, want, spec)
+            cmds += bridge_plan(state, want, spec, bridge_log_chains(desired), known)
             continue
         if state.exists and state.intact:
             scope = set(chains) | {c for c in state.chains if c.split("-", 1)[1] in known}
@@ -844,14 +910,16 @@ def add_only_plan(states: dict[str, TableState], addition: Desired) -> list[dict
     the attachments in the group, so that bridge's guard chains are left as they are
     (converged to that part's guard they would lose what its other attachments deny), and
     one it needs that is missing needs the full path."""
-    chains = guard_chains(addition)
-    scope = [f"{m}-{first_bridge(addition)}" for m in GUARD_MAPS]
-    held = states.get("inet", TableState()).chains
-    if any(name not in held for name in chains if name not in scope):
-        return None
+    bridge = first_bridge(addition)
+    chains = {"inet": guard_chains(addition), "bridge": bridge_log_chains(addition)}
+    scope = {"inet": [f"{m}-{bridge}" for m in GUARD_MAPS], "bridge": [f"{m}-{bridge}" for m in BRIDGE_LOG_MAPS.values()]}
+    for family in chains:
+        held = states.get(family, TableState()).chains
+        if any(name not in held for name in chains[family] if name not in scope[family]):
+            return None
     cmds = []
     for family, want in wanted(addition).items():
-        first, last = _converge_chains(states[family], chains, scope) if family == "inet" else ([], [])
+        first, last = _converge_chains(states[family], chains[family], scope[family], SPECS[family])
         if last:
             return None
         cmds += first + _add_elements(family, want)
@@ -869,7 +937,7 @@ def release_families(r: Release) -> list[str]:
         families.append("inet")
     if r.members and "inet" not in families:
         families.append("inet")
-    if r.spoofs or r.uncount or r.forget or r.last or r.last_spoof or r.tenancy is not None:
+    if r.spoofs or r.uncount or r.forget or r.last or r.last_spoof or r.unlog or r.tenancy is not None:
         families.append("bridge")
     return families
 
@@ -1075,11 +1143,15 @@ def problems(states: dict[str, TableState], desired: Desired) -> list[str]:
         state = states.get(family, TableState())
         found += table_problems(state, want, SPECS[family])
         if state.exists and state.intact:
-            if family == "inet":
-                for name, rules in sorted(guard_chains(desired).items()):
-                    if state.chains.get(name) != rules:
-                        found.append(f"chain inet {TABLE} {name} is {'altered' if name in state.chains else 'missing'}")
+            found += chain_problems(state, guard_chains(desired) if family == "inet" else bridge_log_chains(desired),
+                                    SPECS[family])
     return found
+
+
+def chain_problems(state: TableState, chains: dict[str, list], spec: TableSpec) -> list[str]:
+    """What table `spec` lacks of the per-bridge chains `chains` (name -> rules)."""
+    return [f"chain {spec.family} {spec.name} {name} is {'altered' if name in state.chains else 'missing'}"
+            for name, rules in sorted(chains.items()) if state.chains.get(name) != rules]
 
 
 def _shown(e) -> str:
@@ -1100,7 +1172,7 @@ def table_problems(state: TableState, want: dict[str, set], spec: TableSpec) -> 
     found = []
     for name, elems in sorted(want.items()):
         for e in sorted(elems - state.elements.get(name, set())):
-            shown = f"{e[0]} : jump {e[1]}" if name in GUARD_MAPS else f"{e[0]} : {e[1]}" if name in COUNT_MAPS \
+            shown = f"{e[0]} : jump {e[1]}" if name in VERDICT_MAPS else f"{e[0]} : {e[1]}" if name in COUNT_MAPS \
                 else _shown(e)
             found.append(f"{shown} is not in {'map' if name in KEYED_MAPS else 'set'} {where} {name}")
     return found
@@ -1109,8 +1181,20 @@ def table_problems(state: TableState, want: dict[str, set], spec: TableSpec) -> 
 def spoof_cleanup(state: TableState, ports, spec: TableSpec, bridge: str) -> list[list[str]]:
     """nft commands deleting the anti-spoofing elements of `ports` from table `spec`, their
     counter map elements, and `bridge`'s counters once no port left there names them (the
-    MACs of set intramac stay: without their ports they count nothing)."""
-    cmds = []
+    MACs of set intramac stay: without their ports they count nothing), their jumps to their
+    bridge's log chains, and `bridge`'s log chains no port jumps to any more, then its limit."""
+    cmds, jumped = [], set()
+    for name in spec.maps:  # the drop log's jumps (port : jump logR-BR)
+        for e in sorted(state.elements.get(name, set())):
+            if e[0] in ports:
+                cmds.append(["nft", "delete", "element", "bridge", spec.name, name, "{", f'"{e[0]}"', "}"])
+            else:
+                jumped.add(e[1])
+    logs = sorted(c for c in state.chains if c.split("-", 1)[1] == bridge and c not in jumped)
+    unused = [["nft", "delete", "chain", "bridge", spec.name, c] for c in logs]
+    if logs and limit_name(bridge) in state.limits and not any(
+            c.split("-", 1)[1] == bridge for c in set(state.chains) - set(logs)):
+        unused.append(["nft", "delete", "limit", "bridge", spec.name, limit_name(bridge)])
     for reason in (reasons.ANTI_SPOOFING, reasons.INTRA_BRIDGE, reasons.CROSS_TENANT):
         name = count_map(reason)
         counted = {e for e in state.elements.get(name, set()) if e[0] in ports}
@@ -1125,7 +1209,7 @@ def spoof_cleanup(state: TableState, ports, spec: TableSpec, bridge: str) -> lis
                 shown = " . ".join(f"0x{v:x}" if isinstance(v, int) else f'"{v}"' if i == 0 or name == "tpair" else v
                                    for i, v in enumerate(e)) if isinstance(e, tuple) else f'"{e}"'
                 cmds.append(["nft", "delete", "element", "bridge", spec.name, name, "{", shown, "}"])
-    return cmds
+    return cmds + unused
 
 
 def member_cleanup(state: TableState, ports) -> list[list[str]]:

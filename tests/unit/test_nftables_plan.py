@@ -349,9 +349,11 @@ def test_release_never_takes_the_table_while_another_bridge_is_in_it():
 # a `goto drop-anti-spoofing`, counting it in the port's bridge's counter, and frames to the
 # containers of isolated bridges became counted first (issue 19). Listed again with the
 # tenancy sets and the forward and input chains (issue 21: per-container isolationGroups).
+# Listed again with the drop log's maps and flow sets (issue 19: the bridge table logs too).
 BRIDGE_LISTING = json.loads(r"""[
+ {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
  {"table": {"family": "bridge", "name": "isolation", "handle": 1}},
- {"counter": {"family": "bridge", "name": "anti-spoofing-brA", "table": "isolation", "handle": 56, "packets": 0, "bytes": 0}},
+ {"counter": {"family": "bridge", "name": "anti-spoofing-brA", "table": "isolation", "handle": 65, "packets": 0, "bytes": 0}},
  {"set": {"family": "bridge", "name": "nd6", "table": "isolation", "type": ["ifname", "integer"], "handle": 1, "elem": [{"concat": ["vethA", "0xfd770001000000000000000000000002"]}]}},
  {"set": {"family": "bridge", "name": "ndopt", "table": "isolation", "type": ["ifname", "integer"], "handle": 2, "elem": [{"concat": ["vethA", 72341268037894154]}, {"concat": ["vethA", 144398862075822090]}]}},
  {"set": {"family": "bridge", "name": "guarded", "table": "isolation", "type": "ifname", "handle": 3, "elem": ["vethA"]}},
@@ -366,40 +368,49 @@ BRIDGE_LISTING = json.loads(r"""[
  {"set": {"family": "bridge", "name": "taddr6", "table": "isolation", "type": "ipv6_addr", "handle": 12}},
  {"set": {"family": "bridge", "name": "tok4", "table": "isolation", "type": ["ifname", "ipv4_addr"], "handle": 13}},
  {"set": {"family": "bridge", "name": "tok6", "table": "isolation", "type": ["ifname", "ipv6_addr"], "handle": 14}},
- {"map": {"family": "bridge", "name": "count-anti-spoofing", "table": "isolation", "type": "ifname", "handle": 15, "map": "counter", "elem": [["vethA", "anti-spoofing-brA"]]}},
- {"map": {"family": "bridge", "name": "count-cross-tenant", "table": "isolation", "type": "ifname", "handle": 16, "map": "counter"}},
- {"map": {"family": "bridge", "name": "count-intra-bridge", "table": "isolation", "type": "ifname", "handle": 17, "map": "counter"}},
- {"chain": {"family": "bridge", "table": "isolation", "name": "prerouting", "handle": 18, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}},
- {"chain": {"family": "bridge", "table": "isolation", "name": "forward", "handle": 19, "type": "filter", "hook": "forward", "prio": -300, "policy": "accept"}},
- {"chain": {"family": "bridge", "table": "isolation", "name": "input", "handle": 20, "type": "filter", "hook": "input", "prio": -300, "policy": "accept"}},
- {"chain": {"family": "bridge", "table": "isolation", "name": "drop-anti-spoofing", "handle": 21}},
- {"chain": {"family": "bridge", "table": "isolation", "name": "drop-cross-tenant", "handle": 22}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 23, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ether", "field": "daddr"}}, "right": "@intramac"}}, {"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-intra-bridge"}}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 24, "expr": [{"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "@guarded"}}, {"return": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 25, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ether", "field": "saddr"}}]}, "right": "@mac"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 27, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "ether", "field": "type"}}, "right": {"set": ["ip", "arp", "ip6"]}}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 28, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "arp", "field": "saddr ether"}}]}, "right": "@mac"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 29, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "arp", "field": "saddr ip"}}, "right": "0.0.0.0"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "arp", "field": "saddr ip"}}]}, "right": "@src4"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 30, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ip", "field": "saddr"}}]}, "right": "@src4"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 32, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"set": ["::", {"prefix": {"addr": "fe80::", "len": 64}}]}}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ip6", "field": "saddr"}}]}, "right": "@src6"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 33, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"meta": {"key": "l4proto"}}, "right": "ipv6-icmp"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 35, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-advert", "nd-redirect"]}}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 37, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "nexthdr"}}, "right": "ipv6-icmp"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 40, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": {"set": [24, 32]}}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 42, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-router-solicit"}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": {"set": [8, 16]}}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 43, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-advert"}}, {"match": {"op": "!=", "left": {"payload": {"base": "th", "offset": 64, "len": 64}}, "right": -108086391056891904}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 64, "len": 128}}]}, "right": "@nd6"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 44, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-advert"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 192, "len": 64}}]}, "right": "@ndopt"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 45, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 192, "len": 64}}]}, "right": "@ndopt"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 46, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"payload": {"base": "th", "offset": 192, "len": 16}}, "right": 3585}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 47, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-router-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 16}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 64, "len": 64}}]}, "right": "@ndopt"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "forward", "handle": 48, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@tports"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@tenanted"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@tpair"}}, {"goto": {"target": "drop-cross-tenant"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "forward", "handle": 49, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@tenanted"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@tports"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@tpair"}}, {"goto": {"target": "drop-cross-tenant"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "input", "handle": 50, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@tports"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@taddr4"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ip", "field": "daddr"}}]}, "right": "@tok4"}}, {"goto": {"target": "drop-cross-tenant"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "input", "handle": 51, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@tports"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "@taddr6"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ip6", "field": "daddr"}}]}, "right": "@tok6"}}, {"goto": {"target": "drop-cross-tenant"}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "drop-anti-spoofing", "handle": 52, "expr": [{"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-anti-spoofing"}}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "drop-anti-spoofing", "handle": 53, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "drop-cross-tenant", "handle": 54, "expr": [{"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-cross-tenant"}}}]}},
- {"rule": {"family": "bridge", "table": "isolation", "chain": "drop-cross-tenant", "handle": 55, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}
+ {"set": {"family": "bridge", "name": "flows4", "table": "isolation", "type": ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"], "handle": 15, "flags": ["timeout"], "timeout": 60}},
+ {"set": {"family": "bridge", "name": "flows6", "table": "isolation", "type": ["ipv6_addr", "ipv6_addr", "inet_proto", "inet_service"], "handle": 16, "flags": ["timeout"], "timeout": 60}},
+ {"set": {"family": "bridge", "name": "other4", "table": "isolation", "type": ["ipv4_addr", "ipv4_addr", "inet_proto"], "handle": 17, "flags": ["timeout"], "timeout": 60}},
+ {"set": {"family": "bridge", "name": "other6", "table": "isolation", "type": ["ipv6_addr", "ipv6_addr", "inet_proto"], "handle": 18, "flags": ["timeout"], "timeout": 60}},
+ {"set": {"family": "bridge", "name": "frames", "table": "isolation", "type": ["ifname", "ether_addr", "ether_type"], "handle": 19, "flags": ["timeout"], "timeout": 60}},
+ {"map": {"family": "bridge", "name": "logspoof", "table": "isolation", "type": "ifname", "handle": 20, "map": "verdict"}},
+ {"map": {"family": "bridge", "name": "logtenant", "table": "isolation", "type": "ifname", "handle": 21, "map": "verdict"}},
+ {"map": {"family": "bridge", "name": "count-anti-spoofing", "table": "isolation", "type": "ifname", "handle": 22, "map": "counter", "elem": [["vethA", "anti-spoofing-brA"]]}},
+ {"map": {"family": "bridge", "name": "count-cross-tenant", "table": "isolation", "type": "ifname", "handle": 23, "map": "counter"}},
+ {"map": {"family": "bridge", "name": "count-intra-bridge", "table": "isolation", "type": "ifname", "handle": 24, "map": "counter"}},
+ {"chain": {"family": "bridge", "table": "isolation", "name": "prerouting", "handle": 25, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}},
+ {"chain": {"family": "bridge", "table": "isolation", "name": "forward", "handle": 26, "type": "filter", "hook": "forward", "prio": -300, "policy": "accept"}},
+ {"chain": {"family": "bridge", "table": "isolation", "name": "input", "handle": 27, "type": "filter", "hook": "input", "prio": -300, "policy": "accept"}},
+ {"chain": {"family": "bridge", "table": "isolation", "name": "drop-anti-spoofing", "handle": 28}},
+ {"chain": {"family": "bridge", "table": "isolation", "name": "drop-cross-tenant", "handle": 29}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 30, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ether", "field": "daddr"}}, "right": "@intramac"}}, {"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-intra-bridge"}}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 31, "expr": [{"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "@guarded"}}, {"return": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 32, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ether", "field": "saddr"}}]}, "right": "@mac"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 34, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "ether", "field": "type"}}, "right": {"set": ["ip", "arp", "ip6"]}}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 35, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "arp", "field": "saddr ether"}}]}, "right": "@mac"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 36, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "arp", "field": "saddr ip"}}, "right": "0.0.0.0"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "arp", "field": "saddr ip"}}]}, "right": "@src4"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 37, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ip", "field": "saddr"}}]}, "right": "@src4"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 39, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"set": ["::", {"prefix": {"addr": "fe80::", "len": 64}}]}}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ip6", "field": "saddr"}}]}, "right": "@src6"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 40, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"meta": {"key": "l4proto"}}, "right": "ipv6-icmp"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 42, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-advert", "nd-redirect"]}}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 44, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "nexthdr"}}, "right": "ipv6-icmp"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 47, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": {"set": [24, 32]}}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 49, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-router-solicit"}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": {"set": [8, 16]}}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 50, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-advert"}}, {"match": {"op": "!=", "left": {"payload": {"base": "th", "offset": 64, "len": 64}}, "right": -108086391056891904}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 64, "len": 128}}]}, "right": "@nd6"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 51, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-advert"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 192, "len": 64}}]}, "right": "@ndopt"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 52, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 192, "len": 64}}]}, "right": "@ndopt"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 53, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 32}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "::"}}, {"match": {"op": "!=", "left": {"payload": {"base": "th", "offset": 192, "len": 16}}, "right": 3585}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "prerouting", "handle": 54, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-router-solicit"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "length"}}, "right": 16}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"base": "th", "offset": 64, "len": 64}}]}, "right": "@ndopt"}}, {"goto": {"target": "drop-anti-spoofing"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "forward", "handle": 55, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@tports"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@tenanted"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@tpair"}}, {"goto": {"target": "drop-cross-tenant"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "forward", "handle": 56, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@tenanted"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@tports"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@tpair"}}, {"goto": {"target": "drop-cross-tenant"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "input", "handle": 57, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@tports"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@taddr4"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ip", "field": "daddr"}}]}, "right": "@tok4"}}, {"goto": {"target": "drop-cross-tenant"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "input", "handle": 58, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@tports"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "@taddr6"}}, {"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ip6", "field": "daddr"}}]}, "right": "@tok6"}}, {"goto": {"target": "drop-cross-tenant"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "drop-anti-spoofing", "handle": 59, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@logspoof"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "drop-anti-spoofing", "handle": 60, "expr": [{"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-anti-spoofing"}}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "drop-anti-spoofing", "handle": 61, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "drop-cross-tenant", "handle": 62, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@logtenant"}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "drop-cross-tenant", "handle": 63, "expr": [{"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-cross-tenant"}}}]}},
+ {"rule": {"family": "bridge", "table": "isolation", "chain": "drop-cross-tenant", "handle": 64, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}
 ]""")
 
 
@@ -410,7 +421,8 @@ def test_listing_of_the_anti_spoofing_table_is_intact_and_its_elements_read_back
     spoof = Spoof("vethA", SPOOF0.mac, SPOOF0.ips)
     assert state.exists and state.intact
     assert state.elements == spoof_elements([spoof]) | {"count-anti-spoofing": {("vethA", "anti-spoofing-brA")},
-                                                         "count-intra-bridge": set(), "count-cross-tenant": set()}
+                                                         "count-intra-bridge": set(), "count-cross-tenant": set(),
+                                                         "logspoof": set(), "logtenant": set()}
     assert state.counters == {"anti-spoofing-brA": 0}
     assert bridge_plan(state, spoof_elements([spoof]), BRIDGE) == []
     assert problems({"bridge": state}, desired([intent_for("brA", "open", "vethA", spoof=spoof)])) == []
@@ -426,7 +438,7 @@ def test_listing_of_the_anti_spoofing_table_is_intact_and_its_elements_read_back
     assert [c["delete"]["element"] for c in cmds if "delete" in c] == [
         {"family": "bridge", "table": "isolation", "name": "src4", "elem": [{"concat": ["vethA", "10.77.1.2"]}]}]
     # a rule opened by hand: the table is rebuilt (its typeof sets declared by text first)
-    opened = [{"rule": {**o["rule"], "expr": [{"accept": None}]}} if "rule" in o and o["rule"]["handle"] == 24 else o
+    opened = [{"rule": {**o["rule"], "expr": [{"accept": None}]}} if "rule" in o and o["rule"]["handle"] == 31 else o
               for o in BRIDGE_LISTING]
     rebuilt = bridge_plan(TableState.parse(opened, BRIDGE), spoof_elements([spoof]), BRIDGE)
     assert rebuilt[0] == {"text": "delete table bridge isolation\nadd table bridge isolation\n"
@@ -596,3 +608,102 @@ def test_check_counts_the_log_rules_as_part_of_the_layout():
     assert "brB : jump logcross-brB is not in map inet isolation logcross" in found
     assert "chain inet isolation logcross-brB is missing" in found
     assert not any("logintra" in p or "logegress" in p or "loghost" in p for p in found), found  # reasons brB lacks
+
+
+def _bridge_log_state(d) -> TableState:
+    """The bridge table as plan() would leave it for `d` (intact; chains and limits as listed)."""
+    from plugin.backends.nftables import bridge_elements, bridge_log_chains
+
+    chains = bridge_log_chains(d)
+    return TableState(exists=True, intact=True, elements=bridge_elements(d), chains=chains,
+                      limits={f"log-{n.split('-', 1)[1]}" for n in chains})
+
+
+def test_the_bridge_table_logs_anti_spoofing_and_tenant_drops_per_port_of_a_logging_bridge():
+    """Issue 19: each port of a logging bridge jumps, per bridge-table reason, to its bridge's
+    log chain there (with its own limit); a bridge without logDrops gets nothing of it."""
+    spoof_b = Spoof("veth1", "02:00:00:00:00:0b", ("10.77.2.2",))
+    logging = intent_for("br0", "same-bridge", "veth0", spoof=SPOOF0, log=True, tenant="t1")
+    quiet = intent_for("br1", "same-bridge", "veth1", spoof=spoof_b, tenant="t2")
+    cmds = plan({}, desired([logging, quiet]))
+    bridge_cmds = [c for c in cmds if json.dumps(c).count('"family": "bridge"')]
+    chains = [c["add"]["chain"]["name"] for c in bridge_cmds if "chain" in c.get("add", {})]
+    assert [c for c in chains if c.startswith("log")] == ["logspoof-br0", "logtenant-br0"]
+    limits = [c["add"]["limit"] for c in bridge_cmds if "limit" in c.get("add", {})]
+    assert [(x["name"], x["rate"], x["burst"]) for x in limits] == [("log-br0", 10, 20)]
+    elements = {c["add"]["element"]["name"]: c["add"]["element"]["elem"] for c in bridge_cmds
+                if "element" in c.get("add", {})}
+    assert elements["logspoof"] == [["veth0", {"jump": {"target": "logspoof-br0"}}]]
+    assert elements["logtenant"] == [["veth0", {"jump": {"target": "logtenant-br0"}}]]
+    logs = {x["log"]["prefix"] for c in bridge_cmds if "rule" in c.get("add", {}) for x in c["add"]["rule"]["expr"]
+            if "log" in x}
+    assert logs == {"isolation anti-spoofing br0", "isolation cross-tenant br0"}
+    assert "br1" not in json.dumps([c for c in bridge_cmds if "log" in json.dumps(c)])
+    # intact: nothing to do; a log chain or a port's jump missing is damage CHECK reports
+    d = desired([logging, quiet])
+    from plugin.record import replace
+
+    def bridge_problems(state):  # (the inet table is not under test here)
+        return [p for p in problems({"bridge": state}, d) if "bridge isolation" in p]
+
+    state = _bridge_log_state(d)
+    assert [c for c in plan({"bridge": state}, d) if json.dumps(c).count('"family": "bridge"')] == []
+    assert bridge_problems(state) == []
+    broken = replace(state, chains={k: v for k, v in state.chains.items() if k != "logspoof-br0"})
+    assert bridge_problems(broken) == ["chain bridge isolation logspoof-br0 is missing"]
+    unjumped = replace(state, elements={**state.elements, "logtenant": set()})
+    assert bridge_problems(unjumped) == ["veth0 : jump logtenant-br0 is not in map bridge isolation logtenant"]
+
+
+def test_the_bridge_tables_log_goes_with_its_port_and_with_the_bridges_last_logging_attachment():
+    from plugin.policy import released
+
+    spoof_c = Spoof("veth2", "02:00:00:00:00:0c", ("10.77.1.3",))
+    a = intent_for("br0", "same-bridge", "veth0", spoof=SPOOF0, log=True)
+    c = intent_for("br0", "same-bridge", "veth2", spoof=spoof_c, log=True)
+    quiet = intent_for("br0", "same-bridge", "veth2", spoof=spoof_c)
+    # one of two logging ports leaves: only its jump goes, the chain and limit stay
+    both = desired([a, c])
+    cmds = release_plan({"bridge": _bridge_log_state(both)}, released(both, desired([c]), "br0"))
+    assert [x["delete"]["element"]["elem"] for x in cmds if x["delete"].get("element", {}).get("name") == "logspoof"] \
+        == [["veth0"]]
+    assert not [x for x in cmds if "chain" in x["delete"] or "limit" in x["delete"]]
+    # the logging attachment leaves, a quiet one stays: every jump, then the chain, then the limit go
+    mixed = desired([a, quiet])
+    cmds = release_plan({"bridge": _bridge_log_state(mixed)}, released(mixed, desired([quiet]), "br0"))
+    tail = [next(iter(x["delete"])) for x in cmds][-2:]
+    assert tail == ["chain", "limit"], cmds
+    assert {"delete": {"element": {"family": "bridge", "table": "isolation", "name": "logspoof", "elem": ["veth0"]}}} \
+        in cmds
+    # the last attachment: the whole table
+    one = desired([a])
+    assert release_plan({"bridge": _bridge_log_state(one)}, released(one, desired([]), "br0")) == [
+        {"delete": {"table": {"family": "bridge", "name": "isolation"}}}]
+
+
+def test_cleanup_of_a_logging_bridge_takes_its_ports_jumps_then_its_log_chains_then_its_limit():
+    from plugin.backends.nftables import spoof_cleanup
+
+    spoof_c = Spoof("veth2", "02:00:00:00:00:0c", ("10.77.2.3",))
+    d = desired([intent_for("br0", "same-bridge", "veth0", spoof=SPOOF0, log=True),
+                 intent_for("br2", "same-bridge", "veth2", spoof=spoof_c, log=True)])
+    cmds = spoof_cleanup(_bridge_log_state(d), {"veth0"}, BRIDGE, "br0")
+    assert cmds[0] == ["nft", "delete", "element", "bridge", "isolation", "logspoof", "{", '"veth0"', "}"]
+    assert cmds[-2:] == [["nft", "delete", "chain", "bridge", "isolation", "logspoof-br0"],
+                         ["nft", "delete", "limit", "bridge", "isolation", "log-br0"]]
+    assert "br2" not in json.dumps(cmds) and "veth2" not in json.dumps(cmds)  # the other bridge keeps its log
+
+
+def test_an_add_onto_a_bridge_table_without_its_log_chains_adds_them_before_its_jumps():
+    """The ADD's add-only path: a logging bridge's first ADD where the bridge table exists
+    (another network's anti-spoofing) adds the limit and log chain, then the port's jump."""
+    spoof_b = Spoof("veth1", "02:00:00:00:00:0b", ("10.77.2.2",))
+    there = _bridge_log_state(desired([intent_for("br1", "same-bridge", "veth1", spoof=spoof_b)]))
+    addition = desired([intent_for("br0", "same-bridge", "veth0", spoof=SPOOF0, log=True)])
+    cmds = add_only_plan({"inet": TableState(exists=True, intact=True), "bridge": there}, addition)
+    ours = [c for c in cmds if '"family": "bridge"' in json.dumps(c)]
+    kinds = [(verb, next(iter(c[verb]))) for c in ours for verb in c]
+    assert kinds[:2] == [("add", "limit"), ("add", "chain")], kinds
+    jump = [i for i, c in enumerate(ours) if c.get("add", {}).get("element", {}).get("name") == "logspoof"]
+    assert jump and all(k == ("add", "rule") for k in kinds[2:jump[0]] if k[1] not in ("counter", "element")), kinds
+    assert ours[jump[0]]["add"]["element"]["elem"] == [["veth0", {"jump": {"target": "logspoof-br0"}}]]
