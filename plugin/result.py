@@ -55,7 +55,18 @@ def find_routed_port(prev: dict) -> str | None:
     if len(host_side) != 1:  # none, or several (a bridge that vanished beside its veth): not a routed attachment
         return None
     port = host_side.pop()
-    return port if driver(port) is not None and not is_bridge(port) else None
+    if driver(port) is None or is_bridge(port) or _bridge_port(port):
+        return None  # absent, a bridge, or a bridge's port (its bridge missing from prevResult): no routed attachment
+    return port
+
+
+def _bridge_port(name: str) -> bool:
+    """Whether `name` is plugged into a bridge (sysfs shows its brport directory): then the
+    bridge, not a routed segment, is what isolates it, and a prevResult without that bridge
+    is an error, never a routed network."""
+    import os
+
+    return os.path.isdir(f"/sys/class/net/{name}/brport")
 
 
 _MAC_DIGITS = frozenset("0123456789abcdef")

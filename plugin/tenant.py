@@ -29,10 +29,10 @@ def _from_cni_args(text: str) -> str | None:
 
 def _from_args(raw: dict):
     args = raw.get("args")
-    if args is None:
+    if not isinstance(args, dict):  # absent, or not the conventions' object: it cannot hold args.cni
         return None
-    if not isinstance(args, dict) or not isinstance(args.get("cni", {}), dict):
-        raise CniError(INVALID_CONFIG, "args: must be an object, args.cni too")
+    if not isinstance(args.get("cni", {}), dict):  # args.cni given, but not as an object: refused
+        raise CniError(INVALID_CONFIG, "args.cni: must be an object")
     return args.get("cni", {}).get(ARGS_KEY)
 
 

@@ -24,7 +24,7 @@ import pytest
 from frames import echo_request, mac_of, send_frames, settled_counts
 from netlab import IP, sh
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.beside]  # run beside the rest by make test, to keep the suite under 30 minutes
 N = 5
 CROSS, INTRA, EGRESS, HOST, SPOOF = "cross-network", "intra-bridge", "egress-deny", "host-access", "anti-spoofing"
 

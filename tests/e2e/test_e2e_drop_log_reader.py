@@ -32,7 +32,7 @@ import pytest
 
 from netlab import read_text, sh, tcp_connect, eventually
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.beside]  # run beside the rest by make test, to keep the suite under 30 minutes
 OUTSIDE4, OUTSIDE6 = "10.99.0.2", "fd99::2"
 BLOCKED_TCP, OPEN_TCP, UDP_PORT = 8081, 8080, 5353
 ARP_TARGET = "10.77.1.99"  # nobody: the ARP request below is logged where it enters the bridge
