@@ -45,6 +45,17 @@ def ping_n(src: str, addr: str) -> bool:
               check=False).returncode == 0
 
 
+def one_line_each(reader, expected: list[tuple]) -> list[dict]:
+    """The reader's lines, once it has exited cleanly, after checking that each expected
+    (source, destination, protocol, reason, key) flow gave exactly one line for its N retries."""
+    rc, got, said = reader.finish()
+    assert rc == 0, said
+    seen = [(r["source"], r["destination"], r["protocol"], r["reason"], r["key"]) for r in got]
+    for e in expected:
+        assert seen.count(e) == 1, f"{e}: {seen.count(e)} lines of {N} retries\n{got}"
+    return got
+
+
 FLOOD_SCRIPT = """
 import socket, sys, time
 s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
@@ -86,11 +97,7 @@ def test_each_reason_logs_one_line_per_flow_and_a_flood_is_held_to_the_limit(lab
         expected.append((a1_addr, denied, icmp, "egress-deny", "denyEgress"))
         assert not ping_n(a1.name, gateway)
         expected.append((a1_addr, gateway, icmp, "host-access", "hostAccess"))
-    rc, got, said = reader.finish()
-    assert rc == 0, said
-    seen = [(r["source"], r["destination"], r["protocol"], r["reason"], r["key"]) for r in got]
-    for e in expected:
-        assert seen.count(e) == 1, f"{e}: {seen.count(e)} lines of {N} retries\n{got}"
+    got = one_line_each(reader, expected)
     for r in got:  # every line is a1's (B logs nothing; start-up noise of A's containers aside)
         assert (r["bridge"], r["network"]) == (A, a_net.name), r
         assert r["source"] not in (b1.ipv4, b1.ipv6), r
@@ -98,7 +105,7 @@ def test_each_reason_logs_one_line_per_flow_and_a_flood_is_held_to_the_limit(lab
     for r in got:
         if (r["source"], r["destination"], r["protocol"], r["reason"], r["key"]) in expected:
             assert (r["container"], r["ifname"]) == (a1.id, "eth0"), r
-    print("\n".join(str(s) for s in seen))
+    print("\n".join(str((r["source"], r["destination"], r["protocol"], r["reason"])) for r in got))
 
     # a flood of distinct flows: the counter counts all, the log at most the limit's worth
     time.sleep(3)  # the limit's bucket fills again
@@ -146,11 +153,7 @@ def test_a_routed_network_logs_under_its_segment_name(lab, backend):
         assert not ping_n(q1.name, p_addr)  # Q does not log
         assert not ping_n(p1.name, denied)
         expected.append((p_addr, denied, icmp, "egress-deny", "denyEgress"))
-    rc, got, said = reader.finish()
-    assert rc == 0, said
-    seen = [(r["source"], r["destination"], r["protocol"], r["reason"], r["key"]) for r in got]
-    for e in expected:
-        assert seen.count(e) == 1, f"{e}: {seen.count(e)} lines of {N} retries\n{got}"
+    got = one_line_each(reader, expected)
     for r in got:
         assert r["network"] == p_net.name and r["source"] in (p1.ipv4, p1.ipv6), r
         assert r["destination"] not in ("10.98.0.3", "fd98::3"), r
@@ -213,13 +216,9 @@ def test_the_bridge_tables_drops_log_one_line_per_flow_by_the_port_it_came_in_by
         lab.arp_request(s1.name, claimed, s_net.gateway4)
         time.sleep(0.1)
     expected.append((claimed, s_net.gateway4, "arp", "anti-spoofing", "antiSpoofing"))
-    rc, got, said = reader.finish()
-    assert rc == 0, said
+    got = one_line_each(reader, expected)
     after = settled_counts(lab, quiet=0.7)
     assert after[(Q, "anti-spoofing")] - before.get((Q, "anti-spoofing"), 0) == 2 * N  # dropped, not logged
-    seen = [(r["source"], r["destination"], r["protocol"], r["reason"], r["key"]) for r in got]
-    for e in expected:
-        assert seen.count(e) == 1, f"{e}: {seen.count(e)} lines of {N} retries\n{got}"
     for r in got:  # only S logs, and never the controls
         assert (r["bridge"], r["network"]) == (S, s_net.name), r
         assert r["destination"] not in (s2.ipv4, s2.ipv6), r
