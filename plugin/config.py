@@ -31,7 +31,12 @@ from plugin.hoststate import private_dir, read_private, state_dir
 
 SimpleNamespace = type(sys.implementation)  # types.SimpleNamespace, without importing `types` from the bundle's zip
 
-IGNORED = ("prevResult",)  # varies per container and is checked by the protocol layer
+# Vary per container, and the model never looks at them (its fields are disjoint from these:
+# tests/unit/test_config.py): prevResult is the protocol layer's, `args` plugin.tenant's,
+# `runtimeConfig` (what libcni injects for capabilities) nobody's here. Kept in the key, each
+# container with its own tenant or port mappings would import pydantic (~100 ms) and leave a
+# cache file of its own until its network's last container goes.
+IGNORED = ("prevResult", "args", "runtimeConfig")
 # The network's name is in the file name, not in the digest: the model does not look at it
 # (tests/unit/test_import_budget.py checks that), so networks whose entries differ only in
 # their names (runtimes give each network the same `{"type": "isolation"}`) share one verdict.

@@ -59,3 +59,18 @@ def test_the_verdict_fingerprint_follows_the_bundled_code_not_the_bootloader(tmp
     assert fingerprint() == first, "the same code, the same fingerprint"
     (code / "model.pyc").write_bytes(b"model v2")
     assert fingerprint() != first, "a changed model invalidates every cached verdict"
+
+
+def test_the_per_container_keys_never_split_a_network_verdict():
+    """A tenant's `args` and libcni's `runtimeConfig` differ per container: a verdict keyed by
+    them would import pydantic for each container and leave a file per container. The model
+    must not look at them (its fields are disjoint from what the cache ignores)."""
+    from plugin import config
+    from plugin.model import NetConf
+
+    entry = {"cniVersion": "1.0.0", "type": "isolation", "name": "n", "ingressPolicy": "isolated"}
+    one = config._digest({**entry, "args": {"cni": {"isolationGroup": "t1"}}, "runtimeConfig": {"portMappings": []}})
+    two = config._digest({**entry, "args": {"cni": {"isolationGroup": "t2"}}})
+    assert one == two == config._digest(entry)
+    assert config._digest({**entry, "ingressPolicy": "open"}) != one, "what the model reads stays in the key"
+    assert not set(config.IGNORED) & set(NetConf.model_fields)
