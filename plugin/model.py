@@ -225,11 +225,26 @@ UNION_TAGS = ("int", "str")
 SCHEMA_ID = "https://github.com/isolation-cni/isolation/conf-examples/isolation.schema.json"
 
 
+def container_args_schema(group: dict) -> dict:
+    """The schema of the per-attachment `args` a runtime may add (CNI conventions), as far as
+    this plugin reads them: `args.cni.isolationGroup`, a container's own group (a tenant). Not a
+    model field: it varies per container, so plugin.tenant checks it (with the same GroupName)
+    on every ADD, and the memoised verdict of the network's entry does not depend on it."""
+    tenant = {**group, "description": "this container's own isolationGroup (a tenant): replaces the network's for "
+              "it; containers of different groups never reach each other, on one bridge or across bridges; "
+              "wins over CNI_ARGS ISOLATION_GROUP"}
+    return {"type": "object", "description": "per-attachment arguments the runtime adds (CNI conventions)",
+            "properties": {"cni": {"type": "object", "properties": {"isolationGroup": tenant}}}}
+
+
 def json_schema() -> dict:
     """The JSON Schema of this plugin's conflist entry, generated from the model (the committed
     copy in conf-examples/ is checked against this by the tests). Value rules the schema cannot
     say (CIDR syntax, port ranges) are in the descriptions and enforced by the plugin."""
+    from pydantic import TypeAdapter
+
     schema = NetConf.model_json_schema(mode="validation")
+    schema["properties"]["args"] = container_args_schema(TypeAdapter(GroupName).json_schema())
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
             **schema, "title": "isolation CNI plugin configuration"}
 

@@ -44,6 +44,9 @@ def test_example_validates_against_the_schema(example):
     {"type": "isolation", "allowEgress": [{"cidr": "10.0.0.1", "ports": [70000]}]},
     {"type": "isolation", "hostAccess": "deny", "allowHostPorts": [{"protocol": "tcp", "port": "53/tcp"}]},
     {"ingressPolicy": "open"},
+    {"type": "isolation", "args": {"cni": {"isolationGroup": "-tenant"}}},
+    {"type": "isolation", "args": {"cni": {"isolationGroup": 42}}},
+    {"type": "isolation", "args": {"cni": "tenant"}},
 ])
 def test_schema_refuses_wrong_types(bad):
     assert not jsonschema.Draft202012Validator(_schema()).is_valid(bad)
