@@ -22,7 +22,7 @@ import pytest
 from explaining import disagreements, explain, reach_keys
 from netlab import addresses
 
-pytestmark = pytest.mark.beside  # long and mostly waiting: make test runs it beside the rest
+pytestmark = pytest.mark.aside  # the longest module, mostly waiting: make test runs it in a run of its own
 
 CHAINS = {
     "bridge,isolation": ["bridge", "isolation"],
