@@ -93,3 +93,55 @@ def test_explain_routed_same_network():
                       routed=True) for a in same]
     out, _, _ = answer(find_source("m1", iso), Probe("10.1.0.3", "tcp", 80), iso, set(), [])
     assert (out["verdict"], out["reason"], out["key"]) == ("drop", "intra-bridge", "ingressPolicy")
+
+
+INTERNAL = Guard(internal=True, host_deny=True)
+CLOSED = Guard(direct_deny=True, trusted=("wg0",))
+
+
+def test_iptables_internal_segment_holds_every_pair_then_each_members_drops():
+    """Pairs first (so no member's traffic to another meets the closing drops), then a
+    bridge's internal drops per member; its host is closed per member."""
+    needs = desired([routed("m1", "open", guard=INTERNAL), routed("m2", "open", guard=INTERNAL)]).get(S)
+    rules = ipt.bridge_rules(needs)
+    assert rules[ipt.STAGE1] == [
+        ["-i", "m1", "-o", "m1", "-j", "RETURN"], ["-i", "m1", "-o", "m2", "-j", "RETURN"],
+        ["-i", "m2", "-o", "m1", "-j", "RETURN"], ["-i", "m2", "-o", "m2", "-j", "RETURN"],
+        ["-i", "m1", "!", "-o", "m1", "-j", "DROP"], ["!", "-i", "m1", "-o", "m1", "-j", "DROP"],
+        ["-i", "m2", "!", "-o", "m2", "-j", "DROP"], ["!", "-i", "m2", "-o", "m2", "-j", "DROP"]]
+    assert rules[ipt.HOST][-1] == ["-i", "m2", "-j", "DROP"] and ["-i", "m1", "-j", "DROP"] in rules[ipt.HOST]
+    assert rules[ipt.DIRECT] == [] and rules[ipt.STAGE2] == []
+    # its drops count for the member, which status adds up as the segment's
+    assert ipt.drop_reason(ipt.STAGE1, ["!", "-i", "m2", "-o", "m2", "-j", "DROP"]) == ("internal", "m2")
+    assert ipt.drop_reason(ipt.STAGE1, ["-i", "m1", "!", "-o", "m1", "-j", "DROP"]) == ("internal", "m1")
+
+
+def test_iptables_closed_segment_lets_in_members_of_managed_networks_trusted_and_replies_only():
+    """directAccess deny: the jump per member after every pair; each member's group in DIRECT
+    lets in the managed networks' interfaces (a bridge, another segment's members, not its
+    own: their pairs returned), its trusted interface, replies and published ports."""
+    d = desired([routed("m1", guard=CLOSED), routed("m2", guard=CLOSED),
+                 routed("x1", "open", guard=Guard(host_deny=True), bridge="rt.n2"),
+                 routed("y1", "open", bridge="rt.n3"), intent_for("br", "same-bridge", "vb")])
+    assert sorted(ipt.managed_bridges(d)) == ["br", "m1", "m2", "x1"]  # y1: open and unguarded
+    rules = ipt.wanted(d)
+    stage1 = next(g for g in rules[ipt.STAGE1] if ["-i", "m1", "-o", "m2", "-j", "RETURN"] in g)
+    assert stage1[:6] == [["-i", "m1", "-o", "m1", "-j", "RETURN"], ["-i", "m1", "-o", "m2", "-j", "RETURN"],
+                          ["-i", "m2", "-o", "m1", "-j", "RETURN"], ["-i", "m2", "-o", "m2", "-j", "RETURN"],
+                          ["!", "-i", "m1", "-o", "m1", "-j", ipt.DIRECT],
+                          ["!", "-i", "m2", "-o", "m2", "-j", ipt.DIRECT]]
+    direct = next(g for g in rules[ipt.DIRECT] if ["-o", "m1", "-j", "DROP"] in g)
+    for m in ("m1", "m2"):
+        assert [r for r in direct if r[r.index("-o") + 1] == m] == [
+            ["-o", m, *ipt.ESTABLISHED], ["-o", m, *ipt.PUBLISHED_IN], ["-i", "br", "-o", m, "-j", "RETURN"],
+            ["-i", "x1", "-o", m, "-j", "RETURN"], ["-i", "wg0", "-o", m, "-j", "RETURN"], ["-o", m, "-j", "DROP"]]
+    assert ipt.drop_reason(ipt.DIRECT, ["-o", "m2", "-j", "DROP"]) == ("direct-access", "m2")
+
+
+def test_iptables_a_departing_member_of_a_closed_segment_takes_its_rules_only():
+    d = desired([routed("m1", guard=INTERNAL), routed("m2", guard=INTERNAL)])
+    table = ipt.FilterTable({c: [ipt._tagged(r) for g in groups for r in g] for c, groups in ipt.wanted(d).items()})
+    r = release(_att("m2", "c2"), [_att("m1", "c1")])
+    lines = ipt.release_plan(table, r)
+    assert lines and all(" m2 " in line for line in lines), lines
+    assert any("! -i m2 -o m2" in line for line in lines) and any("-i m2 ! -o m2" in line for line in lines)
