@@ -145,3 +145,38 @@ def test_iptables_a_departing_member_of_a_closed_segment_takes_its_rules_only():
     lines = ipt.release_plan(table, r)
     assert lines and all(" m2 " in line for line in lines), lines
     assert any("! -i m2 -o m2" in line for line in lines) and any("-i m2 ! -o m2" in line for line in lines)
+
+
+def _member(net, ctr, port, address, guard=None, policy="same-bridge", backend="iptables", routed_=True):
+    return Attachment(net, ctr, "eth0", segment_of(net) if routed_ else net, port, policy, backend, (address,),
+                      guard=guard.to_json() if guard else None, routed=routed_)
+
+
+def test_explain_internal_routed_network_names_each_members_rule():
+    """Members of an internal segment reach each other (routed by the host) and nothing else;
+    on iptables the drop is the member's own rule, not the segment's name."""
+    atts = [_member("n1", "c1", "m1", "10.1.0.2/24", INTERNAL), _member("n1", "c2", "m2", "10.1.0.3/24", INTERNAL),
+            _member("n2", "c3", "m3", "10.2.0.2/24", policy="open")]
+    hosts = {"10.1.0.1"}
+    same, _, _ = answer(find_source("m1", atts), Probe("10.1.0.3", "tcp", 80), atts, hosts, [])
+    assert (same["verdict"], same["cause"]) == ("pass", "same routed network rt.n1")
+    out, _, _ = answer(find_source("m1", atts), Probe("10.2.0.2", "tcp", 80), atts, hosts, [])
+    assert (out["verdict"], out["reason"], out["key"]) == ("drop", "internal", "internal")
+    assert out["rule"] == "-A CNI-ISOLATION-STAGE-1 -i m1 ! -o m1 -j DROP"
+    into, _, _ = answer(find_source("m3", atts), Probe("10.1.0.3", "icmp"), atts, hosts, [])
+    assert (into["reason"], into["rule"]) == ("internal", "-A CNI-ISOLATION-STAGE-1 ! -i m2 -o m2 -j DROP")
+    host, _, _ = answer(find_source("m2", atts), Probe("10.1.0.1", "tcp", 53), atts, hosts, [])
+    assert (host["reason"], host["key"]) == ("host-access", "internal")
+    assert host["rule"] == "-A CNI-ISOLATION-HOST -i m2 -j DROP"
+
+
+def test_explain_closed_routed_network_lets_in_managed_segments_only():
+    atts = [_member("n1", "c1", "m1", "10.1.0.2/24", CLOSED),
+            _member("n2", "c2", "x1", "10.2.0.2/24", Guard(host_deny=True), policy="open"),
+            _member("n3", "c3", "y1", "10.3.0.2/24", policy="open")]
+    managed, _, _ = answer(find_source("x1", atts), Probe("10.1.0.2", "tcp", 80), atts, set(), [])
+    assert managed["verdict"] == "pass", managed
+    out, _, _ = answer(find_source("y1", atts), Probe("10.1.0.2", "tcp", 80), atts, set(), [])
+    assert (out["verdict"], out["reason"], out["key"]) == ("drop", "direct-access", "directAccess")
+    assert out["network"] == "n1"
+    assert out["rule"].startswith("-A CNI-ISOLATION-DIRECT -o m1 -j DROP (reached by -A CNI-ISOLATION-STAGE-1 ! -i m1")
