@@ -222,6 +222,7 @@ class NftablesView(_Base):
         b = args[0]
         if name.startswith("tenant_"):
             return self._tenant_where(name, args)
+        names = " and ".join(self._names(b))  # a routed segment's members stand for it
         return {
             "flagged": lambda: f"the bridge-port isolation flag of {args[-1]} (on {b})",
             "intra": lambda: f"{b} in set inet isolation intra",
@@ -234,10 +235,11 @@ class NftablesView(_Base):
             "peer": lambda: f"{b} . {args[-1]} in set inet isolation peers",
             "isolate_from": lambda: f"{b} in set inet isolation isolated",
             "isolate_to": lambda: f"{b} in set inet isolation isolated",
-            "internal": lambda: f"{b} in set inet isolation internal",
-            "direct": lambda: f"{b} in set inet isolation direct",
-            "managed": lambda: f"{b} . {b} in set inet isolation self",
-            "trusted": lambda: f"{b} . {args[-1]} in set inet isolation trusted",
+            "internal": lambda: f"{names} in set inet isolation internal",
+            "direct": lambda: f"{names} in set inet isolation direct",
+            "managed": lambda: f"{' and '.join(f'{n} . {n}' for n in self._names(b))} in set inet isolation self",
+            "trusted": lambda: f"{' and '.join(f'{n} . {args[-1]}' for n in self._names(b))} in set inet "
+                               "isolation trusted",
         }[name]()
 
 
@@ -395,16 +397,19 @@ class IptablesView(_Base):
             return f"{self.fam} {ipt.STAGE1}: -i {b} -o {b} -j DROP"
         if name == "isolate_from":
             return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -j {ipt.STAGE2}"
+        m, tail = b, ""  # a routed segment's rules are written per member M
+        if name in ("internal", "direct", "trusted") and self.config.needs.get(b).routed:
+            m, tail = "M", f" (M: each member of {b}, {', '.join(self._ifs(b))})"
         if name == "internal":
-            return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -j DROP and ! -i {b} -o {b} -j DROP"
+            return f"{self.fam} {ipt.STAGE1}: -i {m} ! -o {m} -j DROP and ! -i {m} -o {m} -j DROP{tail}"
         if name == "isolate_to":
             return f"{self.fam} {ipt.STAGE2}: -o {b} -j DROP"
         if name == "direct":
-            return f"{self.fam} {ipt.STAGE1}: ! -i {b} -o {b} -j {ipt.DIRECT} and {ipt.DIRECT}: -o {b} -j DROP"
+            return f"{self.fam} {ipt.STAGE1}: ! -i {m} -o {m} -j {ipt.DIRECT} and {ipt.DIRECT}: -o {m} -j DROP{tail}"
         if name == "managed":
             return f"{self.fam}: rules of {b} in our chains, and {ipt.DIRECT}: -i {b} -o BR -j RETURN for each BR"
         if name == "trusted":
-            return f"{self.fam} {ipt.DIRECT}: -i {args[-1]} -o {b} -j RETURN"
+            return f"{self.fam} {ipt.DIRECT}: -i {args[-1]} -o {m} -j RETURN{tail}"
         if name == "published_reply":
             return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN"
         if name == "published":

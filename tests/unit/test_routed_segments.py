@@ -180,3 +180,19 @@ def test_explain_closed_routed_network_lets_in_managed_segments_only():
     assert (out["verdict"], out["reason"], out["key"]) == ("drop", "direct-access", "directAccess")
     assert out["network"] == "n1"
     assert out["rule"].startswith("-A CNI-ISOLATION-DIRECT -o m1 -j DROP (reached by -A CNI-ISOLATION-STAGE-1 ! -i m1")
+
+
+def test_explain_check_names_a_segments_members_where_it_looks():
+    """explain --check's differences point at the members' elements and rules, not the segment."""
+    from plugin.explain import ConfigView
+    from plugin.kernelview import IptablesView, NftablesView
+
+    config = ConfigView([_member("n1", "c1", "m1", "10.1.0.2/24", INTERNAL),
+                         _member("n1", "c2", "m2", "10.1.0.3/24", INTERNAL)])
+    nft_view, ipt_view = NftablesView.__new__(NftablesView), IptablesView.__new__(IptablesView)
+    nft_view.config = ipt_view.config = config
+    ipt_view.ipt, ipt_view.fam = ipt, "ipv4"
+    assert nft_view.where("internal", (S,)) == "m1 and m2 in set inet isolation internal"
+    assert nft_view.where("managed", (S,)) == "m1 . m1 and m2 . m2 in set inet isolation self"
+    assert ipt_view.where("internal", (S,)) == "ipv4 CNI-ISOLATION-STAGE-1: -i M ! -o M -j DROP and ! -i M -o M " \
+                                               "-j DROP (M: each member of rt.n1, m1, m2)"
