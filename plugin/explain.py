@@ -384,7 +384,8 @@ def attribute(dec: Decision, source, target: Target, probe: Probe, attachments) 
         return {"cause": f"{b} is internal: nothing is forwarded {'out of' if b == s else 'into'} it",
                 "networks": nets, "key": "internal"}
     if step == "direct":
-        return {"cause": f"{s} is neither a bridge the plugin isolates or guards nor a trusted interface of {d}",
+        return {"cause": f"{s} is neither a bridge or routed network the plugin isolates or guards nor a trusted "
+                         f"interface of {d}",
                 "networks": _networks(atts, d, lambda a: _guard(a).direct_deny), "key": "directAccess"}
     if step == "host-deny" and _networks(atts, s, lambda a: _guard(a).internal):
         return {"cause": f"{target.address} is the host; network internal (its host is closed as by hostAccess "
@@ -443,6 +444,12 @@ def _ipt_hole(br: str, h: Hole, family: int) -> str:
     return " | ".join(" ".join(r) for r in rules)
 
 
+def _interface(a) -> str:
+    """The interface iptables' rules name for attachment `a`: its bridge, or its own host-side
+    veth on a routed segment (the segment's rules are written per member)."""
+    return a.port if getattr(a, "routed", False) else a.bridge
+
+
 def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, config: ConfigView) -> str:
     """The rule (or kernel mechanism) that implements the decision on `backend`."""
     s, d, step, fam = dec.source_bridge, dec.dest_bridge, dec.step, probe.family
@@ -488,15 +495,17 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, conf
         b = s if step == "internal-out" else d
         if nft:
             return f"inet isolation forward: {'iif' if b == s else 'oif'}name @internal goto drop-internal ({b})"
-        return f"-A CNI-ISOLATION-STAGE-1 -i {b} ! -o {b} -j DROP" if b == s else \
-            f"-A CNI-ISOLATION-STAGE-1 ! -i {b} -o {b} -j DROP"
+        i = _interface(source) if b == s else _interface(target.attachment)
+        return f"-A CNI-ISOLATION-STAGE-1 -i {i} ! -o {i} -j DROP" if b == s else \
+            f"-A CNI-ISOLATION-STAGE-1 ! -i {i} -o {i} -j DROP"
     if step == "direct":
+        i = _interface(target.attachment)
         return f"inet isolation direct: goto drop-direct-access (via forward: oifname @direct jump direct; {d})" \
-            if nft else f"-A CNI-ISOLATION-DIRECT -o {d} -j DROP (reached by -A CNI-ISOLATION-STAGE-1 ! -i {d} " \
-            f"-o {d} -j CNI-ISOLATION-DIRECT)"
+            if nft else f"-A CNI-ISOLATION-DIRECT -o {i} -j DROP (reached by -A CNI-ISOLATION-STAGE-1 ! -i {i} " \
+            f"-o {i} -j CNI-ISOLATION-DIRECT)"
     if step == "host-deny":
         return f"inet isolation host-{s}: goto drop-host-access (via input: iifname vmap @host)" if nft else \
-            f"-A CNI-ISOLATION-HOST -i {s} -j DROP"
+            f"-A CNI-ISOLATION-HOST -i {_interface(source)} -j DROP"
     if step == "host-port":
         return f"inet isolation host-{s}: {_nft_hole(dec.exception, fam)}" if nft else \
             f"-A CNI-ISOLATION-HOST {_ipt_hole(s, dec.exception, fam)}"

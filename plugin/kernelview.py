@@ -192,16 +192,18 @@ class NftablesView(_Base):
     published_reply = published  # one set for both directions
 
     def internal(self, bridge):
-        return bridge in self._els("internal") and (bridge, bridge) in self._els("self")
+        return self._all_in("internal", bridge) and self._pairs_in("self", bridge, bridge)
 
     def direct(self, bridge):
-        return bridge in self._els("direct")
+        return self._all_in("direct", bridge)
 
     def managed(self, bridge):
-        return (bridge, bridge) in self._els("self")
+        names = self._names(bridge)
+        return bool(names) and all((n, n) in self._els("self") for n in names)
 
     def trusted(self, bridge, interface):
-        return (bridge, interface) in self._els("trusted")
+        names = self._names(bridge)
+        return bool(names) and all((n, interface) in self._els("trusted") for n in names)
 
     def peer(self, bridge, other):
         return self._pairs_in("peers", bridge, other)
@@ -220,6 +222,7 @@ class NftablesView(_Base):
         b = args[0]
         if name.startswith("tenant_"):
             return self._tenant_where(name, args)
+        names = " and ".join(self._names(b))  # a routed segment's members stand for it
         return {
             "flagged": lambda: f"the bridge-port isolation flag of {args[-1]} (on {b})",
             "intra": lambda: f"{b} in set inet isolation intra",
@@ -232,10 +235,11 @@ class NftablesView(_Base):
             "peer": lambda: f"{b} . {args[-1]} in set inet isolation peers",
             "isolate_from": lambda: f"{b} in set inet isolation isolated",
             "isolate_to": lambda: f"{b} in set inet isolation isolated",
-            "internal": lambda: f"{b} in set inet isolation internal",
-            "direct": lambda: f"{b} in set inet isolation direct",
-            "managed": lambda: f"{b} . {b} in set inet isolation self",
-            "trusted": lambda: f"{b} . {args[-1]} in set inet isolation trusted",
+            "internal": lambda: f"{names} in set inet isolation internal",
+            "direct": lambda: f"{names} in set inet isolation direct",
+            "managed": lambda: f"{' and '.join(f'{n} . {n}' for n in self._names(b))} in set inet isolation self",
+            "trusted": lambda: f"{' and '.join(f'{n} . {args[-1]}' for n in self._names(b))} in set inet "
+                               "isolation trusted",
         }[name]()
 
 
@@ -345,26 +349,32 @@ class IptablesView(_Base):
 
     def direct(self, bridge):
         ipt = self.ipt
-        return self.forward_ok and self._has(ipt.STAGE1, [ipt.direct_jump(bridge)]) and self._has(
-            ipt.DIRECT, [["-o", bridge, "-j", "DROP"]])
+        ifs = self._ifs(bridge)
+        return self.forward_ok and self._has(ipt.STAGE1, [ipt.direct_jump(i) for i in ifs]) and self._has(
+            ipt.DIRECT, [["-o", i, "-j", "DROP"] for i in ifs])
 
     def _lets_in(self, bridge, interface):
-        return self._has(self.ipt.DIRECT, [["-i", interface, "-o", bridge, "-j", "RETURN"]])
+        """Every interface of `bridge` (a routed segment's members) lets `interface` in."""
+        return self._has(self.ipt.DIRECT, [["-i", interface, "-o", i, "-j", "RETURN"] for i in self._ifs(bridge)])
 
     def managed(self, bridge):
-        """Our other chains hold rules for the bridge, and every directAccess deny bridge's group
-        lets it in (a managed bridge's RETURN looks like a trusted interface's: both are asked)."""
+        """Our other chains hold rules for the bridge (each member of a routed segment), and every
+        directAccess deny bridge's group lets it in (a managed bridge's RETURN looks like a
+        trusted interface's: both are asked)."""
         ipt = self.ipt
-        ours = ipt.managed_in(self.table)
+        ours, ifs = ipt.managed_in(self.table), self._ifs(bridge)
         protected = [r[1] for r in self.table.chains.get(ipt.DIRECT, [])
                      if ipt.is_ours(r) and ipt.strip_comment(r)[:1] == ["-o"] and r[-2:] == ["-j", "DROP"]]
-        return bridge in ours and all(self._lets_in(p, bridge) for p in protected if p != bridge)
+        return bool(ifs) and all(i in ours for i in ifs) and all(
+            self._has(ipt.DIRECT, [["-i", i, "-o", p, "-j", "RETURN"]]) for p in protected if p not in ifs
+            for i in ifs)
 
     def trusted(self, bridge, interface):
         return self._lets_in(bridge, interface)
 
     def internal(self, bridge):
-        return self.forward_ok and self._has(self.ipt.STAGE1, self.ipt.internal_rules(bridge))
+        return self.forward_ok and self._has(self.ipt.STAGE1, [r for i in self._ifs(bridge)
+                                                               for r in self.ipt.internal_rules(i)])
 
     def isolate_to(self, bridge):
         ipt = self.ipt
@@ -387,16 +397,19 @@ class IptablesView(_Base):
             return f"{self.fam} {ipt.STAGE1}: -i {b} -o {b} -j DROP"
         if name == "isolate_from":
             return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -j {ipt.STAGE2}"
+        m, tail = b, ""  # a routed segment's rules are written per member M
+        if name in ("internal", "direct", "trusted") and self.config.needs.get(b).routed:
+            m, tail = "M", f" (M: each member of {b}, {', '.join(self._ifs(b))})"
         if name == "internal":
-            return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -j DROP and ! -i {b} -o {b} -j DROP"
+            return f"{self.fam} {ipt.STAGE1}: -i {m} ! -o {m} -j DROP and ! -i {m} -o {m} -j DROP{tail}"
         if name == "isolate_to":
             return f"{self.fam} {ipt.STAGE2}: -o {b} -j DROP"
         if name == "direct":
-            return f"{self.fam} {ipt.STAGE1}: ! -i {b} -o {b} -j {ipt.DIRECT} and {ipt.DIRECT}: -o {b} -j DROP"
+            return f"{self.fam} {ipt.STAGE1}: ! -i {m} -o {m} -j {ipt.DIRECT} and {ipt.DIRECT}: -o {m} -j DROP{tail}"
         if name == "managed":
             return f"{self.fam}: rules of {b} in our chains, and {ipt.DIRECT}: -i {b} -o BR -j RETURN for each BR"
         if name == "trusted":
-            return f"{self.fam} {ipt.DIRECT}: -i {args[-1]} -o {b} -j RETURN"
+            return f"{self.fam} {ipt.DIRECT}: -i {args[-1]} -o {m} -j RETURN{tail}"
         if name == "published_reply":
             return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN"
         if name == "published":

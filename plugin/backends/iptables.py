@@ -307,7 +307,7 @@ def bridge_rules(needs: BridgeNeeds, family: str = "ipv4", interfaces_of=None,
     bridges the plugin isolates or guards, which a directAccess deny bridge lets in."""
     interfaces_of = interfaces_of or (lambda name: (name,))
     if needs.routed:
-        return segment_rules(needs, family, interfaces_of, log_cross)
+        return segment_rules(needs, family, interfaces_of, log_cross, managed)
     br = needs.bridge
     logged = needs.logged
     stage1, stage2 = [], []
@@ -332,22 +332,28 @@ def bridge_rules(needs: BridgeNeeds, family: str = "ipv4", interfaces_of=None,
             DIRECT: direct_rules(br, needs.guard, managed)}
 
 
-def segment_rules(needs: BridgeNeeds, family: str, interfaces_of, log_cross: bool = False) -> dict[str, list[list[str]]]:
+def segment_rules(needs: BridgeNeeds, family: str, interfaces_of, log_cross: bool = False,
+                  managed=()) -> dict[str, list[list[str]]]:
     """A routed segment's rules: a bridge's, written per member (its host-side interface),
     since iptables cannot say "not into any member". Traffic between two members (routed
     by the host) drops (`isolated`) or returns before anything else applies; what is left
     of a member's traffic leaves the segment, and meets the guard and STAGE-2 like a
-    bridge's. Rules per member pair: a segment of n members holds n*n of them."""
-    if needs.guard.internal or needs.guard.direct_deny:  # never a routed network left open by mistake
-        raise CniError(ENFORCEMENT_FAILED, f"{needs.bridge}: internal and directAccess deny are not available on "
-                       "routed networks with the iptables backend (use nftables)")
+    bridge's. Rules per member pair: a segment of n members holds n*n of them. A segment
+    closed by `internal` or `directAccess: deny` holds every pair first, then each member's
+    closing rules (segment_closing), so that no member's pair meets another's drop."""
     members = sorted(needs.ports)  # one order, whichever attachment came first
-    within = "DROP" if needs.drop_intra else "RETURN" if needs.isolate or needs.guard.deny_in(VERSION[family]) else None
+    guard, seg, logged = needs.guard, needs.bridge, needs.logged
+    closed = guard.internal or guard.direct_deny
+    within = "DROP" if needs.drop_intra else \
+        "RETURN" if needs.isolate or guard.deny_in(VERSION[family]) or closed else None
+    pairs = {m: logging([["-i", m, "-o", n, "-j", within] for n in members] if within else [],
+                        reasons.INTRA_BRIDGE, seg, logged) for m in members}
     stage1, stage2, chains = [], [], {EGRESS: [], HOST: []}
+    if closed:
+        stage1 += [rule for m in members for rule in pairs.pop(m)] + segment_closing(members, guard)
     for m in members:
-        if within:
-            stage1 += [["-i", m, "-o", n, "-j", within] for n in members]
-        if needs.guard.deny_in(VERSION[family]):
+        stage1 += pairs.get(m, [])
+        if guard.deny_in(VERSION[family]):
             stage1.append(["-i", m, "-j", EGRESS])
         if needs.isolate:
             if needs.published:
@@ -359,16 +365,25 @@ def segment_rules(needs: BridgeNeeds, family: str, interfaces_of, log_cross: boo
             if log_cross:  # as a bridge's: the logging sender's rule in DROPLOG first
                 stage2.append(["-o", m, "-j", DROPLOG])
             stage2.append(["-o", m, "-j", "DROP"])
-        for chain, rules in guard_rules(m, needs.guard, family).items():
+        for chain, rules in guard_rules(m, guard, family).items():
             chains[chain] += rules
+    strangers = [i for i in managed if i not in members]  # the segment's own members passed as pairs
+    direct = [rule for m in members for rule in direct_rules(m, guard, strangers)]
     # the drop log names the segment (the reader finds the sender among its attachments),
     # whichever member the rule matches
-    seg, logged = needs.bridge, needs.logged
     droplog = [["-i", m, *log_tail(reasons.CROSS_NETWORK, seg)] for m in members] \
         if reasons.CROSS_NETWORK in logged else []
-    return {STAGE1: logging(stage1, reasons.INTRA_BRIDGE, seg, logged), STAGE2: stage2,
+    return {STAGE1: stage1, STAGE2: stage2,
             EGRESS: logging(chains[EGRESS], reasons.EGRESS_DENY, seg, logged),
-            HOST: logging(chains[HOST], reasons.HOST_ACCESS, seg, logged), DROPLOG: droplog}
+            HOST: logging(chains[HOST], reasons.HOST_ACCESS, seg, logged), DROPLOG: droplog, DIRECT: direct}
+
+
+def segment_closing(members: list[str], guard: Guard) -> list[list[str]]:
+    """A closed segment's rules in STAGE-1 after its pairs, per member as a bridge's: internal,
+    whatever leaves the member or enters it (from outside the segment: the pairs returned
+    already); directAccess deny, the jump to CNI-ISOLATION-DIRECT for whatever enters it."""
+    rules = [rule for m in members for rule in internal_rules(m)] if guard.internal else []
+    return rules + ([direct_jump(m) for m in members] if guard.direct_deny else [])
 
 
 def wanted(desired: Desired, family: str = "ipv4", managed=None) -> dict[str, list[list[list[str]]]]:
@@ -387,8 +402,9 @@ def wanted(desired: Desired, family: str = "ipv4", managed=None) -> dict[str, li
 
 
 def managed_bridges(desired: Desired) -> list[str]:
-    """The bridges the plugin isolates or guards (the nftables backend's set `self`)."""
-    return [b.bridge for b in desired if b.within]
+    """The interfaces of the bridges the plugin isolates or guards (the nftables backend's set
+    `self`): a bridge's name, a routed segment's members."""
+    return [i for b in desired if b.within for i in b.interfaces]
 
 
 def positions(rules: list[list[str]]) -> dict[tuple, int]:
