@@ -31,7 +31,8 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
     reg = Registry.load(state_dir())
     settle_deferred(reg)
     previous = reg.get(attachment.key)
-    readdressed = previous is not None and (previous.spoof, previous.mac) != (attachment.spoof, attachment.mac)
+    readdressed = previous is not None and (previous.spoof, previous.mac, previous.addresses) != (
+        attachment.spoof, attachment.mac, attachment.addresses)
     try:
         facts = _enforce(backend, reg, intent, attachment.key, readdressed)
     except CniError as err:
