@@ -160,7 +160,7 @@ def test_listing_of_our_own_table_is_intact():
                               "count-host-access": {("brA", "host-access-brA")},
                               "logcross": set(), "logintra": set(), "logegress": set(), "loghost": set(),
                               "internal": set(), "count-internal": set(), "direct": set(), "trusted": set(),
-                              "count-direct-access": set()}
+                              "count-direct-access": set(), "tcross4": set(), "tcross6": set()}
     assert state.counters == {"cross-network-brA": 0, "cross-network-brB": 12, "egress-deny-brA": 0,
                               "host-access-brA": 0, "intra-bridge-brA": 0}
     assert sorted(state.chains) == ["egress-brA", "host-brA"]
