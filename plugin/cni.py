@@ -241,6 +241,9 @@ def cmd_check(inv: Invocation) -> None:
         related = {a.key: a for a in on_bridge}
         for group in sorted({a.group for a in on_bridge if a.group}):
             related |= {a.key: a for a in reg.matching(intent.bridge, group) if a.backend == backend.name}
+        if intent.tenant or reg.tenanted():  # a tenant group's elements and passes span every bridge of it
+            related = {a.key: a for a in reg.on_backend(backend.name)}
+            neighbours = [intent_of(a) for a in related.values() if a.key != inv.key]
         found, extra = backend.audit(desired([intent, *neighbours]), desired(intent_of(a) for a in related.values()))
         found += flag_problems([intent, *neighbours])
         if reg.get(inv.key) is None:

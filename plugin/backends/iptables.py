@@ -395,7 +395,7 @@ def tenant_passes(desired: Desired, family: str) -> dict[str, list[list[str]]]:
     """Per bridge, the STAGE-2 RETURNs of policy.tenancy's tcross pairs in `family` (the
     nftables backend's `iifname . ip daddr @tcross4 return`): `-d ADDR -i P -o BR`, ADDR an
     address of a member on BR, P the bridge of a member of its group (the bridge table keeps
-    P's other ports from it). Bridges in order, then pairs sorted: one order for every run."""
+    P's other ports from it). Sorted per bridge: one order whichever attachment came first."""
     if not desired.tenanted:
         return {}
     v = VERSION[family]
@@ -408,7 +408,7 @@ def tenant_passes(desired: Desired, family: str) -> dict[str, list[list[str]]]:
                 for source in sorted(p for p, a in crossing if a == ip):
                     for out in ((q.port,) if b.routed else (b.bridge,)):
                         found.setdefault(b.bridge, []).append(["-d", ip + host, "-i", source, "-o", out, "-j", "RETURN"])
-    return found
+    return {bridge: sorted(rules) for bridge, rules in found.items()}
 
 
 def managed_bridges(desired: Desired) -> list[str]:
