@@ -1086,7 +1086,7 @@ def surplus(state: TableState, desired: Desired, bridges) -> list[tuple[str, lis
     """What the inet table grants for `bridges` beyond what `desired` (of every registered
     attachment that could grant anything to them) needs: (description, commands removing it).
 
-    Grants are the peers and published elements, and the returns of a guard chain (its
+    Grants are the peers, tcross and published elements, and the returns of a guard chain (its
     exceptions); extra drops (an `isolated` element, a guard nobody needs any more) are not
     grants: they close more than configured, never less."""
     if not state.exists or not state.intact:
@@ -1103,6 +1103,12 @@ def surplus(state: TableState, desired: Desired, bridges) -> list[tuple[str, lis
             found.append((f"{pair[0]} . {pair[1]} is in set inet {TABLE} trusted ({pair[1]} reaches {pair[0]} "
                           "directly) though no registered attachment trusts it",
                           [_delete_element("inet", "trusted", pair)]))
+    for name in TENANCY_INET:
+        for pair in sorted(state.elements.get(name, set()) - want.get(name, set())):
+            if pair[0] in bridges:
+                found.append((f"{pair[0]} . {pair[1]} is in set inet {TABLE} {name} ({pair[0]} reaches {pair[1]}) "
+                              "though no registered tenant group has members on both sides",
+                              [_delete_element("inet", name, pair)]))
     for bridge in sorted(state.elements.get("published", set()) - want.get("published", set())):
         if bridge in bridges:
             found.append((f"{bridge} is in set inet {TABLE} published though no registered attachment of it "

@@ -189,3 +189,18 @@ def test_explain_knows_tenants_on_one_bridge_and_across_two():
     # table, but t1 is not g (the one-way leak, closed by the tenant's port's rule)
     v, reason, _, rule = ask("y", "10.1.0.5")
     assert (v, reason) == ("drop", "cross-tenant") and "@tenanted" in rule and "(v22 . 10.1.0.5)" in rule
+
+
+def test_a_cross_bridge_pass_no_tenant_group_needs_is_a_surplus_grant():
+    from plugin.backends.nftables import INET, TableState, surplus, wanted
+
+    held = TableState(exists=True, intact=True, elements={n: set(v) for n, v in
+                                                          wanted(desired(intent_of(a) for a in APART))["inet"].items()})
+    assert surplus(held, desired(intent_of(a) for a in APART), {"b1", "b2"}) == []
+    # y (t1 on b2) is gone: the passes held for it, and for b1's members into b2, are grants nobody needs
+    left = [a for a in APART if a.container != "y"]
+    found = surplus(held, desired(intent_of(a) for a in left), {"b1", "b2"})
+    texts = [t for t, _ in found]
+    assert any("b1 . 10.2.0.2" in t and "tcross4" in t for t in texts), texts
+    assert any("b2 . fd01::2" in t and "tcross6" in t for t in texts), texts
+    assert INET.sets["tcross4"] == ["ifname", "ipv4_addr"]
