@@ -204,3 +204,34 @@ def test_a_cross_bridge_pass_no_tenant_group_needs_is_a_surplus_grant():
     assert any("b1 . 10.2.0.2" in t and "tcross4" in t for t in texts), texts
     assert any("b2 . fd01::2" in t and "tcross6" in t for t in texts), texts
     assert INET.sets["tcross4"] == ["ifname", "ipv4_addr"]
+
+
+def test_the_passes_go_with_the_last_member_of_their_group_on_a_bridge_both_backends():
+    from plugin.backends.iptables import FilterTable
+    from plugin.backends.iptables import release_plan as ipt_release
+    from plugin.backends.nftables import TableState, release_plan, wanted
+    from plugin.policy import release
+
+    y = next(a for a in APART if a.container == "y")
+    left = [a for a in APART if a is not y]
+    r = release(y, left)
+    # after y (t1, the group's only member on b2) leaves, t1 is on b1 alone (a, w): no pass is left
+    assert r.tenancy is not None and r.tenancy["tcross4"] == set() and r.tenancy["tcross6"] == set()
+    held = TableState(exists=True, intact=True, elements={n: set(v) for n, v in
+                                                          wanted(desired(intent_of(a) for a in APART))["inet"].items()})
+    gone = {(c["delete"]["element"]["name"], tuple(e.get("concat", [e]) if isinstance(e, dict) else [e]))
+            for c in release_plan({"inet": held}, r) if "element" in c.get("delete", {})
+            for e in c["delete"]["element"]["elem"]}
+    assert {g for g in gone if g[0].startswith("tcross")} == {
+        ("tcross4", ("b1", "10.2.0.2")), ("tcross4", ("b2", "10.1.0.2")), ("tcross4", ("b2", "10.1.0.3")),
+        ("tcross6", ("b1", "fd02::2")), ("tcross6", ("b2", "fd01::2")), ("tcross6", ("b2", "fd01::3"))}
+    ours = "-m comment --comment isolation-plugin"
+    table = FilterTable.parse("*filter\n:FORWARD ACCEPT [0:0]\n:CNI-ISOLATION-STAGE-2 - [0:0]\n"
+                              f"-A CNI-ISOLATION-STAGE-2 -d 10.2.0.2/32 -i b1 -o b2 {ours} -j RETURN\n"
+                              f"-A CNI-ISOLATION-STAGE-2 -d 10.1.0.2/32 -i b2 -o b1 {ours} -j RETURN\n"
+                              f"-A CNI-ISOLATION-STAGE-2 -d 10.1.0.9/32 -i b2 -o b1 -j RETURN\n"  # not ours: stays
+                              f"-A CNI-ISOLATION-STAGE-2 -o b2 {ours} -j DROP\nCOMMIT\n")
+    lines = ipt_release(table, r, "ipv4")
+    assert f"-D CNI-ISOLATION-STAGE-2 -d 10.2.0.2/32 -i b1 -o b2 {ours} -j RETURN" in lines
+    assert f"-D CNI-ISOLATION-STAGE-2 -d 10.1.0.2/32 -i b2 -o b1 {ours} -j RETURN" in lines
+    assert not [x for x in lines if "10.1.0.9" in x]
