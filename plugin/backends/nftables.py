@@ -9,6 +9,7 @@
       set internal  { type ifname }            `internal` bridges (nothing forwarded in or out)
       set direct    { type ifname }            bridges with directAccess deny
       set trusted   { type ifname . ifname }   (BR . IF) for each of BR's trustedInterfaces
+      set tcross4/6 { type ifname . address }  (BR . address) one tenant group reaches across bridges
       map egress    { type ifname : verdict }  BR : jump egress-BR (bridges with denyEgress)
       map host      { type ifname : verdict }  BR : jump host-BR (bridges with hostAccess deny)
       map count-R   { type ifname : counter }  BR : "R-BR", for each drop reason R the bridge has
@@ -28,6 +29,8 @@
         ct direction original ct status dnat oifname @published return   a published port (the
         ct direction reply ct status dnat iifname @published return      publisher decides, replies too)
         iifname . oifname @peers return                   the same isolationGroup
+        iifname . ip daddr @tcross4 return                one tenant group across bridges (ip6: tcross6;
+                                                          the bridge table keeps other ports from it)
         iifname @isolated oifname @isolated goto drop-cross-network
       chain input  hook input, priority -5, policy accept
         icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }
