@@ -1088,6 +1088,9 @@ class IptablesBackend(Backend):
         for fam, table in self._read().items():
             tool = "iptables" if fam == "ipv4" else "ip6tables"
             lines = release_plan(table, everything, fam, everything=bridge is None)
+            if bridge is not None:  # its tenant groups' passes, out of it and into it
+                lines += [f"-D {STAGE2} " + _text(r) for r in table.chains.get(STAGE2, []) if is_ours(r) and _safe(r)
+                          and _is_tenant_pass(strip_comment(r)) and bridge in strip_comment(r)[3:6:2]]
             cmds += [[tool, "-w", "-t", "filter", *shlex.split(line)] for line in lines]
             created = bridge is None and fam in facts.get("created_filter", []) and table.nft_variant
             after = without_ours(table)[0]

@@ -1238,7 +1238,8 @@ def spoof_cleanup(state: TableState, ports, spec: TableSpec, bridge: str) -> lis
             cmds.append(["nft", "delete", "counter", "bridge", spec.name, counter])
     for name in SPOOF_SETS:
         for e in sorted(state.elements.get(name, set())):
-            if (e[0] if isinstance(e, tuple) else e) in ports or (name == "tpair" and e[1] in ports):
+            if (e[0] if isinstance(e, tuple) else e) in ports or (name == "tpair" and e[1] in ports) or (
+                    name in TENANCY_INET and e[0] == bridge):  # a tenant group's passes out of the bridge
                 shown = " . ".join(f"0x{v:x}" if isinstance(v, int) else f'"{v}"' if i == 0 or name == "tpair" else v
                                    for i, v in enumerate(e)) if isinstance(e, tuple) else f'"{e}"'
                 cmds.append(["nft", "delete", "element", "bridge", spec.name, name, "{", shown, "}"])
@@ -1400,6 +1401,10 @@ class NftablesBackend(Backend):
             if pair[0] == bridge:
                 shown = f'"{pair[0]}" . "{pair[1]}"'
                 cmds.append(["nft", "delete", "element", "inet", TABLE, "trusted", "{", shown, "}"])
+        for name in TENANCY_INET:  # its tenant groups' passes out of it
+            for pair in sorted(states["inet"].elements.get(name, set())):
+                if pair[0] == bridge:
+                    cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", f'"{pair[0]}" . {pair[1]}', "}"])
         for pair in sorted(states["inet"].elements.get("peers", set())):  # its group's grants, both ways
             if bridge in pair:
                 cmds.append(["nft", "delete", "element", "inet", TABLE, "peers", "{", f'"{pair[0]}" . "{pair[1]}"', "}"])

@@ -183,10 +183,20 @@ def test_cleanup_of_one_bridge_takes_its_ports_tenancy_and_keeps_the_others(lab,
     z = lab.add(two, args=by_args("t2"))
     table = "isolation" if backend == "nftables" else "isolation-iptables"
     ports = [lab.host_port(c) for c in one.containers]
+
+    def passes() -> str:  # t1 is on both bridges (no network group): its passes between them
+        return "".join(lab.nft("list", "set", "inet", "isolation", f"tcross{v}") for v in (4, 6))
+
+    if backend == "nftables":
+        assert one.bridge in passes() and two.bridge in passes()
     proc = lab.cli("cleanup", "--bridge", one.bridge)
     assert proc.returncode == 0, proc.stderr
     left = lab.nft("list", "table", "bridge", table)
     assert not [p for p in ports if p in left], left
+    if backend == "nftables":
+        assert one.bridge not in passes(), "the passes out of the bridge went with it"
+    else:
+        assert lab.ours_mentioning(one.bridge) == []
     assert lab.blocked(b, z) and lab.tcp(b.name, y.ipv4) and lab.tcp(y.name, b.ipv6), "bridge 2's tenants as before"
     assert lab.cli("cleanup").returncode == 0
     assert lab.ruleset() == baseline
