@@ -143,7 +143,7 @@ def _engine(inv: Invocation):
     """The validated configuration, the usable backend and the intent for this attachment."""
     from plugin import config
     from plugin.backends import select
-    from plugin.policy import Spoof, anti_spoofing, guard_for, intent_for
+    from plugin.policy import Spoof, anti_spoofing, guard_for, intent_for, plain_addresses
 
     conf = config.load(inv.raw)
     trace.stamp("config")
@@ -176,8 +176,14 @@ def _engine(inv: Invocation):
     intent = intent_for(bridge, conf.ingressPolicy, port, conf.allowPublishedPorts, conf.isolationGroup,
                         guard_for(conf), spoof, getattr(conf, "logDrops", False),
                         container_mac(prev, inv.env.get("CNI_IFNAME", "")) if port and not routed else None,
-                        routed=routed, tenant=tenant)
+                        routed=routed, tenant=tenant, addresses=plain_addresses(_addresses(prev)))
     return prev, backend, intent, conf
+
+
+def _addresses(prev: dict) -> tuple[str, ...]:
+    """prevResult's ips[].address values, as the registry records them."""
+    ips = prev.get("ips") if isinstance(prev.get("ips"), list) else []
+    return tuple(str(ip.get("address")) for ip in ips if isinstance(ip, dict) and ip.get("address"))
 
 
 def _segment(prev: dict, network: str) -> tuple[str, str | None, bool]:
@@ -205,8 +211,7 @@ def cmd_add(inv: Invocation) -> dict:
     from plugin.registry import Attachment
 
     prev, backend, intent, conf = _engine(inv)
-    ips = prev.get("ips") if isinstance(prev.get("ips"), list) else []
-    addresses = tuple(str(ip.get("address")) for ip in ips if isinstance(ip, dict) and ip.get("address"))
+    addresses = _addresses(prev)
     from plugin.links import ifindex
 
     attachment = Attachment(inv.network, inv.env["CNI_CONTAINERID"], inv.env["CNI_IFNAME"], intent.bridge,
@@ -236,6 +241,9 @@ def cmd_check(inv: Invocation) -> None:
         related = {a.key: a for a in on_bridge}
         for group in sorted({a.group for a in on_bridge if a.group}):
             related |= {a.key: a for a in reg.matching(intent.bridge, group) if a.backend == backend.name}
+        if intent.tenant or reg.tenanted():  # a tenant group's elements and passes span every bridge of it
+            related = {a.key: a for a in reg.on_backend(backend.name)}
+            neighbours = [intent_of(a) for a in related.values() if a.key != inv.key]
         found, extra = backend.audit(desired([intent, *neighbours]), desired(intent_of(a) for a in related.values()))
         found += flag_problems([intent, *neighbours])
         if reg.get(inv.key) is None:

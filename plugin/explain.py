@@ -122,11 +122,24 @@ def frames_pass(els: dict, src_port: str, dst_port: str) -> bool:
 
 
 def routed_pass(els: dict, port: str, address: str) -> bool:
-    """Whether a packet from `port` to the host for `address` gets through (TENANT_INPUT)."""
+    """Whether a packet from `port` to the host for `address` gets through (TENANT_INPUT): to a
+    tenant's address from a known port, or from a tenant's port to any member's address, only
+    as a `tok` pair; to an address of a cross-bridge pass never from a port we do not know."""
     v = 6 if ":" in address else 4
     address = str(ipaddress.ip_address(address))
-    judged = port in els.get("tports", ()) and address in els.get(f"taddr{v}", ())
+    known = port in els.get("tports", ())
+    judged = (known and address in els.get(f"taddr{v}", ())) or (
+        port in els.get("tenanted", ()) and address in els.get(f"maddr{v}", ()))
+    if not known and address in els.get(f"xaddr{v}", ()):
+        return False
     return not judged or (port, address) in els.get(f"tok{v}", ())
+
+
+def cross_pass(els: dict, bridge: str, address: str) -> bool:
+    """Whether the tenants' pass across bridges lets a packet from `bridge` for `address` through
+    the inter-bridge drop (the inet table's tcross sets, policy.tenancy)."""
+    v = 6 if ":" in address else 4
+    return (bridge, str(ipaddress.ip_address(address))) in els.get(f"tcross{v}", ())
 
 
 class ConfigView:
@@ -143,6 +156,11 @@ class ConfigView:
     def tenant_routed(self, bridge: str, port: str, address: str) -> bool:
         """What `port` (on `bridge`) sends the host for `address` passes the tenants' rule."""
         return routed_pass(self.tenancy, port, address)
+
+    def tenant_cross(self, bridge: str, dest: str, address: str) -> bool:
+        """One tenant group's members on `bridge` may reach `address` on `dest` across the
+        inter-bridge drop."""
+        return cross_pass(self.tenancy, bridge, address)
 
     def flagged(self, bridge: str, port: str) -> bool:
         """The port carries the bridge-port isolation flag (frames between two such ports drop)."""
@@ -200,7 +218,7 @@ class ConfigView:
         return self.needs.get(bridge).isolate
 
 
-FACTS = ("tenant_frames", "tenant_routed", "flagged", "intra",
+FACTS = ("tenant_frames", "tenant_routed", "tenant_cross", "flagged", "intra",
          "deny", "allow", "host_deny", "host_ports", "published", "published_reply", "peer",
          "isolate_from", "isolate_to", "internal", "direct", "managed", "trusted")
 
@@ -326,6 +344,9 @@ def decide(view, source, target: Target, probe: Probe) -> Decision:
             return Decision(verdict="pass", reason=None, step="published", source_bridge=s, dest_bridge=d)
         if view.peer(s, d):
             return Decision(verdict="pass", reason=None, step="group", source_bridge=s, dest_bridge=d)
+        if target.kind == CONTAINER and view.isolate_from(s) and view.isolate_to(d) \
+                and view.tenant_cross(s, d, probe.address):  # (the replies' pair is there too: symmetric)
+            return Decision(verdict="pass", reason=None, step="tenant-group", source_bridge=s, dest_bridge=d)
         if view.isolate_from(s) and view.isolate_to(d):
             return Decision(verdict="drop", reason=reasons.CROSS_NETWORK, step="cross", source_bridge=s,
                             dest_bridge=d)
@@ -371,6 +392,12 @@ def attribute(dec: Decision, source, target: Target, probe: Probe, attachments) 
         return {"cause": f"different tenants: isolationGroup {mine} (of {source.container}) and {theirs} "
                          f"(of {dest.container}); a container's own group replaces its network's",
                 "networks": sorted({source.network, dest.network}), "key": "isolationGroup"}
+    if step == "tenant-group":
+        dest = target.attachment
+        group = source.tenant or dest.tenant
+        return {"cause": f"same tenant group {group} across bridges {s} and {d} (of {source.container} and "
+                         f"{dest.container})", "networks": sorted({source.network, dest.network}),
+                "key": "isolationGroup"}
     if step == "same-bridge":
         what = "routed network" if getattr(source, "routed", False) else "bridge"
         return {"cause": f"same {what} {s}", "networks": [source.network], "key": "ingressPolicy"}
@@ -463,9 +490,16 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, conf
         return f"{table} forward: iifname @tports oifname @tenanted iifname . oifname != @tpair goto " \
                f"drop-cross-tenant ({source.port} . {dport})"
     if step == "tenant-routed":
-        v = probe.family
-        return f"{table} input: iifname @tports ip{'' if v == 4 else '6'} daddr @taddr{v} iifname . " \
-               f"ip{'' if v == 4 else '6'} daddr != @tok{v} goto drop-cross-tenant ({source.port} . {probe.address})"
+        v, ip = probe.family, f"ip{'' if probe.family == 4 else '6'}"
+        tenant = source.port in config.tenancy["tenanted"]
+        return f"{table} input: iifname {'@tenanted' if tenant else '@tports'} {ip} daddr " \
+               f"@{'maddr' if tenant else 'taddr'}{v} iifname . {ip} daddr != @tok{v} goto drop-cross-tenant " \
+               f"({source.port} . {probe.address})"
+    if step == "tenant-group":
+        v, ip = probe.family, f"ip{'' if probe.family == 4 else '6'}"
+        return f"inet isolation forward: iifname . {ip} daddr @tcross{v} return ({s} . {probe.address})" if nft else \
+            f"{'ip6tables' if v == 6 else 'iptables'} CNI-ISOLATION-STAGE-2: -d {probe.address}/{32 if v == 4 else 128} " \
+            f"-i {s} -o {d} -j RETURN"
     if step == "itself":
         return "none: the packet never leaves the container"
     if step == "same-bridge":

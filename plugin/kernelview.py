@@ -108,9 +108,12 @@ class _Base:
 
     def _tenant_where(self, name: str, args: tuple) -> str:
         table = self._bridge_spec().name
+        if name == "tenant_cross":
+            return self._cross_where(*args)
         if name == "tenant_frames":
             return f"{args[1]} . {args[2]} in set bridge {table} tpair (or the ports' tports/tenanted elements)"
-        return f"{args[1]} . {args[2]} in set bridge {table} tok{6 if ':' in args[2] else 4} (or taddr, tports)"
+        return f"{args[1]} . {args[2]} in set bridge {table} tok{6 if ':' in args[2] else 4} (or taddr, maddr, " \
+               "tports, tenanted, xaddr)"
 
     def describe(self, name: str, args: tuple, want, have) -> str:
         where = self.where(name, args)
@@ -207,6 +210,14 @@ class NftablesView(_Base):
 
     def peer(self, bridge, other):
         return self._pairs_in("peers", bridge, other)
+
+    def tenant_cross(self, bridge, dest, address):
+        from plugin.explain import cross_pass
+
+        return cross_pass({n: self._els(n) for n in ("tcross4", "tcross6")}, bridge, address)
+
+    def _cross_where(self, bridge, dest, address):
+        return f"{bridge} . {address} in set inet isolation tcross{6 if ':' in address else 4}"
 
     def isolate_from(self, bridge):
         return self._all_in("isolated", bridge)
@@ -341,6 +352,18 @@ class IptablesView(_Base):
         ipt = self.ipt
         return self._has(ipt.STAGE2, self._only(ipt.STAGE2, self._needs(other, isolate=True, peers=frozenset([bridge])),
                                                 self._needs(other, isolate=True)))
+
+    def _cross_rules(self, bridge, dest, address):
+        import ipaddress
+
+        host = "/128" if ":" in address else "/32"
+        return [["-d", str(ipaddress.ip_address(address)) + host, "-i", bridge, "-o", out, "-j", "RETURN"] for out in self._ifs(dest)]
+
+    def tenant_cross(self, bridge, dest, address):
+        return self._has(self.ipt.STAGE2, self._cross_rules(bridge, dest, address))
+
+    def _cross_where(self, bridge, dest, address):
+        return f"{self.fam} {self.ipt.STAGE2}: " + " | ".join(" ".join(r) for r in self._cross_rules(bridge, dest, address))
 
     def isolate_from(self, bridge):
         ipt = self.ipt

@@ -31,7 +31,8 @@ def attach(backend, intent: policy.BridgeIntent, attachment: Attachment) -> None
     reg = Registry.load(state_dir())
     settle_deferred(reg)
     previous = reg.get(attachment.key)
-    readdressed = previous is not None and (previous.spoof, previous.mac) != (attachment.spoof, attachment.mac)
+    readdressed = previous is not None and (previous.spoof, previous.mac, previous.addresses) != (
+        attachment.spoof, attachment.mac, attachment.addresses)
     try:
         facts = _enforce(backend, reg, intent, attachment.key, readdressed)
     except CniError as err:
@@ -79,10 +80,11 @@ def _enforce(backend, reg: Registry, intent: policy.BridgeIntent, key: tuple, re
         return backend.apply(policy.desired([intent, *everyone]))
     related = others(reg.matching(intent.bridge, intent.group))
     ensure_flags(intent, related)
-    # tenancy pairs every port with the ports and addresses of its group, wherever they are:
-    # only the full desired state knows them all, so an ADD touching tenants takes the full path
-    # (a port that may meet a tenant is on its bridge or in its network's group: in `related`)
-    tenants = intent.tenant or any(i.tenant for i in related)
+    # tenancy pairs every port with the ports and addresses of its group, wherever they are, and
+    # knows every container's addresses (a tenant's port may send the host for none outside its
+    # group): only the full desired state knows them all, so while any tenant is registered an
+    # ADD takes the full path (else a plain container's order of arrival would decide)
+    tenants = intent.tenant or any(i.tenant for i in related) or reg.tenanted()
     if not tenants and backend.ensure(policy.addition(intent, related)):
         return {}
     return backend.apply(policy.desired([intent, *others(reg.attachments.values())]))

@@ -202,6 +202,7 @@ class BridgeIntent:
     mac: str | None = None  # the container interface's MAC: on an `isolated` bridge, frames to it are counted
     routed: bool = False  # `bridge` names a routed segment (segment_of), whose members are the ports
     tenant: str | None = None  # its own isolationGroup from CNI args: replaces `group` for this attachment
+    addresses: tuple[str, ...] = ()  # the container's addresses (prevResult ips, no prefix): tenancy's members
 
     @property
     def enforces_anything(self) -> bool:
@@ -211,7 +212,7 @@ class BridgeIntent:
 def intent_for(bridge: str, ingress_policy: str, port: str | None = None, published: bool = True,
                group: str | None = None, guard: Guard = NO_GUARD, spoof: Spoof | None = None,
                log: bool = False, mac: str | None = None, routed: bool = False,
-               tenant: str | None = None) -> BridgeIntent:
+               tenant: str | None = None, addresses: tuple[str, ...] = ()) -> BridgeIntent:
     """Translate a network's ingressPolicy, allowPublishedPorts, isolationGroup, Guard and
     anti-spoofing into the intent for one attachment to its bridge."""
     if ingress_policy not in ("open", "same-bridge", "isolated"):
@@ -219,7 +220,7 @@ def intent_for(bridge: str, ingress_policy: str, port: str | None = None, publis
     isolate = ingress_policy != "open"
     return BridgeIntent(bridge=bridge, isolate=isolate, drop_intra=ingress_policy == "isolated", port=port,
                         published=published and isolate, group=group if isolate else None, guard=guard, spoof=spoof,
-                        log=log, mac=mac, routed=routed, tenant=tenant)
+                        log=log, mac=mac, routed=routed, tenant=tenant, addresses=addresses)
 
 
 def anti_spoofing(setting: bool | None, ingress_policy: str) -> bool:
@@ -248,10 +249,17 @@ def spoof_of(att) -> Spoof | None:
     return Spoof(att.port, att.mac, tuple(att.spoof))
 
 
+def plain_addresses(cidrs) -> tuple[str, ...]:
+    """The addresses of prevResult's (or a registered Attachment's) `ips[].address` values,
+    without their prefix, each once: tenancy knows a container by them whatever
+    antiSpoofing says."""
+    return tuple(dict.fromkeys(c.partition("/")[0] for c in cidrs if c))
+
+
 def intent_of(att) -> BridgeIntent:
     """The intent a registered Attachment stands for."""
     return intent_for(att.bridge, att.policy, att.port, att.published, att.group, Guard.from_json(att.guard),
-                      spoof_of(att), att.logdrops, att.mac, att.routed, att.tenant)
+                      spoof_of(att), att.logdrops, att.mac, att.routed, att.tenant, plain_addresses(att.addresses))
 
 
 def group_peers(intents) -> dict[str, set[str]]:
@@ -288,8 +296,8 @@ def segment_of(network: str) -> str:
 @value_class(frozen=True)
 class Member:
     """One attachment's port as tenancy sees it: its own isolationGroup (`tenant`, from CNI
-    args), else its network's (`group`); `ips` its addresses (known for tenants, whose
-    anti-spoofing holds them)."""
+    args), else its network's (`group`: none on a network that does not isolate); `ips` its
+    addresses (prevResult's, and those anti-spoofing lets it send from)."""
 
     port: str
     tenant: str | None = None
@@ -418,25 +426,38 @@ class Desired:
         return any(m.tenant for b in self for m in b.members)
 
 
-TENANCY_SETS = ("tports", "tenanted", "tpair", "taddr4", "taddr6", "tok4", "tok6")
+TENANCY_SETS = ("tports", "tenanted", "tpair", "taddr4", "taddr6", "tok4", "tok6", "maddr4", "maddr6",
+                "tcross4", "tcross6", "xaddr4", "xaddr6")
+TENANCY_INET = ("tcross4", "tcross6")  # also held by the inet table: the pass across bridges
 
 
 def tenancy(desired: "Desired") -> dict[str, set]:
     """The bridge table's tenancy elements for `desired` (empty sets when no attachment has a
     per-container isolationGroup): frames between two ports of one bridge pass only as a
-    `tpair` when either is tenanted; packets a port sends the host for a tenant's address
-    (routed: to another bridge, or hairpinned into its own) pass only as a `tok` pair.
+    `tpair` when either is tenanted; packets a port sends the host (routed: to another
+    bridge, or hairpinned into its own) pass only as a `tok` pair when they come from a
+    tenant's port or go to a tenant's address, and across two bridges only as a `tcross`
+    pair when those bridges do not reach each other otherwise.
 
+    Two members are of one group when their effective groups (Member.effective) are equal and
+    one of them is a tenant (two plain containers are the network rules' business).
     tports: every port (only ports we know are judged: an uplink enslaved to the bridge is not);
     tenanted: ports with a per-container group;
     tpair: (p, q) on one bridge, one of them tenanted, same effective group (p itself included:
           a bridge in hairpin mode sends a port's flooded frames back to it);
     taddr4/6: the tenants' addresses;
-    tok4/6: (p, address of tenant t) for every port p whose effective group is t's."""
+    maddr4/6: every member's addresses (what a tenant's port may send the host for only
+          within its group);
+    tok4/6: (p, address of q) for members p, q of one group;
+    tcross4/6: (bridge of p, address of q) for members p, q of one group on two bridges: the
+          inet table lets these through its cross-network drop;
+    xaddr4/6: the addresses of tcross4/6: only known ports may route to them (this kernel's
+          bridge family cannot match the bridge a frame entered, so the unknown ports of every
+          bridge are refused, never those of the pass's bridge alone)."""
     want = {name: set() for name in TENANCY_SETS}
     if not desired.tenanted:
         return want
-    everyone = [m for b in desired for m in b.members]
+    placed = [(p.port if b.routed else b.bridge, p) for b in desired for p in b.members]
     for b in desired:
         for p in b.members:
             want["tports"].add(p.port)
@@ -445,13 +466,18 @@ def tenancy(desired: "Desired") -> dict[str, set]:
             for q in b.members:
                 if (p.tenant or q.tenant) and p.effective == q.effective:  # p == q: hairpin mode reflects frames
                     want["tpair"].add((p.port, q.port))
-    for t in everyone:
-        if not t.tenant:
-            continue
-        for ip in t.ips:
+    for bq, q in placed:
+        for ip in q.ips:
             family = family_of(ip)
-            want[f"taddr{family}"].add(ip)
-            want[f"tok{family}"].update((p.port, ip) for p in everyone if p.effective == t.tenant)
+            want[f"maddr{family}"].add(ip)
+            if q.tenant:
+                want[f"taddr{family}"].add(ip)
+            for bp, p in placed:
+                if (p.tenant or q.tenant) and p.effective is not None and p.effective == q.effective:
+                    want[f"tok{family}"].add((p.port, ip))
+                    if bp != bq:
+                        want[f"tcross{family}"].add((bp, ip))
+                        want[f"xaddr{family}"].add(ip)
     return want
 
 
@@ -480,7 +506,8 @@ def desired(intents) -> Desired:
         macs=tuple(dict.fromkeys((i.port, i.mac) for i in its if i.port and i.mac)),
         log=any(i.log for i in its),
         routed=any(i.routed for i in its),
-        members=tuple(dict.fromkeys(Member(i.port, i.tenant, i.group, i.spoof.ips if i.spoof else ())
+        members=tuple(dict.fromkeys(Member(i.port, i.tenant, i.group,
+                                           tuple(dict.fromkeys((*(i.spoof.ips if i.spoof else ()), *i.addresses))))
                                     for i in its if i.port)) if any(i.tenant for i in intents) else (),
     ) for bridge, its in by_bridge.items()})
 

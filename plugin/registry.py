@@ -322,6 +322,13 @@ class Registry:
         self.writes += 1
         trace.stamp("saved")
 
+    def tenanted(self) -> bool:
+        """Whether some attachment has a per-container isolationGroup (a tenant's elements span
+        bridges: judging one bridge then needs every attachment). Decodes nothing."""
+        if self._decoded is not None:
+            return any(a.tenant for a in self._decoded.values())
+        return any('"tenant":"' in line for line in self._lines)
+
     def on_bridge(self, bridge: str, backend: str) -> list[Attachment]:
         return [a for a in self.matching(bridge) if a.bridge == bridge and a.backend == backend]
 

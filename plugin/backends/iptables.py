@@ -12,6 +12,8 @@
                             -j RETURN
     CNI-ISOLATION-STAGE-2:  -o BR -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN (published)
                             -i PEER -o BR -j RETURN                  (each bridge of its isolationGroup)
+                            -d ADDR -i P -o BR -j RETURN             (each address of BR's tenant group
+                                                                      members another bridge P's members reach)
                             -o BR -j DROP                            (isolate)
                             -j RETURN
     INPUT:                  -j CNI-ISOLATION-HOST               (first; once any bridge has a guard)
@@ -72,7 +74,7 @@ from plugin.backends import libnft
 from plugin.backends.base import Backend, first_bridge
 from plugin.errors import ENFORCEMENT_FAILED, TRY_AGAIN_LATER, CniError
 from plugin.policy import (ND_HOP_LIMIT, ND_TYPES, NO_GUARD, SEGMENT_PREFIX, BridgeNeeds, Desired, Guard, Hole, Release,
-                           split_cidr)
+                           split_cidr, tenancy)
 from plugin.record import Factory, replace, value_class
 from plugin.tools import find, run_all
 
@@ -299,12 +301,13 @@ def direct_rules(br: str, guard: Guard, managed=()) -> list[list[str]]:
 
 
 def bridge_rules(needs: BridgeNeeds, family: str = "ipv4", interfaces_of=None,
-                 log_cross: bool = False, managed=()) -> dict[str, list[list[str]]]:
+                 log_cross: bool = False, managed=(), crossing=()) -> dict[str, list[list[str]]]:
     """Per chain, the matches-and-targets one bridge needs in `family`, top to bottom
     (comments left out): the bridges of its isolationGroups may reach it, and its merged
     Guard gives its rules in the guard chains. `interfaces_of(peer)`: the interfaces a
     peer's traffic comes by (a routed segment's members; default: its name); `managed`: the
-    bridges the plugin isolates or guards, which a directAccess deny bridge lets in."""
+    bridges the plugin isolates or guards, which a directAccess deny bridge lets in;
+    `crossing`: the bridge's RETURNs for one tenant group across bridges (tenant_passes)."""
     interfaces_of = interfaces_of or (lambda name: (name,))
     if needs.routed:
         return segment_rules(needs, family, interfaces_of, log_cross, managed)
@@ -324,6 +327,7 @@ def bridge_rules(needs: BridgeNeeds, family: str = "ipv4", interfaces_of=None,
         if needs.published:
             stage2.append(["-o", br, *PUBLISHED_IN])
         stage2 += [["-i", i, "-o", br, "-j", "RETURN"] for peer in sorted(needs.peers) for i in interfaces_of(peer)]
+        stage2 += list(crossing)
         if log_cross:  # some bridge logs its cross-network drops: the sender's rule there
             stage2.append(["-o", br, "-j", DROPLOG])
         stage2.append(["-o", br, "-j", "DROP"])
@@ -393,12 +397,33 @@ def wanted(desired: Desired, family: str = "ipv4", managed=None) -> dict[str, li
     chains: dict[str, list[list[list[str]]]] = {STAGE1: [], STAGE2: [], EGRESS: [], HOST: [], DIRECT: [], DROPLOG: []}
     managed = managed_bridges(desired) if managed is None else managed
     log_cross = any(reasons.CROSS_NETWORK in needs.logged for needs in desired)
+    passes = tenant_passes(desired, family)
     for needs in desired:
         for chain, group in bridge_rules(needs, family, lambda peer: desired.get(peer).interfaces,
-                                          log_cross, managed).items():
+                                          log_cross, managed, passes.get(needs.bridge, ())).items():
             if group:
                 chains[chain].append(group)
     return {c: groups for c, groups in chains.items() if groups or c in (STAGE1, STAGE2)}
+
+
+def tenant_passes(desired: Desired, family: str) -> dict[str, list[list[str]]]:
+    """Per bridge, the STAGE-2 RETURNs of policy.tenancy's tcross pairs in `family` (the
+    nftables backend's `iifname . ip daddr @tcross4 return`): `-d ADDR -i P -o BR`, ADDR an
+    address of a member on BR, P the bridge of a member of its group (the bridge table keeps
+    P's other ports from it). Sorted per bridge: one order whichever attachment came first."""
+    if not desired.tenanted:
+        return {}
+    v = VERSION[family]
+    crossing = tenancy(desired)[f"tcross{v}"]
+    host = "/128" if v == 6 else "/32"
+    found: dict[str, list[list[str]]] = {}
+    for b in desired:
+        for q in b.members:
+            for ip in q.ips:
+                for source in sorted(p for p, a in crossing if a == ip):
+                    for out in ((q.port,) if b.routed else (b.bridge,)):
+                        found.setdefault(b.bridge, []).append(["-d", ip + host, "-i", source, "-o", out, "-j", "RETURN"])
+    return {bridge: sorted(rules) for bridge, rules in found.items()}
 
 
 def managed_bridges(desired: Desired) -> list[str]:
@@ -660,6 +685,7 @@ def release_plan(table: FilterTable, r: Release, family: str = "ipv4", everythin
         remove = [(c, rule) for c, spec in _released_specs(r, family) for rule in table.chains.get(c, [])
                   if is_ours(rule) and strip_comment(rule) == spec]
         remove += _released_peer_returns(table, r)
+        remove += _released_tenant_passes(table, r, family)
         remove += _released_direct(table, r)
         if r.last_guard:
             remove += [(c, rule) for c in GUARD_CHAINS for rule in table.chains.get(c, []) if is_ours(rule)]
@@ -809,6 +835,24 @@ def _protected(table: FilterTable) -> set[str]:
 def _in_interface(rule: list[str]) -> str | None:
     """The `-i` interface a rule matches (iptables-save prints `-s`/`-d` before it)."""
     return rule[rule.index("-i") + 1] if "-i" in rule[:-1] else None
+
+
+def _released_tenant_passes(table: FilterTable, r: Release, family: str) -> list[tuple[str, list[str]]]:
+    """Our tenant group RETURNs across bridges (tenant_passes) that the tenancy after `r` does
+    not hold (none when `r.tenancy` is None: they are left as they are)."""
+    if r.tenancy is None:
+        return []
+    keep = r.tenancy[f"tcross{VERSION[family]}"]
+    found = []
+    for rule in table.chains.get(STAGE2, []):
+        spec = strip_comment(rule)
+        if is_ours(rule) and _is_tenant_pass(spec) and (spec[3], spec[1].partition("/")[0]) not in keep:
+            found.append((STAGE2, rule))
+    return found
+
+
+def _is_tenant_pass(spec: list[str]) -> bool:
+    return len(spec) == 8 and spec[0] == "-d" and spec[2] == "-i" and spec[4] == "-o" and spec[6:] == ["-j", "RETURN"]
 
 
 def _is_peer_return(spec: list[str]) -> bool:
@@ -1060,6 +1104,9 @@ class IptablesBackend(Backend):
         for fam, table in self._read().items():
             tool = "iptables" if fam == "ipv4" else "ip6tables"
             lines = release_plan(table, everything, fam, everything=bridge is None)
+            if bridge is not None:  # its tenant groups' passes, out of it and into it
+                lines += [f"-D {STAGE2} " + _text(r) for r in table.chains.get(STAGE2, []) if is_ours(r) and _safe(r)
+                          and _is_tenant_pass(strip_comment(r)) and bridge in strip_comment(r)[3:6:2]]
             cmds += [[tool, "-w", "-t", "filter", *shlex.split(line)] for line in lines]
             created = bridge is None and fam in facts.get("created_filter", []) and table.nft_variant
             after = without_ours(table)[0]

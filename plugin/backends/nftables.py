@@ -9,6 +9,7 @@
       set internal  { type ifname }            `internal` bridges (nothing forwarded in or out)
       set direct    { type ifname }            bridges with directAccess deny
       set trusted   { type ifname . ifname }   (BR . IF) for each of BR's trustedInterfaces
+      set tcross4/6 { type ifname . address }  (BR . address) one tenant group reaches across bridges
       map egress    { type ifname : verdict }  BR : jump egress-BR (bridges with denyEgress)
       map host      { type ifname : verdict }  BR : jump host-BR (bridges with hostAccess deny)
       map count-R   { type ifname : counter }  BR : "R-BR", for each drop reason R the bridge has
@@ -28,6 +29,8 @@
         ct direction original ct status dnat oifname @published return   a published port (the
         ct direction reply ct status dnat iifname @published return      publisher decides, replies too)
         iifname . oifname @peers return                   the same isolationGroup
+        iifname . ip daddr @tcross4 return                one tenant group across bridges (ip6: tcross6;
+                                                          the bridge table keeps other ports from it)
         iifname @isolated oifname @isolated goto drop-cross-network
       chain input  hook input, priority -5, policy accept
         icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }
@@ -96,7 +99,7 @@ from plugin import reasons
 from plugin.backends.base import Backend, first_bridge
 from plugin.backends.libnft import Library, apply, flagged_tables, load, table_objects, terse_table_objects
 from plugin.errors import CniError
-from plugin.policy import ND_HOP_LIMIT, ND_TYPES, TENANCY_SETS, Desired, Guard, Hole, Release, split_cidr, tenancy
+from plugin.policy import ND_HOP_LIMIT, ND_TYPES, TENANCY_INET, TENANCY_SETS, Desired, Guard, Hole, Release, split_cidr, tenancy
 from plugin.record import Factory, replace, value_class
 
 TABLE = "isolation"
@@ -314,6 +317,12 @@ PUBLISHED_PORTS = [
 ]
 
 
+# one tenant group's members on two bridges (policy.tenancy's tcross: the bridge a packet came
+# from . the member it is for); the bridge table keeps other ports of that bridge from it
+TENANT_PASS = [[_in_set({"concat": [_meta("iifname"), _p(proto, "daddr")]}, f"tcross{v}"), RETURN]
+               for proto, v in (("ip", 4), ("ip6", 6))]
+
+
 def _vmap(name: str) -> list[dict]:
     return [{"vmap": {"key": _meta("iifname"), "data": f"@{name}"}}]
 
@@ -323,7 +332,7 @@ INET = TableSpec(
     prio=-5,
     sets={"isolated": "ifname", "self": ["ifname", "ifname"], "published": "ifname", "intra": "ifname",
           "peers": ["ifname", "ifname"], "internal": "ifname", "direct": "ifname",
-          "trusted": ["ifname", "ifname"]},
+          "trusted": ["ifname", "ifname"], "tcross4": ["ifname", "ipv4_addr"], "tcross6": ["ifname", "ipv6_addr"]},
     chains={
         "forward": ("forward", [
             [_in_set(_meta("iifname"), "intra"), SAME_BRIDGE, _goto_drop(reasons.INTRA_BRIDGE)],
@@ -334,6 +343,7 @@ INET = TableSpec(
             _vmap("egress"),
             *PUBLISHED_PORTS,
             [_in_set({"concat": [_meta("iifname"), _meta("oifname")]}, "peers"), RETURN],
+            *TENANT_PASS,
             [_in_set(_meta("iifname"), "isolated"), _in_set(_meta("oifname"), "isolated"),
              _goto_drop(reasons.CROSS_NETWORK)],
         ]),
@@ -417,10 +427,21 @@ TENANT_FORWARD = [
     [_in_set(_meta("iifname"), "tports"), _in_set(_meta("oifname"), "tenanted"), _ne(PORT_PAIR, "@tpair"), TENANT_DROP],
     [_in_set(_meta("iifname"), "tenanted"), _in_set(_meta("oifname"), "tports"), _ne(PORT_PAIR, "@tpair"), TENANT_DROP],
 ]
-TENANT_INPUT = [[_in_set(_meta("iifname"), "tports"), _in_set(_p(proto, "daddr"), f"taddr{v}"),
-                 _ne(_port_and(_p(proto, "daddr")), f"@tok{v}"), TENANT_DROP] for proto, v in (("ip", 4), ("ip6", 6))]
+# Routed packets: to a tenant's address only from its group's known ports; from a tenant's port
+# to any member's address only within its group (else a tenant reached a plain container of
+# another group through a `peers` or `self` pass); and to an address the inet table's
+# cross-bridge pass (tcross) covers, never from a port we do not know (an uplink enslaved to
+# the pass's bridge would use it: this kernel's bridge family cannot match `meta ibrname`).
+TENANT_INPUT = [rule for proto, v in (("ip", 4), ("ip6", 6)) for rule in (
+    [_in_set(_meta("iifname"), "tports"), _in_set(_p(proto, "daddr"), f"taddr{v}"),
+     _ne(_port_and(_p(proto, "daddr")), f"@tok{v}"), TENANT_DROP],
+    [_in_set(_meta("iifname"), "tenanted"), _in_set(_p(proto, "daddr"), f"maddr{v}"),
+     _ne(_port_and(_p(proto, "daddr")), f"@tok{v}"), TENANT_DROP],
+    [_ne(_meta("iifname"), "@tports"), _in_set(_p(proto, "daddr"), f"xaddr{v}"), TENANT_DROP])]
 TENANCY_TYPES = {"tports": "ifname", "tenanted": "ifname", "tpair": ["ifname", "ifname"], "taddr4": "ipv4_addr",
-                 "taddr6": "ipv6_addr", "tok4": ["ifname", "ipv4_addr"], "tok6": ["ifname", "ipv6_addr"]}
+                 "taddr6": "ipv6_addr", "tok4": ["ifname", "ipv4_addr"], "tok6": ["ifname", "ipv6_addr"],
+                 "maddr4": "ipv4_addr", "maddr6": "ipv6_addr", "tcross4": ["ifname", "ipv4_addr"],
+                 "tcross6": ["ifname", "ipv6_addr"], "xaddr4": "ipv4_addr", "xaddr6": "ipv6_addr"}
 assert tuple(TENANCY_TYPES) == TENANCY_SETS
 SPOOF_SETS |= TENANCY_TYPES
 SPOOF_TYPEOF = {"nd6": "iifname . @th,64,128", "ndopt": "iifname . @th,192,64"}
@@ -726,6 +747,10 @@ def wanted(desired: Desired) -> dict[str, dict[str, set]]:
         chains = [*(bridge_chains(b.bridge, b.guard) if b.guard.active else ()), *log_chains(b.bridge, b.logged)]
         for chain in chains:  # guard and log chains: each of the bridge's (segment's) names jumps to it
             inet[chain.split("-", 1)[0]].update((n, chain) for n in names)
+    if "inet" in want and desired.tenanted:  # the pass across bridges for one tenant group
+        crossing = tenancy(desired)
+        for name in TENANCY_INET:
+            want["inet"][name] = crossing[name]
     if desired.spoofs or desired.counted:
         want["bridge"] = bridge_elements(desired)
     return want
@@ -1007,6 +1032,8 @@ def _bridge_release(inet: TableState, r: Release) -> list[dict]:
                          (reasons.DIRECT_ACCESS, r.guard is not None and not r.guard.direct_deny)):
         if goes:
             gone.append((count_map(reason), (b, counter_name(reason, b))))
+    if r.tenancy is not None:  # the cross-bridge passes nothing after needs
+        gone += [(n, e) for n in TENANCY_INET for e in sorted(inet.elements.get(n, set()) - r.tenancy[n])]
     deleted = [_delete_element("inet", name, elem) for name, elem in gone if elem in inet.elements.get(name, set())]
     counters = [c for name, elem in gone if name in COUNT_MAPS
                 for c in _unused_counters(inet, name, {elem} & inet.elements.get(name, set()), INET)]
@@ -1062,7 +1089,7 @@ def surplus(state: TableState, desired: Desired, bridges) -> list[tuple[str, lis
     """What the inet table grants for `bridges` beyond what `desired` (of every registered
     attachment that could grant anything to them) needs: (description, commands removing it).
 
-    Grants are the peers and published elements, and the returns of a guard chain (its
+    Grants are the peers, tcross and published elements, and the returns of a guard chain (its
     exceptions); extra drops (an `isolated` element, a guard nobody needs any more) are not
     grants: they close more than configured, never less."""
     if not state.exists or not state.intact:
@@ -1079,6 +1106,12 @@ def surplus(state: TableState, desired: Desired, bridges) -> list[tuple[str, lis
             found.append((f"{pair[0]} . {pair[1]} is in set inet {TABLE} trusted ({pair[1]} reaches {pair[0]} "
                           "directly) though no registered attachment trusts it",
                           [_delete_element("inet", "trusted", pair)]))
+    for name in TENANCY_INET:
+        for pair in sorted(state.elements.get(name, set()) - want.get(name, set())):
+            if pair[0] in bridges:
+                found.append((f"{pair[0]} . {pair[1]} is in set inet {TABLE} {name} ({pair[0]} reaches {pair[1]}) "
+                              "though no registered tenant group has members on both sides",
+                              [_delete_element("inet", name, pair)]))
     for bridge in sorted(state.elements.get("published", set()) - want.get("published", set())):
         if bridge in bridges:
             found.append((f"{bridge} is in set inet {TABLE} published though no registered attachment of it "
@@ -1205,7 +1238,8 @@ def spoof_cleanup(state: TableState, ports, spec: TableSpec, bridge: str) -> lis
             cmds.append(["nft", "delete", "counter", "bridge", spec.name, counter])
     for name in SPOOF_SETS:
         for e in sorted(state.elements.get(name, set())):
-            if (e[0] if isinstance(e, tuple) else e) in ports or (name == "tpair" and e[1] in ports):
+            if (e[0] if isinstance(e, tuple) else e) in ports or (name == "tpair" and e[1] in ports) or (
+                    name in TENANCY_INET and e[0] == bridge):  # a tenant group's passes out of the bridge
                 shown = " . ".join(f"0x{v:x}" if isinstance(v, int) else f'"{v}"' if i == 0 or name == "tpair" else v
                                    for i, v in enumerate(e)) if isinstance(e, tuple) else f'"{e}"'
                 cmds.append(["nft", "delete", "element", "bridge", spec.name, name, "{", shown, "}"])
@@ -1367,6 +1401,10 @@ class NftablesBackend(Backend):
             if pair[0] == bridge:
                 shown = f'"{pair[0]}" . "{pair[1]}"'
                 cmds.append(["nft", "delete", "element", "inet", TABLE, "trusted", "{", shown, "}"])
+        for name in TENANCY_INET:  # its tenant groups' passes out of it
+            for pair in sorted(states["inet"].elements.get(name, set())):
+                if pair[0] == bridge:
+                    cmds.append(["nft", "delete", "element", "inet", TABLE, name, "{", f'"{pair[0]}" . {pair[1]}', "}"])
         for pair in sorted(states["inet"].elements.get("peers", set())):  # its group's grants, both ways
             if bridge in pair:
                 cmds.append(["nft", "delete", "element", "inet", TABLE, "peers", "{", f'"{pair[0]}" . "{pair[1]}"', "}"])

@@ -7,6 +7,7 @@ makes "N frames sent" mean "N frames seen" at the bridge's prerouting hook.
 
 import ipaddress
 import json
+import secrets
 import socket
 import time
 
@@ -84,6 +85,23 @@ def seen(sock: socket.socket, needle: bytes, wait: float = 1.0) -> bool:
             if kind != socket.PACKET_OUTGOING and needle in frame:
                 return True
     return False
+
+
+def datagram_arrives(src_netns: str, dst_netns: str, addr: str, port: int = 9, wait: float = 2.0) -> bool:
+    """Whether a UDP datagram from `src_netns` to [addr]:port reaches `dst_netns`'s eth0 (a
+    sniffer there, so one-way traffic counts: nothing needs to answer). Sent three times, with
+    a payload unique to this call, so a first one held up by neighbour discovery is no miss."""
+    token = secrets.token_hex(8).encode()
+    ear = listener(dst_netns)
+
+    def send():
+        with socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(3):
+                s.sendto(token, (addr, port))
+                time.sleep(0.1)
+
+    in_netns(src_netns, send)
+    return seen(ear, token, wait)
 
 
 def drop_counts(lab) -> dict[tuple[str, str], int | None]:

@@ -579,9 +579,10 @@ class Lab:
         in_netns(netns, send)
         return mac
 
-    def stranger(self, net: Network, host: int = 250) -> str:
+    def stranger(self, net: Network, host: int = 250, ipv6: bool = False) -> str:
         """A namespace plugged into `net`'s bridge by hand, as no runtime would (no CNI ADD: the
-        registry knows nothing of it), at 10.77.<net>.<host>/24 routed via the gateway."""
+        registry knows nothing of it), at 10.77.<net>.<host>/24 routed via the gateway (and
+        with `ipv6`, at fd77:<net>::<host>/64 too)."""
         ns = self._netns(f"x{host}")
         port = f"{self.prefix}x{host}"
         sh(IP, "link", "add", port, "netns", self.host, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -589,6 +590,9 @@ class Lab:
         sh(IP, "addr", "add", f"10.77.{net.index}.{host}/24", "dev", "eth0", netns=ns)
         sh(IP, "link", "set", "eth0", "up", netns=ns)
         sh(IP, "route", "add", "default", "via", net.gateway4, netns=ns)
+        if ipv6:
+            sh(IP, "-6", "addr", "add", f"fd77:{net.index}::{host:x}/64", "dev", "eth0", "nodad", netns=ns)
+            sh(IP, "-6", "route", "add", "default", "via", net.gateway6, netns=ns)
         return ns
 
     def follow_drops(self, *args: str) -> "DropsReader":

@@ -85,7 +85,80 @@ def test_tenancy_elements_by_hand():
     assert els["tok4"] == {(p, a) for p in ("v12", "v13", "v22") for a in t1} | {("v14", "10.1.0.4")}
     assert els["tok6"] == {(p, a) for p in ("v12", "v13", "v22") for a in ("fd01::2", "fd01::3", "fd02::2")} | {
         ("v14", "fd01::4")}
+    # every member's addresses, u's too: what a tenant's port may send the host for only within its group
+    assert els["maddr4"] == {"10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.2.0.2"}
+    assert els["maddr6"] == {"fd01::2", "fd01::3", "fd01::4", "fd01::5", "fd02::2"}
+    # t1 spans b1 (a, b) and b2 (y): b1 may pass to y's addresses, b2 to a's and b's
+    assert els["tcross4"] == {("b1", "10.2.0.2"), ("b2", "10.1.0.2"), ("b2", "10.1.0.3")}
+    assert els["tcross6"] == {("b1", "fd02::2"), ("b2", "fd01::2"), ("b2", "fd01::3")}
+    assert els["xaddr4"] == {"10.2.0.2", "10.1.0.2", "10.1.0.3"}
+    assert els["xaddr6"] == {"fd02::2", "fd01::2", "fd01::3"}
     assert tenancy(desired(intent_of(a) for a in ATTS if not a.tenant)) == {n: set() for n in els}
+
+
+def plain(net, ctr, n, host, group=None, policy="same-bridge"):
+    """An attachment without anti-spoofing: tenancy knows it by its registered addresses alone."""
+    return Attachment(net, ctr, "eth0", f"b{n}", f"v{n}{host}", policy, "nftables",
+                      (f"10.{n}.0.{host}/24", f"fd0{n}::{host}/64"), True, group, None)
+
+
+# no network group: b1 a (t1), w (plain, network group t1: the same effective group as a);
+# b2 y (t1), z (t2), o (plain, open network: no group at all)
+APART = [att("n1", "a", 1, 2, "t1"), plain("n1", "w", 1, 3, "t1"), att("n2", "y", 2, 2, "t1"),
+         att("n2", "z", 2, 3, "t2"), plain("n2", "o", 2, 4, None, "open")]
+
+
+def test_tenancy_across_bridges_without_a_network_group_by_hand():
+    els = tenancy(desired(intent_of(a) for a in APART))
+    # w has no anti-spoofing: its registered addresses make it a member all the same
+    assert els["maddr4"] == {"10.1.0.2", "10.1.0.3", "10.2.0.2", "10.2.0.3", "10.2.0.4"}
+    assert els["taddr4"] == {"10.1.0.2", "10.2.0.2", "10.2.0.3"}
+    # group t1: a, w (its network's t1), y; group t2: z; o is in no group (open network)
+    t1 = {"10.1.0.2", "10.1.0.3", "10.2.0.2"}
+    assert els["tok4"] == {(p, x) for p in ("v12", "v13", "v22") for x in t1} - {("v13", "10.1.0.3")} | {
+        ("v23", "10.2.0.3")}, "two plain members are the network rules' business (w to itself)"
+    assert els["tcross4"] == {("b1", "10.2.0.2"), ("b2", "10.1.0.2"), ("b2", "10.1.0.3")}
+    assert els["tcross6"] == {("b1", "fd02::2"), ("b2", "fd01::2"), ("b2", "fd01::3")}
+
+
+def ask_apart(src, dst, proto="tcp"):
+    out, _, _ = answer(find_source(src, APART), Probe(dst, proto, 80 if proto != "icmp" else None), APART, HOSTS, [])
+    return out["verdict"], out["reason"], out["key"], out["rule"]
+
+
+def test_explain_knows_one_tenant_group_across_bridges_and_the_leak_closed():
+    v, reason, key, rule = ask_apart("a", "10.2.0.2")  # t1 -> t1 across two isolating bridges
+    assert (v, reason, key) == ("pass", None, "isolationGroup") and "tcross4" in rule and "(b1 . 10.2.0.2)" in rule
+    assert ask_apart("y", "fd01::3", "icmp")[:2] == ("pass", None), "a tenant to its group's plain member"
+    assert ask_apart("w", "10.2.0.2")[:2] == ("pass", None), "and back"
+    assert ask_apart("a", "10.2.0.3")[:2] == ("drop", "cross-tenant"), "t1 -> t2"
+    assert ask_apart("z", "10.1.0.3")[:2] == ("drop", "cross-tenant"), "t2 -> a plain member of t1"
+    v, reason, _, rule = ask_apart("y", "10.2.0.4")  # a tenant to an open network's container, one bridge, bridged
+    assert (v, reason) == ("drop", "cross-tenant") and "forward" in rule
+    v, reason, _, rule = ask_apart("a", "fd02::4")  # the same routed: the tenant's port judged by member address
+    assert (v, reason) == ("drop", "cross-tenant") and "@tenanted" in rule and "maddr6" in rule and "(v12 . fd02::4)" in rule
+
+
+def test_a_port_nobody_registered_may_not_route_to_a_cross_bridge_members_address():
+    from plugin.explain import routed_pass
+
+    els = tenancy(desired(intent_of(a) for a in APART))
+    assert not routed_pass(els, "uplink0", "10.2.0.2") and not routed_pass(els, "uplink0", "fd01::2")
+    assert routed_pass(els, "uplink0", "10.2.0.3"), "z's address is no pass's: the network rules decide"
+    assert routed_pass(els, "v12", "10.2.0.2"), "the group's own port"
+
+
+def test_iptables_renders_the_pass_per_address_and_source_bridge():
+    from plugin.backends.iptables import STAGE2, wanted
+
+    chains = wanted(desired(intent_of(a) for a in APART), "ipv4")
+    b2 = next(g for g in chains[STAGE2] if ["-o", "b2", "-j", "DROP"] in g)
+    published = ["-m", "conntrack", "--ctstate", "DNAT", "--ctdir", "ORIGINAL", "-j", "RETURN"]  # allowPublishedPorts
+    assert b2 == [["-o", "b2", *published], ["-d", "10.2.0.2/32", "-i", "b1", "-o", "b2", "-j", "RETURN"], ["-o", "b2", "-j", "DROP"]]
+    six = wanted(desired(intent_of(a) for a in APART), "ipv6")[STAGE2]
+    b1 = next(g for g in six if ["-o", "b1", "-j", "DROP"] in g)
+    assert b1 == [["-o", "b1", *published], ["-d", "fd01::2/128", "-i", "b2", "-o", "b1", "-j", "RETURN"],
+                  ["-d", "fd01::3/128", "-i", "b2", "-o", "b1", "-j", "RETURN"], ["-o", "b1", "-j", "DROP"]]
 
 
 def test_the_last_tenant_leaving_frees_every_tenancy_element():
@@ -112,4 +185,53 @@ def test_explain_knows_tenants_on_one_bridge_and_across_two():
     assert ask("a", "10.2.0.2")[:2] == ("pass", None)  # t1 on b1 -> t1 on b2 (networks share g)
     v, reason, _, rule = ask("x", "fd02::2")  # t2 -> t1 across bridges: routed through the host
     assert (v, reason) == ("drop", "cross-tenant") and "tok6" in rule and "(v14 . fd02::2)" in rule
-    assert ask("y", "10.1.0.5")[:2] == ("pass", None), "an untenanted destination: network rules only (group g)"
+    # y (t1) to u (no tenant: g) on a peer bridge: the networks' group g passes it in the inet
+    # table, but t1 is not g (the one-way leak, closed by the tenant's port's rule)
+    v, reason, _, rule = ask("y", "10.1.0.5")
+    assert (v, reason) == ("drop", "cross-tenant") and "@tenanted" in rule and "(v22 . 10.1.0.5)" in rule
+
+
+def test_a_cross_bridge_pass_no_tenant_group_needs_is_a_surplus_grant():
+    from plugin.backends.nftables import INET, TableState, surplus, wanted
+
+    held = TableState(exists=True, intact=True, elements={n: set(v) for n, v in
+                                                          wanted(desired(intent_of(a) for a in APART))["inet"].items()})
+    assert surplus(held, desired(intent_of(a) for a in APART), {"b1", "b2"}) == []
+    # y (t1 on b2) is gone: the passes held for it, and for b1's members into b2, are grants nobody needs
+    left = [a for a in APART if a.container != "y"]
+    found = surplus(held, desired(intent_of(a) for a in left), {"b1", "b2"})
+    texts = [t for t, _ in found]
+    assert any("b1 . 10.2.0.2" in t and "tcross4" in t for t in texts), texts
+    assert any("b2 . fd01::2" in t and "tcross6" in t for t in texts), texts
+    assert INET.sets["tcross4"] == ["ifname", "ipv4_addr"]
+
+
+def test_the_passes_go_with_the_last_member_of_their_group_on_a_bridge_both_backends():
+    from plugin.backends.iptables import FilterTable
+    from plugin.backends.iptables import release_plan as ipt_release
+    from plugin.backends.nftables import TableState, release_plan, wanted
+    from plugin.policy import release
+
+    y = next(a for a in APART if a.container == "y")
+    left = [a for a in APART if a is not y]
+    r = release(y, left)
+    # after y (t1, the group's only member on b2) leaves, t1 is on b1 alone (a, w): no pass is left
+    assert r.tenancy is not None and r.tenancy["tcross4"] == set() and r.tenancy["tcross6"] == set()
+    held = TableState(exists=True, intact=True, elements={n: set(v) for n, v in
+                                                          wanted(desired(intent_of(a) for a in APART))["inet"].items()})
+    gone = {(c["delete"]["element"]["name"], tuple(e.get("concat", [e]) if isinstance(e, dict) else [e]))
+            for c in release_plan({"inet": held}, r) if "element" in c.get("delete", {})
+            for e in c["delete"]["element"]["elem"]}
+    assert {g for g in gone if g[0].startswith("tcross")} == {
+        ("tcross4", ("b1", "10.2.0.2")), ("tcross4", ("b2", "10.1.0.2")), ("tcross4", ("b2", "10.1.0.3")),
+        ("tcross6", ("b1", "fd02::2")), ("tcross6", ("b2", "fd01::2")), ("tcross6", ("b2", "fd01::3"))}
+    ours = "-m comment --comment isolation-plugin"
+    table = FilterTable.parse("*filter\n:FORWARD ACCEPT [0:0]\n:CNI-ISOLATION-STAGE-2 - [0:0]\n"
+                              f"-A CNI-ISOLATION-STAGE-2 -d 10.2.0.2/32 -i b1 -o b2 {ours} -j RETURN\n"
+                              f"-A CNI-ISOLATION-STAGE-2 -d 10.1.0.2/32 -i b2 -o b1 {ours} -j RETURN\n"
+                              f"-A CNI-ISOLATION-STAGE-2 -d 10.1.0.9/32 -i b2 -o b1 -j RETURN\n"  # not ours: stays
+                              f"-A CNI-ISOLATION-STAGE-2 -o b2 {ours} -j DROP\nCOMMIT\n")
+    lines = ipt_release(table, r, "ipv4")
+    assert f"-D CNI-ISOLATION-STAGE-2 -d 10.2.0.2/32 -i b1 -o b2 {ours} -j RETURN" in lines
+    assert f"-D CNI-ISOLATION-STAGE-2 -d 10.1.0.2/32 -i b2 -o b1 {ours} -j RETURN" in lines
+    assert not [x for x in lines if "10.1.0.9" in x]
