@@ -39,7 +39,9 @@
                             -j RETURN                (each bridge logging cross-network drops)
 
 The drop log (logDrops): above each DROP of a logging bridge, the same match with two
-hashlimits (first packet per flow, the bridge's rate) and `-j NFLOG` (see log_tail). STAGE-2's
+hashlimits (first packet per flow, the bridge's rate) and `-j NFLOG` (see log_tail): STAGE-1's
+intra-bridge and internal drops (an internal bridge's two, out and in, name it as the logging
+bridge), the guard chains', and CNI-ISOLATION-DIRECT's (`-o BR`: the bridge it was going into). STAGE-2's
 DROP names only the receiving bridge, so while any bridge logs cross-network drops each
 isolating bridge's DROP is preceded by `-o BR -j CNI-ISOLATION-DROPLOG`, where the logging
 senders' rules are.
@@ -226,7 +228,8 @@ def _neighbour_discovery(br: str, family: str) -> list[list[str]]:
 # within its rate (a hashlimit per bridge shared by all its log rules, no key: 10/s, burst 20).
 LOG_RATE, LOG_BURST = "10/sec", "20"
 FLOW = ["--hashlimit-upto", "1/min", "--hashlimit-burst", "1", "--hashlimit-mode", "srcip,dstip,dstport"]
-LOG_NAMES = {reasons.CROSS_NETWORK: "c", reasons.INTRA_BRIDGE: "i", reasons.EGRESS_DENY: "e", reasons.HOST_ACCESS: "h"}
+LOG_NAMES = {reasons.CROSS_NETWORK: "c", reasons.INTRA_BRIDGE: "i", reasons.EGRESS_DENY: "e", reasons.HOST_ACCESS: "h",
+             reasons.INTERNAL: "n", reasons.DIRECT_ACCESS: "d"}
 
 
 def log_tail(reason: str, br: str) -> list[str]:
@@ -281,6 +284,18 @@ def internal_rules(br: str) -> list[list[str]]:
     return [["-i", br, "!", "-o", br, "-j", "DROP"], ["!", "-i", br, "-o", br, "-j", "DROP"]]
 
 
+def internal_log_rules(br: str) -> list[list[str]]:
+    """An internal bridge's log rules in STAGE-1 (logDrops), each above its DROP: the internal
+    bridge names the log whichever side of the packet it is on."""
+    return [r for r in logging(internal_rules(br), reasons.INTERNAL, br, (reasons.INTERNAL,)) if is_log_rule(r)]
+
+
+def direct_log_rule(br: str) -> list[str]:
+    """A directAccess deny bridge's log rule in CNI-ISOLATION-DIRECT (logDrops), above its DROP:
+    the bridge the packet was going into names the log."""
+    return ["-o", br, *log_tail(reasons.DIRECT_ACCESS, br)]
+
+
 def direct_jump(br: str) -> list[str]:
     """STAGE-1's jump for a directAccess deny bridge: whatever is forwarded into it from elsewhere."""
     return ["!", "-i", br, "-o", br, "-j", DIRECT]
@@ -313,7 +328,7 @@ def bridge_rules(needs: BridgeNeeds, family: str = "ipv4", interfaces_of=None,
     stage1, stage2 = [], []
     if needs.drop_intra:  # published or not: within an `isolated` bridge nothing passes
         stage1 += logging([["-i", br, "-o", br, "-j", "DROP"]], reasons.INTRA_BRIDGE, br, logged)
-    stage1 += internal_rules(br) if needs.guard.internal else []
+    stage1 += logging(internal_rules(br), reasons.INTERNAL, br, logged) if needs.guard.internal else []
     stage1 += [direct_jump(br)] if needs.guard.direct_deny else []
     if needs.guard.deny_in(VERSION[family]):
         stage1.append(["-i", br, "!", "-o", br, "-j", EGRESS])
@@ -329,7 +344,7 @@ def bridge_rules(needs: BridgeNeeds, family: str = "ipv4", interfaces_of=None,
         stage2.append(["-o", br, "-j", "DROP"])
     droplog = [["-i", br, *log_tail(reasons.CROSS_NETWORK, br)]] if reasons.CROSS_NETWORK in logged else []
     return {STAGE1: stage1, STAGE2: stage2, **guard_rules(br, needs.guard, family, logged), DROPLOG: droplog,
-            DIRECT: direct_rules(br, needs.guard, managed)}
+            DIRECT: logging(direct_rules(br, needs.guard, managed), reasons.DIRECT_ACCESS, br, logged)}
 
 
 def segment_rules(needs: BridgeNeeds, family: str, interfaces_of, log_cross: bool = False) -> dict[str, list[list[str]]]:
@@ -706,6 +721,10 @@ def _released_specs(r: Release, family: str) -> list[tuple[str, list[str]]]:
         specs.append((STAGE1, ["-i", br, "!", "-o", br, *PUBLISHED_OUT]))
     if r.guard is not None and not r.guard.internal:
         specs += [(STAGE1, spec) for spec in internal_rules(br)]
+    if (r.guard is not None and not r.guard.internal) or (r.logged is not None and reasons.INTERNAL not in r.logged):
+        specs += [(STAGE1, spec) for spec in internal_log_rules(br)]
+    if r.logged is not None and reasons.DIRECT_ACCESS not in r.logged:  # (its whole group goes with the drop)
+        specs.append((DIRECT, direct_log_rule(br)))
     if r.guard is not None and not r.guard.deny_in(VERSION[family]):
         specs.append((STAGE1, ["-i", br, "!", "-o", br, "-j", EGRESS]))
     if r.guard is not None and not r.guard.direct_deny:
