@@ -128,21 +128,6 @@ class Senders:
         self.on(bridge)
         return came_from(self._by_bridge, bridge, ifname)
 
-
-def came_from(by_bridge: dict[str, list], bridge: str, ifname: str | None) -> tuple[str, list] | None:
-    """(the bridge or routed segment a packet logged for `bridge` came from, its attachments),
-    given the interface it came in by (`ifname`) and the registered attachments by bridge:
-    `bridge` itself when `ifname` is it or one of its members (or unknown), another registered
-    bridge or segment when `ifname` is one (or one's member), None when no registered one has
-    it (a host beyond that interface, not a container of ours)."""
-    atts = by_bridge.get(bridge, [])
-    if ifname is None or ifname == bridge or any(a.routed and a.port == ifname for a in atts):
-        return bridge, atts
-    for other, theirs in by_bridge.items():
-        if other == ifname or any(a.routed and a.port == ifname for a in theirs):
-            return other, theirs
-    return None
-
     def _load(self) -> dict[str, list]:
         from plugin.errors import CniError
         from plugin.hoststate import HostLock
@@ -184,6 +169,21 @@ def came_from(by_bridge: dict[str, list], bridge: str, ifname: str | None) -> tu
         except Exception:  # unknown MAC (ENOENT), an older kernel: the database is a hint; without
             return None  # it the MAC and address still identify
         return None
+
+
+def came_from(by_bridge: dict[str, list], bridge: str, ifname: str | None) -> tuple[str, list] | None:
+    """(the bridge or routed segment a packet logged for `bridge` came from, its attachments),
+    given the interface it came in by (`ifname`) and the registered attachments by bridge:
+    `bridge` itself when `ifname` is it or one of its members (or unknown), another registered
+    bridge or segment when `ifname` is one (or one's member), None when no registered one has
+    it (a host beyond that interface, not a container of ours)."""
+    atts = by_bridge.get(bridge, [])
+    if ifname is None or ifname == bridge or any(a.routed and a.port == ifname for a in atts):
+        return bridge, atts
+    for other, theirs in by_bridge.items():
+        if other == ifname or any(a.routed and a.port == ifname for a in theirs):
+            return other, theirs
+    return None
 
 
 def _ifname(index: int | None) -> str | None:
