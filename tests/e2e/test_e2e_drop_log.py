@@ -19,7 +19,10 @@ only, at most LOG_BURST lines at once and LOG_RATE a second after, per bridge):
 
 Both backends: nftables' log chains, iptables' NFLOG rules with their two hashlimits
 (cross-network through CNI-ISOLATION-DROPLOG, keyed by the sender). The bridge table's drops
-(anti-spoofing, cross-tenant) log through its own per-port log chains: see the last test. Not
+(anti-spoofing, cross-tenant) log through its own per-port log chains: see the third test.
+Internal and direct-access drops (issue 21) are logged by the internal bridge, whichever side
+of the packet it is on, and by the protected bridge the packet was going into, naming the
+sending container or, from a LAN, none: see the last two tests. Not
 covered because not written yet: cross-network drops logged for a receiving network with
 logDrops whose sender does not log (see README, Seeing what is blocked).
 """
