@@ -520,6 +520,7 @@ def plan(table: FilterTable, desired: Desired, family: str = "ipv4") -> list[str
         return []
     chains = wanted(desired, family)
     known = set(desired.bridges)  # a bridge none of them is on is not theirs to undo
+    members = {p for b in desired if b.routed for p in b.ports}  # a routed segment's rules name them
     lacks_jump = firewall_chain_lacks_jump(table)
     needed = [*chains, FIREWALL_CHAIN] if lacks_jump else list(chains)
     lines = [f"-N {chain}" for chain in needed if chain not in table.chains]  # before any jump to them
@@ -530,10 +531,11 @@ def plan(table: FilterTable, desired: Desired, family: str = "ipv4") -> list[str
         if chain in WHOLLY_OURS:
             keep = {tuple(spec) for g in groups for spec in g} | {("-j", "RETURN")}
             lines += [f"-D {chain} " + _text(r) for r in rules if is_ours(r) and tuple(strip_comment(r)) not in keep
-                      and _guard_rule_of(chain, r, known) and _safe(r)]
+                      and (_guard_rule_of(chain, r, known) or (is_log_rule(r) and _interfaces(r) & members))
+                      and _safe(r)]
         elif chain in (STAGE1, STAGE2):  # grants no registered attachment needs any more
             lines += [f"-D {chain} " + " ".join(r) for r in surplus_rules(table, chain, groups, known)]
-            lines += [f"-D {chain} " + _text(r) for r in stale_log_rules(table, chain, groups, known)]
+            lines += [f"-D {chain} " + _text(r) for r in stale_log_rules(table, chain, groups, known | members)]
         index = positions(rules)
         for group in groups:
             _sync_group(rules, chain, group, theirs, ours, lines, index)
@@ -693,7 +695,7 @@ def segment_release_plan(table: FilterTable, r: Release, family: str) -> list[st
                    and (c, rule) not in remove]
         remove += [("INPUT", rule) for rule in table.chains.get("INPUT", [])
                    if is_ours(rule) and _is_jump(strip_comment(rule), HOST)]
-    lines = [f"-D {chain} " + " ".join(rule) for chain, rule in remove if all(_SAFE.fullmatch(a) for a in rule)]
+    lines = [f"-D {chain} " + _text(rule) for chain, rule in remove if _safe(rule)]  # drop log rules too
     if last or last_guard:
         after = FilterTable({c: [x for x in rules if (c, x) not in remove] for c, rules in table.chains.items()},
                             dict(table.policies), table.nft_variant)

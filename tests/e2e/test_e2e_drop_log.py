@@ -140,6 +140,7 @@ def test_a_routed_network_logs_under_its_segment_name(lab, backend):
     5 times each, gives one cross-network and one egress-deny line per family; TCP to .3 (the
     control) passes and gives none; q1 pinging p1 (Q does not log) gives none."""
     lab.management()
+    baseline = lab.ruleset()
     p_net = lab.network(["ptp", "isolation"], isolation={
         "backend": backend, "logDrops": True, "denyEgress": ["10.98.0.2/32", "fd98::2/128"]})
     q_net = lab.network(["ptp", "isolation"], isolation={"backend": backend})
@@ -162,8 +163,11 @@ def test_a_routed_network_logs_under_its_segment_name(lab, backend):
         assert r["destination"] not in ("10.98.0.3", "fd98::3"), r
         if (r["source"], r["destination"], r["protocol"], r["reason"], r["key"]) in expected:
             assert (r["container"], r["ifname"]) == (p1.id, "eth0"), r
-    lab.delete(p1)
+    lab.delete(p1)  # its rules name its veth, its log rules too: they go with it
+    assert lab.ours_mentioning(p_net.bridge) == [] and not any(
+        p_net.bridge in line for line in lab.ruleset().splitlines()), lab.ruleset()
     lab.delete(q1)
+    assert lab.ruleset() == baseline
 
 
 BY_CNI_ARGS = "IgnoreUnknown=1;ISOLATION_GROUP={}"  # as test_e2e_tenants passes a container's tenant
@@ -329,6 +333,7 @@ def test_a_routed_networks_internal_and_direct_access_drops_log_under_its_segmen
     """ptp networks: P `internal` with logDrops, R `directAccess: deny` with logDrops. Expected by
     hand, per family: p1 -> outside and outside -> p1 one internal line each (container p1, then
     none), outside -> r1 one direct-access line (no container); r1 -> outside (TCP) passes, no line."""
+    baseline = lab.ruleset()
     p_net = lab.network(["ptp", "isolation"], isolation={"backend": backend, "internal": True, "logDrops": True})
     r_net = lab.network(["ptp", "isolation"], isolation={"backend": backend, "directAccess": "deny",
                                                          "logDrops": True})
@@ -353,3 +358,4 @@ def test_a_routed_networks_internal_and_direct_access_drops_log_under_its_segmen
     assert not any(r["protocol"] == "tcp" for r in got), got
     lab.delete(p1)
     lab.delete(r1)
+    assert lab.ruleset() == baseline

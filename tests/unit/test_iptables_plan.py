@@ -520,3 +520,22 @@ def test_internal_and_direct_access_log_rules_go_when_the_bridge_stops_logging()
         "isolation direct-access br1", "isolation internal br0", "isolation internal br0"]
     gone = release_plan(table, released(desired(INTERNAL_LOGGING), desired(INTERNAL_LOGGING[1:]), "br0"), "ipv4")
     assert sum('"isolation internal br0"' in line for line in gone) == 2  # with the internal drops themselves
+
+
+def test_a_routed_segments_log_rules_go_with_its_members_and_with_its_log():
+    """A logging segment's rules name its members, its log rules (prefix with spaces) too: by
+    hand, its last DEL deletes all three (egress-deny twice, cross-network once) before its
+    chains, and an ADD after it stopped logging finds its log rules in EGRESS stale, and its
+    jump to DROPLOG (the rule left there is reached by nothing, and goes with its member)."""
+    seg, guard = "rt.n1", Guard(("10.98.0.2/32",), (), False, ())
+    logging = [intent_for(seg, "same-bridge", port="m1", guard=guard, log=True, routed=True)]
+    table = applied(plan(FilterTable.parse(read("empty.before")), desired(logging)))
+    assert sum("NFLOG" in r for rules in table.chains.values() for r in rules) == 3
+    gone = release_plan(table, released(desired(logging), desired([]), seg))
+    assert sum('"isolation egress-deny rt.n1"' in line for line in gone) == 2
+    assert sum('"isolation cross-network rt.n1"' in line for line in gone) == 1
+    assert gone.index(next(line for line in gone if "NFLOG" in line)) < gone.index("-X CNI-ISOLATION-EGRESS")
+    stale = plan(table, desired([replace(i, log=False) for i in logging]))
+    assert sorted(line.split('"')[1] for line in stale if "NFLOG" in line) == [
+        "isolation egress-deny rt.n1", "isolation egress-deny rt.n1"]
+    assert any(line.startswith("-D CNI-ISOLATION-STAGE-2 -o m1") and "DROPLOG" in line for line in stale)
