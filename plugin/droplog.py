@@ -21,6 +21,10 @@ else by the port the bridge last saw the source MAC on (its forwarding database)
 MAC anti-spoofing recorded, else by the source address. A source address the sender was not
 given is said to be spoofed; a packet no attachment accounts for is from "unknown" (a spoofed
 MAC and address, or an interface on the bridge that no runtime attached through the plugin).
+An `internal` or `direct-access` drop may name the bridge the packet was going into (INBOUND):
+when the packet came in by another interface, the sender is looked up on the bridge (or routed
+segment) of that interface, and when none is registered it is no container of ours but a host
+beyond that interface (container null, never a container of the prefix's bridge).
 """
 
 import ipaddress
@@ -31,13 +35,14 @@ import threading
 import time
 
 from plugin import jsonio as json
-from plugin.reasons import KEY, NFLOG_GROUP, parse_prefix
+from plugin.reasons import DIRECT_ACCESS, INTERNAL, KEY, NFLOG_GROUP, parse_prefix
 
 RING_FILE = "drops.jsonl"
 RING_LOCK = "drops.lock"
 RING = 1000  # records kept; the file is cut back to RING once it holds 2 * RING
 POLL_S = 0.2  # how often a follower of the ring file looks for new records
 RETRY_BIND_S = 10.0  # how often the agent tries again for a group someone else holds
+INBOUND = (INTERNAL, DIRECT_ACCESS)  # reasons whose prefix may name the bridge the packet went into
 
 
 # --- who sent it -----------------------------------------------------------------------------
@@ -118,6 +123,11 @@ class Senders:
             self._stamp = stamp
         return self._by_bridge.get(bridge, [])
 
+    def entered_by(self, bridge: str, ifname: str | None) -> tuple[str, list] | None:
+        """See came_from (the registry read again first when it changed)."""
+        self.on(bridge)
+        return came_from(self._by_bridge, bridge, ifname)
+
     def _load(self) -> dict[str, list]:
         from plugin.errors import CniError
         from plugin.hoststate import HostLock
@@ -161,6 +171,21 @@ class Senders:
         return None
 
 
+def came_from(by_bridge: dict[str, list], bridge: str, ifname: str | None) -> tuple[str, list] | None:
+    """(the bridge or routed segment a packet logged for `bridge` came from, its attachments),
+    given the interface it came in by (`ifname`) and the registered attachments by bridge:
+    `bridge` itself when `ifname` is it or one of its members (or unknown), another registered
+    bridge or segment when `ifname` is one (or one's member), None when no registered one has
+    it (a host beyond that interface, not a container of ours)."""
+    atts = by_bridge.get(bridge, [])
+    if ifname is None or ifname == bridge or any(a.routed and a.port == ifname for a in atts):
+        return bridge, atts
+    for other, theirs in by_bridge.items():
+        if other == ifname or any(a.routed and a.port == ifname for a in theirs):
+            return other, theirs
+    return None
+
+
 def _ifname(index: int | None) -> str | None:
     if index is None:
         return None
@@ -181,10 +206,17 @@ def describe(logged, senders: Senders) -> dict | None:
         return None
     reason, bridge = parsed
     h = logged.headers
-    atts = senders.on(bridge)
-    fdb = senders.fdb_port(bridge, logged.mac) if logged.physindev is None and logged.mac else None
-    sender, note = identify(atts, h.source, logged.mac, logged.physindev, fdb)
-    networks = sorted({a.network for a in atts})
+    indev = _ifname(logged.indev)
+    known = indev if indev and not indev.startswith("#") else None  # "#N": gone since, so not told
+    came = senders.entered_by(bridge, known) if reason in INBOUND else (bridge, senders.on(bridge))
+    if came is None:  # from beyond an interface that is none of ours: no container sent it
+        sender, fdb, networks = None, None, []
+        note = f"from outside: came in by {indev}, which no network of the plugin is on (a host, not a container)"
+    else:
+        side, atts = came
+        fdb = senders.fdb_port(side, logged.mac) if logged.physindev is None and logged.mac else None
+        sender, note = identify(atts, h.source, logged.mac, logged.physindev, fdb)
+        networks = sorted({a.network for a in atts})
     notes = [n for n in (note, h.note) if n]
     return {
         "time": _timestamp(logged.time),
@@ -192,7 +224,7 @@ def describe(logged, senders: Senders) -> dict | None:
         "key": KEY[reason],
         "bridge": bridge,
         "network": sender.network if sender else (networks[0] if len(networks) == 1 else None),
-        "container": sender.container if sender else "unknown",
+        "container": sender.container if sender else "unknown" if came is not None else None,
         "ifname": sender.ifname if sender else None,
         "port": (sender.port if sender else None) or _ifname(logged.physindev if logged.physindev else fdb),
         "source": h.source,
@@ -206,7 +238,7 @@ def describe(logged, senders: Senders) -> dict | None:
         "arp": h.arp_op,
         "fragment": h.fragment,
         "service": h.service(),
-        "in": _ifname(logged.indev),
+        "in": indev,
         "out": _ifname(logged.outdev),
         "note": "; ".join(notes) or None,
     }
@@ -214,7 +246,7 @@ def describe(logged, senders: Senders) -> dict | None:
 
 def line(record: dict) -> str:
     """One line of `isolation drops` for a record."""
-    who = (f"net={record['network'] or '-'} container={record['container']} if={record['ifname'] or '-'}")
+    who = (f"net={record['network'] or '-'} container={record['container'] or '-'} if={record['ifname'] or '-'}")
     parts = [record["time"], f"{record['reason']:<13}", who, f"src={record['source'] or '-'}",
              f"dst={record['destination'] or '-'}", record["service"], f"key={record['key']}"]
     if record["container"] == "unknown" or record.get("note"):

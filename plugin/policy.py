@@ -374,13 +374,17 @@ class BridgeNeeds:
     @property
     def logged(self) -> tuple[str, ...]:
         """The drop reasons (plugin.reasons) of the bridge's routed drops that go to the drop
-        log: those it has, when it logs (anti-spoofing is the bridge table's: see spoofs)."""
+        log: those it has, when it logs (anti-spoofing is the bridge table's: see spoofs). Its
+        `internal` drops are logged whichever side of the packet it is on, its `direct-access`
+        drops those of packets going into it."""
         if not self.log:
             return ()
         return tuple(r for r, has in ((reasons.CROSS_NETWORK, self.isolate),
                                       (reasons.INTRA_BRIDGE, self.drop_intra),
                                       (reasons.EGRESS_DENY, bool(self.guard.deny)),
-                                      (reasons.HOST_ACCESS, self.guard.host_deny)) if has)
+                                      (reasons.HOST_ACCESS, self.guard.host_deny),
+                                      (reasons.INTERNAL, self.guard.internal),
+                                      (reasons.DIRECT_ACCESS, self.guard.direct_deny)) if has)
 
 
 class Desired:

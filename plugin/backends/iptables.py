@@ -41,7 +41,9 @@
                             -j RETURN                (each bridge logging cross-network drops)
 
 The drop log (logDrops): above each DROP of a logging bridge, the same match with two
-hashlimits (first packet per flow, the bridge's rate) and `-j NFLOG` (see log_tail). STAGE-2's
+hashlimits (first packet per flow, the bridge's rate) and `-j NFLOG` (see log_tail): STAGE-1's
+intra-bridge and internal drops (an internal bridge's two, out and in, name it as the logging
+bridge), the guard chains', and CNI-ISOLATION-DIRECT's (`-o BR`: the bridge it was going into). STAGE-2's
 DROP names only the receiving bridge, so while any bridge logs cross-network drops each
 isolating bridge's DROP is preceded by `-o BR -j CNI-ISOLATION-DROPLOG`, where the logging
 senders' rules are.
@@ -228,7 +230,8 @@ def _neighbour_discovery(br: str, family: str) -> list[list[str]]:
 # within its rate (a hashlimit per bridge shared by all its log rules, no key: 10/s, burst 20).
 LOG_RATE, LOG_BURST = "10/sec", "20"
 FLOW = ["--hashlimit-upto", "1/min", "--hashlimit-burst", "1", "--hashlimit-mode", "srcip,dstip,dstport"]
-LOG_NAMES = {reasons.CROSS_NETWORK: "c", reasons.INTRA_BRIDGE: "i", reasons.EGRESS_DENY: "e", reasons.HOST_ACCESS: "h"}
+LOG_NAMES = {reasons.CROSS_NETWORK: "c", reasons.INTRA_BRIDGE: "i", reasons.EGRESS_DENY: "e", reasons.HOST_ACCESS: "h",
+             reasons.INTERNAL: "n", reasons.DIRECT_ACCESS: "d"}
 
 
 def log_tail(reason: str, br: str) -> list[str]:
@@ -283,6 +286,18 @@ def internal_rules(br: str) -> list[list[str]]:
     return [["-i", br, "!", "-o", br, "-j", "DROP"], ["!", "-i", br, "-o", br, "-j", "DROP"]]
 
 
+def internal_log_rules(br: str) -> list[list[str]]:
+    """An internal bridge's log rules in STAGE-1 (logDrops), each above its DROP: the internal
+    bridge names the log whichever side of the packet it is on."""
+    return [r for r in logging(internal_rules(br), reasons.INTERNAL, br, (reasons.INTERNAL,)) if is_log_rule(r)]
+
+
+def direct_log_rule(br: str) -> list[str]:
+    """A directAccess deny bridge's log rule in CNI-ISOLATION-DIRECT (logDrops), above its DROP:
+    the bridge the packet was going into names the log."""
+    return ["-o", br, *log_tail(reasons.DIRECT_ACCESS, br)]
+
+
 def direct_jump(br: str) -> list[str]:
     """STAGE-1's jump for a directAccess deny bridge: whatever is forwarded into it from elsewhere."""
     return ["!", "-i", br, "-o", br, "-j", DIRECT]
@@ -316,7 +331,7 @@ def bridge_rules(needs: BridgeNeeds, family: str = "ipv4", interfaces_of=None,
     stage1, stage2 = [], []
     if needs.drop_intra:  # published or not: within an `isolated` bridge nothing passes
         stage1 += logging([["-i", br, "-o", br, "-j", "DROP"]], reasons.INTRA_BRIDGE, br, logged)
-    stage1 += internal_rules(br) if needs.guard.internal else []
+    stage1 += logging(internal_rules(br), reasons.INTERNAL, br, logged) if needs.guard.internal else []
     stage1 += [direct_jump(br)] if needs.guard.direct_deny else []
     if needs.guard.deny_in(VERSION[family]):
         stage1.append(["-i", br, "!", "-o", br, "-j", EGRESS])
@@ -333,7 +348,7 @@ def bridge_rules(needs: BridgeNeeds, family: str = "ipv4", interfaces_of=None,
         stage2.append(["-o", br, "-j", "DROP"])
     droplog = [["-i", br, *log_tail(reasons.CROSS_NETWORK, br)]] if reasons.CROSS_NETWORK in logged else []
     return {STAGE1: stage1, STAGE2: stage2, **guard_rules(br, needs.guard, family, logged), DROPLOG: droplog,
-            DIRECT: direct_rules(br, needs.guard, managed)}
+            DIRECT: logging(direct_rules(br, needs.guard, managed), reasons.DIRECT_ACCESS, br, logged)}
 
 
 def segment_rules(needs: BridgeNeeds, family: str, interfaces_of, log_cross: bool = False,
@@ -354,7 +369,8 @@ def segment_rules(needs: BridgeNeeds, family: str, interfaces_of, log_cross: boo
                         reasons.INTRA_BRIDGE, seg, logged) for m in members}
     stage1, stage2, chains = [], [], {EGRESS: [], HOST: []}
     if closed:
-        stage1 += [rule for m in members for rule in pairs.pop(m)] + segment_closing(members, guard)
+        stage1 += [rule for m in members for rule in pairs.pop(m)] + logging(
+            segment_closing(members, guard), reasons.INTERNAL, seg, logged)  # its internal drops, named by the segment
     for m in members:
         stage1 += pairs.get(m, [])
         if guard.deny_in(VERSION[family]):
@@ -372,7 +388,8 @@ def segment_rules(needs: BridgeNeeds, family: str, interfaces_of, log_cross: boo
         for chain, rules in guard_rules(m, guard, family).items():
             chains[chain] += rules
     strangers = [i for i in managed if i not in members]  # the segment's own members passed as pairs
-    direct = [rule for m in members for rule in direct_rules(m, guard, strangers)]
+    direct = logging([rule for m in members for rule in direct_rules(m, guard, strangers)], reasons.DIRECT_ACCESS, seg,
+                     logged)
     # the drop log names the segment (the reader finds the sender among its attachments),
     # whichever member the rule matches
     droplog = [["-i", m, *log_tail(reasons.CROSS_NETWORK, seg)] for m in members] \
@@ -546,6 +563,7 @@ def plan(table: FilterTable, desired: Desired, family: str = "ipv4") -> list[str
         return []
     chains = wanted(desired, family)
     known = set(desired.bridges)  # a bridge none of them is on is not theirs to undo
+    members = {p for b in desired if b.routed for p in b.ports}  # a routed segment's rules name them
     lacks_jump = firewall_chain_lacks_jump(table)
     needed = [*chains, FIREWALL_CHAIN] if lacks_jump else list(chains)
     lines = [f"-N {chain}" for chain in needed if chain not in table.chains]  # before any jump to them
@@ -556,10 +574,11 @@ def plan(table: FilterTable, desired: Desired, family: str = "ipv4") -> list[str
         if chain in WHOLLY_OURS:
             keep = {tuple(spec) for g in groups for spec in g} | {("-j", "RETURN")}
             lines += [f"-D {chain} " + _text(r) for r in rules if is_ours(r) and tuple(strip_comment(r)) not in keep
-                      and _guard_rule_of(chain, r, known) and _safe(r)]
+                      and (_guard_rule_of(chain, r, known) or (is_log_rule(r) and _interfaces(r) & members))
+                      and _safe(r)]
         elif chain in (STAGE1, STAGE2):  # grants no registered attachment needs any more
             lines += [f"-D {chain} " + " ".join(r) for r in surplus_rules(table, chain, groups, known)]
-            lines += [f"-D {chain} " + _text(r) for r in stale_log_rules(table, chain, groups, known)]
+            lines += [f"-D {chain} " + _text(r) for r in stale_log_rules(table, chain, groups, known | members)]
         index = positions(rules)
         for group in groups:
             _sync_group(rules, chain, group, theirs, ours, lines, index)
@@ -720,7 +739,7 @@ def segment_release_plan(table: FilterTable, r: Release, family: str) -> list[st
                    and (c, rule) not in remove]
         remove += [("INPUT", rule) for rule in table.chains.get("INPUT", [])
                    if is_ours(rule) and _is_jump(strip_comment(rule), HOST)]
-    lines = [f"-D {chain} " + " ".join(rule) for chain, rule in remove if all(_SAFE.fullmatch(a) for a in rule)]
+    lines = [f"-D {chain} " + _text(rule) for chain, rule in remove if _safe(rule)]  # drop log rules too
     if last or last_guard:
         after = FilterTable({c: [x for x in rules if (c, x) not in remove] for c, rules in table.chains.items()},
                             dict(table.policies), table.nft_variant)
@@ -748,6 +767,10 @@ def _released_specs(r: Release, family: str) -> list[tuple[str, list[str]]]:
         specs.append((STAGE1, ["-i", br, "!", "-o", br, *PUBLISHED_OUT]))
     if r.guard is not None and not r.guard.internal:
         specs += [(STAGE1, spec) for spec in internal_rules(br)]
+    if (r.guard is not None and not r.guard.internal) or (r.logged is not None and reasons.INTERNAL not in r.logged):
+        specs += [(STAGE1, spec) for spec in internal_log_rules(br)]
+    if r.logged is not None and reasons.DIRECT_ACCESS not in r.logged:  # (its whole group goes with the drop)
+        specs.append((DIRECT, direct_log_rule(br)))
     if r.guard is not None and not r.guard.deny_in(VERSION[family]):
         specs.append((STAGE1, ["-i", br, "!", "-o", br, "-j", EGRESS]))
     if r.guard is not None and not r.guard.direct_deny:

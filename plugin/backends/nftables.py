@@ -14,8 +14,9 @@
       map host      { type ifname : verdict }  BR : jump host-BR (bridges with hostAccess deny)
       map count-R   { type ifname : counter }  BR : "R-BR", for each drop reason R the bridge has
       counter R-BR                             its drops of reason R (plugin.reasons), named
-      map logR      { type ifname : verdict }  BR : jump logR-BR (R: cross, intra, egress, host), for
-                                               bridges with logDrops (LOG_MAPS, log_rules)
+      map logR      { type ifname : verdict }  BR : jump logR-BR (R: cross, intra, egress, host,
+                                               internal, direct), for bridges with logDrops
+                                               (LOG_MAPS, log_rules)
       sets flows4/6, other4/6 (timeout 1m)     flows logged lately, filled by the log chains
       limit log-BR                             the log's rate for one bridge, all reasons together
       chain forward  hook forward, priority -5, policy accept
@@ -46,6 +47,8 @@
                                                everything else drops
       chain drop-R                             every drop of reason R ends here (goto):
         iifname vmap @logR                       the sending bridge's log chain, when it logs
+                                                 (drop-direct-access: oifname, the bridge it was
+                                                 going into)
         counter name oifname map @count-R        counted for its bridge: the one a cross-network
                                                  packet was going into, else the one it came from
         counter drop                             (a bridge missing from the map breaks only the
@@ -58,7 +61,9 @@
         goto drop-direct-access                  the rest (invalid and untracked included),
                                                  counted for the bridge it was going into
       chain drop-internal                      counted for the bridge it left and the one it was
-        counter name iifname map @count-internal  going into, whichever of them is internal
+        iifname vmap @loginternal                 going into, whichever of them is internal; logged
+        oifname vmap @loginternal                 by the one that logs (once: the flow sets)
+        counter name iifname map @count-internal
         counter name oifname map @count-internal
         counter drop
 
@@ -106,7 +111,13 @@ TABLE = "isolation"
 # The drop log (networks with logDrops): per reason, a verdict map from the sending bridge to
 # its chain "logR-BR", jumped to by the reason's drop chain before it counts and drops.
 LOG_MAPS = {reasons.CROSS_NETWORK: "logcross", reasons.INTRA_BRIDGE: "logintra",
-            reasons.EGRESS_DENY: "logegress", reasons.HOST_ACCESS: "loghost"}
+            reasons.EGRESS_DENY: "logegress", reasons.HOST_ACCESS: "loghost",
+            reasons.INTERNAL: "loginternal", reasons.DIRECT_ACCESS: "logdirect"}
+# Which side of the packet names the logging bridge (default: the one it came from, the sender's):
+# an internal drop is logged by the internal bridge, whichever side it is on (the one it left
+# first: the flow sets then keep the other's chain from logging it again), a direct-access drop
+# by the bridge it was going into.
+LOG_KEYS = {reasons.INTERNAL: ("iifname", "oifname"), reasons.DIRECT_ACCESS: ("oifname",)}
 # The bridge table's drop log: per reason, a verdict map from each port of a logging bridge to
 # that bridge's chain "logR-BR" in the bridge table (its own limit and flow sets there).
 BRIDGE_LOG_MAPS = {reasons.ANTI_SPOOFING: "logspoof", reasons.CROSS_TENANT: "logtenant"}
@@ -203,11 +214,12 @@ def drop_chains(family: str) -> dict:
 
 
 def _log_jump(reason: str) -> list[list[dict]]:
-    """The drop chain's first rule: a logging sending bridge's log chain (the packet's own
+    """The drop chain's first rules: a logging sending bridge's log chain (the packet's own
     input interface: for a cross-network drop too, whose counter counts the other side; in the
-    bridge table, the port the frame came in by)."""
+    bridge table, the port the frame came in by), or the bridges LOG_KEYS names."""
     maps = LOG_MAPS | BRIDGE_LOG_MAPS
-    return [[{"vmap": {"key": _meta("iifname"), "data": f"@{maps[reason]}"}}]] if reason in maps else []
+    return [[{"vmap": {"key": _meta(k), "data": f"@{maps[reason]}"}}] for k in LOG_KEYS.get(reason, ("iifname",))] \
+        if reason in maps else []
 
 
 def limit_name(bridge: str) -> str:

@@ -19,7 +19,10 @@ only, at most LOG_BURST lines at once and LOG_RATE a second after, per bridge):
 
 Both backends: nftables' log chains, iptables' NFLOG rules with their two hashlimits
 (cross-network through CNI-ISOLATION-DROPLOG, keyed by the sender). The bridge table's drops
-(anti-spoofing, cross-tenant) log through its own per-port log chains: see the last test. Not
+(anti-spoofing, cross-tenant) log through its own per-port log chains: see the third test.
+Internal and direct-access drops (issue 21) are logged by the internal bridge, whichever side
+of the packet it is on, and by the protected bridge the packet was going into, naming the
+sending container or, from a LAN, none: see the last two tests. Not
 covered because not written yet: cross-network drops logged for a receiving network with
 logDrops whose sender does not log (see README, Seeing what is blocked).
 """
@@ -137,6 +140,7 @@ def test_a_routed_network_logs_under_its_segment_name(lab, backend):
     5 times each, gives one cross-network and one egress-deny line per family; TCP to .3 (the
     control) passes and gives none; q1 pinging p1 (Q does not log) gives none."""
     lab.management()
+    baseline = lab.ruleset()
     p_net = lab.network(["ptp", "isolation"], isolation={
         "backend": backend, "logDrops": True, "denyEgress": ["10.98.0.2/32", "fd98::2/128"]})
     q_net = lab.network(["ptp", "isolation"], isolation={"backend": backend})
@@ -159,8 +163,11 @@ def test_a_routed_network_logs_under_its_segment_name(lab, backend):
         assert r["destination"] not in ("10.98.0.3", "fd98::3"), r
         if (r["source"], r["destination"], r["protocol"], r["reason"], r["key"]) in expected:
             assert (r["container"], r["ifname"]) == (p1.id, "eth0"), r
-    lab.delete(p1)
+    lab.delete(p1)  # its rules name its veth, its log rules too: they go with it
+    assert lab.ours_mentioning(p_net.bridge) == [] and not any(
+        p_net.bridge in line for line in lab.ruleset().splitlines()), lab.ruleset()
     lab.delete(q1)
+    assert lab.ruleset() == baseline
 
 
 BY_CNI_ARGS = "IgnoreUnknown=1;ISOLATION_GROUP={}"  # as test_e2e_tenants passes a container's tenant
@@ -233,4 +240,122 @@ def test_the_bridge_tables_drops_log_one_line_per_flow_by_the_port_it_came_in_by
         lab.delete(c)
     assert lab.ours_mentioning(S) == []
     lab.delete(q1)
+    assert lab.ruleset() == baseline
+
+
+# --- internal and direct-access drops (issue 21's reasons, logged) ------------------------------
+def inbound_lines(got: list[dict], expected: list[tuple]) -> dict[tuple, dict]:
+    """The one line of each expected (source, destination, protocol, reason, key) flow, by flow,
+    after checking that no other line has the reason internal or direct-access (the other
+    reasons' start-up noise, e.g. an internal network's closed host, aside)."""
+    flows = {(r["source"], r["destination"], r["protocol"], r["reason"], r["key"]): r for r in got}
+    extra = [r for r in got if r["reason"] in ("internal", "direct-access")
+             and (r["source"], r["destination"], r["protocol"], r["reason"], r["key"]) not in expected]
+    assert not extra, extra
+    return {e: flows[e] for e in expected}
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_internal_and_direct_access_drops_log_one_line_naming_the_sender_or_no_container(lab, backend):
+    """I and J: `internal` with logDrops; Q: `internal` without; D: `directAccess: deny` with
+    logDrops; E: the same without; N: `open`, the plugin's but unguarded. The lab's outside
+    (10.99.0.2, fd99::2, in by the uplink) routes the containers' subnets via the host. Expected
+    by hand, per family, N retries of each (an internal drop is logged by the internal bridge
+    that logs, whichever side of the packet it is on; a direct-access drop by the bridge it was
+    going into; the sender: the container, or none for the outside):
+
+      i1 -> outside        one line: internal, bridge I, container i1
+      outside -> i1        one line: internal, bridge I, container none (in by the uplink)
+      n1 -> i1             one line: internal, bridge I, container n1 of network N
+      i1 -> j1             one line (not two): internal, bridge I (nftables: the side it left
+                           first; iptables: whichever internal bridge's rules come first), i1
+      outside -> d1        one line: direct-access, bridge D, container none, key directAccess
+      q1 -> outside, n1 -> q1, outside -> e1                  dropped, no line (no logDrops)
+      n1 -> outside, outside -> n1, d1 -> outside (TCP)       pass, no line (the controls)
+    """
+    conf = {"backend": backend}
+    i_net = lab.network(["bridge", "isolation"], isolation={**conf, "internal": True, "logDrops": True})
+    j_net = lab.network(["bridge", "isolation"], isolation={**conf, "internal": True, "logDrops": True})
+    q_net = lab.network(["bridge", "isolation"], isolation={**conf, "internal": True})
+    d_net = lab.network(["bridge", "isolation"], isolation={**conf, "directAccess": "deny", "logDrops": True})
+    e_net = lab.network(["bridge", "isolation"], isolation={**conf, "directAccess": "deny"})
+    n_net = lab.network(["bridge", "isolation"], isolation={**conf, "ingressPolicy": "open"})
+    i1, j1, q1, d1, e1, n1 = (lab.add(n) for n in (i_net, j_net, q_net, d_net, e_net, n_net))
+    I, J, D, uplink = i_net.bridge, j_net.bridge, d_net.bridge, f"{lab.prefix}up"
+    time.sleep(2)  # let start-up traffic pass before the reader starts
+    before = settled_counts(lab, quiet=0.7)
+    reader = lab.follow_drops("--timeout", "45")
+    expected = []  # (source, destination, protocol, reason, key), by hand
+    for v in (0, 1):
+        icmp, outside = ("icmp", "icmpv6")[v], ("10.99.0.2", "fd99::2")[v]
+        i, j, q, d, e, n = ((c.ipv4, c.ipv6)[v] for c in (i1, j1, q1, d1, e1, n1))
+        assert lab.tcp(n1.name, outside) and lab.tcp(lab.outside, n) and lab.tcp(d1.name, outside)  # the controls
+        for src, addr in ((i1.name, outside), (lab.outside, i), (n1.name, i), (i1.name, j), (lab.outside, d)):
+            assert not ping_n(src, addr)
+        expected += [(i, outside, icmp, "internal", "internal"), (outside, i, icmp, "internal", "internal"),
+                     (n, i, icmp, "internal", "internal"), (i, j, icmp, "internal", "internal"),
+                     (outside, d, icmp, "direct-access", "directAccess")]
+        for src, addr in ((q1.name, outside), (n1.name, q), (lab.outside, e)):  # no logDrops: no line
+            assert not ping_n(src, addr)
+    rc, got, said = reader.finish()
+    assert rc == 0, (said, got[-3:])
+    lines = inbound_lines(got, expected)
+    for r in got:  # Q and E log nothing, and the controls give no line
+        assert r["bridge"] not in (q_net.bridge, e_net.bridge), r
+        assert r["source"] not in (q1.ipv4, q1.ipv6) and r["destination"] not in (q1.ipv4, q1.ipv6, e1.ipv4, e1.ipv6), r
+        assert r["protocol"] != "tcp", r
+    for (src, dst, _, reason, _), r in lines.items():
+        if reason == "direct-access":  # from the LAN: no container of ours, never d1's neighbours
+            assert (r["bridge"], r["network"], r["container"], r["ifname"], r["port"]) == (D, None, None, None, None), r
+            assert (r["in"], r["out"]) == (uplink, D), r
+            assert r["note"].startswith(f"from outside: came in by {uplink}"), r
+        elif src in (i1.ipv4, i1.ipv6):
+            assert r["bridge"] == I or (backend == "iptables" and r["bridge"] == J and dst in (j1.ipv4, j1.ipv6)), r
+            assert (r["network"], r["container"], r["ifname"], r["in"], r["note"]) == (
+                i_net.name, i1.id, "eth0", I, None), r
+        elif src in (n1.ipv4, n1.ipv6):  # into I from another of the plugin's bridges: its container
+            assert (r["bridge"], r["network"], r["container"], r["ifname"], r["in"], r["out"]) == (
+                I, n_net.name, n1.id, "eth0", n_net.bridge, I), r
+        else:  # into I from the outside
+            assert (r["bridge"], r["network"], r["container"], r["in"], r["out"]) == (I, None, None, uplink, I), r
+        assert r["icmpType"] in (8, 128) and r["fragment"] is False, r  # echo requests, whole
+    after = settled_counts(lab, quiet=0.7)
+    moved = {k: after[k] - before.get(k, 0) for k in after}
+    # every retry dropped and counted (i1 -> j1: for J on iptables when J's rules come first)
+    assert moved[(I, "internal")] >= 3 * 2 * N and moved[(I, "internal")] + moved[(J, "internal")] >= 4 * 2 * N, moved
+    assert moved[(D, "direct-access")] >= 2 * N and moved[(e_net.bridge, "direct-access")] >= 2 * N, moved
+    assert moved[(q_net.bridge, "internal")] >= 2 * 2 * N, moved
+    print("\n".join(line(r) for r in lines.values()))  # as `isolation drops` prints them
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_routed_networks_internal_and_direct_access_drops_log_under_its_segment_name(lab, backend):
+    """ptp networks: P `internal` with logDrops, R `directAccess: deny` with logDrops. Expected by
+    hand, per family: p1 -> outside and outside -> p1 one internal line each (container p1, then
+    none), outside -> r1 one direct-access line (no container); r1 -> outside (TCP) passes, no line."""
+    baseline = lab.ruleset()
+    p_net = lab.network(["ptp", "isolation"], isolation={"backend": backend, "internal": True, "logDrops": True})
+    r_net = lab.network(["ptp", "isolation"], isolation={"backend": backend, "directAccess": "deny",
+                                                         "logDrops": True})
+    p1, r1 = lab.add(p_net), lab.add(r_net)
+    time.sleep(2)
+    reader = lab.follow_drops("--timeout", "20")
+    expected = []
+    for v in (0, 1):
+        icmp, outside = ("icmp", "icmpv6")[v], ("10.99.0.2", "fd99::2")[v]
+        p, r = (p1.ipv4, p1.ipv6)[v], (r1.ipv4, r1.ipv6)[v]
+        assert lab.tcp(r1.name, outside)  # the control
+        for src, addr in ((p1.name, outside), (lab.outside, p), (lab.outside, r)):
+            assert not ping_n(src, addr)
+        expected += [(p, outside, icmp, "internal", "internal"), (outside, p, icmp, "internal", "internal"),
+                     (outside, r, icmp, "direct-access", "directAccess")]
+    rc, got, said = reader.finish()
+    assert rc == 0, said
+    for (src, _, _, reason, _), rec in inbound_lines(got, expected).items():
+        assert rec["bridge"] == (p_net.bridge if reason == "internal" else r_net.bridge), rec
+        sender = (p_net.name, p1.id) if src in (p1.ipv4, p1.ipv6) else (None, None)
+        assert (rec["network"], rec["container"]) == sender, rec
+    assert not any(r["protocol"] == "tcp" for r in got), got
+    lab.delete(p1)
+    lab.delete(r1)
     assert lab.ruleset() == baseline

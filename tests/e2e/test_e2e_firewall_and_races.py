@@ -74,11 +74,13 @@ def test_parallel_adds_leave_exactly_one_rule_each(lab, backend):
     else:
         table = json.loads(sh("nft", "-j", "list", "table", "inet", "isolation", netns=lab.host).stdout)["nftables"]
         # forward (12): intra drop, self return, internal out and in, direct jump, egress vmap,
-        # published (original, reply), peers, tenant group passes (IPv4, IPv6), drop; input (3): neighbour discovery, egress and
+        # published (original, reply), peers, tenant group passes (IPv4, IPv6), drop; input (3):
+        # neighbour discovery, egress and
         # host vmaps; direct (5): managed, trusted, replies, published, drop; the drop chains
-        # (17): cross-network, intra-bridge, egress-deny, host-access 3 each (log vmap, counter
-        # map, counter drop), internal 3 (two counter maps, counter drop), direct-access 2
-        assert sum("rule" in o for o in table) == 37, "the documented 37 rules, however many bridges"
+        # (20): cross-network, intra-bridge, egress-deny, host-access 3 each (log vmap, counter
+        # map, counter drop), internal 5 (two log vmaps, two counter maps, counter drop),
+        # direct-access 3 (log vmap, counter map, counter drop)
+        assert sum("rule" in o for o in table) == 40, "the documented 40 rules, however many bridges"
         assert not any(n.bridge in o.get("chain", {}).get("name", "") for o in table for n in nets)
         isolated = next(o["set"] for o in table if "set" in o and o["set"]["name"] == "isolated")
         assert sorted(isolated["elem"]) == sorted(n.bridge for n in nets)

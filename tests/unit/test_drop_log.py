@@ -5,7 +5,7 @@ that a follower never prints a record twice, across cuts and agent restarts)."""
 import json
 import os
 
-from plugin.droplog import RING_FILE, Ring, describe, identify, line, read
+from plugin.droplog import RING_FILE, Ring, came_from, describe, identify, line, read
 from plugin.nflog import Logged
 from plugin.packets import Headers
 from plugin.registry import Attachment
@@ -52,9 +52,15 @@ class FakeSenders:
     def fdb_port(bridge, mac):
         return None
 
+    def entered_by(self, bridge, ifname):
+        by_bridge = {}
+        for a in self.atts:
+            by_bridge.setdefault(a.bridge, []).append(a)
+        return came_from(by_bridge, bridge, ifname)
 
-def logged(prefix: str, headers: Headers, physindev=None, mac=None) -> Logged:
-    return Logged(time=1765130048.25, family=2, prefix=prefix, indev=None, outdev=None, physindev=physindev,
+
+def logged(prefix: str, headers: Headers, physindev=None, mac=None, indev=None) -> Logged:
+    return Logged(time=1765130048.25, family=2, prefix=prefix, indev=indev, outdev=None, physindev=physindev,
                   mac=mac, headers=headers)
 
 
@@ -78,6 +84,40 @@ def test_the_record_and_the_line_of_a_drop():
                                   "mac=02:99:99:99:99:99 src=10.77.1.250 dst=10.77.2.2 icmp echo-request "
                                   "key=ingressPolicy note=\"no container registered")
     json.dumps(rogue)  # --json prints it as it is
+
+
+# internal and direct-access drops may name the bridge the packet was going into (tb2 here)
+C = Attachment("net2", "ctr-c", "eth0", "tb2", "vethc", "same-bridge", "nftables", ("10.77.2.2/24",), portindex=21)
+R = Attachment("net3", "ctr-r", "eth0", "rt.net3", "vethr", "same-bridge", "nftables", ("10.77.3.2/24",),
+               portindex=31, routed=True)
+BRIDGES = {"tb1": ON_BRIDGE, "tb2": [C], "rt.net3": [R]}
+
+
+def test_an_inbound_drop_is_traced_to_the_bridge_it_came_from_or_to_no_container():
+    assert came_from(BRIDGES, "tb2", "tb2") == ("tb2", [C])  # out of the internal bridge: its own
+    assert came_from(BRIDGES, "tb2", None) == ("tb2", [C])  # not told: the prefix's, as before
+    assert came_from(BRIDGES, "tb2", "tb1") == ("tb1", ON_BRIDGE)  # from another registered bridge
+    assert came_from(BRIDGES, "tb2", "vethr") == ("rt.net3", [R])  # from a routed segment's member
+    assert came_from(BRIDGES, "rt.net3", "vethr") == ("rt.net3", [R])
+    assert came_from(BRIDGES, "tb2", "eth1") is None  # a LAN: nobody of ours
+    assert came_from(BRIDGES, "tb2", "vetha") is None  # a bridge port is never an IP-layer input
+
+
+def test_a_direct_access_drop_from_the_lan_is_no_containers_and_an_internal_one_is_its_senders():
+    ping = Headers(family="ipv4", source="10.77.1.2", destination="10.77.2.2", protocol="icmp", icmp_type=8,
+                   icmp_code=0)  # the LAN host uses A's address: still nobody's on tb2, never A's
+    lan = describe(logged("isolation direct-access tb2", ping, mac="02:99:99:99:99:99", indev=1),
+                   FakeSenders([A, B, C]))  # ifindex 1: lo, an interface no network of ours is on
+    assert (lan["container"], lan["network"], lan["ifname"], lan["port"], lan["in"], lan["key"]) == (
+        None, None, None, None, "lo", "directAccess")
+    assert lan["note"] == "from outside: came in by lo, which no network of the plugin is on (a host, not a container)"
+    assert line(lan).startswith("2025-12-07T17:54:08.250Z direct-access net=- container=- if=- mac=02:99:99:99:99:99 "
+                                "src=10.77.1.2 dst=10.77.2.2 icmp echo-request key=directAccess note=")
+    out = describe(logged("isolation internal tb2", Headers(family="ipv4", source="10.77.2.2",
+                                                            destination="10.99.0.2", protocol="icmp")),
+                   FakeSenders([A, B, C]))
+    assert (out["container"], out["network"], out["key"], out["note"]) == ("ctr-c", "net2", "internal", None)
+    json.dumps(lan)
 
 
 def test_prefixes_that_are_not_ours_are_not_drops():

@@ -11,6 +11,7 @@ import pytest
 from plugin.backends.iptables import SPOOF_TABLE, FilterTable, plan, problems, release_plan, split_rule, strip_comment
 from plugin.backends.nftables import TableState, bridge_plan, bridge_release, bridge_spec, spoof_elements
 from plugin.policy import NO_GUARD, Guard, Hole, Release, Spoof, desired, intent_for, released
+from plugin.record import replace
 from golden import read as read_golden
 
 SCENARIOS = [
@@ -473,3 +474,68 @@ def test_a_trusted_interface_no_longer_trusted_is_a_surplus_grant_and_goes_on_th
         ("CNI-ISOLATION-DIRECT", ["-i", "wg0", "-o", "br0", "-j", "RETURN"])]
     after = _applied(table, plan(table, desired(now)))
     assert problems(after, desired(now)) == [] and not any("wg0" in r for r in after.chains["CNI-ISOLATION-DIRECT"])
+
+
+# --- the drop log of internal and direct-access drops (issue 21 logged) -----------------------
+INTERNAL_LOGGING = [intent_for("br0", "same-bridge", guard=Guard(host_deny=True, internal=True), log=True),
+                    intent_for("br1", "open", guard=Guard(direct_deny=True), log=True),
+                    intent_for("br2", "same-bridge", guard=Guard(host_deny=True, internal=True))]
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_internal_and_direct_access_drops_of_a_logging_bridge_are_logged_above_each_drop(family):
+    """By hand: br0 (internal, logs) gets a log rule above each of its two STAGE-1 DROPs (out of
+    it, into it), both naming br0; br1 (directAccess deny, logs) one above its DIRECT DROP, naming
+    br1 (the bridge the packet was going into); br2 (internal, no logDrops) none."""
+    table = applied(plan(FilterTable.parse(read("empty.before")), desired(INTERNAL_LOGGING), family))
+    stage1 = [strip_comment(r) for r in table.chains["CNI-ISOLATION-STAGE-1"]]
+    tail = ["-m", "hashlimit", "--hashlimit-upto", "1/min", "--hashlimit-burst", "1", "--hashlimit-mode",
+            "srcip,dstip,dstport", "--hashlimit-name", "fn-br0", "-m", "hashlimit", "--hashlimit-upto", "10/sec",
+            "--hashlimit-burst", "20", "--hashlimit-name", "l-br0", "-j", "NFLOG", "--nflog-prefix",
+            "isolation internal br0", "--nflog-group", "1907"]
+    out, into = ["-i", "br0", "!", "-o", "br0"], ["!", "-i", "br0", "-o", "br0"]
+    at = stage1.index(out + ["-j", "DROP"])
+    assert stage1[at - 1:at + 3] == [out + tail, out + ["-j", "DROP"], into + tail, into + ["-j", "DROP"]]
+    direct = [strip_comment(r) for r in table.chains["CNI-ISOLATION-DIRECT"]]
+    at = direct.index(["-o", "br1", "-j", "DROP"])
+    assert direct[at - 1][:2] == ["-o", "br1"] and direct[at - 1][-4:] == [
+        "--nflog-prefix", "isolation direct-access br1", "--nflog-group", "1907"] and "fd-br1" in direct[at - 1]
+    logs = [r for rules in table.chains.values() for r in rules if "NFLOG" in r]
+    assert sorted(r[r.index("--nflog-prefix") + 1] for r in logs if "isolation internal" in " ".join(r)
+                  or "isolation direct-access" in " ".join(r)) == [
+        "isolation direct-access br1", "isolation internal br0", "isolation internal br0"]
+    assert not any("br2" in r for r in logs)
+    assert problems(table, desired(INTERNAL_LOGGING), family) == []
+
+
+def test_internal_and_direct_access_log_rules_go_when_the_bridge_stops_logging():
+    table = applied(plan(FilterTable.parse(read("empty.before")), desired(INTERNAL_LOGGING), "ipv4"))
+    quiet = [replace(i, log=False) for i in INTERNAL_LOGGING]
+    for bridge, reason in (("br0", "internal"), ("br1", "direct-access")):
+        lines = release_plan(table, released(desired(INTERNAL_LOGGING), desired(quiet), bridge), "ipv4")
+        assert all(line.startswith("-D ") and "NFLOG" in line for line in lines), lines  # its log rules only
+        assert sum(f'"isolation {reason} {bridge}"' in line for line in lines) == (2 if bridge == "br0" else 1)
+    stale = plan(table, desired(quiet), "ipv4")  # an ADD finds them stale too
+    assert sorted(line.split('"')[1] for line in stale if "internal" in line or "direct-access" in line) == [
+        "isolation direct-access br1", "isolation internal br0", "isolation internal br0"]
+    gone = release_plan(table, released(desired(INTERNAL_LOGGING), desired(INTERNAL_LOGGING[1:]), "br0"), "ipv4")
+    assert sum('"isolation internal br0"' in line for line in gone) == 2  # with the internal drops themselves
+
+
+def test_a_routed_segments_log_rules_go_with_its_members_and_with_its_log():
+    """A logging segment's rules name its members, its log rules (prefix with spaces) too: by
+    hand, its last DEL deletes all three (egress-deny twice, cross-network once) before its
+    chains, and an ADD after it stopped logging finds its log rules in EGRESS stale, and its
+    jump to DROPLOG (the rule left there is reached by nothing, and goes with its member)."""
+    seg, guard = "rt.n1", Guard(("10.98.0.2/32",), (), False, ())
+    logging = [intent_for(seg, "same-bridge", port="m1", guard=guard, log=True, routed=True)]
+    table = applied(plan(FilterTable.parse(read("empty.before")), desired(logging)))
+    assert sum("NFLOG" in r for rules in table.chains.values() for r in rules) == 3
+    gone = release_plan(table, released(desired(logging), desired([]), seg))
+    assert sum('"isolation egress-deny rt.n1"' in line for line in gone) == 2
+    assert sum('"isolation cross-network rt.n1"' in line for line in gone) == 1
+    assert gone.index(next(line for line in gone if "NFLOG" in line)) < gone.index("-X CNI-ISOLATION-EGRESS")
+    stale = plan(table, desired([replace(i, log=False) for i in logging]))
+    assert sorted(line.split('"')[1] for line in stale if "NFLOG" in line) == [
+        "isolation egress-deny rt.n1", "isolation egress-deny rt.n1"]
+    assert any(line.startswith("-D CNI-ISOLATION-STAGE-2 -o m1") and "DROPLOG" in line for line in stale)

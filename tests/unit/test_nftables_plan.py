@@ -78,6 +78,8 @@ LISTING = json.loads(r"""[
  {"map": {"family": "inet", "name": "logintra", "table": "isolation", "type": "ifname", "handle": 61, "map": "verdict"}},
  {"map": {"family": "inet", "name": "logegress", "table": "isolation", "type": "ifname", "handle": 62, "map": "verdict"}},
  {"map": {"family": "inet", "name": "loghost", "table": "isolation", "type": "ifname", "handle": 63, "map": "verdict"}},
+ {"map": {"family": "inet", "name": "loginternal", "table": "isolation", "type": "ifname", "handle": 64, "map": "verdict"}},
+ {"map": {"family": "inet", "name": "logdirect", "table": "isolation", "type": "ifname", "handle": 65, "map": "verdict"}},
  {"set": {"family": "inet", "name": "flows4", "table": "isolation", "type": ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"], "handle": 70, "size": 65535, "flags": ["timeout"], "timeout": 60}},
  {"set": {"family": "inet", "name": "flows6", "table": "isolation", "type": ["ipv6_addr", "ipv6_addr", "inet_proto", "inet_service"], "handle": 71, "size": 65535, "flags": ["timeout"], "timeout": 60}},
  {"set": {"family": "inet", "name": "other4", "table": "isolation", "type": ["ipv4_addr", "ipv4_addr", "inet_proto"], "handle": 72, "size": 65535, "flags": ["timeout"], "timeout": 60}},
@@ -122,6 +124,8 @@ LISTING = json.loads(r"""[
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-host-access", "handle": 87, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@loghost"}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-host-access", "handle": 35, "expr": [{"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-host-access"}}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-host-access", "handle": 36, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-internal", "handle": 90, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@loginternal"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-internal", "handle": 91, "expr": [{"vmap": {"key": {"meta": {"key": "oifname"}}, "data": "@loginternal"}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-internal", "handle": 65, "expr": [{"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@count-internal"}}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-internal", "handle": 66, "expr": [{"counter": {"map": {"key": {"meta": {"key": "oifname"}}, "data": "@count-internal"}}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-internal", "handle": 67, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
@@ -130,6 +134,7 @@ LISTING = json.loads(r"""[
  {"rule": {"family": "inet", "table": "isolation", "chain": "direct", "handle": 78, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}, {"return": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "direct", "handle": 79, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "original"}}, {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"return": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "direct", "handle": 80, "expr": [{"goto": {"target": "drop-direct-access"}}]}},
+ {"rule": {"family": "inet", "table": "isolation", "chain": "drop-direct-access", "handle": 92, "expr": [{"vmap": {"key": {"meta": {"key": "oifname"}}, "data": "@logdirect"}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-direct-access", "handle": 81, "expr": [{"counter": {"map": {"key": {"meta": {"key": "oifname"}}, "data": "@count-direct-access"}}}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "drop-direct-access", "handle": 82, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
  {"rule": {"family": "inet", "table": "isolation", "chain": "egress-brA", "handle": 38, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}, {"return": null}]}},
@@ -159,6 +164,7 @@ def test_listing_of_our_own_table_is_intact():
                               "count-egress-deny": {("brA", "egress-deny-brA")},
                               "count-host-access": {("brA", "host-access-brA")},
                               "logcross": set(), "logintra": set(), "logegress": set(), "loghost": set(),
+                              "loginternal": set(), "logdirect": set(),
                               "internal": set(), "count-internal": set(), "direct": set(), "trusted": set(),
                               "count-direct-access": set(), "tcross4": set(), "tcross6": set()}
     assert state.counters == {"cross-network-brA": 0, "cross-network-brB": 12, "egress-deny-brA": 0,
@@ -721,3 +727,25 @@ def test_an_add_onto_a_bridge_table_without_its_log_chains_adds_them_before_its_
     jump = [i for i, c in enumerate(ours) if c.get("add", {}).get("element", {}).get("name") == "logspoof"]
     assert jump and all(k == ("add", "rule") for k in kinds[2:jump[0]] if k[1] not in ("counter", "element")), kinds
     assert ours[jump[0]]["add"]["element"]["elem"] == [["veth0", {"jump": {"target": "logspoof-br0"}}]]
+
+
+def test_internal_and_direct_access_drops_are_logged_by_the_internal_and_the_receiving_bridge():
+    """By hand: drop-internal jumps to the internal bridge's log chain by either side of the
+    packet (iifname, then oifname: the flow sets keep a second internal bridge's chain from
+    logging the same packet again), drop-direct-access by the bridge it was going into; only
+    logging bridges are in the maps (br2 is internal without logDrops)."""
+    chains = dict(INET.chains)
+    assert chains["drop-internal"][1][:2] == [
+        [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@loginternal"}}],
+        [{"vmap": {"key": {"meta": {"key": "oifname"}}, "data": "@loginternal"}}]]
+    assert chains["drop-direct-access"][1][0] == [{"vmap": {"key": {"meta": {"key": "oifname"}}, "data": "@logdirect"}}]
+    cmds = plan({}, desired([intent_for("br0", "same-bridge", "veth0", guard=Guard(host_deny=True, internal=True),
+                                        log=True),
+                             intent_for("br1", "open", "veth1", guard=Guard(direct_deny=True), log=True),
+                             intent_for("br2", "same-bridge", "veth2", guard=Guard(host_deny=True, internal=True))]))
+    elements = {c["add"]["element"]["name"]: c["add"]["element"]["elem"] for c in cmds if "element" in c.get("add", {})}
+    assert elements["loginternal"] == [["br0", {"jump": {"target": "loginternal-br0"}}]]
+    assert elements["logdirect"] == [["br1", {"jump": {"target": "logdirect-br1"}}]]
+    logs = {x["log"]["prefix"] for c in cmds if "rule" in c.get("add", {}) for x in c["add"]["rule"]["expr"] if "log" in x}
+    assert {p for p in logs if "internal" in p or "direct" in p} == {"isolation internal br0",
+                                                                    "isolation direct-access br1"}
