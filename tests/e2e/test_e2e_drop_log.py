@@ -35,7 +35,7 @@ from frames import echo_request, mac_of, send_frames, settled_counts
 from netlab import IP, sh
 from plugin.droplog import line
 
-pytestmark = [pytest.mark.e2e, pytest.mark.beside]  # run beside the rest by make test, to keep the suite under 30 minutes
+pytestmark = [pytest.mark.e2e, pytest.mark.aside]  # one of the longest: make test runs it in a run of its own, with the matrix
 N = 5
 LOG_RATE, LOG_BURST = 10, 20  # as documented in README (logDrops)
 FLOOD = 2000
