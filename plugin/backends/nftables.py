@@ -430,18 +430,20 @@ TENANT_FORWARD = [
 # Routed packets: to a tenant's address only from its group's known ports; from a tenant's port
 # to any member's address only within its group (else a tenant reached a plain container of
 # another group through a `peers` or `self` pass); and to an address the inet table's
-# cross-bridge pass (tcross) covers, never from a port we do not know (an uplink enslaved to
-# the pass's bridge would use it: this kernel's bridge family cannot match `meta ibrname`).
+# cross-bridge pass (tcross) covers, only from a port that may reach it without the pass
+# (xok): the pass is keyed by bridge, so a plain neighbour of the tenant or an uplink enslaved
+# to the pass's bridge would use it (this kernel's bridge family cannot match `meta ibrname`).
 TENANT_INPUT = [rule for proto, v in (("ip", 4), ("ip6", 6)) for rule in (
     [_in_set(_meta("iifname"), "tports"), _in_set(_p(proto, "daddr"), f"taddr{v}"),
      _ne(_port_and(_p(proto, "daddr")), f"@tok{v}"), TENANT_DROP],
     [_in_set(_meta("iifname"), "tenanted"), _in_set(_p(proto, "daddr"), f"maddr{v}"),
      _ne(_port_and(_p(proto, "daddr")), f"@tok{v}"), TENANT_DROP],
-    [_ne(_meta("iifname"), "@tports"), _in_set(_p(proto, "daddr"), f"xaddr{v}"), TENANT_DROP])]
+    [_in_set(_p(proto, "daddr"), f"xaddr{v}"), _ne(_port_and(_p(proto, "daddr")), f"@xok{v}"), TENANT_DROP])]
 TENANCY_TYPES = {"tports": "ifname", "tenanted": "ifname", "tpair": ["ifname", "ifname"], "taddr4": "ipv4_addr",
                  "taddr6": "ipv6_addr", "tok4": ["ifname", "ipv4_addr"], "tok6": ["ifname", "ipv6_addr"],
                  "maddr4": "ipv4_addr", "maddr6": "ipv6_addr", "tcross4": ["ifname", "ipv4_addr"],
-                 "tcross6": ["ifname", "ipv6_addr"], "xaddr4": "ipv4_addr", "xaddr6": "ipv6_addr"}
+                 "tcross6": ["ifname", "ipv6_addr"], "xaddr4": "ipv4_addr", "xaddr6": "ipv6_addr",
+                 "xok4": ["ifname", "ipv4_addr"], "xok6": ["ifname", "ipv6_addr"]}
 assert tuple(TENANCY_TYPES) == TENANCY_SETS
 SPOOF_SETS |= TENANCY_TYPES
 SPOOF_TYPEOF = {"nd6": "iifname . @th,64,128", "ndopt": "iifname . @th,192,64"}
