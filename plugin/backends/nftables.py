@@ -1130,6 +1130,36 @@ def surplus(state: TableState, desired: Desired, bridges) -> list[tuple[str, lis
     return found
 
 
+TENANCY_GRANTS = {"tpair": "frames pass between the two ports", "tok4": "the port may route to the address",
+                  "tok6": "the port may route to the address",
+                  "xok4": "the port may route to the address through a tenant group's pass across bridges",
+                  "xok6": "the port may route to the address through a tenant group's pass across bridges"}
+
+
+def tenancy_surplus(state: TableState, desired: Desired, bridges,
+                    spec: TableSpec = BRIDGE) -> list[tuple[str, list[dict], list[str]]]:
+    """What bridge table `spec` grants beyond the tenancy `desired` (every registered attachment
+    of the backend, when tenants are in use) needs: (description, commands removing it, the
+    bridges of `bridges` it concerns). The grant sets are tpair, tok and xok (elements that
+    open a path; the other tenancy sets close one): an element there naming a port of
+    `bridges`, or no registered port at all (an uplink's), that no attachment needs."""
+    if not state.exists or not state.intact or not desired.tenanted:  # no tenant: nothing judged, nothing granted
+        return []
+    want = tenancy(desired)
+    bridge_of = {p: b.bridge for b in desired for p in b.ports}
+    found = []
+    for name, grants in TENANCY_GRANTS.items():
+        for e in sorted(state.elements.get(name, set()) - want[name]):
+            ports = e if name == "tpair" else e[:1]
+            concerned = sorted({bridge_of[p] for p in ports if p in bridge_of} & set(bridges))
+            if not concerned and any(p in bridge_of for p in ports):
+                continue  # another bridge's business (a partial view)
+            found.append((f"{e[0]} . {e[1]} is in set bridge {spec.name} {name} ({grants}) though no registered "
+                          "attachment's tenant group needs it", [_delete_element("bridge", name, e, spec.name)],
+                          concerned or sorted(bridges)))
+    return found
+
+
 def _bridges_of(cmds: list[dict], text: str, bridges) -> list[str]:
     """The bridges of `bridges` a surplus grant (its removal `cmds`, its `text`) concerns."""
     elems = [e for c in cmds for e in c.get("delete", {}).get("element", {}).get("elem", [])]
@@ -1355,20 +1385,29 @@ class NftablesBackend(Backend):
 
     def audit(self, desired: Desired, granted: Desired) -> tuple[list[str], list[str]]:
         want = wanted(desired)
-        states = self._read(sorted(set(want) | {"inet"}))
+        states = self._read(sorted(set(want) | {"inet"} | ({"bridge"} if granted.tenanted else set())))
         missing = [f"nftables: {p}" for p in problems(states, desired)] if want else []
-        return missing, [f"nftables: {t}" for t, _ in surplus(states["inet"], granted, set(desired.bridges))]
+        bridges = set(desired.bridges)
+        extra = [t for t, _ in surplus(states["inet"], granted, bridges)]
+        extra += [t for t, _, _ in tenancy_surplus(states.get("bridge", TableState()), granted, bridges)]
+        return missing, [f"nftables: {t}" for t in extra]
 
     def surplus(self, desired: Desired) -> dict[str, list[str]]:
         bridges = set(desired.bridges)
+        states = self._read(SPECS)
         found: dict[str, list[str]] = {}
-        for text, cmds in surplus(self._read(["inet"])["inet"], desired, bridges):
+        for text, cmds in surplus(states["inet"], desired, bridges):
             for bridge in _bridges_of(cmds, text, bridges):
+                found.setdefault(bridge, []).append(f"nftables: {text}")
+        for text, _, concerned in tenancy_surplus(states["bridge"], desired, bridges):
+            for bridge in concerned:
                 found.setdefault(bridge, []).append(f"nftables: {text}")
         return found
 
     def revoke(self, desired: Desired) -> list[str]:
-        found = surplus(self._read(["inet"])["inet"], desired, set(desired.bridges))
+        states = self._read(SPECS)
+        found = surplus(states["inet"], desired, set(desired.bridges))
+        found += [(t, cmds) for t, cmds, _ in tenancy_surplus(states["bridge"], desired, set(desired.bridges))]
         self._apply([c for _, cmds in found for c in cmds], "could not remove grants no attachment needs")
         return [f"nftables: {text}" for text, _ in found]
 

@@ -260,3 +260,25 @@ def test_a_plain_neighbour_of_a_tenant_may_not_route_through_its_groups_pass():
     assert "@xaddr4" in out["rule"] and "@xok4" in out["rule"] and "(v23 . 10.1.0.2)" in out["rule"]
     out, _, _ = answer(find_source("t", NEIGHBOUR), Probe("10.1.0.2", "tcp", 80), NEIGHBOUR, HOSTS, [])
     assert (out["verdict"], out["reason"]) == ("pass", None)
+
+
+def test_a_tenancy_grant_no_attachment_needs_is_a_surplus_grant():
+    """Review 21: tpair, tok and xok open paths; an element there that tenancy() does not want
+    (added by hand, or left by a crash) is named and removed, as the inet table's passes are."""
+    from plugin.backends.nftables import TableState, tenancy_surplus
+
+    want = desired(intent_of(a) for a in APART)
+    els = tenancy(want)
+    held = TableState(exists=True, intact=True, elements={n: set(v) for n, v in els.items()})
+    assert tenancy_surplus(held, want, {"b1", "b2"}) == []
+    # a (t1, v12) and z (t2, v23): frames between them, a routed to z's address, and an uplink
+    # of b1 let through y's pass
+    held.elements["tpair"].add(("v12", "v23"))
+    held.elements["tok4"].add(("v12", "10.2.0.3"))
+    held.elements["xok4"].add(("uplink0", "10.2.0.2"))
+    found = tenancy_surplus(held, want, {"b1", "b2"})
+    assert [(cmds[0]["delete"]["element"]["name"], concerned) for _, cmds, concerned in found] == [
+        ("tpair", ["b1", "b2"]), ("tok4", ["b1"]), ("xok4", ["b1", "b2"])]
+    assert "v12 . 10.2.0.3 is in set bridge isolation tok4" in found[1][0]
+    assert [c for _, c, _ in tenancy_surplus(held, want, {"b2"})][:1] == [found[0][1]], "b2's CHECK: the pair names z"
+    assert tenancy_surplus(held, desired(intent_of(a) for a in APART if not a.tenant), {"b1"}) == [], "no tenant"
