@@ -85,3 +85,36 @@ def test_a_tenancy_grant_added_by_hand_is_named_by_check_and_removed_by_reconcil
     sh(IP, "route", "del", f"{x.ipv4}/32", netns=a.name)
     assert lab.blocked(a, x) and lab.tcp(a.name, b.ipv4) and lab.tcp(a.name, b.ipv6)
     assert all(rc == 0 for _, rc, _ in lab.check(a)), "CHECK agrees again"
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_tenant_added_again_with_another_address_leaves_nothing_naming_the_old_one(lab, backend):
+    """A: network group g, c plain (g). P: no group, t (tenant g). The runtime ADDs t again with
+    another address (its prevResult now says 10.77.2.99 and fd77:2::99, as after a re-IPAM):
+    every pass, pair and guard element of t's old addresses must go (a later container given
+    them would inherit t's grants), the new ones take their place (CHECK of c and t agree), and
+    c still reaches nothing of P but t's group: the plain neighbour v stays unreachable."""
+    A = lab.network(["bridge", "isolation"], isolation={"backend": backend, "isolationGroup": "g"})
+    P = lab.network(["bridge", "isolation"], isolation={"backend": backend})
+    c = lab.add(A)
+    t = lab.add(P, args=by_args("g"))
+    v = lab.add(P)
+    old = (t.ipv4, t.ipv6)
+    assert lab.tcp(c.name, t.ipv4) and lab.tcp(c.name, t.ipv6) and not lab.tcp(c.name, v.ipv4)
+    prev = lab.cache[(P.name, t.id)]
+    new = {"10.77.2.99": "10.77.2.99/24", "fd77:2::99": "fd77:2::99/64"}
+    prev = {**prev, "ips": [{**ip, "address": new["10.77.2.99" if ":" not in ip["address"] else "fd77:2::99"]}
+                            for ip in prev["ips"]]}
+    entry = next(p for p in P.plugins if p["type"] == "isolation")
+    conf = {"cniVersion": "1.0.0", "name": P.name, **entry, "args": t.args, "prevResult": prev}
+    rc, out, err = lab.exec_plugin("isolation", "ADD", conf, lab._env(t))
+    assert rc == 0, (out, err)
+    lab.cache[(P.name, t.id)] = prev
+    ours = lab.nft("list", "ruleset") + lab.save("ipv4") + lab.save("ipv6")
+    stale = [line for line in ours.splitlines() if any(f"{a} " in line + " " or f"{a}/" in line or f"{a}," in line
+                                                       for a in old)]
+    assert stale == [], stale
+    assert "10.77.2.99" in ours and "fd77:2::99" in ours, "the new addresses took their place"
+    checks = [(x.name, out) for x in (c, t) for kind, rc, out in lab.check(x) if kind == "isolation" and rc != 0]
+    assert checks == [], f"CHECK of isolation agrees (the bridge plugin's sees t's real address): {checks}"
+    assert not lab.tcp(c.name, v.ipv4) and lab.tcp(c.name, P.gateway4), "v stays closed; c is up"
