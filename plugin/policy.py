@@ -251,9 +251,13 @@ def spoof_of(att) -> Spoof | None:
 
 def plain_addresses(cidrs) -> tuple[str, ...]:
     """The addresses of prevResult's (or a registered Attachment's) `ips[].address` values,
-    without their prefix, each once: tenancy knows a container by them whatever
-    antiSpoofing says."""
-    return tuple(dict.fromkeys(c.partition("/")[0] for c in cidrs if c))
+    without their prefix, canonical (as the kernel lists them back and anti-spoofing writes
+    them: `FD77:1:0:0::0002` is fd77:1::2, else CHECK missed its element for ever and reconcile
+    took the kernel's for a surplus grant), each once: tenancy knows a container by them
+    whatever antiSpoofing says. One that is no address is left out (ADD refuses it: cni)."""
+    from plugin.result import canonical_ip
+
+    return tuple(dict.fromkeys(a for a in (canonical_ip(c) for c in cidrs if c) if a is not None))
 
 
 def intent_of(att) -> BridgeIntent:

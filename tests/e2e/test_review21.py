@@ -118,3 +118,36 @@ def test_a_tenant_added_again_with_another_address_leaves_nothing_naming_the_old
     checks = [(x.name, out) for x in (c, t) for kind, rc, out in lab.check(x) if kind == "isolation" and rc != 0]
     assert checks == [], f"CHECK of isolation agrees (the bridge plugin's sees t's real address): {checks}"
     assert not lab.tcp(c.name, v.ipv4) and lab.tcp(c.name, P.gateway4), "v stays closed; c is up"
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_an_address_written_otherwise_in_prevresult_is_the_same_member(lab, backend):
+    """Finding 3: tenancy took prevResult's addresses as written, where anti-spoofing and the
+    kernel canonicalise them. A runtime whose prevResult writes c's IPv6 address in capitals
+    with its zeros (FD77:1:0:0::0002, the same address) made CHECK miss the element for ever
+    and reconcile remove the kernel's own (canonical) pass as surplus: t lost c over IPv6.
+    A: network group g, c plain. P: no group, t (tenant g), v plain. Expected: after c is ADDed
+    again with that prevResult, CHECK of c and t pass, reconcile changes nothing, t reaches c
+    on both families, v does not."""
+    A = lab.network(["bridge", "isolation"], isolation={"backend": backend, "isolationGroup": "g"})
+    P = lab.network(["bridge", "isolation"], isolation={"backend": backend})
+    c = lab.add(A)
+    t = lab.add(P, args=by_args("g"))
+    v = lab.add(P)
+    prev = lab.cache[(A.name, c.id)]
+    groups = c.ipv6.split("::")
+    loud = groups[0].upper() + ":0:0::" + groups[1].zfill(4)  # fd77:1::2 -> FD77:1:0:0::0002
+    assert str(__import__("ipaddress").ip_address(loud)) == c.ipv6, loud
+    prev = {**prev, "ips": [{**ip, "address": f"{loud}/64" if ":" in ip["address"] else ip["address"]}
+                            for ip in prev["ips"]]}
+    entry = next(p for p in A.plugins if p["type"] == "isolation")
+    conf = {"cniVersion": "1.0.0", "name": A.name, **entry, "prevResult": prev}
+    rc, out, err = lab.exec_plugin("isolation", "ADD", conf, lab._env(c))
+    assert rc == 0, (out, err)
+    lab.cache[(A.name, c.id)] = prev
+    checks = [(x.name, out) for x in (c, t) for kind, rc, out in lab.check(x) if kind == "isolation" and rc != 0]
+    assert checks == [], checks
+    assert lab.cli("reconcile").returncode == 0
+    assert lab.tcp(t.name, c.ipv4) and lab.tcp(t.name, c.ipv6), "t, of c's group, reaches c"
+    assert not lab.tcp(v.name, c.ipv4) and not lab.tcp(v.name, c.ipv6), "v, of none, does not"
+    assert lab.ping(v.name, P.gateway6), "v is up (its gateway)"

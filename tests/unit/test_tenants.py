@@ -282,3 +282,14 @@ def test_a_tenancy_grant_no_attachment_needs_is_a_surplus_grant():
     assert "v12 . 10.2.0.3 is in set bridge isolation tok4" in found[1][0]
     assert [c for _, c, _ in tenancy_surplus(held, want, {"b2"})][:1] == [found[0][1]], "b2's CHECK: the pair names z"
     assert tenancy_surplus(held, desired(intent_of(a) for a in APART if not a.tenant), {"b1"}) == [], "no tenant"
+
+
+def test_tenancy_knows_an_address_however_prevresult_writes_it():
+    """Review 21: the kernel and anti-spoofing hold canonical addresses; tenancy must too."""
+    from plugin.cni import _addresses
+    from plugin.policy import plain_addresses
+
+    assert plain_addresses(["FD77:1:0:0::0002/64", "10.1.0.2/24", "fd77:1::2/64"]) == ("fd77:1::2", "10.1.0.2")
+    with pytest.raises(CniError) as err:
+        _addresses({"ips": [{"address": "10.1.0.2/24"}, {"address": "10.1.0.3 -j ACCEPT/24"}]})
+    assert err.value.code == 7 and "ips[1]" in err.value.msg
