@@ -12,6 +12,11 @@ Finding 2 (a hand-added grant in the bridge table goes unnoticed): CHECK and rec
 the inet table's tenant passes (tcross) as grants, never the bridge table's: a `tpair` element
 added by hand lets two tenants' frames through, a `tok` element a port route to another
 tenant's address, and CHECK said nothing, reconcile kept them.
+
+Finding 3 (an address written otherwise): tenancy took prevResult's addresses as written
+(FD77:1:0:0::0002), the kernel lists them canonical (fd77:1::2): CHECK failed for ever, and
+reconcile took the kernel's own pass for a surplus grant. Now canonical; a non-address is
+error 7 (it went unvalidated into iptables' STAGE-2 rule text).
 """
 
 import pytest
