@@ -156,3 +156,28 @@ def test_an_address_written_otherwise_in_prevresult_is_the_same_member(lab, back
     assert lab.tcp(t.name, c.ipv4) and lab.tcp(t.name, c.ipv6), "t, of c's group, reaches c"
     assert not lab.tcp(v.name, c.ipv4) and not lab.tcp(v.name, c.ipv6), "v, of none, does not"
     assert lab.ping(v.name, P.gateway6), "v is up (its gateway)"
+
+
+PORTMAP = {"type": "portmap", "capabilities": {"portMappings": True}}
+UPLINK = ("10.99.0.1", "fd99::1")  # the lab host's uplink addresses
+
+
+@pytest.mark.xfail(strict=True, reason="finding 4, not fixed: a tenant's replies to a published-port client of "
+                   "another group are routed to the host and dropped by the bridge table's input rule (iifname "
+                   "@tenanted ip daddr @maddr4 ... != @tok4), which runs before conntrack could tell a reply; "
+                   "the README's allowPublishedPorts row and its tenant rows disagree about which wins")
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_tenants_published_port_is_reached_from_another_network(lab, backend):
+    """N: `same-bridge`, portmap, x (tenant t2) publishes TCP_PORT on host port 18090. Q: `same-bridge`,
+    y plain. By the allowPublishedPorts row ("a container on network B reaches HOST_IP:8080
+    published by network A ... for the connection and its replies"), y reaches UPLINK:18090 as
+    the outside does (the positive control), while x's own address stays closed to y."""
+    from netlab import TCP_PORT
+
+    N = lab.network(["bridge", PORTMAP, "isolation"], isolation={"backend": backend})
+    Q = lab.network(["bridge", PORTMAP, "isolation"], isolation={"backend": backend})
+    x = lab.add(N, args=by_args("t2"), port_mappings=[{"hostPort": 18090, "containerPort": TCP_PORT, "protocol": "tcp"}])
+    y = lab.add(Q)
+    assert lab.tcp(lab.outside, UPLINK[0], 18090), "positive control: the outside reaches x's published port"
+    assert not lab.tcp(y.name, x.ipv4), "x's own address stays closed to y"
+    assert lab.tcp(y.name, UPLINK[0], 18090) and lab.tcp(y.name, UPLINK[1], 18090), "y reaches the published port"
