@@ -439,6 +439,13 @@ TENANT_INPUT = [rule for proto, v in (("ip", 4), ("ip6", 6)) for rule in (
     [_in_set(_meta("iifname"), "tenanted"), _in_set(_p(proto, "daddr"), f"maddr{v}"),
      _ne(_port_and(_p(proto, "daddr")), f"@tok{v}"), TENANT_DROP],
     [_in_set(_p(proto, "daddr"), f"xaddr{v}"), _ne(_port_and(_p(proto, "daddr")), f"@xok{v}"), TENANT_DROP])]
+# Routed packets the host sends out of a bridge (bridge output: routed from elsewhere, or the
+# host's own): one for a tenant's address leaves only by a port of that tenant's group (tok).
+# A neighbour without anti-spoofing can teach the bridge a tenant's MAC on its own port (or the
+# tenant's entry ages out and the packet floods): the packet would leave by the neighbour's port.
+TENANT_OUTPUT = [[_in_set(_p(proto, "daddr"), f"taddr{v}"),
+                  _ne({"concat": [_meta("oifname"), _p(proto, "daddr")]}, f"@tok{v}"), TENANT_DROP]
+                 for proto, v in (("ip", 4), ("ip6", 6))]
 TENANCY_TYPES = {"tports": "ifname", "tenanted": "ifname", "tpair": ["ifname", "ifname"], "taddr4": "ipv4_addr",
                  "taddr6": "ipv6_addr", "tok4": ["ifname", "ipv4_addr"], "tok6": ["ifname", "ipv6_addr"],
                  "maddr4": "ipv4_addr", "maddr6": "ipv6_addr", "tcross4": ["ifname", "ipv4_addr"],
@@ -453,7 +460,8 @@ def bridge_spec(name: str = TABLE) -> TableSpec:
     """The anti-spoofing table (the iptables backend keeps its own, under another name)."""
     return TableSpec(family="bridge", prio=-300, sets=SPOOF_SETS,
                      chains={"prerouting": ("prerouting", SPOOF_RULES), "forward": ("forward", TENANT_FORWARD),
-                             "input": ("input", TENANT_INPUT), **drop_chains("bridge")},
+                             "input": ("input", TENANT_INPUT), "output": ("output", TENANT_OUTPUT),
+                             **drop_chains("bridge")},
                      counts={count_map(r): "ifname" for r in (*DROP_KEYS["bridge"], reasons.INTRA_BRIDGE)},
                      maps={m: "ifname" for m in BRIDGE_LOG_MAPS.values()}, dynamic=FLOW_SETS | FRAME_SETS,
                      typeof=SPOOF_TYPEOF, name=name)
