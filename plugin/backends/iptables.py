@@ -1148,7 +1148,8 @@ class IptablesBackend(Backend):
         if tenants:
             from plugin.backends.nftables import apply
 
-            apply(libnft.load()[0], [c for _, cmds, _ in tenants for c in cmds], "could not remove grants no attachment needs")
+            apply(libnft.load()[0], [c for _, cmds, _ in tenants for c in cmds],
+                  "could not remove grants no attachment needs")
             gone += [f"nftables: {text}" for text, _, _ in tenants]
         return list(dict.fromkeys(gone))
 

@@ -184,7 +184,8 @@ def test_a_tenants_published_port_is_reached_from_another_network(lab, backend):
 
     N = lab.network(["bridge", PORTMAP, "isolation"], isolation={"backend": backend})
     Q = lab.network(["bridge", PORTMAP, "isolation"], isolation={"backend": backend})
-    x = lab.add(N, args=by_args("t2"), port_mappings=[{"hostPort": 18090, "containerPort": TCP_PORT, "protocol": "tcp"}])
+    x = lab.add(N, args=by_args("t2"),
+                port_mappings=[{"hostPort": 18090, "containerPort": TCP_PORT, "protocol": "tcp"}])
     y = lab.add(Q)
     assert lab.tcp(lab.outside, UPLINK[0], 18090), "positive control: the outside reaches x's published port"
     assert not lab.tcp(y.name, x.ipv4), "x's own address stays closed to y"
