@@ -440,12 +440,15 @@ TENANT_INPUT = [rule for proto, v in (("ip", 4), ("ip6", 6)) for rule in (
      _ne(_port_and(_p(proto, "daddr")), f"@tok{v}"), TENANT_DROP],
     [_in_set(_p(proto, "daddr"), f"xaddr{v}"), _ne(_port_and(_p(proto, "daddr")), f"@xok{v}"), TENANT_DROP])]
 # Routed packets the host sends out of a bridge (bridge output: routed from elsewhere, or the
-# host's own): one for a tenant's address leaves only by a port of that tenant's group (tok).
-# A neighbour without anti-spoofing can teach the bridge a tenant's MAC on its own port (or the
-# tenant's entry ages out and the packet floods): the packet would leave by the neighbour's port.
-TENANT_OUTPUT = [[_in_set(_p(proto, "daddr"), f"taddr{v}"),
-                  _ne({"concat": [_meta("oifname"), _p(proto, "daddr")]}, f"@tok{v}"), TENANT_DROP]
-                 for proto, v in (("ip", 4), ("ip6", 6))]
+# host's own): one for a tenant's address leaves only by a port of that tenant's group (tok),
+# and a tenant's port gets one for a member's address only within its group. A neighbour
+# without anti-spoofing can teach the bridge a tenant's MAC on its own port, and a packet whose
+# destination's entry aged out is flooded to every port: either would hand it to another group.
+TENANT_OUTPUT = [rule for proto, v in (("ip", 4), ("ip6", 6)) for rule in (
+    [_in_set(_p(proto, "daddr"), f"taddr{v}"), _ne({"concat": [_meta("oifname"), _p(proto, "daddr")]}, f"@tok{v}"),
+     TENANT_DROP],
+    [_in_set(_meta("oifname"), "tenanted"), _in_set(_p(proto, "daddr"), f"maddr{v}"),
+     _ne({"concat": [_meta("oifname"), _p(proto, "daddr")]}, f"@tok{v}"), TENANT_DROP])]
 TENANCY_TYPES = {"tports": "ifname", "tenanted": "ifname", "tpair": ["ifname", "ifname"], "taddr4": "ipv4_addr",
                  "taddr6": "ipv6_addr", "tok4": ["ifname", "ipv4_addr"], "tok6": ["ifname", "ipv6_addr"],
                  "maddr4": "ipv4_addr", "maddr6": "ipv6_addr", "tcross4": ["ifname", "ipv4_addr"],

@@ -25,6 +25,8 @@ Finding 5 (a plain neighbour steals a tenant's routed traffic): the bridge table
 ports send, never what the host sends out of a bridge. A neighbour without anti-spoofing (the
 default of same-bridge) sending from the tenant's MAC makes the bridge deliver the host's
 routed packets for the tenant (from its group on another bridge, the outside) to its own port.
+Its sibling: a routed packet for another group's member whose MAC the bridge forgot is flooded
+to every port, a tenant's included. The bridge output chain now keeps both to the group's ports.
 """
 
 import pytest
@@ -231,3 +233,27 @@ def test_a_plain_neighbour_forging_a_tenants_mac_does_not_receive_its_routed_tra
     leaked = [x for x in addresses(t) if datagram_arrives(c.name, v.name, x)]
     worker.join()
     assert leaked == [], f"v received c's datagrams for t at {leaked}"
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_tenant_does_not_receive_another_groups_routed_traffic_when_the_bridge_floods_it(lab, backend):
+    """A: `open`, c plain. P: `same-bridge`, no group, t (tenant g), m plain (no group). c
+    reaches m (A does not isolate; the positive control: a datagram arrives at m). The bridge forgets m's MAC (its fdb entry deleted, as when it ages out) and the host
+    floods c's next datagram for m to every port of P. Expected (frames reach a tenant's port
+    only within its group): t, of group g, never sees it."""
+    from frames import mac_of
+
+    A = lab.network(["bridge", "isolation"], isolation={"backend": backend, "ingressPolicy": "open"})
+    P = lab.network(["bridge", "isolation"], isolation={"backend": backend})
+    c = lab.add(A)
+    t = lab.add(P, args=by_args("g"))
+    m = lab.add(P)
+    mac = mac_of(m.name, "eth0")
+    for x in addresses(m):
+        assert datagram_arrives(c.name, m.name, x), f"positive control: c's datagram to {x} reaches m"
+    seen_at_t = []
+    for x in addresses(m):
+        sh("bridge", "fdb", "del", mac, "dev", lab.host_port(m), "master", netns=lab.host, check=False)
+        if datagram_arrives(c.name, t.name, x, wait=1.0):
+            seen_at_t.append(x)
+    assert seen_at_t == [], f"t saw c's datagrams for m at {seen_at_t}"
