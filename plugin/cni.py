@@ -181,9 +181,16 @@ def _engine(inv: Invocation):
 
 
 def _addresses(prev: dict) -> tuple[str, ...]:
-    """prevResult's ips[].address values, as the registry records them."""
+    """prevResult's ips[].address values, as the registry records them. One that is no IP
+    address is error 7 (tenancy would not know the container by it: fail closed)."""
+    from plugin.result import canonical_ip
+
     ips = prev.get("ips") if isinstance(prev.get("ips"), list) else []
-    return tuple(str(ip.get("address")) for ip in ips if isinstance(ip, dict) and ip.get("address"))
+    found = tuple(str(ip.get("address")) for ip in ips if isinstance(ip, dict) and ip.get("address"))
+    for n, value in enumerate(found):
+        if canonical_ip(value) is None:
+            raise CniError(INVALID_CONFIG, f"prevResult.ips[{n}].address: {value!r} is not an IP address")
+    return found
 
 
 def _segment(prev: dict, network: str) -> tuple[str, str | None, bool]:

@@ -124,13 +124,13 @@ def frames_pass(els: dict, src_port: str, dst_port: str) -> bool:
 def routed_pass(els: dict, port: str, address: str) -> bool:
     """Whether a packet from `port` to the host for `address` gets through (TENANT_INPUT): to a
     tenant's address from a known port, or from a tenant's port to any member's address, only
-    as a `tok` pair; to an address of a cross-bridge pass never from a port we do not know."""
+    as a `tok` pair; to an address of a cross-bridge pass only as an `xok` pair."""
     v = 6 if ":" in address else 4
     address = str(ipaddress.ip_address(address))
     known = port in els.get("tports", ())
     judged = (known and address in els.get(f"taddr{v}", ())) or (
         port in els.get("tenanted", ()) and address in els.get(f"maddr{v}", ()))
-    if not known and address in els.get(f"xaddr{v}", ()):
+    if address in els.get(f"xaddr{v}", ()) and (port, address) not in els.get(f"xok{v}", ()):
         return False
     return not judged or (port, address) in els.get(f"tok{v}", ())
 
@@ -492,6 +492,11 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, conf
     if step == "tenant-routed":
         v, ip = probe.family, f"ip{'' if probe.family == 4 else '6'}"
         tenant = source.port in config.tenancy["tenanted"]
+        address = str(ipaddress.ip_address(probe.address))
+        held = tenant and address in config.tenancy[f"maddr{v}"] or address in config.tenancy[f"taddr{v}"]
+        if not held or (source.port, address) in config.tenancy[f"tok{v}"]:  # the cross-bridge pass's guard
+            return f"{table} input: {ip} daddr @xaddr{v} iifname . {ip} daddr != @xok{v} goto drop-cross-tenant " \
+                   f"({source.port} . {probe.address})"
         return f"{table} input: iifname {'@tenanted' if tenant else '@tports'} {ip} daddr " \
                f"@{'maddr' if tenant else 'taddr'}{v} iifname . {ip} daddr != @tok{v} goto drop-cross-tenant " \
                f"({source.port} . {probe.address})"

@@ -113,7 +113,7 @@ class _Base:
         if name == "tenant_frames":
             return f"{args[1]} . {args[2]} in set bridge {table} tpair (or the ports' tports/tenanted elements)"
         return f"{args[1]} . {args[2]} in set bridge {table} tok{6 if ':' in args[2] else 4} (or taddr, maddr, " \
-               "tports, tenanted, xaddr)"
+               "tports, tenanted, xaddr, xok)"
 
     def describe(self, name: str, args: tuple, want, have) -> str:
         where = self.where(name, args)

@@ -251,9 +251,13 @@ def spoof_of(att) -> Spoof | None:
 
 def plain_addresses(cidrs) -> tuple[str, ...]:
     """The addresses of prevResult's (or a registered Attachment's) `ips[].address` values,
-    without their prefix, each once: tenancy knows a container by them whatever
-    antiSpoofing says."""
-    return tuple(dict.fromkeys(c.partition("/")[0] for c in cidrs if c))
+    without their prefix, canonical (as the kernel lists them back and anti-spoofing writes
+    them: `FD77:1:0:0::0002` is fd77:1::2, else CHECK missed its element for ever and reconcile
+    took the kernel's for a surplus grant), each once: tenancy knows a container by them
+    whatever antiSpoofing says. One that is no address is left out (ADD refuses it: cni)."""
+    from plugin.result import canonical_ip
+
+    return tuple(dict.fromkeys(a for a in (canonical_ip(c) for c in cidrs if c) if a is not None))
 
 
 def intent_of(att) -> BridgeIntent:
@@ -431,7 +435,7 @@ class Desired:
 
 
 TENANCY_SETS = ("tports", "tenanted", "tpair", "taddr4", "taddr6", "tok4", "tok6", "maddr4", "maddr6",
-                "tcross4", "tcross6", "xaddr4", "xaddr6")
+                "tcross4", "tcross6", "xaddr4", "xaddr6", "xok4", "xok6")
 TENANCY_INET = ("tcross4", "tcross6")  # also held by the inet table: the pass across bridges
 
 
@@ -455,13 +459,17 @@ def tenancy(desired: "Desired") -> dict[str, set]:
     tok4/6: (p, address of q) for members p, q of one group;
     tcross4/6: (bridge of p, address of q) for members p, q of one group on two bridges: the
           inet table lets these through its cross-network drop;
-    xaddr4/6: the addresses of tcross4/6: only known ports may route to them (this kernel's
-          bridge family cannot match the bridge a frame entered, so the unknown ports of every
-          bridge are refused, never those of the pass's bridge alone)."""
+    xaddr4/6: the addresses of tcross4/6: only the ports of xok4/6 may route to them;
+    xok4/6: (p, address of q in xaddr) for the known bridge ports p that may route to it
+          without the pass: p and q of one group (tok), or bridges whose network rules let p
+          through anyway (one bridge, isolationGroup peers, either not isolating). The pass is
+          keyed by bridge, so every other port of the pass's bridge (a plain neighbour of the
+          tenant, an uplink nobody registered) would ride it through the inter-bridge drop;
+          the bridge family cannot match the bridge a frame entered, so the ports are listed."""
     want = {name: set() for name in TENANCY_SETS}
     if not desired.tenanted:
         return want
-    placed = [(p.port if b.routed else b.bridge, p) for b in desired for p in b.members]
+    placed = [(p.port if b.routed else b.bridge, p, b) for b in desired for p in b.members]
     for b in desired:
         for p in b.members:
             want["tports"].add(p.port)
@@ -470,19 +478,34 @@ def tenancy(desired: "Desired") -> dict[str, set]:
             for q in b.members:
                 if (p.tenant or q.tenant) and p.effective == q.effective:  # p == q: hairpin mode reflects frames
                     want["tpair"].add((p.port, q.port))
-    for bq, q in placed:
+    for bq, q, _ in placed:
         for ip in q.ips:
             family = family_of(ip)
             want[f"maddr{family}"].add(ip)
             if q.tenant:
                 want[f"taddr{family}"].add(ip)
-            for bp, p in placed:
+            for bp, p, _ in placed:
                 if (p.tenant or q.tenant) and p.effective is not None and p.effective == q.effective:
                     want[f"tok{family}"].add((p.port, ip))
                     if bp != bq:
                         want[f"tcross{family}"].add((bp, ip))
                         want[f"xaddr{family}"].add(ip)
+    for _, q, nq in placed:
+        for ip in q.ips:
+            family = family_of(ip)
+            if ip not in want[f"xaddr{family}"]:
+                continue
+            for _, p, np in placed:
+                if not np.routed and ((p.port, ip) in want[f"tok{family}"] or _reaches(np, nq)):
+                    want[f"xok{family}"].add((p.port, ip))
     return want
+
+
+def _reaches(source: "BridgeNeeds", dest: "BridgeNeeds") -> bool:
+    """Whether the network rules let a packet routed from `source` into `dest` through the
+    inter-bridge drop (one bridge, isolationGroup peers, or either not isolating); a tenant's
+    pass across bridges is not asked here."""
+    return source.bridge == dest.bridge or dest.bridge in source.peers or not (source.isolate and dest.isolate)
 
 
 def desired(intents) -> Desired:

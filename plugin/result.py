@@ -82,7 +82,7 @@ def _mac(value: object) -> str | None:
     return ":".join(parts)
 
 
-def _ip(value: str) -> str | None:
+def canonical_ip(value: str) -> str | None:
     """An address (prefix dropped) in canonical form, or None if it is not one."""
     import _socket
 
@@ -123,7 +123,7 @@ def container_addresses(prev: dict, ifname: str) -> tuple[str | None, tuple[str,
             continue
         if isinstance(ip.get("interface"), int) and index is not None and ip["interface"] != index:
             continue
-        addr = _ip(ip["address"])
+        addr = canonical_ip(ip["address"])
         if addr is None:
             raise CniError(INVALID_CONFIG, f"prevResult.ips[{n}].address: {ip['address']!r} is not an IP address")
         if addr not in ips:

@@ -1149,6 +1149,9 @@ class IptablesBackend(Backend):
                 spec = strip_comment(r)
                 for bridge in sorted(_granted_to(chain, spec) & bridges):
                     found.setdefault(bridge, []).append(_surplus_text(fam, chain, spec))
+        for text, _, concerned in _tenancy_surplus(desired, bridges):
+            for bridge in concerned:
+                found.setdefault(bridge, []).append(f"nftables: {text}")
         return found
 
     def revoke(self, desired: Desired) -> list[str]:
@@ -1164,6 +1167,13 @@ class IptablesBackend(Backend):
         failed = self._transact(planner)
         if failed:
             raise CniError(ENFORCEMENT_FAILED, "could not remove grants no attachment needs", failed[0][1].strip())
+        tenants = _tenancy_surplus(desired, bridges)
+        if tenants:
+            from plugin.backends.nftables import apply
+
+            apply(libnft.load()[0], [c for _, cmds, _ in tenants for c in cmds],
+                  "could not remove grants no attachment needs")
+            gone += [f"nftables: {text}" for text, _, _ in tenants]
         return list(dict.fromkeys(gone))
 
     def verify(self, desired: Desired) -> list[str]:
@@ -1176,6 +1186,7 @@ class IptablesBackend(Backend):
         extra = [_surplus_text(fam, chain, strip_comment(r)) for fam, table in tables.items()
                  for chain, r in surplus(table, granted, set(desired.bridges), fam,
                                          sorted(set(managed_bridges(granted)) | managed_in(table)))]
+        extra += [f"nftables: {text}" for text, _, _ in _tenancy_surplus(granted, set(desired.bridges))]
         return self._missing(tables, desired), extra
 
     def _missing(self, tables: dict[str, FilterTable], desired: Desired) -> list[str]:
@@ -1203,6 +1214,18 @@ class IptablesBackend(Backend):
 
 NFT_FAMILY = {"ipv4": "ip", "ipv6": "ip6"}
 SPOOF_TABLE = "isolation-iptables"
+
+
+def _tenancy_surplus(desired: Desired, bridges) -> list[tuple[str, list[dict], list[str]]]:
+    """The tenancy grants of this backend's bridge table beyond what `desired` needs
+    (nftables.tenancy_surplus); none when the table cannot be read (nothing of it to grant)."""
+    lib = libnft.load()[0] if desired.tenanted else None  # no tenant: nothing judged, nothing granted
+    if lib is None:
+        return []
+    from plugin.backends.nftables import read_table, tenancy_surplus
+
+    spec = _spoof_spec()
+    return tenancy_surplus(read_table(lib, spec), desired, bridges, spec)
 
 
 def _spoof_spec():

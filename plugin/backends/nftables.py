@@ -442,18 +442,30 @@ TENANT_FORWARD = [
 # Routed packets: to a tenant's address only from its group's known ports; from a tenant's port
 # to any member's address only within its group (else a tenant reached a plain container of
 # another group through a `peers` or `self` pass); and to an address the inet table's
-# cross-bridge pass (tcross) covers, never from a port we do not know (an uplink enslaved to
-# the pass's bridge would use it: this kernel's bridge family cannot match `meta ibrname`).
+# cross-bridge pass (tcross) covers, only from a port that may reach it without the pass
+# (xok): the pass is keyed by bridge, so a plain neighbour of the tenant or an uplink enslaved
+# to the pass's bridge would use it (this kernel's bridge family cannot match `meta ibrname`).
 TENANT_INPUT = [rule for proto, v in (("ip", 4), ("ip6", 6)) for rule in (
     [_in_set(_meta("iifname"), "tports"), _in_set(_p(proto, "daddr"), f"taddr{v}"),
      _ne(_port_and(_p(proto, "daddr")), f"@tok{v}"), TENANT_DROP],
     [_in_set(_meta("iifname"), "tenanted"), _in_set(_p(proto, "daddr"), f"maddr{v}"),
      _ne(_port_and(_p(proto, "daddr")), f"@tok{v}"), TENANT_DROP],
-    [_ne(_meta("iifname"), "@tports"), _in_set(_p(proto, "daddr"), f"xaddr{v}"), TENANT_DROP])]
+    [_in_set(_p(proto, "daddr"), f"xaddr{v}"), _ne(_port_and(_p(proto, "daddr")), f"@xok{v}"), TENANT_DROP])]
+# Routed packets the host sends out of a bridge (bridge output: routed from elsewhere, or the
+# host's own): one for a tenant's address leaves only by a port of that tenant's group (tok),
+# and a tenant's port gets one for a member's address only within its group. A neighbour
+# without anti-spoofing can teach the bridge a tenant's MAC on its own port, and a packet whose
+# destination's entry aged out is flooded to every port: either would hand it to another group.
+TENANT_OUTPUT = [rule for proto, v in (("ip", 4), ("ip6", 6)) for rule in (
+    [_in_set(_p(proto, "daddr"), f"taddr{v}"), _ne({"concat": [_meta("oifname"), _p(proto, "daddr")]}, f"@tok{v}"),
+     TENANT_DROP],
+    [_in_set(_meta("oifname"), "tenanted"), _in_set(_p(proto, "daddr"), f"maddr{v}"),
+     _ne({"concat": [_meta("oifname"), _p(proto, "daddr")]}, f"@tok{v}"), TENANT_DROP])]
 TENANCY_TYPES = {"tports": "ifname", "tenanted": "ifname", "tpair": ["ifname", "ifname"], "taddr4": "ipv4_addr",
                  "taddr6": "ipv6_addr", "tok4": ["ifname", "ipv4_addr"], "tok6": ["ifname", "ipv6_addr"],
                  "maddr4": "ipv4_addr", "maddr6": "ipv6_addr", "tcross4": ["ifname", "ipv4_addr"],
-                 "tcross6": ["ifname", "ipv6_addr"], "xaddr4": "ipv4_addr", "xaddr6": "ipv6_addr"}
+                 "tcross6": ["ifname", "ipv6_addr"], "xaddr4": "ipv4_addr", "xaddr6": "ipv6_addr",
+                 "xok4": ["ifname", "ipv4_addr"], "xok6": ["ifname", "ipv6_addr"]}
 assert tuple(TENANCY_TYPES) == TENANCY_SETS
 SPOOF_SETS |= TENANCY_TYPES
 SPOOF_TYPEOF = {"nd6": "iifname . @th,64,128", "ndopt": "iifname . @th,192,64"}
@@ -463,7 +475,8 @@ def bridge_spec(name: str = TABLE) -> TableSpec:
     """The anti-spoofing table (the iptables backend keeps its own, under another name)."""
     return TableSpec(family="bridge", prio=-300, sets=SPOOF_SETS,
                      chains={"prerouting": ("prerouting", SPOOF_RULES), "forward": ("forward", TENANT_FORWARD),
-                             "input": ("input", TENANT_INPUT), **drop_chains("bridge")},
+                             "input": ("input", TENANT_INPUT), "output": ("output", TENANT_OUTPUT),
+                             **drop_chains("bridge")},
                      counts={count_map(r): "ifname" for r in (*DROP_KEYS["bridge"], reasons.INTRA_BRIDGE)},
                      maps={m: "ifname" for m in BRIDGE_LOG_MAPS.values()}, dynamic=FLOW_SETS | FRAME_SETS,
                      typeof=SPOOF_TYPEOF, name=name)
@@ -1140,6 +1153,36 @@ def surplus(state: TableState, desired: Desired, bridges) -> list[tuple[str, lis
     return found
 
 
+TENANCY_GRANTS = {"tpair": "frames pass between the two ports", "tok4": "the port may route to the address",
+                  "tok6": "the port may route to the address",
+                  "xok4": "the port may route to the address through a tenant group's pass across bridges",
+                  "xok6": "the port may route to the address through a tenant group's pass across bridges"}
+
+
+def tenancy_surplus(state: TableState, desired: Desired, bridges,
+                    spec: TableSpec = BRIDGE) -> list[tuple[str, list[dict], list[str]]]:
+    """What bridge table `spec` grants beyond the tenancy `desired` (every registered attachment
+    of the backend, when tenants are in use) needs: (description, commands removing it, the
+    bridges of `bridges` it concerns). The grant sets are tpair, tok and xok (elements that
+    open a path; the other tenancy sets close one): an element there naming a port of
+    `bridges`, or no registered port at all (an uplink's), that no attachment needs."""
+    if not state.exists or not state.intact or not desired.tenanted:  # no tenant: nothing judged, nothing granted
+        return []
+    want = tenancy(desired)
+    bridge_of = {p: b.bridge for b in desired for p in b.ports}
+    found = []
+    for name, grants in TENANCY_GRANTS.items():
+        for e in sorted(state.elements.get(name, set()) - want[name]):
+            ports = e if name == "tpair" else e[:1]
+            concerned = sorted({bridge_of[p] for p in ports if p in bridge_of} & set(bridges))
+            if not concerned and any(p in bridge_of for p in ports):
+                continue  # another bridge's business (a partial view)
+            found.append((f"{e[0]} . {e[1]} is in set bridge {spec.name} {name} ({grants}) though no registered "
+                          "attachment's tenant group needs it", [_delete_element("bridge", name, e, spec.name)],
+                          concerned or sorted(bridges)))
+    return found
+
+
 def _bridges_of(cmds: list[dict], text: str, bridges) -> list[str]:
     """The bridges of `bridges` a surplus grant (its removal `cmds`, its `text`) concerns."""
     elems = [e for c in cmds for e in c.get("delete", {}).get("element", {}).get("elem", [])]
@@ -1365,20 +1408,29 @@ class NftablesBackend(Backend):
 
     def audit(self, desired: Desired, granted: Desired) -> tuple[list[str], list[str]]:
         want = wanted(desired)
-        states = self._read(sorted(set(want) | {"inet"}))
+        states = self._read(sorted(set(want) | {"inet"} | ({"bridge"} if granted.tenanted else set())))
         missing = [f"nftables: {p}" for p in problems(states, desired)] if want else []
-        return missing, [f"nftables: {t}" for t, _ in surplus(states["inet"], granted, set(desired.bridges))]
+        bridges = set(desired.bridges)
+        extra = [t for t, _ in surplus(states["inet"], granted, bridges)]
+        extra += [t for t, _, _ in tenancy_surplus(states.get("bridge", TableState()), granted, bridges)]
+        return missing, [f"nftables: {t}" for t in extra]
 
     def surplus(self, desired: Desired) -> dict[str, list[str]]:
         bridges = set(desired.bridges)
+        states = self._read(SPECS)
         found: dict[str, list[str]] = {}
-        for text, cmds in surplus(self._read(["inet"])["inet"], desired, bridges):
+        for text, cmds in surplus(states["inet"], desired, bridges):
             for bridge in _bridges_of(cmds, text, bridges):
+                found.setdefault(bridge, []).append(f"nftables: {text}")
+        for text, _, concerned in tenancy_surplus(states["bridge"], desired, bridges):
+            for bridge in concerned:
                 found.setdefault(bridge, []).append(f"nftables: {text}")
         return found
 
     def revoke(self, desired: Desired) -> list[str]:
-        found = surplus(self._read(["inet"])["inet"], desired, set(desired.bridges))
+        states = self._read(SPECS)
+        found = surplus(states["inet"], desired, set(desired.bridges))
+        found += [(t, cmds) for t, cmds, _ in tenancy_surplus(states["bridge"], desired, set(desired.bridges))]
         self._apply([c for _, cmds in found for c in cmds], "could not remove grants no attachment needs")
         return [f"nftables: {text}" for text, _ in found]
 
