@@ -43,6 +43,14 @@ def by_args(group: str) -> dict:
     return {"cni": {"isolationGroup": group}}
 
 
+def group_across_bridges(lab, backend: str):
+    """The review's common setup: network A of isolationGroup g with c plain; network P, no
+    group, with t (tenant g) and v plain: (A, P, c, t, v)."""
+    A = lab.network(["bridge", "isolation"], isolation={"backend": backend, "isolationGroup": "g"})
+    P = lab.network(["bridge", "isolation"], isolation={"backend": backend})
+    return A, P, lab.add(A), lab.add(P, args=by_args("g")), lab.add(P)
+
+
 @pytest.mark.parametrize("backend", ["nftables", "iptables"])
 def test_a_plain_neighbour_of_a_tenant_does_not_ride_its_groups_pass_across_bridges(lab, backend):
     """A: `same-bridge` in network group g, plain container c (effective group g).
@@ -52,11 +60,7 @@ def test_a_plain_neighbour_of_a_tenant_does_not_ride_its_groups_pass_across_brid
     one side a tenant); v -> c is dropped (P and A both isolating, no common group, no tenant
     involved: `to bridge D, both S and D isolating: dropped`), not even one way (a datagram
     with a sniffer at c). v's own control: it reaches its gateway."""
-    A = lab.network(["bridge", "isolation"], isolation={"backend": backend, "isolationGroup": "g"})
-    P = lab.network(["bridge", "isolation"], isolation={"backend": backend})
-    c = lab.add(A)
-    t = lab.add(P, args=by_args("g"))
-    v = lab.add(P)
+    A, P, c, t, v = group_across_bridges(lab, backend)
 
     for x in addresses(c):
         assert datagram_arrives(t.name, c.name, x), f"positive control: t's datagram to {x} arrives"
@@ -111,11 +115,7 @@ def test_a_tenant_added_again_with_another_address_leaves_nothing_naming_the_old
     every pass, pair and guard element of t's old addresses must go (a later container given
     them would inherit t's grants), the new ones take their place (CHECK of c and t agree), and
     c still reaches nothing of P but t's group: the plain neighbour v stays unreachable."""
-    A = lab.network(["bridge", "isolation"], isolation={"backend": backend, "isolationGroup": "g"})
-    P = lab.network(["bridge", "isolation"], isolation={"backend": backend})
-    c = lab.add(A)
-    t = lab.add(P, args=by_args("g"))
-    v = lab.add(P)
+    A, P, c, t, v = group_across_bridges(lab, backend)
     old = (t.ipv4, t.ipv6)
     assert lab.tcp(c.name, t.ipv4) and lab.tcp(c.name, t.ipv6) and not lab.tcp(c.name, v.ipv4)
     prev = lab.cache[(P.name, t.id)]
@@ -146,11 +146,7 @@ def test_an_address_written_otherwise_in_prevresult_is_the_same_member(lab, back
     A: network group g, c plain. P: no group, t (tenant g), v plain. Expected: after c is ADDed
     again with that prevResult, CHECK of c and t pass, reconcile changes nothing, t reaches c
     on both families, v does not."""
-    A = lab.network(["bridge", "isolation"], isolation={"backend": backend, "isolationGroup": "g"})
-    P = lab.network(["bridge", "isolation"], isolation={"backend": backend})
-    c = lab.add(A)
-    t = lab.add(P, args=by_args("g"))
-    v = lab.add(P)
+    A, P, c, t, v = group_across_bridges(lab, backend)
     prev = lab.cache[(A.name, c.id)]
     groups = c.ipv6.split("::")
     loud = groups[0].upper() + ":0:0::" + groups[1].zfill(4)  # fd77:1::2 -> FD77:1:0:0::0002
@@ -225,11 +221,7 @@ def test_a_plain_neighbour_forging_a_tenants_mac_does_not_receive_its_routed_tra
     datagram to t never arrives at v."""
     from frames import mac_of
 
-    A = lab.network(["bridge", "isolation"], isolation={"backend": backend, "isolationGroup": "g"})
-    P = lab.network(["bridge", "isolation"], isolation={"backend": backend})
-    c = lab.add(A)
-    t = lab.add(P, args=by_args("g"))
-    v = lab.add(P)
+    A, P, c, t, v = group_across_bridges(lab, backend)
     for x in addresses(t):
         assert datagram_arrives(c.name, t.name, x), f"positive control: c's datagram to {x} reaches t"
     worker = stealing(lab, v, mac_of(t.name, "eth0"), 8)
