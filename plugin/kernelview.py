@@ -356,8 +356,7 @@ class IptablesView(_Base):
     def _cross_rules(self, bridge, dest, address):
         import ipaddress
 
-        host = "/128" if ":" in address else "/32"
-        return [["-d", str(ipaddress.ip_address(address)) + host, "-i", bridge, "-o", out, "-j", "RETURN"] for out in self._ifs(dest)]
+        return [self.ipt.tenant_pass(str(ipaddress.ip_address(address)), bridge, out) for out in self._ifs(dest)]
 
     def tenant_cross(self, bridge, dest, address):
         return self._has(self.ipt.STAGE2, self._cross_rules(bridge, dest, address))
@@ -410,31 +409,24 @@ class IptablesView(_Base):
         b, ipt = args[0], self.ipt
         if name.startswith("tenant_"):
             return self._tenant_where(name, args)
-        chain = {"intra": ipt.STAGE1, "isolate_from": ipt.STAGE1, "isolate_to": ipt.STAGE2, "published": ipt.STAGE2,
-                 "deny": ipt.EGRESS, "allow": ipt.EGRESS, "host_deny": ipt.HOST, "host_ports": ipt.HOST}
-        if name == "flagged":
-            return f"the bridge-port isolation flag of {args[-1]} (on {b})"
-        if name == "peer":
-            return f"{self.fam} {ipt.STAGE2}: -i {b} -o {args[-1]} -j RETURN"
-        if name == "intra":
-            return f"{self.fam} {ipt.STAGE1}: -i {b} -o {b} -j DROP"
-        if name == "isolate_from":
-            return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -j {ipt.STAGE2}"
         m, tail = b, ""  # a routed segment's rules are written per member M
         if name in ("internal", "direct", "trusted") and self.config.needs.get(b).routed:
             m, tail = "M", f" (M: each member of {b}, {', '.join(self._ifs(b))})"
-        if name == "internal":
-            return f"{self.fam} {ipt.STAGE1}: -i {m} ! -o {m} -j DROP and ! -i {m} -o {m} -j DROP{tail}"
-        if name == "isolate_to":
-            return f"{self.fam} {ipt.STAGE2}: -o {b} -j DROP"
-        if name == "direct":
-            return f"{self.fam} {ipt.STAGE1}: ! -i {m} -o {m} -j {ipt.DIRECT} and {ipt.DIRECT}: -o {m} -j DROP{tail}"
-        if name == "managed":
-            return f"{self.fam}: rules of {b} in our chains, and {ipt.DIRECT}: -i {b} -o BR -j RETURN for each BR"
-        if name == "trusted":
-            return f"{self.fam} {ipt.DIRECT}: -i {args[-1]} -o {m} -j RETURN{tail}"
-        if name == "published_reply":
-            return f"{self.fam} {ipt.STAGE1}: -i {b} ! -o {b} -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN"
-        if name == "published":
-            return f"{self.fam} {ipt.STAGE2}: -o {b} -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN"
-        return f"{self.fam} {chain[name]}: {b}'s {name.replace('_', ' ')} rules"
+        s1, s2, last = f"{self.fam} {ipt.STAGE1}", f"{self.fam} {ipt.STAGE2}", args[-1]
+        rules = {
+            "flagged": f"the bridge-port isolation flag of {last} (on {b})",
+            "peer": f"{s2}: -i {b} -o {last} -j RETURN",
+            "intra": f"{s1}: -i {b} -o {b} -j DROP",
+            "isolate_from": f"{s1}: -i {b} ! -o {b} -j {ipt.STAGE2}",
+            "isolate_to": f"{s2}: -o {b} -j DROP",
+            "internal": f"{s1}: -i {m} ! -o {m} -j DROP and ! -i {m} -o {m} -j DROP{tail}",
+            "direct": f"{s1}: ! -i {m} -o {m} -j {ipt.DIRECT} and {ipt.DIRECT}: -o {m} -j DROP{tail}",
+            "managed": f"{self.fam}: rules of {b} in our chains, and {ipt.DIRECT}: -i {b} -o BR -j RETURN for each BR",
+            "trusted": f"{self.fam} {ipt.DIRECT}: -i {last} -o {m} -j RETURN{tail}",
+            "published_reply": f"{s1}: -i {b} ! -o {b} -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN",
+            "published": f"{s2}: -o {b} -m conntrack --ctstate DNAT --ctdir ORIGINAL -j RETURN",
+        }
+        if name in rules:
+            return rules[name]
+        chain = {"deny": ipt.EGRESS, "allow": ipt.EGRESS, "host_deny": ipt.HOST, "host_ports": ipt.HOST}[name]
+        return f"{self.fam} {chain}: {b}'s {name.replace('_', ' ')} rules"

@@ -430,17 +430,22 @@ def tenant_passes(desired: Desired, family: str) -> dict[str, list[list[str]]]:
     P's other ports from it). Sorted per bridge: one order whichever attachment came first."""
     if not desired.tenanted:
         return {}
-    v = VERSION[family]
-    crossing = tenancy(desired)[f"tcross{v}"]
-    host = "/128" if v == 6 else "/32"
+    sources: dict[str, list[str]] = {}  # address -> the bridges its group's pass admits
+    for source, address in tenancy(desired)[f"tcross{VERSION[family]}"]:
+        sources.setdefault(address, []).append(source)
     found: dict[str, list[list[str]]] = {}
     for b in desired:
         for q in b.members:
-            for ip in q.ips:
-                for source in sorted(p for p, a in crossing if a == ip):
-                    for out in ((q.port,) if b.routed else (b.bridge,)):
-                        found.setdefault(b.bridge, []).append(["-d", ip + host, "-i", source, "-o", out, "-j", "RETURN"])
-    return {bridge: sorted(rules) for bridge, rules in found.items()}
+            out = q.port if b.routed else b.bridge
+            found.setdefault(b.bridge, []).extend(
+                tenant_pass(ip, source, out) for ip in q.ips for source in sources.get(ip, ()))
+    return {bridge: sorted(rules) for bridge, rules in found.items() if rules}
+
+
+def tenant_pass(address: str, source: str, out: str) -> list[str]:
+    """One STAGE-2 RETURN of a tenant group's pass: from bridge `source` to `address` (canonical)
+    by `out`."""
+    return ["-d", address + ("/128" if ":" in address else "/32"), "-i", source, "-o", out, "-j", "RETURN"]
 
 
 def managed_bridges(desired: Desired) -> list[str]:
