@@ -252,3 +252,21 @@ def test_a_tenant_does_not_receive_another_groups_routed_traffic_when_the_bridge
         if datagram_arrives(c.name, t.name, x, wait=1.0):
             seen_at_t.append(x)
     assert seen_at_t == [], f"t saw c's datagrams for m at {seen_at_t}"
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_tenant_reaches_no_plain_container_of_an_open_network(lab, backend):
+    """The README's tenant table: "a tenant reaches no plain container of another group ...,
+    nor one of an `open` network". A: `open`, c plain (no group). P: `same-bridge`, t (tenant
+    g) and m plain. By hand: m -> c passes (A does not isolate: the positive control); t -> c
+    is a routed packet from a tenant's port for a member address outside its group (maddr,
+    no tok pair): dropped in the bridge table, not even one datagram arrives at c."""
+    A = lab.network(["bridge", "isolation"], isolation={"backend": backend, "ingressPolicy": "open"})
+    P = lab.network(["bridge", "isolation"], isolation={"backend": backend})
+    c = lab.add(A)
+    t = lab.add(P, args=by_args("g"))
+    m = lab.add(P)
+    for x in addresses(c):
+        assert datagram_arrives(m.name, c.name, x), f"positive control: m's datagram to {x} reaches c"
+        assert not datagram_arrives(t.name, c.name, x), f"t's datagram to {x} reached c"
+    assert lab.ping(t.name, P.gateway4) and lab.ping(t.name, P.gateway6), "t is up (its gateway)"
