@@ -502,9 +502,13 @@ def rule(backend: str, dec: Decision, source, target: Target, probe: Probe, conf
                f"({source.port} . {probe.address})"
     if step == "tenant-group":
         v, ip = probe.family, f"ip{'' if probe.family == 4 else '6'}"
-        return f"inet isolation forward: iifname . {ip} daddr @tcross{v} return ({s} . {probe.address})" if nft else \
-            f"{'ip6tables' if v == 6 else 'iptables'} CNI-ISOLATION-STAGE-2: -d {probe.address}/{32 if v == 4 else 128} " \
-            f"-i {s} -o {d} -j RETURN"
+        if nft:
+            return f"inet isolation forward: ct status ! dnat iifname . {ip} daddr @tcross{v} return ({s} . " \
+                   f"{probe.address})"
+        from plugin.backends.iptables import tenant_pass
+
+        pass_rule = tenant_pass(str(ipaddress.ip_address(probe.address)), s, _interface(target.attachment))
+        return f"{'ip6tables' if v == 6 else 'iptables'} CNI-ISOLATION-STAGE-2: {' '.join(pass_rule)}"
     if step == "itself":
         return "none: the packet never leaves the container"
     if step == "same-bridge":

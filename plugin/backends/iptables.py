@@ -442,10 +442,16 @@ def tenant_passes(desired: Desired, family: str) -> dict[str, list[list[str]]]:
     return {bridge: sorted(rules) for bridge, rules in found.items() if rules}
 
 
+# A tenant group's pass is for packets addressed to the member itself: the bridge table guards
+# it by the destination a port wrote, which a DNAT'd packet's is not (a published port of the
+# member follows allowPublishedPorts, as anyone's does).
+TENANT_PASS_TAIL = ["-m", "conntrack", "!", "--ctstate", "DNAT", "-j", "RETURN"]
+
+
 def tenant_pass(address: str, source: str, out: str) -> list[str]:
     """One STAGE-2 RETURN of a tenant group's pass: from bridge `source` to `address` (canonical)
-    by `out`."""
-    return ["-d", address + ("/128" if ":" in address else "/32"), "-i", source, "-o", out, "-j", "RETURN"]
+    by `out`, never for a DNAT'd packet."""
+    return ["-d", address + ("/128" if ":" in address else "/32"), "-i", source, "-o", out, *TENANT_PASS_TAIL]
 
 
 def managed_bridges(desired: Desired) -> list[str]:
@@ -880,7 +886,9 @@ def _released_tenant_passes(table: FilterTable, r: Release, family: str) -> list
 
 
 def _is_tenant_pass(spec: list[str]) -> bool:
-    return len(spec) == 8 and spec[0] == "-d" and spec[2] == "-i" and spec[4] == "-o" and spec[6:] == ["-j", "RETURN"]
+    """A tenant_pass rule, or one of an earlier build (without the DNAT exclusion: it must go too)."""
+    return spec[:1] == ["-d"] and spec[2:3] == ["-i"] and spec[4:5] == ["-o"] and len(spec) > 6 and spec[6:] in (
+        TENANT_PASS_TAIL, ["-j", "RETURN"])
 
 
 def _is_peer_return(spec: list[str]) -> bool:

@@ -30,8 +30,9 @@
         ct direction original ct status dnat oifname @published return   a published port (the
         ct direction reply ct status dnat iifname @published return      publisher decides, replies too)
         iifname . oifname @peers return                   the same isolationGroup
-        iifname . ip daddr @tcross4 return                one tenant group across bridges (ip6: tcross6;
-                                                          the bridge table keeps other ports from it)
+        ct status ! dnat iifname . ip daddr @tcross4 return   one tenant group across bridges (ip6:
+                                                          tcross6; the bridge table keeps other ports
+                                                          from it; never a DNAT'd packet)
         iifname @isolated oifname @isolated goto drop-cross-network
       chain input  hook input, priority -5, policy accept
         icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }
@@ -331,7 +332,11 @@ PUBLISHED_PORTS = [
 
 # one tenant group's members on two bridges (policy.tenancy's tcross: the bridge a packet came
 # from . the member it is for); the bridge table keeps other ports of that bridge from it
-TENANT_PASS = [[_in_set({"concat": [_meta("iifname"), _p(proto, "daddr")]}, f"tcross{v}"), RETURN]
+# (only for packets addressed to the member itself: the bridge table guards the pass by the
+# destination a port wrote, which a DNAT'd packet's is not; a published port follows
+# allowPublishedPorts. An untracked packet has no status: it gets no pass either.)
+NOT_DNAT = {"match": {"op": "!", "left": {"ct": {"key": "status"}}, "right": "dnat"}}
+TENANT_PASS = [[NOT_DNAT, _in_set({"concat": [_meta("iifname"), _p(proto, "daddr")]}, f"tcross{v}"), RETURN]
                for proto, v in (("ip", 4), ("ip6", 6))]
 
 

@@ -270,3 +270,28 @@ def test_a_tenant_reaches_no_plain_container_of_an_open_network(lab, backend):
         assert datagram_arrives(m.name, c.name, x), f"positive control: m's datagram to {x} reaches c"
         assert not datagram_arrives(t.name, c.name, x), f"t's datagram to {x} reached c"
     assert lab.ping(t.name, P.gateway4) and lab.ping(t.name, P.gateway6), "t is up (its gateway)"
+
+
+@pytest.mark.parametrize("bridge_nf", [0, 1])
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_groups_pass_is_never_a_dnat_path_past_allow_published_ports_false(make_lab, backend, bridge_nf):
+    """A: group g, `allowPublishedPorts: false`, c plain publishes UDP 18091 -> 9. P: no group,
+    t (tenant g) and v plain. The bridge table guards the pass (P . c's address) by the
+    destination a port wrote; v writes the host's address, portmap rewrites it to c's. By hand:
+    v -> HOST:18091 is DNAT'd to c, from P into A, both isolating, A publishes nothing across
+    networks: dropped; the pass is for packets addressed to c itself (t -> c: passes, the
+    positive control), and the outside reaches the published port (a control too). With
+    bridge-nf-call-iptables 1 the DNAT happens before the bridge table's input hook, which then
+    sees c's address; with 0 only the inet pass's own condition keeps v out."""
+    lab = make_lab(bridge_nf=bridge_nf)
+    A = lab.network(["bridge", PORTMAP, "isolation"], isolation={
+        "backend": backend, "isolationGroup": "g", "allowPublishedPorts": False})
+    P = lab.network(["bridge", PORTMAP, "isolation"], isolation={"backend": backend})
+    c = lab.add(A, port_mappings=[{"hostPort": 18091, "containerPort": 9, "protocol": "udp"}])
+    t = lab.add(P, args=by_args("g"))
+    v = lab.add(P)
+    for host in UPLINK:
+        assert datagram_arrives(lab.outside, c.name, host, port=18091), f"positive control: outside -> {host}:18091"
+        assert not datagram_arrives(v.name, c.name, host, port=18091), f"v's datagram to {host}:18091 reached c"
+    for x in addresses(c):
+        assert datagram_arrives(t.name, c.name, x), f"positive control: t's datagram to {x} reaches c"

@@ -156,11 +156,12 @@ def test_iptables_renders_the_pass_per_address_and_source_bridge():
     chains = wanted(desired(intent_of(a) for a in APART), "ipv4")
     b2 = next(g for g in chains[STAGE2] if ["-o", "b2", "-j", "DROP"] in g)
     published = ["-m", "conntrack", "--ctstate", "DNAT", "--ctdir", "ORIGINAL", "-j", "RETURN"]  # allowPublishedPorts
-    assert b2 == [["-o", "b2", *published], ["-d", "10.2.0.2/32", "-i", "b1", "-o", "b2", "-j", "RETURN"], ["-o", "b2", "-j", "DROP"]]
+    passing = ["-m", "conntrack", "!", "--ctstate", "DNAT", "-j", "RETURN"]  # a group's pass: never a DNAT'd packet
+    assert b2 == [["-o", "b2", *published], ["-d", "10.2.0.2/32", "-i", "b1", "-o", "b2", *passing], ["-o", "b2", "-j", "DROP"]]
     six = wanted(desired(intent_of(a) for a in APART), "ipv6")[STAGE2]
     b1 = next(g for g in six if ["-o", "b1", "-j", "DROP"] in g)
-    assert b1 == [["-o", "b1", *published], ["-d", "fd01::2/128", "-i", "b2", "-o", "b1", "-j", "RETURN"],
-                  ["-d", "fd01::3/128", "-i", "b2", "-o", "b1", "-j", "RETURN"], ["-o", "b1", "-j", "DROP"]]
+    assert b1 == [["-o", "b1", *published], ["-d", "fd01::2/128", "-i", "b2", "-o", "b1", *passing],
+                  ["-d", "fd01::3/128", "-i", "b2", "-o", "b1", *passing], ["-o", "b1", "-j", "DROP"]]
 
 
 def test_the_last_tenant_leaving_frees_every_tenancy_element():
