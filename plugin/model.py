@@ -42,21 +42,11 @@ with metadata_deferred():  # the loader of the plugins searched for above: ~6 Mi
         pass
 
 from plugin.errors import INVALID_CONFIG, CniError
+from plugin.tenant import GROUP_PATTERN
 
 IngressPolicy = Literal["same-bridge", "isolated", "open"]
 Backend = Literal["auto", "iptables", "nftables"]
-GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-
-
-def group_name(value: object) -> str:
-    """`value` as an isolationGroup name (a per-container one from CNI args), or ValueError:
-    the same GroupName the configuration's isolationGroup is validated with."""
-    from pydantic import TypeAdapter
-
-    try:
-        return TypeAdapter(GroupName).validate_python(value, strict=True)
-    except ValidationError as exc:
-        raise ValueError(exc.errors(include_url=False)[0]["msg"]) from None
+GroupName = Annotated[str, StringConstraints(pattern=GROUP_PATTERN)]  # a per-container one: plugin.tenant
 
 
 IfName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")]

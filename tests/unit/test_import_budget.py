@@ -89,6 +89,14 @@ def conf(network: str, **extra) -> dict:
             "prevResult": prev}
 
 
+def tenant_conf(network: str, group: str) -> dict:
+    """A tenant's attachment (args.cni.isolationGroup; anti-spoofing, which tenants need, wants
+    the container's MAC)."""
+    body = conf(network, antiSpoofing=True, args={"cni": {"isolationGroup": group}})
+    body["prevResult"]["interfaces"][2]["mac"] = "02:00:00:00:00:07"
+    return body
+
+
 def env(verb: str, container: str = "c1") -> dict:
     return {"CNI_COMMAND": verb, "CNI_CONTAINERID": container, "CNI_NETNS": "/proc/self/ns/net",
             "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni", "ISOLATION_AGENT": "off"}
@@ -112,6 +120,8 @@ def runs(tmp_path_factory) -> dict[str, set[str]]:
         ("ADD first", "ADD", "c1", conf("n1")),  # validates: pydantic
         ("ADD", "ADD", "c2", conf("n1")),  # the verdict is cached
         ("ADD sibling", "ADD", "c3", conf("n2")),  # another network, the same entry: the cached verdict
+        ("ADD tenant first", "ADD", "c4", tenant_conf("n3", "tq")),  # a new entry: validates
+        ("ADD tenant", "ADD", "c5", tenant_conf("n3", "tr")),  # another tenant: the entry's cached verdict
         ("CHECK", "CHECK", "c2", conf("n1")),
         ("STATUS", "STATUS", "c2", conf("n1")),
         ("DEL", "DEL", "c2", conf("n1")),
@@ -139,6 +149,7 @@ def runs(tmp_path_factory) -> dict[str, set[str]]:
 
 
 @pytest.mark.parametrize("step,verb", [("VERSION", "VERSION"), ("ADD", "ADD"), ("ADD sibling", "ADD"),
+                                       ("ADD tenant", "ADD"),
                                        ("CHECK", "CHECK"), ("STATUS", "STATUS"), ("DEL", "DEL")])
 def test_a_verb_imports_only_its_budget(runs, step, verb):
     extra = runs[step] - ALLOWED[verb]

@@ -294,3 +294,43 @@ def test_tenancy_knows_an_address_however_prevresult_writes_it():
     with pytest.raises(CniError) as err:
         _addresses({"ips": [{"address": "10.1.0.2/24"}, {"address": "10.1.0.3 -j ACCEPT/24"}]})
     assert err.value.code == 7 and "ips[1]" in err.value.msg
+
+
+def test_the_tenants_group_check_and_the_models_pattern_give_one_verdict():
+    """plugin.tenant checks a per-container group without pydantic (its import would cost each
+    tenant's ADD ~100 ms); the configuration's isolationGroup is the model's GroupName: one rule."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from pydantic import TypeAdapter, ValidationError
+
+    from plugin.model import GroupName
+    from plugin.tenant import group_name
+
+    model = TypeAdapter(GroupName)
+
+    def verdicts(value) -> tuple[bool, bool]:
+        try:
+            group_name(value)
+            ours = True
+        except ValueError:
+            ours = False
+        try:
+            model.validate_python(value, strict=True)
+            theirs = True
+        except ValidationError:
+            theirs = False
+        return ours, theirs
+
+    for edge in ("a", "A" * 64, "A" * 65, "", "-a", "_a", ".a", "a-b.c_d", "a b", "é", "a\n", "9", 7, None, b"a"):
+        ours, theirs = verdicts(edge)
+        assert ours == theirs, edge
+    assert verdicts("a" * 64) == (True, True) and verdicts("a" * 65) == (False, False)  # by hand: 1 + 63 characters
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=70)
+           | st.text(alphabet="Aa9_.-\n é", max_size=70))
+    def agree(value):
+        ours, theirs = verdicts(value)
+        assert ours == theirs, value
+
+    agree()
