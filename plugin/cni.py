@@ -242,15 +242,15 @@ def cmd_check(inv: Invocation) -> None:
     _, backend, intent, _ = _engine(inv)
     with HostLock(deadline=inv.deadline):  # never look at a half-finished ADD (one transaction per family on iptables)
         reg = Registry.load(state_dir())
-        on_bridge = reg.on_bridge(intent.bridge, backend.name)
-        neighbours = [intent_of(a) for a in on_bridge if a.key != inv.key]
-        # what may grant this bridge anything: its attachments and the members of their groups
-        related = {a.key: a for a in on_bridge}
-        for group in sorted({a.group for a in on_bridge if a.group}):
-            related |= {a.key: a for a in reg.matching(intent.bridge, group) if a.backend == backend.name}
         if intent.tenant or reg.tenanted():  # a tenant group's elements and passes span every bridge of it
             related = {a.key: a for a in reg.on_backend(backend.name)}
             neighbours = [intent_of(a) for a in related.values() if a.key != inv.key]
+        else:  # what may grant this bridge anything: its attachments and the members of their groups
+            on_bridge = reg.on_bridge(intent.bridge, backend.name)
+            neighbours = [intent_of(a) for a in on_bridge if a.key != inv.key]
+            related = {a.key: a for a in on_bridge}
+            for group in sorted({a.group for a in on_bridge if a.group}):
+                related |= {a.key: a for a in reg.matching(intent.bridge, group) if a.backend == backend.name}
         found, extra = backend.audit(desired([intent, *neighbours]), desired(intent_of(a) for a in related.values()))
         found += flag_problems([intent, *neighbours])
         if reg.get(inv.key) is None:
